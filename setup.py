@@ -1,0 +1,36 @@
+"""rl_jax: reinforcement learning for language models in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="rl_jax",
+    version="0.1.0",
+    description="PPO, GRPO and reward models for language models, in JAX and Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=setuptools.find_packages(include=["rl_jax", "rl_jax.*"]),
+    python_requires=">=3.10",
+    # Lower bounds are the versions tested here (2026-11); pip takes the newest it finds.
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml_collections>=1.1.0",
+        "absl-py>=2.5.1",
+        "transformers>=5.24.0",
+        "tokenizers>=0.23.3",
+        "safetensors>=0.8.0",
+        "numpy>=2.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "chex>=0.1.92",
+            "hypothesis>=6.100",
+            # Test-only: reference outputs from transformers. 2.13.0 has a local CPU build here.
+            "torch==2.13.0",
+        ],
+    },
+)
