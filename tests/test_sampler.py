@@ -1,0 +1,324 @@
+"""Tests for rl_jax.rollout: the jitted KV-cache sampler.
+
+Most tests use a toy one-layer attention model written here against the same interface as
+rl_jax.models (apply_fn(params, tokens, positions, key_mask, cache, cache_index) and a KVCache of
+[layers, batch, len, kv_heads, head_dim]); the Hugging Face comparisons use rl_jax.models.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_jax.rollout import Sampler, filter_logits, positions_from_mask, top_p_threshold
+
+VOCAB = 16
+DIM = 16
+MAX_LEN = 128
+
+
+class ToyCache(NamedTuple):
+    k: jax.Array  # [1, batch, max_len, 1, dim]
+    v: jax.Array
+
+
+def toy_params(seed: int = 0) -> dict[str, jax.Array]:
+    keys = jax.random.split(jax.random.key(seed), 6)
+    scale = 1.0 / math.sqrt(DIM)
+    return {
+        "embed": jax.random.normal(keys[0], (VOCAB, DIM)),
+        "pos": jax.random.normal(keys[1], (MAX_LEN, DIM)) * 0.5,
+        "wq": jax.random.normal(keys[2], (DIM, DIM)) * scale,
+        "wk": jax.random.normal(keys[3], (DIM, DIM)) * scale,
+        "wv": jax.random.normal(keys[4], (DIM, DIM)) * scale,
+        "out": jax.random.normal(keys[5], (DIM, VOCAB)) * 1.5,
+    }
+
+
+def toy_init_cache(batch: int, max_len: int) -> ToyCache:
+    zeros = jnp.zeros((1, batch, max_len, 1, DIM), jnp.float32)
+    return ToyCache(zeros, zeros)
+
+
+def toy_apply(params, tokens, positions, key_mask, cache=None, cache_index=0):
+    """One causal attention layer; tokens, positions: [B, T]; key_mask: [B, S]."""
+    x = params["embed"][tokens] + params["pos"][positions]  # [B, T, D]
+    q, k, v = x @ params["wq"], x @ params["wk"], x @ params["wv"]
+    if cache is None:
+        keys, values = k, v
+    else:
+        start = (0, 0, cache_index, 0, 0)
+        cache = ToyCache(
+            jax.lax.dynamic_update_slice(cache.k, k[None, :, :, None, :], start),
+            jax.lax.dynamic_update_slice(cache.v, v[None, :, :, None, :], start),
+        )
+        keys, values = cache.k[0, :, :, 0], cache.v[0, :, :, 0]
+    query_slots = cache_index + jnp.arange(tokens.shape[1])
+    key_slots = jnp.arange(keys.shape[1])
+    allowed = (key_slots[None, :] <= query_slots[:, None])[None] & (key_mask[:, None, :] > 0)
+    scores = jnp.einsum("btd,bsd->bts", q, keys) / math.sqrt(DIM)
+    weights = jax.nn.softmax(jnp.where(allowed, scores, -1e30), axis=-1)
+    hidden = jnp.tanh(x + jnp.einsum("bts,bsd->btd", weights, values))
+    return hidden @ params["out"], cache
+
+
+def toy_sampler(**kwargs) -> Sampler:
+    kwargs.setdefault("max_len", MAX_LEN)
+    return Sampler(toy_apply, toy_init_cache, toy_params(), **kwargs)
+
+
+def random_prompts(rng: np.random.Generator, count: int, low: int, high: int) -> list[list[int]]:
+    return [list(rng.integers(0, VOCAB, rng.integers(low, high + 1))) for _ in range(count)]
+
+
+def full_forward_logits(params, out) -> tuple[np.ndarray, int]:
+    """Logits of the whole prompt + response without a cache: [B, P + N, V], and P."""
+    tokens = jnp.concatenate([out.prompt_tokens, out.response_tokens], axis=1)
+    mask = jnp.concatenate([out.prompt_mask, out.response_mask], axis=1)
+    logits, _ = toy_apply(params, tokens, positions_from_mask(mask), mask)
+    return np.asarray(logits), out.prompt_tokens.shape[1]
+
+
+def response_step_logits(params, out) -> np.ndarray:
+    """[B, N, V]: the logits each response token was drawn from, by a full forward."""
+    logits, prompt_len = full_forward_logits(params, out)
+    num_new = out.response_tokens.shape[1]
+    return logits[:, prompt_len - 1 : prompt_len - 1 + num_new]
+
+
+# ---------------------------------------------------------------- filters
+
+
+def test_top_p_threshold_hand_computed():
+    # probs 0.5, 0.3, 0.15, 0.05: p=0.7 keeps 2 tokens, p=0.8 keeps 2 (mass before 3rd is 0.8),
+    # p=0.81 keeps 3, p=0.1 keeps 1.
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    for p, kept in [(0.7, 2), (0.8, 2), (0.81, 3), (0.1, 1), (1.0, 4)]:
+        threshold = top_p_threshold(logits, jnp.float32(p))
+        np.testing.assert_allclose(threshold, logits[:, kept - 1], rtol=1e-6)
+
+
+def test_filter_logits_top_k_then_top_p():
+    logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
+    kept = lambda f: np.isfinite(np.asarray(f))[0].tolist()  # noqa: E731
+    assert kept(filter_logits(logits, 1.0, top_k=2, use_top_p=False)) == [0, 1, 0, 1]
+    top_p_only = filter_logits(logits, jnp.float32(0.6), top_k=None, use_top_p=True)
+    assert kept(top_p_only) == [0, 1, 0, 1]
+    # top-k 2 renormalises to 0.625 / 0.375, so p=0.6 keeps only the first.
+    assert kept(filter_logits(logits, jnp.float32(0.6), top_k=2, use_top_p=True)) == [0, 1, 0, 0]
+
+
+# ---------------------------------------------------------------- sampler on the toy model
+
+
+def test_logprobs_equal_full_forward():
+    sampler = toy_sampler()
+    prompts = random_prompts(np.random.default_rng(0), 5, 1, 20)
+    temperature = 0.7
+    out = sampler.generate(
+        prompts, jax.random.key(1), n=3, max_new_tokens=24, temperature=temperature
+    )
+    assert out.response_tokens.shape == (15, 24)
+    step_logits = response_step_logits(sampler.params, out)
+    log_probs = jax.nn.log_softmax(step_logits / temperature, axis=-1)
+    expected = np.take_along_axis(
+        np.asarray(log_probs), np.asarray(out.response_tokens)[..., None], -1
+    )
+    mask = np.asarray(out.response_mask).astype(bool)
+    np.testing.assert_allclose(
+        np.asarray(out.response_logprobs)[mask], expected[..., 0][mask], atol=1e-4
+    )
+    assert int(out.num_generated_tokens) == 15 * 24
+
+
+def test_sampled_frequencies_match_tempered_softmax():
+    """First-token frequencies over 50k samples vs softmax(logits / T) in total variation.
+
+    E[TV] <= 0.5 * sum_v sqrt(p_v (1 - p_v) / m) for m samples, and TV moves by at most 1/m per
+    sample, so by McDiarmid P(TV > E[TV] + t) <= exp(-2 m t^2); t = sqrt(ln(1e4) / (2 m)) gives a
+    1e-4 failure bound. With m = 50k and V = 16 this is at most 0.5 * sqrt(16 / m) + 0.0096, about
+    0.019.
+    """
+    sampler = toy_sampler(min_prompt_bucket=8, min_new_tokens_bucket=1)
+    num_samples, temperature = 50_000, 1.3
+    out = sampler.generate(
+        [[3, 1, 4, 1, 5]],
+        jax.random.key(7),
+        n=num_samples,
+        max_new_tokens=1,
+        temperature=temperature,
+    )
+    probs = np.asarray(
+        jax.nn.softmax(response_step_logits(sampler.params, out)[0, 0] / temperature)
+    )
+    counts = np.bincount(np.asarray(out.response_tokens[:, 0]), minlength=VOCAB)
+    tv = 0.5 * np.abs(counts / num_samples - probs).sum()
+    bound = 0.5 * np.sum(np.sqrt(probs * (1 - probs) / num_samples)) + math.sqrt(
+        math.log(1e4) / (2 * num_samples)
+    )
+    assert bound < 0.02
+    assert tv < bound, (tv, bound)
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(3, None), (None, 0.6), (4, 0.7), (1, None)])
+def test_top_k_top_p_stay_in_allowed_set(top_k, top_p):
+    sampler = toy_sampler()
+    prompts = random_prompts(np.random.default_rng(2), 4, 2, 12)
+    temperature = 0.9
+    out = sampler.generate(
+        prompts,
+        jax.random.key(3),
+        n=16,
+        max_new_tokens=16,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    scaled = response_step_logits(sampler.params, out) / temperature  # [B, N, V]
+    order = np.sort(scaled, axis=-1)[..., ::-1]
+    if top_k is not None:
+        order = order[..., :top_k]
+    if top_p is not None:
+        probs = np.exp(order - order.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        num_kept = np.maximum(((np.cumsum(probs, -1) - probs) < top_p).sum(-1), 1)
+        threshold = np.take_along_axis(order, (num_kept - 1)[..., None], -1)[..., 0]
+    else:
+        threshold = order[..., -1]
+    chosen = np.take_along_axis(scaled, np.asarray(out.response_tokens)[..., None], -1)[..., 0]
+    # 1e-5 slack: the sampler's cached logits differ from the full forward in the last bits.
+    assert np.all(chosen >= threshold - 1e-5)
+    if top_k == 1:  # top-1 sampling is greedy decoding
+        greedy = sampler.generate(prompts, jax.random.key(4), n=16, max_new_tokens=16, greedy=True)
+        np.testing.assert_array_equal(out.response_tokens, greedy.response_tokens)
+
+
+def test_eos_masks_pads_and_stops_early():
+    pad_id = VOCAB - 1
+    prompts = random_prompts(np.random.default_rng(4), 6, 3, 9)
+    free = toy_sampler(pad_id=pad_id).generate(prompts, jax.random.key(5), n=2, max_new_tokens=32)
+    # Pick as EOS the token row 0 emits at step 3, so that row stops there (or earlier).
+    eos = int(free.response_tokens[0, 3])
+    sampler = toy_sampler(eos_ids=(eos, VOCAB + 5), pad_id=pad_id)
+    out = sampler.generate(prompts, jax.random.key(5), n=2, max_new_tokens=32)
+    tokens, mask = np.asarray(out.response_tokens), np.asarray(out.response_mask)
+    lengths = np.asarray(out.response_lengths)
+    assert lengths[0] <= 4
+    for row in range(tokens.shape[0]):
+        length = lengths[row]
+        assert mask[row, :length].all() and not mask[row, length:].any()
+        assert (tokens[row, length:] == pad_id).all()
+        assert (np.asarray(out.response_logprobs)[row, length:] == 0).all()
+        hits = np.flatnonzero(tokens[row, :length] == eos)
+        if length < 32:  # stopped by EOS: exactly one, at the end
+            assert hits.tolist() == [length - 1]
+        else:
+            assert hits.size == 0 or hits.tolist() == [31]
+        # Before the stop the tokens equal the EOS-free run (same key, same draws).
+        np.testing.assert_array_equal(
+            tokens[row, :length], np.asarray(free.response_tokens)[row, :length]
+        )
+    assert int(out.num_steps) == lengths.max()
+
+    # Every token is an EOS: the loop ends after one step although 32 were allowed.
+    everything = toy_sampler(eos_ids=tuple(range(VOCAB)), pad_id=pad_id)
+    out = everything.generate(prompts, jax.random.key(5), max_new_tokens=32)
+    assert int(out.num_steps) == 1
+    assert np.asarray(out.response_mask).sum(1).tolist() == [1] * 6
+    assert (np.asarray(out.response_tokens)[:, 1:] == pad_id).all()
+
+
+def test_max_new_tokens_respected():
+    sampler = toy_sampler()
+    prompts = random_prompts(np.random.default_rng(5), 3, 1, 5)
+    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=5)
+    assert out.response_tokens.shape == (3, 5)
+    assert int(out.num_steps) == 5
+    assert np.asarray(out.response_mask).all()
+    # max_new_tokens is traced: 5 and 9 share the 16 bucket and one compilation.
+    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=9)
+    assert out.response_tokens.shape == (3, 9) and int(out.num_steps) == 9
+    assert sampler.num_compiles == 1
+
+
+def test_reproducible_with_key():
+    sampler = toy_sampler()
+    prompts = random_prompts(np.random.default_rng(6), 4, 2, 10)
+    kwargs = dict(n=4, max_new_tokens=16, temperature=1.0, top_p=0.9)
+    a = sampler.generate(prompts, jax.random.key(11), **kwargs)
+    b = sampler.generate(prompts, jax.random.key(11), **kwargs)
+    c = sampler.generate(prompts, jax.random.key(12), **kwargs)
+    np.testing.assert_array_equal(a.response_tokens, b.response_tokens)
+    np.testing.assert_array_equal(a.response_logprobs, b.response_logprobs)
+    assert (np.asarray(a.response_tokens) != np.asarray(c.response_tokens)).any()
+    # The n samples of one prompt differ from each other.
+    assert (np.asarray(a.response_tokens[0]) != np.asarray(a.response_tokens[1])).any()
+
+
+def test_groups_are_contiguous_and_prompts_row_aligned():
+    sampler = toy_sampler()
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    out = sampler.generate(prompts, jax.random.key(0), n=2, max_new_tokens=4, greedy=True)
+    tokens, mask = np.asarray(out.prompt_tokens), np.asarray(out.prompt_mask)
+    for row in range(6):
+        assert tokens[row][mask[row] > 0].tolist() == prompts[row // 2]
+    # Greedy: both samples of a prompt are identical, and equal a run with n=1.
+    single = sampler.generate(prompts, jax.random.key(0), max_new_tokens=4, greedy=True)
+    np.testing.assert_array_equal(np.asarray(out.response_tokens)[::2], single.response_tokens)
+    np.testing.assert_array_equal(np.asarray(out.response_tokens)[1::2], single.response_tokens)
+
+
+def test_padded_array_prompts_equal_token_lists():
+    sampler = toy_sampler(pad_id=0)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    right_padded = np.array([[5, 6, 7, 8], [9, 10, 0, 0]])
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])
+    a = sampler.generate(prompts, jax.random.key(2), n=2, max_new_tokens=8)
+    b = sampler.generate(right_padded, jax.random.key(2), n=2, max_new_tokens=8, prompt_mask=mask)
+    np.testing.assert_array_equal(a.response_tokens, b.response_tokens)
+    with pytest.raises(ValueError, match="prompt_mask"):
+        sampler.generate(right_padded, jax.random.key(2), max_new_tokens=8)
+
+
+def test_prompt_too_long_names_the_prompt():
+    sampler = toy_sampler(max_len=64)
+    prompts = [[1] * 10, [2] * 60]
+    with pytest.raises(ValueError, match=r"prompt 1 has 60 tokens.*max_new_tokens=8.*max_len=64"):
+        sampler.generate(prompts, jax.random.key(0), max_new_tokens=8)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        sampler.generate([[]], jax.random.key(0), max_new_tokens=8)
+    # Near the limit the buckets shrink to fit instead of failing: 50 + 14 = 64.
+    out = sampler.generate([[1] * 50], jax.random.key(0), max_new_tokens=14)
+    assert out.prompt_tokens.shape == (1, 50) and out.response_tokens.shape == (1, 14)
+
+
+def test_no_recompilation_within_a_bucket():
+    sampler = toy_sampler()
+    rng = np.random.default_rng(8)
+    for step in range(4):  # lengths 1..16 all land in the 16 bucket
+        prompts = random_prompts(rng, 4, 1, 16)
+        sampler.generate(
+            prompts, jax.random.key(step), n=2, max_new_tokens=16, temperature=0.5 + step
+        )
+    assert sampler.num_compiles == 1
+    sampler.params = toy_params(seed=1)  # new weights, same structure
+    sampler.generate(prompts, jax.random.key(9), n=2, max_new_tokens=16)
+    assert sampler.num_compiles == 1
+
+
+def test_hundred_batches_compile_once_per_bucket():
+    """100 batches of 8 prompts whose longest has 4-60 tokens, 16 new tokens: 3 compilations.
+
+    The prompt buckets are 16, 32 and 64; every batch lands in one of them.
+    """
+    sampler = toy_sampler()
+    rng = np.random.default_rng(9)
+    for step in range(100):
+        prompts = random_prompts(rng, 8, 1, int(rng.integers(4, 61)))
+        sampler.generate(prompts, jax.random.key(step), n=2, max_new_tokens=16)
+    assert sampler.num_compiles == 3
