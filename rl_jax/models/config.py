@@ -1,0 +1,251 @@
+"""Configuration of the decoder-only transformers (Llama, Qwen2, Qwen3) and its HF conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import transformers
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+_SUPPORTED_DTYPES = ("float32", "bfloat16")
+
+_HF_CONFIG_CLASSES = {
+    "llama": transformers.LlamaConfig,
+    "qwen2": transformers.Qwen2Config,
+    "qwen3": transformers.Qwen3Config,
+}
+_HF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency-dependent rotary scaling (transformers' rope_type "llama3")."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a decoder-only transformer.
+
+    `dtype` is the compute dtype of activations; `param_dtype` the storage dtype of parameters.
+    Logits are always float32. `remat` checkpoints each decoder layer in the no-cache forward.
+    `attention_bias` puts biases on the q/k/v projections (Qwen2); `attention_out_bias` on the
+    output projection too (Llama/Qwen3 with `attention_bias=True` in their HF config).
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    attention_bias: bool = False
+    attention_out_bias: bool = False
+    qk_norm: bool = False
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"unsupported model_type {self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}"
+            )
+        for name in ("dtype", "param_dtype"):
+            value = getattr(self, name)
+            if value not in _SUPPORTED_DTYPES:
+                raise ValueError(f"{name} must be one of {_SUPPORTED_DTYPES}, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"hidden_size ({self.hidden_size}) is not a multiple of "
+                    f"num_heads ({self.num_heads}); give head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if isinstance(self.rope_scaling, Mapping):
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+
+    @property
+    def num_groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_hf(
+        cls, hf_config: Mapping[str, Any] | transformers.PretrainedConfig, **overrides: Any
+    ) -> ModelConfig:
+        """Builds a config from a transformers config object or its dict (config.json).
+
+        A dict goes through the matching transformers config class first, so both the old
+        (`rope_theta` + `rope_scaling`) and the new (`rope_parameters`) layouts are understood.
+        `overrides` replace fields after conversion (e.g. dtype="bfloat16", remat=True).
+        """
+        if isinstance(hf_config, Mapping):
+            model_type = hf_config.get("model_type")
+            _check_model_type(model_type)
+            fields = {k: v for k, v in hf_config.items() if k != "model_type"}
+            hf_config = _HF_CONFIG_CLASSES[model_type](**fields)
+        model_type = getattr(hf_config, "model_type", None)
+        _check_model_type(model_type)
+        if getattr(hf_config, "use_sliding_window", False):
+            raise ValueError(f"{model_type}: sliding-window attention is not supported")
+        theta, scaling = _rope_from_hf(hf_config)
+        hf_bias = bool(getattr(hf_config, "attention_bias", False))
+        kwargs = dict(
+            model_type=model_type,
+            vocab_size=hf_config.vocab_size,
+            hidden_size=hf_config.hidden_size,
+            intermediate_size=hf_config.intermediate_size,
+            num_layers=hf_config.num_hidden_layers,
+            num_heads=hf_config.num_attention_heads,
+            num_kv_heads=hf_config.num_key_value_heads or hf_config.num_attention_heads,
+            head_dim=getattr(hf_config, "head_dim", None),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rms_norm_eps=hf_config.rms_norm_eps,
+            # Qwen2 always has q/k/v biases (and none on o_proj); Llama/Qwen3's attention_bias
+            # flag puts biases on q/k/v and o_proj.
+            attention_bias=model_type == "qwen2" or hf_bias,
+            attention_out_bias=model_type != "qwen2" and hf_bias,
+            qk_norm=model_type == "qwen3",
+            tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+            max_position_embeddings=hf_config.max_position_embeddings,
+            bos_token_id=hf_config.bos_token_id,
+            eos_token_id=_first_id(hf_config.eos_token_id),
+            pad_token_id=hf_config.pad_token_id,
+        )
+        if model_type == "llama" and getattr(hf_config, "mlp_bias", False):
+            raise ValueError("llama: mlp_bias=True is not supported")
+        if getattr(hf_config, "hidden_act", "silu") != "silu":
+            raise ValueError(f"{model_type}: hidden_act {hf_config.hidden_act!r} is not supported")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf(self) -> transformers.PretrainedConfig:
+        """The equivalent transformers config (LlamaConfig, Qwen2Config or Qwen3Config)."""
+        rope_parameters: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            rope_parameters = {
+                "rope_type": "llama3",
+                "rope_theta": self.rope_theta,
+                **dataclasses.asdict(self.rope_scaling),
+            }
+        common = dict(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            rope_parameters=rope_parameters,
+            rms_norm_eps=self.rms_norm_eps,
+            tie_word_embeddings=self.tie_word_embeddings,
+            max_position_embeddings=self.max_position_embeddings,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            hidden_act="silu",
+        )
+        self._check_hf_expressible()
+        if self.model_type != "qwen2":
+            common["attention_bias"] = self.attention_bias
+        hf_config = _HF_CONFIG_CLASSES[self.model_type](**common)
+        hf_config.architectures = [_HF_ARCHITECTURES[self.model_type]]
+        hf_config.dtype = self.param_dtype
+        return hf_config
+
+    def _check_hf_expressible(self) -> None:
+        """Raises if the architecture flags have no equivalent in the HF class of model_type."""
+        if self.qk_norm != (self.model_type == "qwen3"):
+            raise ValueError(f"{self.model_type}: qk_norm={self.qk_norm} has no HF equivalent")
+        if self.model_type == "qwen2":
+            if not self.attention_bias or self.attention_out_bias:
+                raise ValueError("qwen2 needs attention_bias=True and attention_out_bias=False")
+        elif self.attention_bias != self.attention_out_bias:
+            raise ValueError(
+                f"{self.model_type}: attention_bias and attention_out_bias must be equal for HF"
+            )
+
+
+def tiny_config(model_type: str = "qwen2", **overrides: Any) -> ModelConfig:
+    """A small config for tests and from-scratch experiments (hidden 64, 2 layers, vocab 256).
+
+    The architectural flags (qkv bias, q/k norm) follow `model_type`; any field can be overridden.
+    """
+    _check_model_type(model_type)
+    kwargs: dict[str, Any] = dict(
+        model_type=model_type,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rope_theta=10000.0,
+        attention_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
+        tie_word_embeddings=model_type == "qwen2",
+        max_position_embeddings=512,
+    )
+    kwargs.update(overrides)
+    return ModelConfig(**kwargs)
+
+
+def _check_model_type(model_type: Any) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported: {SUPPORTED_MODEL_TYPES}"
+        )
+
+
+def _first_id(token_id: int | list[int] | None) -> int | None:
+    """transformers allows a list of eos ids; the model config keeps the first."""
+    if isinstance(token_id, (list, tuple)):
+        return token_id[0] if token_id else None
+    return token_id
+
+
+def _rope_from_hf(hf_config: transformers.PretrainedConfig) -> tuple[float, RopeScaling | None]:
+    """Reads (rope_theta, llama3 scaling or None) from a standardized transformers config."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
+    if theta is None:
+        raise ValueError(f"{hf_config.model_type}: config has no rope_theta")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return float(theta), None
+    if rope_type == "llama3":
+        scaling = RopeScaling(
+            factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+        )
+        return float(theta), scaling
+    raise ValueError(f"rope_type {rope_type!r} is not supported; supported: default, llama3")

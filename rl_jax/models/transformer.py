@@ -1,0 +1,248 @@
+"""Decoder-only transformer backbone, its heads (LM, value, reward) and functional wrappers."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rl_jax.models.config import ModelConfig
+from rl_jax.models.layers import PARAM_INIT, DecoderLayer, RMSNorm, rotary_cos_sin
+
+
+class KVCache(NamedTuple):
+    """Keys and values of all layers.
+
+    k, v: [num_layers, batch, max_len, num_kv_heads, head_dim].
+    """
+
+    k: jax.Array
+    v: jax.Array
+
+
+def init_cache(
+    config: ModelConfig, batch: int, max_len: int, dtype: Any = None
+) -> KVCache:
+    """A zero cache; `dtype` defaults to the compute dtype of `config`."""
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    dtype = jnp.dtype(config.dtype if dtype is None else dtype)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Rotary positions [B, T] int32 from a 0/1 mask [B, T]: cumsum(mask) - 1, clipped at 0.
+
+    Real tokens get 0, 1, 2, ... whatever the padding on either side, so padded and unpadded
+    sequences see the same positions.
+    """
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def attention_mask(key_mask: jax.Array, num_queries: int, cache_index: Any = 0) -> jax.Array:
+    """Causal and padding mask [B, T, S] bool.
+
+    key_mask: [B, S] (1 = real token). The query i sits at slot cache_index + i and may attend
+    to slots j <= cache_index + i with key_mask[b, j] == 1.
+    """
+    query_slots = cache_index + jnp.arange(num_queries, dtype=jnp.int32)
+    key_slots = jnp.arange(key_mask.shape[-1], dtype=jnp.int32)
+    causal = key_slots[None, :] <= query_slots[:, None]
+    return causal[None] & (key_mask[:, None, :] != 0)
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+    """Index [B] int32 of the last position with mask == 1 in each row of mask [B, T] (0: none)."""
+    steps = jnp.arange(mask.shape[-1], dtype=jnp.int32)
+    return jnp.max(jnp.where(mask != 0, steps, 0), axis=-1)
+
+
+def _layer_forward(
+    layer: DecoderLayer, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array
+) -> jax.Array:
+    return layer(h, cos, sin, mask)
+
+
+class Transformer(nnx.Module):
+    """Embedding, decoder layers and final norm: tokens -> hidden states.
+
+    Shared by `CausalLM`, `ValueModel` and `RewardModel`, so a critic or reward model can start
+    from a policy's backbone (see `ValueModel.from_policy`).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(
+            config.vocab_size,
+            config.hidden_size,
+            dtype=jnp.dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype),
+            embedding_init=PARAM_INIT,
+            rngs=rngs,
+        )
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        key_mask: jax.Array,
+        *,
+        cache: KVCache | None = None,
+        cache_index: Any = 0,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Hidden states [B, T, hidden] (compute dtype) and the updated cache (or None).
+
+        tokens, positions: [B, T] int32; key_mask: [B, S] with S == T without a cache and
+        S == cache max_len with one. See `CausalLM.__call__` for the cache semantics.
+        """
+        h = self.embed_tokens(tokens)
+        cos, sin = rotary_cos_sin(self.config, positions)
+        if cache is None:
+            if key_mask.shape != tokens.shape:
+                raise ValueError(
+                    f"without a cache key_mask must be [B, T] = {tokens.shape}, "
+                    f"got {key_mask.shape}"
+                )
+            mask = attention_mask(key_mask, tokens.shape[1])
+            forward = nnx.remat(_layer_forward) if self.config.remat else _layer_forward
+            for layer in self.layers:
+                h = forward(layer, h, cos, sin, mask)
+            return self.norm(h), None
+        if key_mask.shape != cache.k.shape[1:3]:
+            raise ValueError(
+                f"with a cache key_mask must be [B, max_len] = {cache.k.shape[1:3]}, "
+                f"got {key_mask.shape}"
+            )
+        cache_index = jnp.asarray(cache_index, jnp.int32)
+        mask = attention_mask(key_mask, tokens.shape[1], cache_index)
+        k, v = cache
+        for i, layer in enumerate(self.layers):
+            h, k, v = layer.decode(h, cos, sin, mask, k, v, i, cache_index)
+        return self.norm(h), KVCache(k, v)
+
+
+class CausalLM(nnx.Module):
+    """Decoder with a next-token head (`lm_head`, or the embedding when tied)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = Transformer(config, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = nnx.Linear(
+                config.hidden_size,
+                config.vocab_size,
+                use_bias=False,
+                dtype=jnp.float32,
+                param_dtype=jnp.dtype(config.param_dtype),
+                kernel_init=PARAM_INIT,
+                rngs=rngs,
+            )
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        key_mask: jax.Array,
+        *,
+        cache: KVCache | None = None,
+        cache_index: Any = 0,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Next-token logits.
+
+        tokens, positions: [B, T] int32. key_mask: [B, S] (1 = real token).
+        Without cache: S == T, attention is causal and masked by key_mask.
+        With cache: S == cache max_len; the T new tokens' k/v are written into slots
+        [cache_index, cache_index + T) (cache_index: int32 scalar, may be traced); the query at
+        slot cache_index + i attends to slots j <= cache_index + i with key_mask[b, j] == 1.
+        Returns (logits [B, T, vocab] float32, new cache or None).
+        """
+        h, cache = self.model(tokens, positions, key_mask, cache=cache, cache_index=cache_index)
+        return self.logits(h), cache
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """h: [B, T, hidden] -> logits [B, T, vocab] float32."""
+        h = h.astype(jnp.float32)
+        if self.config.tie_word_embeddings:
+            embedding = self.model.embed_tokens.embedding[...].astype(jnp.float32)
+            return jnp.einsum("bth,vh->btv", h, embedding)
+        return self.lm_head(h)
+
+
+class _ScalarHeadModel(nnx.Module):
+    """Backbone + linear head to one scalar per token (float32)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = Transformer(config, rngs=rngs)
+        self.score = nnx.Linear(
+            config.hidden_size,
+            1,
+            use_bias=True,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            kernel_init=PARAM_INIT,
+            rngs=rngs,
+        )
+
+    def token_scores(
+        self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array
+    ) -> jax.Array:
+        """tokens, positions, key_mask: [B, T] -> one float32 score per token [B, T]."""
+        h, _ = self.model(tokens, positions, key_mask)
+        return self.score(h.astype(jnp.float32))[..., 0]
+
+    @classmethod
+    def from_policy(cls, policy: CausalLM, *, rngs: nnx.Rngs) -> _ScalarHeadModel:
+        """A new model whose backbone starts from a copy of `policy.model`; fresh head."""
+        new = cls(policy.config, rngs=rngs)
+        nnx.update(new.model, jax.tree.map(jnp.copy, nnx.state(policy.model)))
+        return new
+
+
+class ValueModel(_ScalarHeadModel):
+    """Critic: a value per token."""
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array) -> jax.Array:
+        """tokens, positions, key_mask: [B, T] -> values [B, T] float32."""
+        return self.token_scores(tokens, positions, key_mask)
+
+
+class RewardModel(_ScalarHeadModel):
+    """Sequence reward: the head read at the last real token of each sequence."""
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array) -> jax.Array:
+        """tokens, positions, key_mask: [B, T] -> rewards [B] float32.
+
+        Read at the last index where key_mask == 1 (works for left and right padding).
+        """
+        scores = self.token_scores(tokens, positions, key_mask)
+        index = last_token_index(key_mask)
+        return jnp.take_along_axis(scores, index[:, None], axis=-1)[:, 0]
+
+
+def apply_lm(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: jax.Array,
+    positions: jax.Array,
+    key_mask: jax.Array,
+    cache: KVCache | None = None,
+    cache_index: Any = 0,
+) -> tuple[jax.Array, KVCache | None]:
+    """Pure `CausalLM.__call__` on `graphdef, state = nnx.split(model)`; safe inside jax.jit.
+
+    Returns (logits [B, T, vocab] float32, new cache or None).
+    """
+    model = nnx.merge(graphdef, state)
+    return model(tokens, positions, key_mask, cache=cache, cache_index=cache_index)
+
+
+def apply_model(
+    graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, positions: jax.Array,
+    key_mask: jax.Array,
+) -> jax.Array:
+    """Pure call of a `ValueModel` ([B, T]) or `RewardModel` ([B]) from its split state."""
+    return nnx.merge(graphdef, state)(tokens, positions, key_mask)
