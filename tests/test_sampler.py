@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from rl_jax.rollout import Sampler, filter_logits, positions_from_mask, top_p_threshold
 
@@ -322,3 +323,80 @@ def test_hundred_batches_compile_once_per_bucket():
         prompts = random_prompts(rng, 8, 1, int(rng.integers(4, 61)))
         sampler.generate(prompts, jax.random.key(step), n=2, max_new_tokens=16)
     assert sampler.num_compiles == 3
+
+
+# ---------------------------------------------------------------- rl_jax.models vs transformers
+
+HF_VOCAB = 320
+HF_EOS, HF_PAD = 2, 0
+
+
+def tiny_hf_model(model_type: str):
+    """A random float32 transformers Qwen2 (tied, qkv bias) or Llama with O(1) logits."""
+    import torch
+    import transformers
+
+    config_class = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig}
+    config = config_class[model_type](
+        vocab_size=HF_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.1,
+        tie_word_embeddings=model_type == "qwen2",
+        bos_token_id=1,
+        eos_token_id=HF_EOS,
+        pad_token_id=HF_PAD,
+    )
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_greedy_matches_transformers(model_type, tmp_path):
+    import torch
+
+    from rl_jax.models import apply_lm, load_causal_lm
+
+    hf_model = tiny_hf_model(model_type)
+    hf_model.save_pretrained(tmp_path)
+    model = load_causal_lm(tmp_path)
+    sampler = Sampler.from_model(model, eos_ids=(HF_EOS,), pad_id=HF_PAD)
+
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(3, HF_VOCAB, length)) for length in (5, 12, 1, 9)]
+    num_new = 32
+    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=num_new, greedy=True)
+
+    tokens, mask = np.asarray(out.prompt_tokens), np.asarray(out.prompt_mask)
+    with torch.no_grad():
+        hf_out = hf_model.generate(
+            input_ids=torch.from_numpy(tokens.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            do_sample=False,
+            max_new_tokens=num_new,
+            eos_token_id=HF_EOS,
+            pad_token_id=HF_PAD,
+        )
+    hf_tokens = hf_out[:, tokens.shape[1] :].numpy()
+    # transformers stops once every row has ended; it pads finished rows with pad_token_id.
+    hf_tokens = np.pad(
+        hf_tokens, ((0, 0), (0, num_new - hf_tokens.shape[1])), constant_values=HF_PAD
+    )
+    np.testing.assert_array_equal(np.asarray(out.response_tokens), hf_tokens)
+
+    # The cached decode's logprobs equal a full forward without a cache.
+    graphdef, state = nnx.split(model)
+    all_tokens = jnp.concatenate([out.prompt_tokens, out.response_tokens], axis=1)
+    all_mask = jnp.concatenate([out.prompt_mask, out.response_mask], axis=1)
+    logits, _ = apply_lm(graphdef, state, all_tokens, positions_from_mask(all_mask), all_mask)
+    prompt_len = tokens.shape[1]
+    log_probs = jax.nn.log_softmax(logits[:, prompt_len - 1 : -1], axis=-1)
+    expected = np.take_along_axis(np.asarray(log_probs), hf_tokens[..., None], -1)[..., 0]
+    response_mask = np.asarray(out.response_mask).astype(bool)
+    np.testing.assert_allclose(
+        np.asarray(out.response_logprobs)[response_mask], expected[response_mask], atol=1e-4
+    )
