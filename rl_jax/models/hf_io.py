@@ -68,7 +68,7 @@ def _unflatten(flat: FlatParams) -> dict:
 def to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
     """The model's parameters as checkpoint tensors {name: array in HF layout}."""
     tensors = {}
-    for path, value in _flatten(nnx.state(model, nnx.Param).to_pure_dict()):
+    for path, value in _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))):
         array = np.asarray(value)
         tensors[hf_name(path)] = np.ascontiguousarray(array.T if _is_transposed(path) else array)
     return tensors
@@ -129,7 +129,7 @@ def params_from_hf(
     param_dtype = jnp.dtype(config.param_dtype)
     flat: FlatParams = {}
     used = set()
-    for path, spec in _flatten(state.to_pure_dict()):
+    for path, spec in _flatten(nnx.to_pure_dict(state)):
         name = hf_name(path)
         expected = tuple(reversed(spec.shape)) if _is_transposed(path) else tuple(spec.shape)
         if name not in tensors:
