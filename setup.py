@@ -23,11 +23,11 @@ setuptools.setup(
         "tokenizers>=0.23.3",
         "safetensors>=0.8.0",
         "numpy>=2.0",
+        "chex>=0.1.92",
     ],
     extras_require={
         "test": [
             "pytest>=8.0",
-            "chex>=0.1.92",
             "hypothesis>=6.100",
             # Test-only: reference outputs from transformers. 2.13.0 has a local CPU build here.
             "torch==2.13.0",
