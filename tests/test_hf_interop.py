@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -48,11 +49,16 @@ def loaded(checkpoints) -> dict[str, models.CausalLM]:
     return {name: models.load_pretrained(d)[0] for name, (_, d) in checkpoints.items()}
 
 
-def jax_logits(model: models.CausalLM, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    mask = jnp.asarray(mask)
-    logits, cache = model(jnp.asarray(tokens), models.positions_from_mask(mask), mask)
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef, state, tokens, mask):
+    logits, cache = models.apply_lm(graphdef, state, tokens, models.positions_from_mask(mask), mask)
     assert cache is None
-    return np.asarray(logits)
+    return logits
+
+
+def jax_logits(model: models.CausalLM, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Logits [B, T, V] float32 with positions from the mask."""
+    return np.asarray(_logits(*nnx.split(model), jnp.asarray(tokens), jnp.asarray(mask)))
 
 
 def max_err_at_real(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
