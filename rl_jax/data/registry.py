@@ -1,0 +1,60 @@
+"""Tasks by name, so a config can pick one: ``make_task("addition", max_value=99, seed=1)``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from rl_jax.data.arithmetic import ArithmeticTask
+from rl_jax.data.countdown import CountdownTask
+from rl_jax.data.dataset import FileDataset
+from rl_jax.data.example import Task
+from rl_jax.data.gsm8k import GSM8K_TEMPLATE, load_gsm8k
+from rl_jax.data.sorting import SortingTask
+
+
+def _addition(**kwargs) -> ArithmeticTask:
+    return ArithmeticTask(op="+", **kwargs)
+
+
+def _multiplication(**kwargs) -> ArithmeticTask:
+    return ArithmeticTask(op="*", **kwargs)
+
+
+def _gsm8k(
+    *,
+    path: str | os.PathLike,
+    eval_path: str | os.PathLike | None = None,
+    eval_size: int = 0,
+    seed: int = 0,
+    template: str = GSM8K_TEMPLATE,
+) -> FileDataset:
+    """GSM8K from ``path``; held out: the rows of ``eval_path``, or ``eval_size`` rows of path."""
+    eval_examples = load_gsm8k(eval_path, template) if eval_path is not None else None
+    return FileDataset(
+        load_gsm8k(path, template), seed=seed, eval_examples=eval_examples, eval_size=eval_size
+    )
+
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "addition": _addition,
+    "multiplication": _multiplication,
+    "countdown": CountdownTask,
+    "sorting": SortingTask,
+    "gsm8k": _gsm8k,
+}
+
+
+def make_task(name: str, **kwargs) -> Task:
+    """The task ``name`` built with ``kwargs``.
+
+    ``"addition"`` and ``"multiplication"`` take ``ArithmeticTask``'s fields except ``op``,
+    ``"countdown"`` ``CountdownTask``'s, ``"sorting"`` ``SortingTask``'s; ``"gsm8k"`` needs
+    ``path`` and takes ``eval_path``, ``eval_size``, ``seed`` and ``template``.
+
+    Raises:
+      ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**kwargs)
