@@ -24,6 +24,9 @@ setuptools.setup(
         "safetensors>=0.8.0",
         "numpy>=2.0",
         "chex>=0.1.92",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": [

@@ -1,0 +1,68 @@
+"""Optimizers: AdamW with warmup and constant or cosine decay, and global-norm clipping."""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(
+    lr: float, *, warmup_steps: int, total_steps: int, decay: str = "constant"
+) -> optax.Schedule:
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then constant or cosine to 0.
+
+    ``total_steps`` counts optimizer updates (after accumulation), warmup included.
+    """
+    if decay not in SCHEDULES:
+        raise ValueError(f"optim.decay must be one of {SCHEDULES}, got {decay!r}.")
+    if decay == "constant":
+        after = optax.constant_schedule(lr)
+    else:
+        after = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1))
+    if warmup_steps <= 0:
+        return after
+    warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation:
+    """The optimizer an ``optim`` config describes.
+
+    Fields: ``lr``, ``warmup_steps``, ``decay`` ("constant" | "cosine"), ``weight_decay``, ``b1``,
+    ``b2``, ``eps``, ``max_grad_norm`` (0 disables clipping). Gradient accumulation is exact and
+    lives in the train step (micro-batches summed through ``aggregate_terms``), not here.
+    """
+    schedule = learning_rate_schedule(
+        config.lr, warmup_steps=config.warmup_steps, total_steps=total_steps, decay=config.decay
+    )
+    parts = []
+    if config.max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+    parts.append(
+        optax.adamw(
+            schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+        )
+    )
+    return optax.chain(*parts)
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+    """The default ``optim`` section of a config (documented in ``make_optimizer``)."""
+    config = ml_collections.ConfigDict(
+        dict(
+            lr=1e-3,
+            warmup_steps=0,
+            decay="constant",
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            max_grad_norm=1.0,
+        )
+    )
+    config.update(overrides)
+    return config

@@ -1,0 +1,363 @@
+"""The RL loop: one loop for PPO, GRPO and their variants (see ``rl_step`` for the jitted parts).
+
+Each iteration: take prompts -> sample ``group_size`` responses each -> score them with the reward
+functions (optionally dropping groups whose rewards are all equal and sampling more: DAPO's dynamic
+sampling) -> shape the scores (DAPO's soft overlong punishment, PPO's missing-EOS score) ->
+``prepare`` (old and reference log-probs, values, advantages) -> ``update`` -> metrics, evaluation
+and checkpoints. Resume is exact: every random draw of step ``s`` comes from ``fold_in(key, s)``
+and the data position is saved with the train state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from flax import nnx
+
+import rl_jax
+from rl_jax import models, parallel, rewards
+from rl_jax.optim import make_optimizer
+from rl_jax.trainers.checkpoint import Checkpointer
+from rl_jax.trainers.evaluation import evaluate
+from rl_jax.trainers.metrics import MetricWriter, check_finite, summary_line, to_floats
+from rl_jax.trainers.rl_step import RLSettings, TrainState, make_loss, make_prepare, make_update
+from rl_jax.trainers.setup import Context, stage_key
+
+LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
+
+
+def settings_from_config(config: ml_collections.ConfigDict) -> RLSettings:
+    """The static RL options of a config (``rl``, ``rollout``, ``loss``, ``kl`` sections)."""
+    rl, loss, kl = config.rl, config.loss, config.kl
+    return RLSettings(
+        estimator=rl.estimator,
+        group_size=rl.group_size,
+        temperature=config.rollout.temperature,
+        gamma=rl.gamma,
+        lam=rl.lam,
+        whiten_advantages=rl.whiten_advantages,
+        kl_loss_coef=0.0 if kl.in_reward else kl.coef,
+        kl_in_reward=kl.in_reward and kl.coef > 0,
+        kl_estimator=kl.estimator,
+        clip_low=loss.clip_low,
+        clip_high=loss.clip_high,
+        dual_clip=loss.dual_clip or None,
+        ratio_level=loss.ratio_level,
+        agg=loss.agg,
+        max_len=config.rollout.max_new_tokens,
+        vf_coef=loss.vf_coef,
+        value_clip=loss.value_clip or None,
+        tis_cap=loss.tis_cap or None,
+        epochs=rl.epochs,
+        num_minibatches=rl.num_minibatches,
+        seed=config.seed,
+    )
+
+
+@dataclasses.dataclass
+class Round:
+    """One sampling round: ``num_prompts * group_size`` responses and their scores (host arrays)."""
+
+    prompt_tokens: np.ndarray
+    prompt_mask: np.ndarray
+    response_tokens: np.ndarray
+    response_mask: np.ndarray
+    sampler_logprobs: np.ndarray
+    scores: np.ndarray  # shaped reward used for training
+    rewards: dict[str, np.ndarray]  # per reward function, unshaped
+    correct: np.ndarray
+    texts: list[str]
+
+    def rows(self, index: np.ndarray) -> Round:
+        return Round(
+            **{f.name: _take(getattr(self, f.name), index) for f in dataclasses.fields(self)}
+        )
+
+
+def _take(x, index):
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    if isinstance(x, list):
+        return [x[i] for i in index]
+    return x[index]
+
+
+def shape_scores(cfg: ml_collections.ConfigDict, scores, lengths, truncated) -> np.ndarray:
+    """DAPO's soft overlong punishment and PPO's missing-EOS score (both optional).
+
+    Overlong: with budget ``N`` and buffer ``b``, a response of length ``L > N - b`` gets
+    ``-penalty * (L - (N - b)) / b``. EOS trick: a response that hit ``N`` without EOS scores
+    ``missing_eos_score`` instead of its reward.
+    """
+    scores = scores.astype(np.float32).copy()
+    rl = cfg.rl
+    if rl.overlong_buffer > 0:
+        start = cfg.rollout.max_new_tokens - rl.overlong_buffer
+        scores -= rl.overlong_penalty * np.clip((lengths - start) / rl.overlong_buffer, 0.0, 1.0)
+    if rl.eos_trick:
+        scores = np.where(truncated, rl.missing_eos_score, scores)
+    return scores
+
+
+def sample_round(ctx: Context, position: int, key: jax.Array) -> Round:
+    """Samples and scores the prompts of data position ``position``."""
+    cfg = ctx.config
+    examples = ctx.task.batch(position, cfg.rl.num_prompts)
+    n = cfg.rl.group_size
+    out = ctx.sampler.generate(
+        ctx.encode_prompts(examples),
+        key,
+        n=n,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        top_k=cfg.rollout.top_k or None,
+        top_p=cfg.rollout.top_p,
+    )
+    response_mask = np.asarray(out.response_mask)
+    texts = ctx.decode_responses(out.response_tokens, response_mask)
+    repeated = [ex for ex in examples for _ in range(n)]
+    total, per_fn = rewards.combine_rewards(cfg.rewards.weights.to_dict(), texts, repeated)
+    correct = rewards.combine_rewards({cfg.rewards.correctness: 1.0}, texts, repeated)[0]
+    lengths = response_mask.sum(1)
+    last = np.asarray(out.response_tokens)[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    truncated = ~np.isin(last, ctx.eos_ids) | (lengths == 0)
+    return Round(
+        prompt_tokens=np.asarray(out.prompt_tokens),
+        prompt_mask=np.asarray(out.prompt_mask),
+        response_tokens=np.asarray(out.response_tokens),
+        response_mask=response_mask,
+        sampler_logprobs=np.asarray(out.response_logprobs),
+        scores=shape_scores(cfg, total, lengths, truncated),
+        rewards=per_fn,
+        correct=np.asarray(correct, np.float32),
+        texts=texts,
+    )
+
+
+def _concat(rounds: list[Round], pad_id: int) -> Round:
+    """Concatenates rounds, left-padding prompts to the widest prompt bucket."""
+    width = max(r.prompt_tokens.shape[1] for r in rounds)
+
+    def left_pad(x, value):
+        return np.pad(x, ((0, 0), (width - x.shape[1], 0)), constant_values=value)
+
+    return Round(
+        prompt_tokens=np.concatenate([left_pad(r.prompt_tokens, pad_id) for r in rounds]),
+        prompt_mask=np.concatenate([left_pad(r.prompt_mask, 0) for r in rounds]),
+        response_tokens=np.concatenate([r.response_tokens for r in rounds]),
+        response_mask=np.concatenate([r.response_mask for r in rounds]),
+        sampler_logprobs=np.concatenate([r.sampler_logprobs for r in rounds]),
+        scores=np.concatenate([r.scores for r in rounds]),
+        rewards={k: np.concatenate([r.rewards[k] for r in rounds]) for k in rounds[0].rewards},
+        correct=np.concatenate([r.correct for r in rounds]),
+        texts=sum((r.texts for r in rounds), []),
+    )
+
+
+def collect(ctx: Context, position: int, key: jax.Array) -> tuple[Round, int, dict[str, float]]:
+    """The rollout batch of one step, with dynamic sampling when configured.
+
+    Returns the batch (``num_prompts * group_size`` rows), the next data position and metrics.
+    With dynamic sampling, groups whose scores are all equal are dropped and new prompts are
+    sampled (at most ``max_extra_rounds`` more rounds); if the batch is still not full, dropped
+    groups fill it with their response masks zeroed, so they count in no loss.
+    """
+    rl = ctx.config.rl
+    n, wanted = rl.group_size, rl.num_prompts
+    kept: list[Round] = []
+    dropped: list[Round] = []
+    first: Round | None = None
+    num_kept = 0
+    rounds = 0
+    while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
+        batch = sample_round(ctx, position, jax.random.fold_in(key, rounds))
+        position += 1
+        rounds += 1
+        first = first or batch
+        if not rl.dynamic_sampling:
+            kept.append(batch)
+            num_kept = wanted
+            break
+        grouped = batch.scores.reshape(-1, n)
+        informative = grouped.max(1) > grouped.min(1)
+        rows = lambda groups: (groups[:, None] * n + np.arange(n)).reshape(-1)  # noqa: E731
+        take = np.flatnonzero(informative)[: wanted - num_kept]
+        kept.append(batch.rows(rows(take)))
+        num_kept += len(take)
+        dropped.append(batch.rows(rows(np.flatnonzero(~informative))))
+    if num_kept < wanted:
+        filler = _concat(dropped, ctx.tokenizer.pad_token_id)
+        filler = filler.rows(np.arange((wanted - num_kept) * n))
+        filler.response_mask = np.zeros_like(filler.response_mask)
+        kept.append(filler)
+    out = _concat(kept, ctx.tokenizer.pad_token_id)
+    grouped = first.scores.reshape(-1, n)
+    metrics = {
+        "zero_adv_groups": float(np.mean(grouped.max(1) == grouped.min(1))),
+        "sampling_rounds": float(rounds),
+    }
+    return out, position, metrics
+
+
+def rollout_metrics(batch: Round) -> dict[str, float]:
+    lengths = batch.response_mask.sum(1).astype(np.float32)
+    real = lengths > 0
+    correct = batch.correct > 0
+    metrics = {
+        "score": float(batch.scores[real].mean()),
+        "accuracy": float(batch.correct[real].mean()),
+        "length": float(lengths[real].mean()),
+        "length_correct": float(lengths[real & correct].mean()) if np.any(real & correct) else 0.0,
+        "length_incorrect": (
+            float(lengths[real & ~correct].mean()) if np.any(real & ~correct) else 0.0
+        ),
+    }
+    metrics.update({f"reward/{k}": float(v[real].mean()) for k, v in batch.rewards.items()})
+    return metrics
+
+
+def device_batch(batch: Round) -> dict[str, np.ndarray]:
+    """The arrays ``prepare`` reads: tokens and masks, scores, sampler log-probs."""
+    return {
+        "tokens": np.concatenate([batch.prompt_tokens, batch.response_tokens], 1).astype(np.int32),
+        "mask": np.concatenate([batch.prompt_mask, batch.response_mask], 1).astype(np.float32),
+        "response_mask": batch.response_mask.astype(np.float32),
+        "sampler_logprobs": batch.sampler_logprobs.astype(np.float32),
+        "scores": batch.scores.astype(np.float32),
+    }
+
+
+def init_state(ctx: Context, policy_params, settings: RLSettings, tx) -> tuple[TrainState, Any]:
+    """The train state (policy, and a critic for GAE) and the value graphdef (or None)."""
+    params = {"policy": policy_params}
+    value_graphdef = None
+    if settings.has_critic:
+        policy = nnx.merge(ctx.graphdef, policy_params)
+        critic = models.ValueModel.from_policy(policy, rngs=nnx.Rngs(ctx.config.seed + 1))
+        value_graphdef, params["value"] = nnx.split(critic)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), value_graphdef
+
+
+def run_rl(
+    ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any
+) -> tuple[Any, dict[str, float]]:
+    """Trains the policy from ``policy_params`` (also the frozen reference); resumes from
+    ``workdir/rl``. Returns the final policy params and the last evaluation."""
+    config = ctx.config
+    cfg = config.rl
+    settings = settings_from_config(config)
+    tx = make_optimizer(cfg.optim, cfg.steps * cfg.epochs * cfg.num_minibatches)
+    state, value_graphdef = init_state(ctx, policy_params, settings, tx)
+    sharding = parallel.param_sharding(state, mesh)
+    ref_params = None
+    if settings.needs_reference:
+        ref_params = jax.device_put(
+            jax.tree.map(jnp.copy, policy_params), parallel.param_sharding(policy_params, mesh)
+        )
+    checkpointer = Checkpointer(
+        os.path.join(ctx.workdir, "rl"), every=config.checkpoint.every, keep=config.checkpoint.keep
+    )
+    meta = {"position": 0, "kl_coef": config.kl.coef, "eval": {}, "done": False}
+    if checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(state)
+        print(f"rl: resumed from step {int(state.step)} of {checkpointer.directory}")
+        if meta["done"]:
+            return state.params["policy"], meta["eval"]
+    state = jax.device_put(state, sharding)
+    prepare = jax.jit(make_prepare(settings, ctx.graphdef, value_graphdef))
+    update = parallel.data_parallel_step(
+        make_update(settings, tx, make_loss(settings, ctx.graphdef, value_graphdef)), mesh, sharding
+    )
+    writer = MetricWriter(ctx.workdir, "rl")
+    position, kl_coef = meta["position"], meta["kl_coef"]
+    last_eval = meta["eval"]
+    bar = tqdm.tqdm(range(int(state.step), cfg.steps), desc="rl", disable=not cfg.progress_bar)
+    for step in bar:
+        key = stage_key(config.seed, "rl", step)
+        t0 = time.perf_counter()
+        ctx.sampler.params = state.params["policy"]
+        batch, position, metrics = collect(ctx, position, key)
+        t1 = time.perf_counter()
+        metrics.update(rollout_metrics(batch))
+        arrays = parallel.shard_batch(device_batch(batch), mesh)
+        extra, prep_metrics = prepare(state.params, ref_params, arrays, jnp.float32(kl_coef))
+        train_batch = {k: arrays[k] for k in ("tokens", "mask", "response_mask")} | extra
+        state, update_metrics = update(state, train_batch)
+        metrics.update(to_floats(prep_metrics) | to_floats(update_metrics))
+        t2 = time.perf_counter()
+        check_finite(metrics, step, LOSS_METRICS)
+        if settings.kl_in_reward and config.kl.target > 0:
+            kl_coef = float(
+                rl_jax.adaptive_kl_update(
+                    kl_coef,
+                    metrics["kl_ref"],
+                    target=config.kl.target,
+                    horizon=config.kl.horizon,
+                    n_steps=len(batch.scores),
+                )
+            )
+        num_tokens = float(batch.response_mask.sum())
+        metrics.update(
+            kl_coef=kl_coef,
+            time_sampling=t1 - t0,
+            time_update=t2 - t1,
+            tokens_per_second=num_tokens / (t2 - t0),
+        )
+        number = step + 1
+        done = number == cfg.steps
+        if number % config.eval.every == 0 or done:
+            last_eval = evaluate(
+                ctx,
+                state.params["policy"],
+                stage_key(config.seed, "eval", 10**6 + number),
+                k=config.eval.k,
+            )
+            metrics.update({f"eval/{k}": v for k, v in last_eval.items()})
+        writer.write(number, metrics)
+        if number % config.log.every == 0 or done:
+            bar.write(
+                summary_line(
+                    "rl",
+                    number,
+                    metrics,
+                    [
+                        "score",
+                        "accuracy",
+                        "eval/pass@1",
+                        "kl_ref",
+                        "entropy",
+                        "clip_frac_high",
+                        "length",
+                        "tokens_per_second",
+                    ],
+                )
+            )
+        if config.log.samples_every and number % config.log.samples_every == 0:
+            samples = "\n".join(
+                f"  {t!r} -> {s:+.2f}"
+                for t, s in zip(batch.texts[:3], batch.scores[:3], strict=True)
+            )
+            bar.write(f"rl {number} samples:\n{samples}")
+            writer.write_text(number, "samples", samples)
+        if done or checkpointer.should_save(number):
+            checkpointer.save(
+                number,
+                state,
+                {
+                    "position": position,
+                    "kl_coef": kl_coef,
+                    "eval": last_eval,
+                    "done": done,
+                },
+            )
+    writer.close()
+    checkpointer.close()
+    return state.params["policy"], last_eval

@@ -1,0 +1,124 @@
+"""What every stage shares: tokenizer, task, policy model and sampler, built from a config."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import transformers
+from flax import nnx
+
+from rl_jax import data, models
+from rl_jax.rollout import Sampler
+
+
+@dataclasses.dataclass
+class Context:
+    """The objects a run is made of (built once by ``build_context``)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    tokenizer: transformers.PreTrainedTokenizerBase
+    task: Any  # rl_jax.data.Task
+    eval_examples: list
+    policy: models.CausalLM  # initial weights (pretrained or fresh)
+    graphdef: nnx.GraphDef
+    sampler: Sampler
+
+    def encode_prompts(self, examples: Sequence[data.Example]) -> list[list[int]]:
+        """Prompt token ids, with the BOS token first when the tokenizer has one."""
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return [bos + self.tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in examples]
+
+    def decode_responses(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+        """Response texts: the masked tokens, EOS removed."""
+        eos = set(self.eos_ids)
+        rows = [
+            [int(t) for t, m in zip(r, ms, strict=True) if m and int(t) not in eos]
+            for r, ms in zip(np.asarray(tokens), np.asarray(mask), strict=True)
+        ]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return (int(self.tokenizer.eos_token_id),)
+
+
+def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
+    """The tokenizer: from ``model.path``, or a byte-level BPE trained on the task's text.
+
+    A trained tokenizer is saved in ``workdir/tokenizer`` and reloaded on resume, so a resumed run
+    uses the same ids.
+    """
+    if config.model.path:
+        return transformers.AutoTokenizer.from_pretrained(config.model.path, local_files_only=True)
+    saved = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(saved):
+        return transformers.AutoTokenizer.from_pretrained(saved, local_files_only=True)
+    texts = [ex.prompt + ex.target for ex in task.batch(0, 2000)]
+    tokenizer = models.train_bpe_tokenizer(texts, config.model.vocab_size)
+    tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalLM:
+    """The policy: a Hugging Face checkpoint (``model.path``) or a fresh model from the config."""
+    m = config.model
+    if m.path:
+        policy, _ = models.load_pretrained(m.path, dtype=m.dtype)
+        return policy
+    model_config = models.ModelConfig(
+        model_type=m.model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        max_position_embeddings=m.max_len,
+        tie_word_embeddings=True,
+        attention_bias=m.model_type == "qwen2",
+        qk_norm=m.model_type == "qwen3",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=m.dtype,
+        remat=m.remat,
+    )
+    return models.CausalLM(model_config, rngs=nnx.Rngs(config.seed))
+
+
+def build_task(config: ml_collections.ConfigDict):
+    return data.make_task(config.task.name, seed=config.seed, **config.task.kwargs.to_dict())
+
+
+def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
+    os.makedirs(workdir, exist_ok=True)
+    task = build_task(config)
+    tokenizer = build_tokenizer(config, task, workdir)
+    policy = build_policy(config, tokenizer)
+    graphdef, _ = nnx.split(policy)
+    sampler = Sampler.from_model(
+        policy, eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id
+    )
+    return Context(
+        config=config,
+        workdir=workdir,
+        tokenizer=tokenizer,
+        task=task,
+        eval_examples=task.eval_set(config.eval.num_examples),
+        policy=policy,
+        graphdef=graphdef,
+        sampler=sampler,
+    )
+
+
+def stage_key(seed: int, stage: str, step: int) -> jax.Array:
+    """The PRNG key of ``step`` of ``stage``: a pure function, so resumed runs draw the same."""
+    stage_id = {"sft": 1, "rl": 2, "eval": 3}[stage]
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage_id), step)
