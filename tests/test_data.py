@@ -215,6 +215,13 @@ def test_gsm8k_malformed_rows_name_path_and_line(tmp_path, bad_row, expected):
     assert expected in str(err.value)
 
 
+def test_non_utf8_row_names_path_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(GOOD_GSM8K.encode() + b"\n" + b'{"question": "\xff"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: not UTF-8")):
+        load_gsm8k(path)
+
+
 @pytest.mark.parametrize(
     "bad_row, expected",
     [

@@ -34,12 +34,16 @@ def read_jsonl(
       fields: the fields every row must have and their exact types (extra fields are allowed).
 
     Raises:
-      ValueError: on bad JSON, a row that is not an object, a missing field or a wrong type,
-        naming the path, the 1-based line and what was expected.
+      ValueError: on text that is not UTF-8, bad JSON, a row that is not an object, a missing
+        field or a wrong type, naming the path, the 1-based line and what was expected.
     """
     expected = _describe(fields)
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise row_error(path, line_number, f"not UTF-8 ({err.reason})") from err
             if not line.strip():
                 continue
             try:
