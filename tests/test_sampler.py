@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rl_jax.rollout import Sampler, filter_logits, positions_from_mask, top_p_threshold
+from rl_jax.rollout import (
+    Sampler,
+    filter_logits,
+    positions_from_mask,
+    sample_from_probs,
+    top_p_threshold,
+    top_p_threshold_unsorted,
+)
 
 VOCAB = 16
 DIM = 16
@@ -112,6 +119,37 @@ def test_filter_logits_top_k_then_top_p():
     assert kept(top_p_only) == [0, 1, 0, 1]
     # top-k 2 renormalises to 0.625 / 0.375, so p=0.6 keeps only the first.
     assert kept(filter_logits(logits, jnp.float32(0.6), top_k=2, use_top_p=True)) == [0, 1, 0, 0]
+
+
+def test_unsorted_top_p_threshold_equals_sorted():
+    logits = jax.random.normal(jax.random.key(0), (32, 300)) * 3.0
+    probs = jax.nn.softmax(logits, axis=-1)
+    sorted_logits = -jnp.sort(-logits, axis=-1)
+    for p in (0.05, 0.3, 0.9, 0.999):  # at 1.0 both hinge on float rounding of the mass
+        exact = top_p_threshold(sorted_logits, jnp.float32(p))
+        bisected = top_p_threshold_unsorted(logits, probs, jnp.float32(p))
+        np.testing.assert_array_equal(logits >= exact[:, None], logits >= bisected[:, None])
+
+
+def test_sample_from_probs_frequencies_and_zero_mass():
+    """Inverse-CDF draws over 100 rows x 2000 keys vs the (unnormalised) probs; zeros never drawn.
+
+    TV bound as in test_sampled_frequencies_match_tempered_softmax, m = 200k samples.
+    """
+    vocab = 150  # not a multiple of the block size, several blocks
+    weights = np.asarray(jax.random.uniform(jax.random.key(1), (vocab,))) ** 4
+    weights[[0, 1, 63, 64, 100, vocab - 1]] = 0.0
+    probs = jnp.tile(jnp.asarray(weights * 3.0, jnp.float32), (100, 1))
+    draws = jax.jit(jax.vmap(lambda k: sample_from_probs(k, probs, block_size=64)))(
+        jax.random.split(jax.random.key(2), 2000)
+    )
+    draws = np.asarray(draws).reshape(-1)
+    counts = np.bincount(draws, minlength=vocab)
+    assert counts.size == vocab and counts[weights == 0].sum() == 0
+    target = weights / weights.sum()
+    m = draws.size
+    bound = 0.5 * np.sum(np.sqrt(target * (1 - target) / m)) + math.sqrt(math.log(1e4) / (2 * m))
+    assert 0.5 * np.abs(counts / m - target).sum() < bound
 
 
 # ---------------------------------------------------------------- sampler on the toy model

@@ -8,7 +8,14 @@ Logprobs are always under the tempered unfiltered distribution log_softmax(logit
 from rl_jax.rollout.decode import DecodeOutput, DecodeSettings, decode, positions_from_mask
 from rl_jax.rollout.padding import bucket_length, choose_buckets, left_pad
 from rl_jax.rollout.sampler import SampleOutput, Sampler
-from rl_jax.rollout.sampling import filter_logits, select_tokens, top_p_threshold
+from rl_jax.rollout.sampling import (
+    filter_logits,
+    keep_mask,
+    sample_from_probs,
+    select_tokens,
+    top_p_threshold,
+    top_p_threshold_unsorted,
+)
 
 __all__ = [
     "DecodeOutput",
@@ -19,8 +26,11 @@ __all__ = [
     "choose_buckets",
     "decode",
     "filter_logits",
+    "keep_mask",
     "left_pad",
     "positions_from_mask",
+    "sample_from_probs",
     "select_tokens",
     "top_p_threshold",
+    "top_p_threshold_unsorted",
 ]

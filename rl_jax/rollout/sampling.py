@@ -38,14 +38,53 @@ def top_p_threshold(sorted_logits: jax.Array, top_p: jax.Array) -> jax.Array:
     return jnp.take_along_axis(sorted_logits, (num_kept - 1)[:, None], axis=-1)[:, 0]
 
 
-def filter_logits(
+def top_p_threshold_unsorted(
+    scaled_logits: jax.Array, probs: jax.Array, top_p: jax.Array, num_iterations: int = 32
+) -> jax.Array:
+    """The nucleus threshold of `top_p_threshold` without sorting the vocabulary.
+
+    The kept set {v : logit_v >= t} is found by bisection on t over [min logit, max logit]: the
+    largest t whose kept mass is still >= top_p. A full-vocabulary sort costs ~8 ms on 64 x 1024
+    logits on a 2-core CPU; 32 masked sums cost well under 1 ms. After 32 halvings the interval is
+    below float32 resolution for any realistic logit range, so the kept set equals the sorted
+    definition (ties are kept either way).
+
+    Args:
+      scaled_logits: [batch, vocab] tempered logits (finite).
+      probs: [batch, vocab] softmax(scaled_logits).
+      top_p: scalar in (0, 1].
+      num_iterations: bisection steps (static).
+
+    Returns:
+      [batch] threshold; keep every token whose logit is >= it.
+    """
+
+    def kept_mass(threshold: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.where(scaled_logits >= threshold[:, None], probs, 0.0), axis=-1)
+
+    top = jnp.max(scaled_logits, axis=-1)
+    low = jnp.min(scaled_logits, axis=-1)  # kept mass 1 >= top_p
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low) / 2
+        enough = kept_mass(middle) >= top_p
+        return jnp.where(enough, middle, low), jnp.where(enough, high, middle)
+
+    low, _ = jax.lax.fori_loop(0, num_iterations, halve, (low, top))
+    # The bisection keeps `high` excluded, so handle "the top token alone reaches top_p" here.
+    return jnp.where(kept_mass(top) >= top_p, top, low)
+
+
+def keep_mask(
     scaled_logits: jax.Array,
+    probs: jax.Array,
     top_p: jax.Array,
     *,
     top_k: int | None,
     use_top_p: bool,
-) -> jax.Array:
-    """Sets the logits of tokens outside the top-k / top-p set to -inf.
+) -> jax.Array | None:
+    """Which tokens survive top-k then top-p filtering; None when no filter is on.
 
     Order as in Hugging Face: temperature (already applied), then top-k, then top-p on the
     distribution renormalised over the top-k tokens. Tokens tied with the threshold logit are kept,
@@ -53,25 +92,76 @@ def filter_logits(
 
     Args:
       scaled_logits: [batch, vocab] logits / temperature.
+      probs: [batch, vocab] softmax(scaled_logits) (used by top-p without top-k).
       top_p: scalar in (0, 1]; ignored unless `use_top_p`.
       top_k: static number of tokens kept, or None for no top-k filter.
-      use_top_p: static; whether to apply the nucleus filter (needs a full-vocabulary sort when
-        `top_k` is None, so it is compiled in only when asked for).
+      use_top_p: static; whether to apply the nucleus filter.
 
     Returns:
-      [batch, vocab] filtered logits.
+      [batch, vocab] bool, or None.
     """
     if top_k is None and not use_top_p:
-        return scaled_logits
-    if top_k is not None:
+        return None
+    if top_k is None:
+        threshold = top_p_threshold_unsorted(scaled_logits, probs, top_p)
+    else:
         sorted_logits = jax.lax.top_k(scaled_logits, top_k)[0]
-    else:
-        sorted_logits = -jnp.sort(-scaled_logits, axis=-1)
-    if use_top_p:
-        threshold = top_p_threshold(sorted_logits, top_p)
-    else:
-        threshold = sorted_logits[:, -1]
-    return jnp.where(scaled_logits >= threshold[:, None], scaled_logits, _MASKED)
+        if use_top_p:
+            threshold = top_p_threshold(sorted_logits, top_p)
+        else:
+            threshold = sorted_logits[:, -1]
+    return scaled_logits >= threshold[:, None]
+
+
+def filter_logits(
+    scaled_logits: jax.Array,
+    top_p: jax.Array,
+    *,
+    top_k: int | None,
+    use_top_p: bool,
+) -> jax.Array:
+    """scaled_logits [batch, vocab] with tokens outside the top-k / top-p set at -inf.
+
+    See `keep_mask` for the filter semantics.
+    """
+    probs = jax.nn.softmax(scaled_logits, axis=-1)
+    keep = keep_mask(scaled_logits, probs, top_p, top_k=top_k, use_top_p=use_top_p)
+    return scaled_logits if keep is None else jnp.where(keep, scaled_logits, _MASKED)
+
+
+def sample_from_probs(key: jax.Array, probs: jax.Array, block_size: int = 64) -> jax.Array:
+    """Draws one token per row from unnormalised probabilities by inverse-CDF sampling.
+
+    One uniform u per row is scaled by the row's total mass; the token is the first index whose
+    cumulative mass exceeds it. The cumulative sum has two levels, first over blocks of
+    `block_size` tokens, then inside the chosen block, so float32 rounding is relative to a
+    block's mass rather than to 1 (a flat cumsum over 150k tokens would blur the tail). A token
+    with zero mass is never drawn. Needs one random number per row instead of one per token as
+    the Gumbel trick does (jax.random.categorical), which is ~10x cheaper on CPU.
+
+    Args:
+      key: PRNG key.
+      probs: [batch, vocab] non-negative float32, each row with positive total.
+      block_size: tokens per block (static).
+
+    Returns:
+      [batch] int32 token ids.
+    """
+    batch, vocab = probs.shape
+    num_blocks = -(-vocab // block_size)
+    blocks = jnp.pad(probs, ((0, 0), (0, num_blocks * block_size - vocab)))
+    blocks = blocks.reshape(batch, num_blocks, block_size)
+    block_mass = jnp.sum(blocks, axis=-1)  # [B, num_blocks]
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    tiny = jnp.finfo(jnp.float32).tiny
+    target = jax.random.uniform(key, (batch,), jnp.float32, minval=tiny) * block_cdf[:, -1]
+    block = jnp.sum(block_cdf < target[:, None], axis=-1)  # [B]
+    mass_before = jnp.take_along_axis(block_cdf - block_mass, block[:, None], axis=-1)[:, 0]
+    inner_cdf = jnp.cumsum(jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0], -1)
+    # Rounding can put the residual a hair outside (0, block mass]; clamp it back inside.
+    residual = jnp.clip(target - mass_before, tiny, inner_cdf[:, -1])
+    offset = jnp.sum(inner_cdf < residual[:, None], axis=-1)
+    return (block * block_size + offset).astype(jnp.int32)
 
 
 def select_tokens(
@@ -100,12 +190,14 @@ def select_tokens(
       logprobs: [batch] float32, log_softmax(logits / temperature)[token] (tempered, unfiltered).
     """
     scaled = logits.astype(jnp.float32) / temperature
-    if greedy:
-        tokens = jnp.argmax(scaled, axis=-1)
-    else:
-        filtered = filter_logits(scaled, top_p, top_k=top_k, use_top_p=use_top_p)
-        tokens = jax.random.categorical(key, filtered, axis=-1)
-    tokens = tokens.astype(jnp.int32)
     log_probs = jax.nn.log_softmax(scaled, axis=-1)
+    if greedy:
+        tokens = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
+    else:
+        probs = jnp.exp(log_probs)
+        keep = keep_mask(scaled, probs, top_p, top_k=top_k, use_top_p=use_top_p)
+        if keep is not None:
+            probs = jnp.where(keep, probs, 0.0)
+        tokens = sample_from_probs(key, probs)
     chosen = jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
     return tokens, chosen
