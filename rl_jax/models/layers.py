@@ -89,6 +89,21 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
+def _attend_one_query(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of a single query step, for decoding.
+
+    q: [B, kv_heads, groups, D]; k, v: [B, S, kv_heads, D]; mask: [B, S] bool.
+    Returns [B, kv_heads, groups, D]. Written as broadcast-multiply-and-sum rather than einsum:
+    on CPU, XLA lowers the einsum to many tiny batched matmuls plus transposes of the cache
+    (about 3-4x slower for a decode step), while this form streams through k and v once.
+    """
+    d = q.shape[-1]
+    scores = jnp.sum(q[:, None] * k[:, :, :, None, :], axis=-1) * (d**-0.5)  # [B, S, K, G]
+    scores = jnp.where(mask[:, :, None, None], scores.astype(jnp.float32), MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype)
+    return jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)
+
+
 class Attention(nnx.Module):
     """Grouped-query self-attention with optional q/k/v bias and per-head q/k RMSNorm."""
 
@@ -125,10 +140,13 @@ class Attention(nnx.Module):
         c = self.config
         b, t, _, d = q.shape
         q = q.reshape(b, t, c.num_kv_heads, c.num_groups, d)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (d**-0.5)
-        scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+        if t == 1:
+            out = _attend_one_query(q[:, 0], k, v, mask[:, 0])[:, None]
+        else:
+            scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (d**-0.5)
+            scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
+            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+            out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
         return self.o_proj(out.reshape(b, t, c.num_heads * d))
 
 
