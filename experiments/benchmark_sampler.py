@@ -31,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt")
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--intermediate", type=int, default=768)
@@ -105,8 +105,8 @@ def build_models(args: argparse.Namespace, directory: str):
     return hf_model, load_causal_lm(directory)
 
 
-def time_rl_jax(model, prompts: list[list[int]], args: argparse.Namespace) -> float:
-    """Seconds per generate call (best of --reps, after a compiling warm-up)."""
+def rl_jax_runner(model, prompts: list[list[int]], args: argparse.Namespace):
+    """A function running one blocking Sampler.generate call; compiled (warmed up) here."""
     from rl_jax.rollout import Sampler
 
     sampler = Sampler.from_model(model, eos_ids=(), pad_id=0)
@@ -121,13 +121,16 @@ def time_rl_jax(model, prompts: list[list[int]], args: argparse.Namespace) -> fl
     out = run()
     print(f"rl_jax warm-up (compile + run): {time.perf_counter() - start:.2f} s")
     assert int(out.num_generated_tokens) == len(prompts) * args.samples * args.new_tokens
-    seconds = best_time(run, args.reps)
-    assert sampler.num_compiles == 1
-    return seconds
+
+    def checked_run():
+        run()
+        assert sampler.num_compiles == 1
+
+    return checked_run
 
 
-def time_transformers(hf_model, prompts: list[list[int]], args: argparse.Namespace) -> float:
-    """Seconds per `generate` call (best of --reps after one warm-up)."""
+def transformers_runner(hf_model, prompts: list[list[int]], args: argparse.Namespace):
+    """A function running one `generate` call (temperature 1, no top-k/top-p), warmed up here."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -149,7 +152,22 @@ def time_transformers(hf_model, prompts: list[list[int]], args: argparse.Namespa
         assert out.shape == (len(prompts) * args.samples, args.prompt_len + args.new_tokens)
 
     run()
-    return best_time(run, args.reps)
+    return run
+
+
+def interleaved_best_times(runners: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Best wall time of each runner over `reps` rounds that alternate between the runners.
+
+    Alternating keeps a burst of load from other processes on this shared CPU from favouring
+    one side; the minimum is the least-disturbed run.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -178,22 +196,19 @@ def main() -> None:
         f"{args.new_tokens} new tokens = {num_tokens} tokens"
     )
 
-    ours = time_rl_jax(model, prompts, args)
-    ours_rate = num_tokens / ours
-    ours_gflops = ours_rate * flops / 1e9
-    print(
-        f"rl_jax Sampler: {ours * 1e3:.1f} ms/call, {ours * 1e3 / args.new_tokens:.2f} ms/step, "
-        f"{ours_rate:,.0f} tokens/s, {ours_gflops:.1f} GFLOP/s = {ours_gflops / peak:.1%} of matmul"
-    )
-    if args.skip_transformers:
-        return
-    theirs = time_transformers(hf_model, prompts, args)
-    theirs_rate = num_tokens / theirs
-    print(
-        f"transformers generate: {theirs * 1e3:.1f} ms/call, "
-        f"{theirs * 1e3 / args.new_tokens:.2f} ms/step, {theirs_rate:,.0f} tokens/s"
-    )
-    print(f"speed-up rl_jax / transformers: {ours_rate / theirs_rate:.2f}x")
+    runners = {"rl_jax": rl_jax_runner(model, prompts, args)}
+    if not args.skip_transformers:
+        runners["transformers"] = transformers_runner(hf_model, prompts, args)
+    best = interleaved_best_times(runners, args.reps)
+    for name, seconds in best.items():
+        rate = num_tokens / seconds
+        gflops = rate * flops / 1e9
+        print(
+            f"{name}: {seconds * 1e3:.1f} ms/call, {seconds * 1e3 / args.new_tokens:.2f} ms/step, "
+            f"{rate:,.0f} tokens/s, {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of matmul"
+        )
+    if "transformers" in best:
+        print(f"speed-up rl_jax / transformers: {best['transformers'] / best['rl_jax']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from flax import nnx
 
 from rl_jax.rollout import (
     Sampler,
+    cache_batch_axes,
     filter_logits,
     positions_from_mask,
     sample_from_probs,
@@ -119,6 +120,16 @@ def test_filter_logits_top_k_then_top_p():
     assert kept(top_p_only) == [0, 1, 0, 1]
     # top-k 2 renormalises to 0.625 / 0.375, so p=0.6 keeps only the first.
     assert kept(filter_logits(logits, jnp.float32(0.6), top_k=2, use_top_p=True)) == [0, 1, 0, 0]
+
+
+def test_cache_batch_axes_found_per_leaf():
+    def init(batch, length):
+        return {"stacked": jnp.zeros((3, batch, length)), "per_row": [jnp.zeros((batch, 4))]}
+
+    assert cache_batch_axes(init, 8) == {"stacked": 1, "per_row": [0]}
+    assert cache_batch_axes(toy_init_cache, 8) == ToyCache(1, 1)
+    with pytest.raises(ValueError, match="batch axis"):
+        cache_batch_axes(lambda batch, length: jnp.zeros((4, length)), 8)
 
 
 def test_unsorted_top_p_threshold_equals_sorted():

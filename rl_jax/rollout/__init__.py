@@ -5,7 +5,13 @@
 Logprobs are always under the tempered unfiltered distribution log_softmax(logits / temperature).
 """
 
-from rl_jax.rollout.decode import DecodeOutput, DecodeSettings, decode, positions_from_mask
+from rl_jax.rollout.decode import (
+    DecodeOutput,
+    DecodeSettings,
+    cache_batch_axes,
+    decode,
+    positions_from_mask,
+)
 from rl_jax.rollout.padding import bucket_length, choose_buckets, left_pad
 from rl_jax.rollout.sampler import SampleOutput, Sampler
 from rl_jax.rollout.sampling import (
@@ -23,6 +29,7 @@ __all__ = [
     "SampleOutput",
     "Sampler",
     "bucket_length",
+    "cache_batch_axes",
     "choose_buckets",
     "decode",
     "filter_logits",

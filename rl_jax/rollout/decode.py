@@ -8,7 +8,8 @@ The model enters only through two functions, so nothing here depends on model in
       [cache_index, cache_index + time) and a query at slot s attends to slots j <= s with
       key_mask[b, j] == 1.
   init_cache_fn(batch, cache_len) -> cache
-      a pytree whose leaves all carry the batch on axis `cache_batch_axis`.
+      any pytree of arrays; the batch axis of each leaf is found by comparing the shapes of
+      init_cache_fn(1, len) and init_cache_fn(2, len) (jax.eval_shape, no memory used).
 
 `rl_jax.models.apply_lm` (with the graphdef bound) and `rl_jax.models.init_cache` (with the config
 bound) fit these signatures; see `rl_jax.rollout.Sampler.from_model`.
@@ -45,7 +46,6 @@ class DecodeSettings(NamedTuple):
       use_top_p: whether the nucleus filter is compiled in.
       eos_ids: token ids that end a sequence (may be empty).
       pad_id: token written after a sequence has ended.
-      cache_batch_axis: the batch axis of every cache leaf (1 for rl_jax.models.KVCache).
     """
 
     max_new_tokens: int
@@ -55,7 +55,6 @@ class DecodeSettings(NamedTuple):
     use_top_p: bool = False
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
-    cache_batch_axis: int = 1
 
 
 class DecodeOutput(NamedTuple):
@@ -99,6 +98,24 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
 def _repeat_rows(x: jax.Array, n: int, axis: int = 0) -> jax.Array:
     """Repeats each row n times along `axis`, keeping copies contiguous (a a b b)."""
     return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+
+def cache_batch_axes(init_cache_fn: InitCacheFn, cache_len: int) -> Any:
+    """The batch axis of every cache leaf, as a pytree of ints like the cache.
+
+    Found from the shapes of caches for batch 1 and 2 (jax.eval_shape: nothing is allocated).
+    Raises ValueError if a leaf's shape does not differ in exactly one axis.
+    """
+    one = jax.eval_shape(lambda: init_cache_fn(1, cache_len))
+    two = jax.eval_shape(lambda: init_cache_fn(2, cache_len))
+
+    def axis(a: jax.ShapeDtypeStruct, b: jax.ShapeDtypeStruct) -> int:
+        differing = [i for i, (m, n) in enumerate(zip(a.shape, b.shape, strict=True)) if m != n]
+        if len(differing) != 1:
+            raise ValueError(f"cannot find the batch axis of a cache leaf {a.shape} vs {b.shape}")
+        return differing[0]
+
+    return jax.tree.map(axis, one, two)
 
 
 def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
@@ -155,7 +172,8 @@ def decode(
         params, prompt_tokens, positions_from_mask(prompt_mask), key_mask, cache, 0
     )
     last_logits = _repeat_rows(logits[:, -1].astype(jnp.float32), n)
-    cache = jax.tree.map(lambda x: _repeat_rows(x, n, settings.cache_batch_axis), cache)
+    axes = cache_batch_axes(init_cache_fn, prompt_len + num_new)
+    cache = jax.tree.map(lambda x, axis: _repeat_rows(x, n, axis), cache, axes)
     key_mask = _repeat_rows(key_mask, n)
     real_prompt_len = _repeat_rows(jnp.sum(prompt_mask, axis=1), n)
 

@@ -82,7 +82,6 @@ class Sampler:
         pad_id: int = 0,
         min_prompt_bucket: int = 16,
         min_new_tokens_bucket: int = 16,
-        cache_batch_axis: int = 1,
     ):
         """Args:
         apply_fn: (params, tokens, positions, key_mask, cache, cache_index) -> (logits, cache),
@@ -93,7 +92,6 @@ class Sampler:
         eos_ids: ids that end a sequence (empty: always generate max_new_tokens).
         pad_id: id used for prompt left padding and after a sequence ends.
         min_prompt_bucket, min_new_tokens_bucket: smallest bucket sizes.
-        cache_batch_axis: batch axis of the cache leaves (1 for rl_jax.models.KVCache).
         """
         self.params = params
         self.max_len = int(max_len)
@@ -103,7 +101,6 @@ class Sampler:
         self.min_new_tokens_bucket = int(min_new_tokens_bucket)
         self._apply_fn = apply_fn
         self._init_cache_fn = init_cache_fn
-        self._cache_batch_axis = int(cache_batch_axis)
         self._num_compiles = 0
         self._decode = jax.jit(self._traced_decode, static_argnames=("settings",))
 
@@ -259,7 +256,6 @@ class Sampler:
             use_top_p=use_top_p and not greedy,
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
-            cache_batch_axis=self._cache_batch_axis,
         )
         out = self._decode(
             self.params,
