@@ -89,19 +89,35 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def _attend_one_query(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Attention of a single query step, for decoding.
+def _attend_one_step(
+    q: jax.Array,
+    old_k: jax.Array,
+    old_v: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    old_mask: jax.Array,
+    self_mask: jax.Array,
+) -> jax.Array:
+    """Attention of one new query over the cached keys plus its own key, for decoding.
 
-    q: [B, kv_heads, groups, D]; k, v: [B, S, kv_heads, D]; mask: [B, S] bool.
-    Returns [B, kv_heads, groups, D]. Written as broadcast-multiply-and-sum rather than einsum:
-    on CPU, XLA lowers the einsum to many tiny batched matmuls plus transposes of the cache
-    (about 3-4x slower for a decode step), while this form streams through k and v once.
+    q: [B, kv_heads, groups, D]; old_k, old_v: [B, S, kv_heads, D] (the cache before this step);
+    k, v: [B, kv_heads, D] (this step's); old_mask: [B, S] bool; self_mask: [B] bool.
+    Returns [B, kv_heads, groups, D].
+
+    Reading the cache as it was before the step (and writing the new k/v afterwards, see
+    `Transformer.__call__`) lets XLA update the cache in place instead of copying it each step.
+    Broadcast-multiply-and-sum instead of einsum: on CPU, XLA lowers the einsum to many tiny
+    batched matmuls plus transposes of the cache (3-4x slower for a decode step).
     """
-    d = q.shape[-1]
-    scores = jnp.sum(q[:, None] * k[:, :, :, None, :], axis=-1) * (d**-0.5)  # [B, S, K, G]
-    scores = jnp.where(mask[:, :, None, None], scores.astype(jnp.float32), MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype)
-    return jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)
+    scale = q.shape[-1] ** -0.5
+    old_scores = jnp.sum(q[:, None] * old_k[:, :, :, None, :], axis=-1) * scale  # [B, S, K, G]
+    old_scores = jnp.where(old_mask[:, :, None, None], old_scores.astype(jnp.float32), MASK_VALUE)
+    own_score = jnp.sum(q * k[:, :, None, :], axis=-1) * scale  # [B, K, G]
+    own_score = jnp.where(self_mask[:, None, None], own_score.astype(jnp.float32), MASK_VALUE)
+    probs = jax.nn.softmax(jnp.concatenate([old_scores, own_score[:, None]], axis=1), axis=1)
+    probs = probs.astype(v.dtype)
+    out = jnp.sum(probs[:, :-1, ..., None] * old_v[:, :, :, None, :], axis=1)
+    return out + probs[:, -1, ..., None] * v[:, :, None, :]
 
 
 class Attention(nnx.Module):
@@ -140,14 +156,48 @@ class Attention(nnx.Module):
         c = self.config
         b, t, _, d = q.shape
         q = q.reshape(b, t, c.num_kv_heads, c.num_groups, d)
-        if t == 1:
-            out = _attend_one_query(q[:, 0], k, v, mask[:, 0])[:, None]
-        else:
-            scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (d**-0.5)
-            scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
-            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (d**-0.5)
+        scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
         return self.o_proj(out.reshape(b, t, c.num_heads * d))
+
+    def attend_cached(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        old_k: jax.Array,
+        old_v: jax.Array,
+        mask: jax.Array,
+        cache_index: jax.Array,
+    ) -> jax.Array:
+        """Attention of T new queries over a cache and the new keys.
+
+        q: [B, T, heads, D]; k, v: [B, T, kv_heads, D]; old_k, old_v: [B, S, kv_heads, D], the
+        cache before the new k/v are written at slots [cache_index, cache_index + T);
+        mask: [B, T, S] bool. Returns [B, T, hidden].
+        """
+        c = self.config
+        b, t, _, d = q.shape
+        if t > 1:  # prefill: attend over a copy of the layer's cache with the new keys in place
+            start = (0, cache_index, 0, 0)
+            keys = jax.lax.dynamic_update_slice(old_k, k.astype(old_k.dtype), start)
+            values = jax.lax.dynamic_update_slice(old_v, v.astype(old_v.dtype), start)
+            return self.attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+        slots = jnp.arange(old_k.shape[1], dtype=jnp.int32)
+        old_mask = mask[:, 0] & (slots != cache_index)[None]
+        self_mask = jax.lax.dynamic_index_in_dim(mask[:, 0], cache_index, axis=1, keepdims=False)
+        out = _attend_one_step(
+            q.reshape(b, c.num_kv_heads, c.num_groups, d),
+            old_k.astype(q.dtype),
+            old_v.astype(q.dtype),
+            k[:, 0],
+            v[:, 0],
+            old_mask,
+            self_mask,
+        )
+        return self.o_proj(out.reshape(b, 1, c.num_heads * d))
 
 
 class MLP(nnx.Module):
@@ -187,22 +237,16 @@ class DecoderLayer(nnx.Module):
         cos: jax.Array,
         sin: jax.Array,
         mask: jax.Array,
-        cache_k: jax.Array,
-        cache_v: jax.Array,
-        layer: int,
+        old_k: jax.Array,
+        old_v: jax.Array,
         cache_index: jax.Array,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Forward with a KV cache.
+        """Forward of T new tokens against this layer's cache (which it does not write).
 
-        h: [B, T, hidden]; mask: [B, T, S] bool; cache_k, cache_v: [layers, B, S, kv_heads, D].
-        The T new keys/values are written at slots [cache_index, cache_index + T) of `layer`.
-        Returns (h, cache_k, cache_v).
+        h: [B, T, hidden]; mask: [B, T, S] bool; old_k, old_v: [B, S, kv_heads, D], the layer's
+        cache before this step. Returns (h, k, v); k, v: [B, T, kv_heads, D] belong at slots
+        [cache_index, cache_index + T).
         """
         q, k, v = self.self_attn.project_kv(self.input_layernorm(h), cos, sin)
-        start = (layer, 0, cache_index, 0, 0)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
-        keys = cache_k[layer].astype(q.dtype)
-        values = cache_v[layer].astype(q.dtype)
-        h = h + self.self_attn.attend(q, keys, values, mask)
-        return h + self.mlp(self.post_attention_layernorm(h)), cache_k, cache_v
+        h = h + self.self_attn.attend_cached(q, k, v, old_k, old_v, mask, cache_index)
+        return h + self.mlp(self.post_attention_layernorm(h)), k, v

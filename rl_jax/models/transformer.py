@@ -64,6 +64,31 @@ def _layer_forward(
     return layer(h, cos, sin, mask)
 
 
+def _write_cache(
+    cache: KVCache,
+    new_k: list[jax.Array],
+    new_v: list[jax.Array],
+    cache_index: jax.Array,
+    after: jax.Array,
+) -> KVCache:
+    """Writes each layer's new k/v [B, T, kv_heads, D] at slots [cache_index, cache_index + T).
+
+    All layers read the cache before any write. The written values are made to depend on
+    `after` (the last hidden state, which depends on every read) through a select whose
+    predicate is never true: with that data dependency XLA updates the cache in place inside a
+    decode loop; without it, it copies the whole cache several times per step.
+    """
+    never = (cache_index < 0) & jnp.isnan(after[0, 0, 0])
+    start = (0, 0, cache_index, 0, 0)
+
+    def write(buffer: jax.Array, layers: list[jax.Array]) -> jax.Array:
+        update = jnp.stack(layers).astype(buffer.dtype)  # [layers, B, T, kv_heads, D]
+        update = jnp.where(never, after[0, 0, 0].astype(buffer.dtype), update)
+        return jax.lax.dynamic_update_slice(buffer, update, start)
+
+    return KVCache(write(cache.k, new_k), write(cache.v, new_v))
+
+
 class Transformer(nnx.Module):
     """Embedding, decoder layers and final norm: tokens -> hidden states.
 
@@ -118,10 +143,12 @@ class Transformer(nnx.Module):
             )
         cache_index = jnp.asarray(cache_index, jnp.int32)
         mask = attention_mask(key_mask, tokens.shape[1], cache_index)
-        k, v = cache
+        new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            h, k, v = layer.decode(h, cos, sin, mask, k, v, i, cache_index)
-        return self.norm(h), KVCache(k, v)
+            h, k, v = layer.decode(h, cos, sin, mask, cache.k[i], cache.v[i], cache_index)
+            new_k.append(k)
+            new_v.append(v)
+        return self.norm(h), _write_cache(cache, new_k, new_v, cache_index, after=h)
 
 
 class CausalLM(nnx.Module):
