@@ -185,6 +185,21 @@ def test_scratch_model_exports_to_transformers(tmp_path, model_type):
     assert err < PARITY_TOL
 
 
+def test_bf16_params_save_round_trip(tmp_path):
+    config = models.tiny_config("llama", vocab_size=VOCAB, param_dtype="bfloat16")
+    model = models.CausalLM(config, rngs=nnx.Rngs(6))
+    models.save_pretrained(model, None, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert hf.dtype == torch.bfloat16
+    ours = models.to_hf_tensors(model)
+    for name, tensor in hf.state_dict().items():
+        np.testing.assert_array_equal(tensor.float().numpy(), ours[name].astype(np.float32))
+    reloaded = models.load_causal_lm(tmp_path, param_dtype="bfloat16")
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(reloaded)),
+                    strict=True):
+        assert a.dtype == b.dtype == jnp.bfloat16 and (a == b).all()
+
+
 def test_config_from_old_style_dict():
     """config.json files of older checkpoints keep rope_theta/rope_scaling at the top level."""
     old = {

@@ -81,9 +81,10 @@ def test_right_padding_invariance():
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])
 def test_cache_decode_equals_full_forward(model_type):
-    """Prefill a left-padded prompt, then decode one token at a time, under jit."""
+    """Prefill a left-padded prompt, a chunk of 2, then one token at a time, under jit."""
     model = tiny_lm(model_type)
     prompt_len, new, max_len = 6, 5, 16
+    chunks = [prompt_len, 2, 1, 1, 1]
     tokens, mask = left_padded([4, 6], prompt_len + new, seed=3)
     tokens = jnp.concatenate([tokens[:, new:], tokens[:, -new:]], axis=1)  # prompt, then new
     mask = jnp.concatenate([mask[:, new:], jnp.ones((2, new), jnp.int32)], axis=1)
@@ -94,17 +95,19 @@ def test_cache_decode_equals_full_forward(model_type):
     key_mask = jnp.zeros((2, max_len), jnp.int32).at[:, :prompt_len + new].set(mask)
     positions = models.positions_from_mask(mask)
     cache = models.init_cache(model.config, 2, max_len)
-    logits, cache = step(graphdef, state, tokens[:, :prompt_len], positions[:, :prompt_len],
-                         key_mask, cache, jnp.int32(0))
-    outputs = [logits]
-    for t in range(prompt_len, prompt_len + new):
-        logits, cache = step(graphdef, state, tokens[:, t:t + 1], positions[:, t:t + 1],
-                             key_mask, cache, jnp.int32(t))
+    outputs, start = [], 0
+    for size in chunks:
+        span = slice(start, start + size)
+        logits, cache = step(graphdef, state, tokens[:, span], positions[:, span], key_mask,
+                             cache, jnp.int32(start))
         outputs.append(logits)
+        start += size
     cached = jnp.concatenate(outputs, axis=1)
     real = np.asarray(mask, bool)
     np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-5)
     assert cache.k.shape == (2, 2, max_len, 2, 16)
+    # The cache holds the keys of every real token written so far, zeros after.
+    assert not cache.k[:, :, prompt_len + new:].any()
 
 
 def test_cache_requires_full_width_key_mask():

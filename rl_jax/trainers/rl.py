@@ -265,12 +265,10 @@ def run_rl(
     checkpointer = Checkpointer(
         os.path.join(ctx.workdir, "rl"), every=config.checkpoint.every, keep=config.checkpoint.keep
     )
-    meta = {"position": 0, "kl_coef": config.kl.coef, "eval": {}, "done": False}
+    meta = {"position": 0, "kl_coef": config.kl.coef, "eval": {}}
     if checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
         print(f"rl: resumed from step {int(state.step)} of {checkpointer.directory}")
-        if meta["done"]:
-            return state.params["policy"], meta["eval"]
     state = jax.device_put(state, sharding)
     prepare = jax.jit(make_prepare(settings, ctx.graphdef, value_graphdef))
     update = parallel.data_parallel_step(
@@ -355,7 +353,6 @@ def run_rl(
                     "position": position,
                     "kl_coef": kl_coef,
                     "eval": last_eval,
-                    "done": done,
                 },
             )
     writer.close()
