@@ -177,10 +177,12 @@ def collect(ctx: Context, position: int, key: jax.Array) -> tuple[Round, int, di
     first: Round | None = None
     num_kept = 0
     rounds = 0
+    generated = 0.0
     while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
         batch = sample_round(ctx, position, jax.random.fold_in(key, rounds))
         position += 1
         rounds += 1
+        generated += float(batch.response_mask.sum())
         first = first or batch
         if not rl.dynamic_sampling:
             kept.append(batch)
@@ -200,27 +202,31 @@ def collect(ctx: Context, position: int, key: jax.Array) -> tuple[Round, int, di
         kept.append(filler)
     out = _concat(kept, ctx.tokenizer.pad_token_id)
     grouped = first.scores.reshape(-1, n)
-    metrics = {
+    # Rollout statistics of the first round: the policy's own performance, before any filtering.
+    metrics = rollout_metrics(first) | {
         "zero_adv_groups": float(np.mean(grouped.max(1) == grouped.min(1))),
         "sampling_rounds": float(rounds),
+        "generated_tokens": generated,
     }
     return out, position, metrics
 
 
 def rollout_metrics(batch: Round) -> dict[str, float]:
+    """Reward, accuracy and response length (all, correct, incorrect) of a sampling round."""
     lengths = batch.response_mask.sum(1).astype(np.float32)
-    real = lengths > 0
     correct = batch.correct > 0
+
+    def mean(x):
+        return float(np.mean(x)) if len(x) else 0.0
+
     metrics = {
-        "score": float(batch.scores[real].mean()),
-        "accuracy": float(batch.correct[real].mean()),
-        "length": float(lengths[real].mean()),
-        "length_correct": float(lengths[real & correct].mean()) if np.any(real & correct) else 0.0,
-        "length_incorrect": (
-            float(lengths[real & ~correct].mean()) if np.any(real & ~correct) else 0.0
-        ),
+        "score": mean(batch.scores),
+        "accuracy": mean(batch.correct),
+        "length": mean(lengths),
+        "length_correct": mean(lengths[correct]),
+        "length_incorrect": mean(lengths[~correct]),
     }
-    metrics.update({f"reward/{k}": float(v[real].mean()) for k, v in batch.rewards.items()})
+    metrics.update({f"reward/{k}": mean(v) for k, v in batch.rewards.items()})
     return metrics
 
 
@@ -284,7 +290,6 @@ def run_rl(
         ctx.sampler.params = state.params["policy"]
         batch, position, metrics = collect(ctx, position, key)
         t1 = time.perf_counter()
-        metrics.update(rollout_metrics(batch))
         arrays = parallel.shard_batch(device_batch(batch), mesh)
         extra, prep_metrics = prepare(state.params, ref_params, arrays, jnp.float32(kl_coef))
         train_batch = {k: arrays[k] for k in ("tokens", "mask", "response_mask")} | extra
@@ -302,12 +307,11 @@ def run_rl(
                     n_steps=len(batch.scores),
                 )
             )
-        num_tokens = float(batch.response_mask.sum())
         metrics.update(
             kl_coef=kl_coef,
             time_sampling=t1 - t0,
             time_update=t2 - t1,
-            tokens_per_second=num_tokens / (t2 - t0),
+            tokens_per_second=metrics["generated_tokens"] / (t2 - t0),
         )
         number = step + 1
         done = number == cfg.steps

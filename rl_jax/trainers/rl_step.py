@@ -259,7 +259,7 @@ def make_update(settings: RLSettings, tx: optax.GradientTransformation, loss_fn)
             (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["grad_norm"] = optax.tree.norm(grads)
             return TrainState(state.step, params, opt_state), metrics
 
         def epoch_step(state: TrainState, epoch_key):
