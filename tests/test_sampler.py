@@ -7,6 +7,7 @@ rl_jax.models (apply_fn(params, tokens, positions, key_mask, cache, cache_index)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -166,14 +167,24 @@ def test_sample_from_probs_frequencies_and_zero_mass():
 # ---------------------------------------------------------------- sampler on the toy model
 
 
+# Most tests share one sampler and one call shape (4 prompts of <= 16 tokens, n=4, <= 16 new
+# tokens), so they share its compilations; a compile costs seconds, a call milliseconds.
+NUM_PROMPTS, N = 4, 4
+
+
+@functools.cache
+def shared_sampler() -> Sampler:
+    return toy_sampler()
+
+
 def test_logprobs_equal_full_forward():
-    sampler = toy_sampler()
-    prompts = random_prompts(np.random.default_rng(0), 5, 1, 20)
+    sampler = shared_sampler()
+    prompts = random_prompts(np.random.default_rng(0), NUM_PROMPTS, 1, 16)
     temperature = 0.7
     out = sampler.generate(
-        prompts, jax.random.key(1), n=3, max_new_tokens=24, temperature=temperature
+        prompts, jax.random.key(1), n=N, max_new_tokens=16, temperature=temperature
     )
-    assert out.response_tokens.shape == (15, 24)
+    assert out.response_tokens.shape == (NUM_PROMPTS * N, 16)
     step_logits = response_step_logits(sampler.params, out)
     log_probs = jax.nn.log_softmax(step_logits / temperature, axis=-1)
     expected = np.take_along_axis(
@@ -183,7 +194,7 @@ def test_logprobs_equal_full_forward():
     np.testing.assert_allclose(
         np.asarray(out.response_logprobs)[mask], expected[..., 0][mask], atol=1e-4
     )
-    assert int(out.num_generated_tokens) == 15 * 24
+    assert int(out.num_generated_tokens) == NUM_PROMPTS * N * 16
 
 
 def test_sampled_frequencies_match_tempered_softmax():
@@ -217,13 +228,13 @@ def test_sampled_frequencies_match_tempered_softmax():
 
 @pytest.mark.parametrize(("top_k", "top_p"), [(3, None), (None, 0.6), (4, 0.7), (1, None)])
 def test_top_k_top_p_stay_in_allowed_set(top_k, top_p):
-    sampler = toy_sampler()
-    prompts = random_prompts(np.random.default_rng(2), 4, 2, 12)
+    sampler = shared_sampler()
+    prompts = random_prompts(np.random.default_rng(2), NUM_PROMPTS, 2, 12)
     temperature = 0.9
     out = sampler.generate(
         prompts,
         jax.random.key(3),
-        n=16,
+        n=N,
         max_new_tokens=16,
         temperature=temperature,
         top_k=top_k,
@@ -243,19 +254,21 @@ def test_top_k_top_p_stay_in_allowed_set(top_k, top_p):
     chosen = np.take_along_axis(scaled, np.asarray(out.response_tokens)[..., None], -1)[..., 0]
     # 1e-5 slack: the sampler's cached logits differ from the full forward in the last bits.
     assert np.all(chosen >= threshold - 1e-5)
+    if top_p is not None:  # the filter is active: some draws would otherwise fall outside
+        assert (order[..., -1] < threshold).any()
     if top_k == 1:  # top-1 sampling is greedy decoding
-        greedy = sampler.generate(prompts, jax.random.key(4), n=16, max_new_tokens=16, greedy=True)
+        greedy = sampler.generate(prompts, jax.random.key(4), n=N, max_new_tokens=16, greedy=True)
         np.testing.assert_array_equal(out.response_tokens, greedy.response_tokens)
 
 
 def test_eos_masks_pads_and_stops_early():
-    pad_id = VOCAB - 1
-    prompts = random_prompts(np.random.default_rng(4), 6, 3, 9)
-    free = toy_sampler(pad_id=pad_id).generate(prompts, jax.random.key(5), n=2, max_new_tokens=32)
+    pad_id = 0
+    prompts = random_prompts(np.random.default_rng(4), NUM_PROMPTS, 3, 9)
+    free = shared_sampler().generate(prompts, jax.random.key(5), n=N, max_new_tokens=16)
     # Pick as EOS the token row 0 emits at step 3, so that row stops there (or earlier).
     eos = int(free.response_tokens[0, 3])
     sampler = toy_sampler(eos_ids=(eos, VOCAB + 5), pad_id=pad_id)
-    out = sampler.generate(prompts, jax.random.key(5), n=2, max_new_tokens=32)
+    out = sampler.generate(prompts, jax.random.key(5), n=N, max_new_tokens=16)
     tokens, mask = np.asarray(out.response_tokens), np.asarray(out.response_mask)
     lengths = np.asarray(out.response_lengths)
     assert lengths[0] <= 4
@@ -265,41 +278,42 @@ def test_eos_masks_pads_and_stops_early():
         assert (tokens[row, length:] == pad_id).all()
         assert (np.asarray(out.response_logprobs)[row, length:] == 0).all()
         hits = np.flatnonzero(tokens[row, :length] == eos)
-        if length < 32:  # stopped by EOS: exactly one, at the end
+        if length < 16:  # stopped by EOS: exactly one, at the end
             assert hits.tolist() == [length - 1]
         else:
-            assert hits.size == 0 or hits.tolist() == [31]
+            assert hits.size == 0 or hits.tolist() == [15]
         # Before the stop the tokens equal the EOS-free run (same key, same draws).
         np.testing.assert_array_equal(
             tokens[row, :length], np.asarray(free.response_tokens)[row, :length]
         )
     assert int(out.num_steps) == lengths.max()
 
-    # Every token is an EOS: the loop ends after one step although 32 were allowed.
+    # Every token is an EOS: the loop ends after one step although 16 were allowed.
     everything = toy_sampler(eos_ids=tuple(range(VOCAB)), pad_id=pad_id)
-    out = everything.generate(prompts, jax.random.key(5), max_new_tokens=32)
+    out = everything.generate(prompts, jax.random.key(5), n=N, max_new_tokens=16)
     assert int(out.num_steps) == 1
-    assert np.asarray(out.response_mask).sum(1).tolist() == [1] * 6
+    assert np.asarray(out.response_mask).sum(1).tolist() == [1] * (NUM_PROMPTS * N)
     assert (np.asarray(out.response_tokens)[:, 1:] == pad_id).all()
 
 
 def test_max_new_tokens_respected():
-    sampler = toy_sampler()
-    prompts = random_prompts(np.random.default_rng(5), 3, 1, 5)
-    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=5)
-    assert out.response_tokens.shape == (3, 5)
+    sampler = shared_sampler()
+    prompts = random_prompts(np.random.default_rng(5), NUM_PROMPTS, 1, 5)
+    out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=5)
+    compiles = sampler.num_compiles
+    assert out.response_tokens.shape == (NUM_PROMPTS * N, 5)
     assert int(out.num_steps) == 5
     assert np.asarray(out.response_mask).all()
     # max_new_tokens is traced: 5 and 9 share the 16 bucket and one compilation.
-    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=9)
-    assert out.response_tokens.shape == (3, 9) and int(out.num_steps) == 9
-    assert sampler.num_compiles == 1
+    out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=9)
+    assert out.response_tokens.shape == (NUM_PROMPTS * N, 9) and int(out.num_steps) == 9
+    assert sampler.num_compiles == compiles
 
 
 def test_reproducible_with_key():
-    sampler = toy_sampler()
-    prompts = random_prompts(np.random.default_rng(6), 4, 2, 10)
-    kwargs = dict(n=4, max_new_tokens=16, temperature=1.0, top_p=0.9)
+    sampler = shared_sampler()
+    prompts = random_prompts(np.random.default_rng(6), NUM_PROMPTS, 2, 10)
+    kwargs = dict(n=N, max_new_tokens=16)
     a = sampler.generate(prompts, jax.random.key(11), **kwargs)
     b = sampler.generate(prompts, jax.random.key(11), **kwargs)
     c = sampler.generate(prompts, jax.random.key(12), **kwargs)
@@ -311,28 +325,29 @@ def test_reproducible_with_key():
 
 
 def test_groups_are_contiguous_and_prompts_row_aligned():
-    sampler = toy_sampler()
-    prompts = [[1, 2, 3], [4, 5], [6]]
-    out = sampler.generate(prompts, jax.random.key(0), n=2, max_new_tokens=4, greedy=True)
-    tokens, mask = np.asarray(out.prompt_tokens), np.asarray(out.prompt_mask)
-    for row in range(6):
-        assert tokens[row][mask[row] > 0].tolist() == prompts[row // 2]
-    # Greedy: both samples of a prompt are identical, and equal a run with n=1.
-    single = sampler.generate(prompts, jax.random.key(0), max_new_tokens=4, greedy=True)
-    np.testing.assert_array_equal(np.asarray(out.response_tokens)[::2], single.response_tokens)
-    np.testing.assert_array_equal(np.asarray(out.response_tokens)[1::2], single.response_tokens)
+    sampler = shared_sampler()
+    prompts = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]
+    for greedy in (True, False):
+        out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=16, greedy=greedy)
+        tokens, mask = np.asarray(out.prompt_tokens), np.asarray(out.prompt_mask)
+        for row in range(NUM_PROMPTS * N):
+            assert tokens[row][mask[row] > 0].tolist() == prompts[row // N]
+    # Greedy: the n samples of a prompt are identical.
+    out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=16, greedy=True)
+    groups = np.asarray(out.response_tokens).reshape(NUM_PROMPTS, N, 16)
+    assert (groups == groups[:, :1]).all()
 
 
 def test_padded_array_prompts_equal_token_lists():
-    sampler = toy_sampler(pad_id=0)
-    prompts = [[5, 6, 7, 8], [9, 10]]
-    right_padded = np.array([[5, 6, 7, 8], [9, 10, 0, 0]])
-    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])
-    a = sampler.generate(prompts, jax.random.key(2), n=2, max_new_tokens=8)
-    b = sampler.generate(right_padded, jax.random.key(2), n=2, max_new_tokens=8, prompt_mask=mask)
+    sampler = shared_sampler()
+    prompts = [[5, 6, 7, 8], [9, 10], [11], [12, 13, 14]]
+    right_padded = np.array([[5, 6, 7, 8], [9, 10, 0, 0], [11, 0, 0, 0], [12, 13, 14, 0]])
+    mask = (np.arange(4)[None, :] < np.array([4, 2, 1, 3])[:, None]).astype(np.int32)
+    a = sampler.generate(prompts, jax.random.key(2), n=N, max_new_tokens=16)
+    b = sampler.generate(right_padded, jax.random.key(2), n=N, max_new_tokens=16, prompt_mask=mask)
     np.testing.assert_array_equal(a.response_tokens, b.response_tokens)
     with pytest.raises(ValueError, match="prompt_mask"):
-        sampler.generate(right_padded, jax.random.key(2), max_new_tokens=8)
+        sampler.generate(right_padded, jax.random.key(2), max_new_tokens=16)
 
 
 def test_prompt_too_long_names_the_prompt():
@@ -348,17 +363,24 @@ def test_prompt_too_long_names_the_prompt():
 
 
 def test_no_recompilation_within_a_bucket():
-    sampler = toy_sampler()
+    sampler = shared_sampler()
     rng = np.random.default_rng(8)
-    for step in range(4):  # lengths 1..16 all land in the 16 bucket
-        prompts = random_prompts(rng, 4, 1, 16)
+    prompts = random_prompts(rng, NUM_PROMPTS, 1, 16)
+    sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=16)
+    compiles = sampler.num_compiles
+    for step in range(4):  # lengths 1..16 all land in the 16 bucket; temperature is traced
+        prompts = random_prompts(rng, NUM_PROMPTS, 1, 16)
         sampler.generate(
-            prompts, jax.random.key(step), n=2, max_new_tokens=16, temperature=0.5 + step
+            prompts, jax.random.key(step), n=N, max_new_tokens=16, temperature=0.5 + step
         )
-    assert sampler.num_compiles == 1
-    sampler.params = toy_params(seed=1)  # new weights, same structure
-    sampler.generate(prompts, jax.random.key(9), n=2, max_new_tokens=16)
-    assert sampler.num_compiles == 1
+    assert sampler.num_compiles == compiles
+    params = sampler.params
+    try:
+        sampler.params = toy_params(seed=1)  # new weights, same structure
+        sampler.generate(prompts, jax.random.key(9), n=N, max_new_tokens=16)
+    finally:
+        sampler.params = params
+    assert sampler.num_compiles == compiles
 
 
 def test_hundred_batches_compile_once_per_bucket():
