@@ -102,6 +102,9 @@ def test_rl_changes_the_policy_and_resume_is_exact(tmp_path):
 def test_four_devices_give_the_result_of_one(tmp_path):
     config = tiny_config(**{"rl.steps": 2, "kl.coef": 0.04})
     config.stages = ("rl",)
+    # Adam divides by sqrt(v) + eps: with eps = 1e-8, float32 noise in a near-zero gradient can
+    # flip the sign of a whole lr-sized update. A larger eps keeps the comparison well-conditioned.
+    config.rl.optim.eps = 1e-3
     one = run(config, str(tmp_path / "one"), parallel.make_mesh(devices=jax.devices()[:1]))
     four = run(config, str(tmp_path / "four"), parallel.make_mesh(devices=jax.devices()[:4]))
     np.testing.assert_allclose(flat(four["params"]), flat(one["params"]), atol=1e-5)
