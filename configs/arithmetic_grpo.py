@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
     c.model.max_len = 64  # context of a fresh model
+    c.model.init_std = 0.1  # of a fresh model (0.02, as in HF configs, trains slowly at width 64)
     c.model.dtype = "float32"
     c.model.remat = False
 

@@ -59,6 +59,7 @@ class ModelConfig:
     qk_norm: bool = False
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 2048
+    initializer_range: float = 0.02  # std of the normal init of fresh weights (HF's name)
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -135,6 +136,7 @@ class ModelConfig:
             qk_norm=model_type == "qwen3",
             tie_word_embeddings=bool(hf_config.tie_word_embeddings),
             max_position_embeddings=hf_config.max_position_embeddings,
+            initializer_range=getattr(hf_config, "initializer_range", 0.02),
             bos_token_id=hf_config.bos_token_id,
             eos_token_id=_first_id(hf_config.eos_token_id),
             pad_token_id=hf_config.pad_token_id,
@@ -167,6 +169,7 @@ class ModelConfig:
             rms_norm_eps=self.rms_norm_eps,
             tie_word_embeddings=self.tie_word_embeddings,
             max_position_embeddings=self.max_position_embeddings,
+            initializer_range=self.initializer_range,
             bos_token_id=self.bos_token_id,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,

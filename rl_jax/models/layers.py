@@ -17,7 +17,10 @@ from rl_jax.models.config import ModelConfig
 # row) then gets a uniform softmax instead of NaN. Its output is never read at real tokens.
 MASK_VALUE = -1e30
 
-PARAM_INIT = nnx.initializers.normal(stddev=0.02)
+
+def param_init(config: ModelConfig):
+    """Normal(0, initializer_range) for every fresh kernel and embedding."""
+    return nnx.initializers.normal(stddev=config.initializer_range)
 
 
 def _dense(config: ModelConfig, d_in: int, d_out: int, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
@@ -27,7 +30,7 @@ def _dense(config: ModelConfig, d_in: int, d_out: int, bias: bool, rngs: nnx.Rng
         use_bias=bias,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
-        kernel_init=PARAM_INIT,
+        kernel_init=param_init(config),
         rngs=rngs,
     )
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.layers import PARAM_INIT, DecoderLayer, RMSNorm, rotary_cos_sin
+from rl_jax.models.layers import DecoderLayer, RMSNorm, param_init, rotary_cos_sin
 
 
 class KVCache(NamedTuple):
@@ -103,7 +103,7 @@ class Transformer(nnx.Module):
             config.hidden_size,
             dtype=jnp.dtype(config.dtype),
             param_dtype=jnp.dtype(config.param_dtype),
-            embedding_init=PARAM_INIT,
+            embedding_init=param_init(config),
             rngs=rngs,
         )
         self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
@@ -164,7 +164,7 @@ class CausalLM(nnx.Module):
                 use_bias=False,
                 dtype=jnp.float32,
                 param_dtype=jnp.dtype(config.param_dtype),
-                kernel_init=PARAM_INIT,
+                kernel_init=param_init(config),
                 rngs=rngs,
             )
 
@@ -210,7 +210,7 @@ class _ScalarHeadModel(nnx.Module):
             use_bias=True,
             dtype=jnp.float32,
             param_dtype=jnp.float32,
-            kernel_init=PARAM_INIT,
+            kernel_init=param_init(config),
             rngs=rngs,
         )
 

@@ -81,6 +81,7 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
         num_heads=m.num_heads,
         num_kv_heads=m.num_kv_heads,
         max_position_embeddings=m.max_len,
+        initializer_range=m.init_std,
         tie_word_embeddings=True,
         attention_bias=m.model_type == "qwen2",
         qk_norm=m.model_type == "qwen3",
