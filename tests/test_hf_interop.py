@@ -209,7 +209,8 @@ def test_config_from_old_style_dict():
         "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     }
-    config = models.ModelConfig.from_hf(old, dtype="bfloat16")
+    config = models.ModelConfig.from_hf({**old, "eos_token_id": [7, 9]}, dtype="bfloat16")
+    assert config.eos_token_id == (7, 9) and config.to_hf().eos_token_id == [7, 9]
     assert config.rope_theta == 500000.0 and config.head_dim == 8 and config.num_kv_heads == 1
     assert config.rope_scaling == models.RopeScaling(32.0, 1.0, 4.0, 8192)
     assert config.dtype == "bfloat16" and config.tie_word_embeddings
@@ -247,6 +248,11 @@ def test_missing_paths(checkpoints, tmp_path):
         models.load_pretrained("Qwen/Qwen2.5-0.5B")  # a hub name is never fetched
     directory = tmp_path / "ckpt"
     shutil.copytree(checkpoints["llama"][1], directory)
+    (directory / "tokenizer.json").unlink()
+    (directory / "tokenizer_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        models.load_pretrained(directory)
+    assert isinstance(models.load_causal_lm(directory), models.CausalLM)
     (directory / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         models.load_pretrained(directory)

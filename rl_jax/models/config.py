@@ -38,6 +38,7 @@ class ModelConfig:
     """Hyper-parameters of a decoder-only transformer.
 
     `dtype` is the compute dtype of activations; `param_dtype` the storage dtype of parameters.
+    `eos_token_id` may be a tuple when the checkpoint lists several (Llama 3 instruct).
     Logits are always float32. `remat` checkpoints each decoder layer in the no-cache forward.
     `attention_bias` puts biases on the q/k/v projections (Qwen2); `attention_out_bias` on the
     output projection too (Llama/Qwen3 with `attention_bias=True` in their HF config).
@@ -61,7 +62,7 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     initializer_range: float = 0.02  # std of the normal init of fresh weights (HF's name)
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -138,7 +139,7 @@ class ModelConfig:
             max_position_embeddings=hf_config.max_position_embeddings,
             initializer_range=getattr(hf_config, "initializer_range", 0.02),
             bos_token_id=hf_config.bos_token_id,
-            eos_token_id=_first_id(hf_config.eos_token_id),
+            eos_token_id=_hashable_ids(hf_config.eos_token_id),
             pad_token_id=hf_config.pad_token_id,
         )
         if model_type == "llama" and getattr(hf_config, "mlp_bias", False):
@@ -171,7 +172,10 @@ class ModelConfig:
             max_position_embeddings=self.max_position_embeddings,
             initializer_range=self.initializer_range,
             bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
+            eos_token_id=(
+                list(self.eos_token_id) if isinstance(self.eos_token_id, tuple)
+                else self.eos_token_id
+            ),
             pad_token_id=self.pad_token_id,
             hidden_act="silu",
         )
@@ -227,10 +231,10 @@ def _check_model_type(model_type: Any) -> None:
         )
 
 
-def _first_id(token_id: int | list[int] | None) -> int | None:
-    """transformers allows a list of eos ids; the model config keeps the first."""
+def _hashable_ids(token_id: int | list[int] | None) -> int | tuple[int, ...] | None:
+    """transformers allows a list of eos ids (Llama 3); a frozen config keeps it as a tuple."""
     if isinstance(token_id, (list, tuple)):
-        return token_id[0] if token_id else None
+        return tuple(token_id)
     return token_id
 
 

@@ -33,6 +33,9 @@ CONFIG_NAME = "config.json"
 # Checkpoint tensors that carry no parameters of ours (old checkpoints stored rotary tables).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
+# A directory holding any of these has a tokenizer AutoTokenizer can read.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
 FlatParams = dict[tuple[Any, ...], Any]
 
 
@@ -170,6 +173,11 @@ def load_pretrained(
     `dtype` is the compute dtype; `param_dtype` defaults to it. bf16 checkpoints load (cast).
     """
     model = load_causal_lm(path, dtype=dtype, param_dtype=param_dtype)
+    if not any((Path(path) / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"no tokenizer in {path} (none of {_TOKENIZER_FILES}); "
+            "load_causal_lm loads the model alone"
+        )
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model, tokenizer
 

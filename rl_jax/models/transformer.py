@@ -184,6 +184,8 @@ class CausalLM(nnx.Module):
         With cache: S == cache max_len; the T new tokens' k/v are written into slots
         [cache_index, cache_index + T) (cache_index: int32 scalar, may be traced); the query at
         slot cache_index + i attends to slots j <= cache_index + i with key_mask[b, j] == 1.
+        The caller keeps cache_index + T <= max_len: a traced index cannot be checked here, and
+        lax.dynamic_update_slice would clamp it (overwriting the last slots).
         Returns (logits [B, T, vocab] float32, new cache or None).
         """
         h, cache = self.model(tokens, positions, key_mask, cache=cache, cache_index=cache_index)
