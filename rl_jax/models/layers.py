@@ -137,7 +137,7 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(d, config.rms_norm_eps, config)
             self.k_norm = RMSNorm(d, config.rms_norm_eps, config)
 
-    def project_kv(
+    def project_qkv(
         self, x: jax.Array, cos: jax.Array, sin: jax.Array
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: [B, T, hidden] -> q [B, T, heads, D], k and v [B, T, kv_heads, D] (rotated q, k)."""
@@ -195,8 +195,9 @@ class Attention(nnx.Module):
             q.reshape(b, c.num_kv_heads, c.num_groups, d),
             old_k.astype(q.dtype),
             old_v.astype(q.dtype),
-            k[:, 0],
-            v[:, 0],
+            # Rounded through the cache dtype, as the keys read back from the cache are.
+            k[:, 0].astype(old_k.dtype).astype(q.dtype),
+            v[:, 0].astype(old_v.dtype).astype(q.dtype),
             old_mask,
             self_mask,
         )
@@ -230,7 +231,7 @@ class DecoderLayer(nnx.Module):
         self, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array
     ) -> jax.Array:
         """Full-sequence forward without a cache. h: [B, T, hidden]; mask: [B, T, T] bool."""
-        q, k, v = self.self_attn.project_kv(self.input_layernorm(h), cos, sin)
+        q, k, v = self.self_attn.project_qkv(self.input_layernorm(h), cos, sin)
         h = h + self.self_attn.attend(q, k, v, mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -250,6 +251,6 @@ class DecoderLayer(nnx.Module):
         cache before this step. Returns (h, k, v); k, v: [B, T, kv_heads, D] belong at slots
         [cache_index, cache_index + T).
         """
-        q, k, v = self.self_attn.project_kv(self.input_layernorm(h), cos, sin)
+        q, k, v = self.self_attn.project_qkv(self.input_layernorm(h), cos, sin)
         h = h + self.self_attn.attend_cached(q, k, v, old_k, old_v, mask, cache_index)
         return h + self.mlp(self.post_attention_layernorm(h)), k, v
