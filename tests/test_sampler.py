@@ -428,6 +428,11 @@ def tiny_hf_model(model_type: str):
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_greedy_matches_transformers(model_type, tmp_path):
+    """Greedy tokens equal transformers generate(do_sample=False) for left-padded prompts.
+
+    The EOS id is a token that row 1 emits greedily at step 10, so one row stops early on both
+    sides and the padding after EOS is compared too.
+    """
     import torch
 
     from rl_jax.models import apply_lm, load_causal_lm
@@ -435,29 +440,34 @@ def test_greedy_matches_transformers(model_type, tmp_path):
     hf_model = tiny_hf_model(model_type)
     hf_model.save_pretrained(tmp_path)
     model = load_causal_lm(tmp_path)
-    sampler = Sampler.from_model(model, eos_ids=(HF_EOS,), pad_id=HF_PAD)
-
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(3, HF_VOCAB, length)) for length in (5, 12, 1, 9)]
     num_new = 32
-    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=num_new, greedy=True)
 
-    tokens, mask = np.asarray(out.prompt_tokens), np.asarray(out.prompt_mask)
-    with torch.no_grad():
-        hf_out = hf_model.generate(
-            input_ids=torch.from_numpy(tokens.astype(np.int64)),
-            attention_mask=torch.from_numpy(mask.astype(np.int64)),
-            do_sample=False,
-            max_new_tokens=num_new,
-            eos_token_id=HF_EOS,
-            pad_token_id=HF_PAD,
-        )
-    hf_tokens = hf_out[:, tokens.shape[1] :].numpy()
-    # transformers stops once every row has ended; it pads finished rows with pad_token_id.
-    hf_tokens = np.pad(
-        hf_tokens, ((0, 0), (0, num_new - hf_tokens.shape[1])), constant_values=HF_PAD
-    )
+    def hf_generate(tokens: np.ndarray, mask: np.ndarray, eos: int) -> np.ndarray:
+        with torch.no_grad():
+            out = hf_model.generate(
+                input_ids=torch.from_numpy(tokens.astype(np.int64)),
+                attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                do_sample=False,
+                max_new_tokens=num_new,
+                eos_token_id=eos,
+                pad_token_id=HF_PAD,
+            )
+        new = out[:, tokens.shape[1] :].numpy()
+        # transformers stops once every row has ended; finished rows get pad_token_id.
+        return np.pad(new, ((0, 0), (0, num_new - new.shape[1])), constant_values=HF_PAD)
+
+    tokens, mask = Sampler.from_model(model, pad_id=HF_PAD).prepare_prompts(prompts, num_new)[:2]
+    eos = int(hf_generate(tokens, mask, HF_EOS)[1, 10])
+    hf_tokens = hf_generate(tokens, mask, eos)
+    assert (hf_tokens == eos).sum(1)[1] == 1
+
+    sampler = Sampler.from_model(model, eos_ids=(eos,), pad_id=HF_PAD)
+    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=num_new, greedy=True)
+    np.testing.assert_array_equal(out.prompt_tokens, tokens)
     np.testing.assert_array_equal(np.asarray(out.response_tokens), hf_tokens)
+    assert int(out.response_lengths[1]) <= 11
 
     # The cached decode's logprobs equal a full forward without a cache.
     graphdef, state = nnx.split(model)
