@@ -56,12 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft.progress_bar = False
 
     c.rl = ml_collections.ConfigDict()
-    c.rl.steps = 300
+    c.rl.steps = 600
     c.rl.estimator = "grpo"  # gae | grpo | dr_grpo | rloo | reinforce_pp
     c.rl.num_prompts = 32
     c.rl.group_size = 8
     c.rl.epochs = 1  # passes over each rollout batch
-    c.rl.num_minibatches = 1  # updates per pass
+    c.rl.num_minibatches = 4  # updates per pass
     c.rl.gamma = 1.0  # GAE / REINFORCE++ discount
     c.rl.lam = 0.95  # GAE lambda
     c.rl.whiten_advantages = False
@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl.overlong_penalty = 1.0
     c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
     c.rl.missing_eos_score = -1.0
-    c.rl.optim = optim_config(lr=1e-3)
+    c.rl.optim = optim_config(lr=3e-4)
     c.rl.progress_bar = False
 
     c.loss = ml_collections.ConfigDict()
@@ -101,6 +101,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.keep = 2
 
     c.log = ml_collections.ConfigDict()
-    c.log.every = 10
+    c.log.every = 50
     c.log.samples_every = 100  # 0 = never
     return c
