@@ -15,7 +15,8 @@ The model enters only through two functions, so nothing here depends on model in
 bound) fit these signatures; see `rl_jax.rollout.Sampler.from_model`.
 
 Cache layout: slots [0, P) hold the left-padded prompt, slots [P, P + N) the response, where P is
-the prompt bucket and N the new-token bucket. The key mask is the prompt mask followed by N ones:
+the prompt bucket and N the new-token bucket (the last response token is never fed back, so the
+last slot stays unused). The key mask is the prompt mask followed by N ones:
 causal masking already hides response slots that are not written yet, so the mask never changes
 during decoding.
 """
@@ -80,7 +81,7 @@ class DecodeOutput(NamedTuple):
 class _LoopState(NamedTuple):
     step: jax.Array  # [] index of the token produced by the next iteration
     cache: Any
-    last_tokens: jax.Array  # [B] token produced at step - 1
+    last_tokens: jax.Array  # [B] token to feed next (the last prompt token at step 0)
     done: jax.Array  # [B] bool, the row has produced EOS
     tokens: jax.Array  # [B, N]
     logprobs: jax.Array  # [B, N]
@@ -139,12 +140,14 @@ def decode(
 ) -> DecodeOutput:
     """Samples responses for a batch of left-padded prompts.
 
-    The prompts are prefilled once in one forward pass; the cache and the last-position logits are
-    then repeated `settings.num_samples` times. Each decode step feeds the previous token, draws
-    the next one with `select_tokens`, and marks rows that produced an EOS id as done. The loop
-    ends after `max_new_tokens` tokens or as soon as every row is done.
+    The first P - 1 prompt tokens are prefilled once per prompt in one forward pass, whose logits
+    are unused (so XLA drops the LM head there: no [num_prompts, P, vocab] buffer); the cache is
+    then repeated `settings.num_samples` times. Decode step i feeds the previous token (for i = 0
+    the last prompt token) at cache slot P - 1 + i, draws token i with `select_tokens`, and marks
+    rows that produced an EOS id as done. The loop ends after `max_new_tokens` tokens or as soon
+    as every row is done.
 
-    Randomness: the token at step i is drawn with fold_in(key, i), so a call is reproducible.
+    Randomness: token i is drawn with fold_in(key, i), so a call is reproducible.
 
     Args:
       apply_fn, init_cache_fn: the model (see the module docstring); static under jit.
@@ -166,49 +169,47 @@ def decode(
     batch = num_prompts * n
     prompt_mask = prompt_mask.astype(jnp.int32)
     key_mask = jnp.concatenate([prompt_mask, jnp.ones((num_prompts, num_new), jnp.int32)], axis=1)
+    positions = positions_from_mask(prompt_mask)
 
     cache = init_cache_fn(num_prompts, prompt_len + num_new)
-    logits, cache = apply_fn(
-        params, prompt_tokens, positions_from_mask(prompt_mask), key_mask, cache, 0
-    )
-    last_logits = _repeat_rows(logits[:, -1].astype(jnp.float32), n)
+    if prompt_len > 1:
+        _, cache = apply_fn(params, prompt_tokens[:, :-1], positions[:, :-1], key_mask, cache, 0)
     axes = cache_batch_axes(init_cache_fn, prompt_len + num_new)
     cache = jax.tree.map(lambda x, axis: _repeat_rows(x, n, axis), cache, axes)
     key_mask = _repeat_rows(key_mask, n)
-    real_prompt_len = _repeat_rows(jnp.sum(prompt_mask, axis=1), n)
+    last_position = _repeat_rows(positions[:, -1], n)  # of the last prompt token
 
-    def select(step_logits: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return select_tokens(
-            step_logits,
-            jax.random.fold_in(key, step),
-            temperature,
-            top_p,
-            greedy=settings.greedy,
-            top_k=settings.top_k,
-            use_top_p=settings.use_top_p,
-        )
-
-    first_tokens, first_logprobs = select(last_logits, jnp.int32(0))
     state = _LoopState(
-        step=jnp.int32(1),
+        step=jnp.int32(0),
         cache=cache,
-        last_tokens=first_tokens,
-        done=_is_eos(first_tokens, settings.eos_ids),
-        tokens=jnp.full((batch, num_new), settings.pad_id, jnp.int32).at[:, 0].set(first_tokens),
-        logprobs=jnp.zeros((batch, num_new), jnp.float32).at[:, 0].set(first_logprobs),
-        lengths=jnp.ones((batch,), jnp.int32),
+        last_tokens=_repeat_rows(prompt_tokens[:, -1], n),
+        done=jnp.zeros((batch,), bool),
+        tokens=jnp.full((batch, num_new), settings.pad_id, jnp.int32),
+        logprobs=jnp.zeros((batch, num_new), jnp.float32),
+        lengths=jnp.zeros((batch,), jnp.int32),
     )
 
     def cond(s: _LoopState) -> jax.Array:
         return (s.step < max_new_tokens) & ~jnp.all(s.done)
 
     def body(s: _LoopState) -> _LoopState:
-        # The token produced at step - 1 sits at cache slot P + step - 1.
-        positions = (real_prompt_len + s.step - 1)[:, None]
         step_logits, new_cache = apply_fn(
-            params, s.last_tokens[:, None], positions, key_mask, s.cache, prompt_len + s.step - 1
+            params,
+            s.last_tokens[:, None],
+            (last_position + s.step)[:, None],
+            key_mask,
+            s.cache,
+            prompt_len - 1 + s.step,
         )
-        tokens, logprobs = select(step_logits[:, 0].astype(jnp.float32), s.step)
+        tokens, logprobs = select_tokens(
+            step_logits[:, 0].astype(jnp.float32),
+            jax.random.fold_in(key, s.step),
+            temperature,
+            top_p,
+            greedy=settings.greedy,
+            top_k=settings.top_k,
+            use_top_p=settings.use_top_p,
+        )
         active = ~s.done
         tokens = jnp.where(active, tokens, settings.pad_id)
         logprobs = jnp.where(active, logprobs, 0.0)
