@@ -4,103 +4,15 @@ r"""The default experiment: a small transformer learns 3-digit addition, SFT the
 
 SFT stops when greedy held-out accuracy reaches ``sft.stop_accuracy`` (a start with signal for
 GRPO), then GRPO trains on exact-match rewards. The answer is written reversed (least significant
-digit first), which makes addition learnable for a 2-layer model. Any field can be overridden, e.g.
-``--config.rl.steps=100 --config.loss.clip_high=0.28``.
+digit first), which makes addition learnable for a 2-layer model. Every field is documented in
+``rl_jax/config.py``; override any, e.g. ``--config.rl.steps=100 --config.loss.clip_high=0.28``.
 """
 
 import ml_collections
 
-from rl_jax.optim import optim_config
+from rl_jax.config import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.stages = ("sft", "rl")  # run in this order; a finished stage is skipped on restart
-
-    c.task = ml_collections.ConfigDict()
-    c.task.name = "addition"  # rl_jax.data.make_task name
-    c.task.kwargs = ml_collections.ConfigDict(dict(min_value=10, max_value=999))
-
-    c.model = ml_collections.ConfigDict()
-    c.model.path = ""  # a local Hugging Face directory, or "" for a fresh model trained here
-    c.model.model_type = "qwen2"
-    c.model.vocab_size = 259  # of the byte-level BPE trained on the task (259 = bytes + 3 special)
-    c.model.hidden_size = 64
-    c.model.intermediate_size = 256
-    c.model.num_layers = 2
-    c.model.num_heads = 4
-    c.model.num_kv_heads = 2
-    c.model.max_len = 64  # context of a fresh model
-    c.model.init_std = 0.1  # of a fresh model (0.02, as in HF configs, trains slowly at width 64)
-    c.model.dtype = "float32"
-    c.model.remat = False
-
-    c.rollout = ml_collections.ConfigDict()
-    c.rollout.max_new_tokens = 8
-    c.rollout.temperature = 1.0
-    c.rollout.top_k = 0  # 0 = off
-    c.rollout.top_p = 1.0  # 1.0 = off
-
-    c.rewards = ml_collections.ConfigDict()
-    c.rewards.weights = ml_collections.ConfigDict(dict(exact_match=1.0))  # name -> weight
-    c.rewards.correctness = "exact_match"  # the reward that defines accuracy / pass@k
-
-    c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 3000  # at most
-    c.sft.batch_size = 64
-    c.sft.eval_every = 50
-    c.sft.stop_accuracy = 0.3  # greedy held-out accuracy that ends SFT
-    c.sft.optim = optim_config(lr=3e-3, warmup_steps=50)
-    c.sft.progress_bar = False
-
-    c.rl = ml_collections.ConfigDict()
-    c.rl.steps = 600
-    c.rl.estimator = "grpo"  # gae | grpo | dr_grpo | rloo | reinforce_pp
-    c.rl.num_prompts = 32
-    c.rl.group_size = 8
-    c.rl.epochs = 1  # passes over each rollout batch
-    c.rl.num_minibatches = 4  # updates per pass
-    c.rl.gamma = 1.0  # GAE / REINFORCE++ discount
-    c.rl.lam = 0.95  # GAE lambda
-    c.rl.whiten_advantages = False
-    c.rl.dynamic_sampling = False  # DAPO: drop groups with equal rewards and sample more
-    c.rl.max_extra_rounds = 2  # cap on the extra sampling rounds of dynamic sampling
-    c.rl.overlong_buffer = 0  # DAPO soft overlong punishment over the last N tokens (0 = off)
-    c.rl.overlong_penalty = 1.0
-    c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
-    c.rl.missing_eos_score = -1.0
-    c.rl.optim = optim_config(lr=3e-4)
-    c.rl.progress_bar = False
-
-    c.loss = ml_collections.ConfigDict()
-    c.loss.clip_low = 0.2
-    c.loss.clip_high = 0.2  # > clip_low: DAPO clip-higher
-    c.loss.dual_clip = 0.0  # > 1 enables dual clip (0 = off)
-    c.loss.ratio_level = "token"  # token | sequence (GSPO)
-    c.loss.agg = "token-mean"  # see rl_jax.AGG_MODES
-    c.loss.vf_coef = 0.1  # value-loss weight (critic only)
-    c.loss.value_clip = 0.2  # 0 = plain MSE
-    c.loss.tis_cap = 0.0  # truncated importance sampling cap (0 = off)
-
-    c.kl = ml_collections.ConfigDict()
-    c.kl.coef = 0.0  # GRPO beta (in_reward=False) or PPO penalty (in_reward=True); 0 = no reference
-    c.kl.estimator = "k3"  # of the KL loss term
-    c.kl.in_reward = False  # PPO: -coef * k1 in the token rewards
-    c.kl.target = 0.0  # > 0: adaptive coefficient (Ziegler et al.) aiming at this KL
-    c.kl.horizon = 10000
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.num_examples = 256
-    c.eval.every = 50
-    c.eval.k = 4  # pass@k and maj@k with k samples (0 = greedy pass@1 only)
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 100
-    c.checkpoint.keep = 2
-
-    c.log = ml_collections.ConfigDict()
-    c.log.every = 50
-    c.log.samples_every = 100  # 0 = never
-    return c
+    return default_config()

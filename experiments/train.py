@@ -10,7 +10,7 @@ table (held-out accuracy after SFT and after RL, reward, KL, wall time).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rl_jax import parallel
@@ -26,6 +26,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # keep library INFO logs (Orbax) off stdout
+        logging.set_verbosity(logging.WARNING)
     run(_CONFIG.value, _WORKDIR.value, parallel.make_mesh(fsdp=_FSDP.value))
 
 

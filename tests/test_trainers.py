@@ -140,3 +140,60 @@ def test_unknown_config_field_is_rejected(tmp_path):
     )
     assert result.returncode != 0
     assert "bogus_field" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["arithmetic_grpo", "arithmetic_ppo", "countdown_grpo", "gsm8k_grpo"]
+)
+def test_config_files_build(name):
+    import importlib
+
+    from rl_jax.trainers.rl import settings_from_config
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    settings = settings_from_config(config)
+    assert settings.estimator == config.rl.estimator
+    if config.task.name != "gsm8k":
+        from rl_jax.trainers.setup import build_task
+
+        assert len(build_task(config).batch(0, 2)) == 2
+
+
+def test_gsm8k_grpo_from_a_tiny_hugging_face_checkpoint(tmp_path):
+    """configs/gsm8k_grpo.py on a tiny random Qwen2 saved by transformers, with a BPE tokenizer."""
+    import torch
+    import transformers
+
+    from rl_jax import data, models
+
+    fixture = ROOT / "tests" / "fixtures" / "gsm8k_200.jsonl"
+    texts = [ex.prompt + ex.target for ex in data.load_gsm8k(fixture)]
+    tokenizer = models.train_bpe_tokenizer(texts, 400)
+    torch.manual_seed(0)
+    hf_config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    transformers.Qwen2ForCausalLM(hf_config).save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+
+    from configs import gsm8k_grpo
+
+    config = gsm8k_grpo.get_config()
+    config.model.path = str(tmp_path / "hf")
+    config.model.dtype = "float32"
+    config.task.kwargs.path = str(fixture)
+    config.task.kwargs.eval_size = 4
+    config.rollout.max_new_tokens = 8
+    config.rl.steps = 2
+    config.rl.num_prompts = 2
+    config.rl.group_size = 2
+    config.eval.num_examples = 4
+    config.eval.every = 2
+    config.eval.k = 0
+    summary = run(config, str(tmp_path / "run"), parallel.make_mesh(devices=jax.devices()[:1]))
+    rl = [r for r in read_metrics(tmp_path / "run") if r["stage"] == "rl"]
+    assert len(rl) == 2 and all(math.isfinite(r["loss"]) for r in rl)
+    assert "kl_ref" in rl[0] and 0 <= summary["rl_eval"]["pass@1"] <= 1
