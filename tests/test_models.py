@@ -55,6 +55,9 @@ def test_init_cache():
     assert cache.k.shape == cache.v.shape == (3, 2, 7, 1, 8)
     assert cache.k.dtype == jnp.float32 and not cache.k.any()
     assert models.init_cache(config, 1, 4, dtype=jnp.bfloat16).v.dtype == jnp.bfloat16
+    per_layer = models.init_cache(config, batch=2, max_len=7, per_layer=True)
+    assert len(per_layer.k) == len(per_layer.v) == 3
+    assert all(k.shape == (2, 7, 1, 8) for k in per_layer.k + per_layer.v)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])  # qwen2: right padding test
@@ -79,8 +82,8 @@ def test_right_padding_invariance():
     )
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
-def test_cache_decode_equals_full_forward(model_type):
+@pytest.mark.parametrize(("model_type", "per_layer"), [("llama", False), ("qwen3", True)])
+def test_cache_decode_equals_full_forward(model_type, per_layer):
     """Prefill a left-padded prompt, a chunk of 2, then one token at a time, under jit."""
     model = tiny_lm(model_type)
     prompt_len, new, max_len = 6, 5, 16
@@ -94,7 +97,7 @@ def test_cache_decode_equals_full_forward(model_type):
     step = jax.jit(models.apply_lm)
     key_mask = jnp.zeros((2, max_len), jnp.int32).at[:, :prompt_len + new].set(mask)
     positions = models.positions_from_mask(mask)
-    cache = models.init_cache(model.config, 2, max_len)
+    cache = models.init_cache(model.config, 2, max_len, per_layer=per_layer)
     outputs, start = [], 0
     for size in chunks:
         span = slice(start, start + size)
@@ -105,9 +108,10 @@ def test_cache_decode_equals_full_forward(model_type):
     cached = jnp.concatenate(outputs, axis=1)
     real = np.asarray(mask, bool)
     np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-5)
-    assert cache.k.shape == (2, 2, max_len, 2, 16)
-    # The cache holds the keys of every real token written so far, zeros after.
-    assert not cache.k[:, :, prompt_len + new:].any()
+    stacked = jnp.stack(cache.k) if per_layer else cache.k
+    assert stacked.shape == (2, 2, max_len, 2, 16)
+    # The cache holds the keys of every token written so far, zeros after.
+    assert not stacked[:, :, prompt_len + new:].any() and stacked[:, :, prompt_len + new - 1].any()
 
 
 @pytest.mark.parametrize(("dtype", "cache_dtype"), [("float32", "bfloat16"),

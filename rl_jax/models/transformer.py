@@ -13,22 +13,38 @@ from rl_jax.models.layers import DecoderLayer, RMSNorm, param_init, rotary_cos_s
 
 
 class KVCache(NamedTuple):
-    """Keys and values of all layers.
+    """Keys and values of all layers, in one of two layouts (see `init_cache`).
 
-    k, v: [num_layers, batch, max_len, num_kv_heads, head_dim].
+    stacked: k, v: [num_layers, batch, max_len, num_kv_heads, head_dim] arrays.
+    per layer: k, v: tuples of num_layers arrays [batch, max_len, num_kv_heads, head_dim].
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
 
 
 def init_cache(
-    config: ModelConfig, batch: int, max_len: int, dtype: Any = None
+    config: ModelConfig, batch: int, max_len: int, dtype: Any = None, *, per_layer: bool = False
 ) -> KVCache:
-    """A zero cache; `dtype` defaults to the compute dtype of `config`."""
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    """A zero cache; `dtype` defaults to the compute dtype of `config`.
+
+    The model reads and writes both layouts the same way. `per_layer=True` (one buffer per
+    layer) decodes faster on CPU: XLA copies each layer's [batch, max_len, ...] slice out of a
+    stacked buffer before attending to it (about a quarter of a decode step for the 3.4M model),
+    while a layer's own buffer is read in place.
+    """
+    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
+    if per_layer:
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in zeros))
+    shape = (config.num_layers, *shape)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+
+def _cache_batch_and_len(cache: KVCache) -> tuple[int, int]:
+    layer0 = cache.k[0]  # the first layer in both layouts
+    return tuple(layer0.shape[:2])
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -79,12 +95,18 @@ def _write_cache(
     decode loop; without it, it copies the whole cache several times per step.
     """
     never = (cache_index < 0) & jnp.isnan(after[0, 0, 0])
-    start = (0, 0, cache_index, 0, 0)
 
-    def write(buffer: jax.Array, layers: list[jax.Array]) -> jax.Array:
-        update = jnp.stack(layers).astype(buffer.dtype)  # [layers, B, T, kv_heads, D]
-        update = jnp.where(never, after[0, 0, 0].astype(buffer.dtype), update)
-        return jax.lax.dynamic_update_slice(buffer, update, start)
+    def after_reads(update: jax.Array, dtype: Any) -> jax.Array:
+        return jnp.where(never, after[0, 0, 0].astype(dtype), update.astype(dtype))
+
+    def write(buffer: jax.Array | tuple[jax.Array, ...], layers: list[jax.Array]):
+        if isinstance(buffer, tuple):
+            return tuple(
+                jax.lax.dynamic_update_slice(b, after_reads(u, b.dtype), (0, cache_index, 0, 0))
+                for b, u in zip(buffer, layers, strict=True)
+            )
+        update = after_reads(jnp.stack(layers), buffer.dtype)  # [layers, B, T, kv_heads, D]
+        return jax.lax.dynamic_update_slice(buffer, update, (0, 0, cache_index, 0, 0))
 
     return KVCache(write(cache.k, new_k), write(cache.v, new_v))
 
@@ -136,9 +158,9 @@ class Transformer(nnx.Module):
             for layer in self.layers:
                 h = forward(layer, h, cos, sin, mask)
             return self.norm(h), None
-        if key_mask.shape != cache.k.shape[1:3]:
+        if key_mask.shape != _cache_batch_and_len(cache):
             raise ValueError(
-                f"with a cache key_mask must be [B, max_len] = {cache.k.shape[1:3]}, "
+                f"with a cache key_mask must be [B, max_len] = {_cache_batch_and_len(cache)}, "
                 f"got {key_mask.shape}"
             )
         cache_index = jnp.asarray(cache_index, jnp.int32)
