@@ -95,14 +95,21 @@ def _weight_files(directory: Path) -> list[Path]:
     )
 
 
-def read_hf_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of the checkpoint in `directory` as numpy arrays (bf16 as ml_dtypes)."""
+def read_hf_tensors(
+    directory: str | os.PathLike,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors of the checkpoint in `directory` as numpy arrays (bf16 as ml_dtypes).
+
+    Returns (tensors by name, the path of the file each tensor came from).
+    """
     tensors: dict[str, np.ndarray] = {}
+    files: dict[str, str] = {}
     for file in _weight_files(Path(directory)):
         with safetensors.safe_open(str(file), framework="numpy") as f:
             for name in f.keys():
                 tensors[name] = f.get_tensor(name)
-    return tensors
+                files[name] = str(file)
+    return tensors, files
 
 
 def _check_directory(directory: Path) -> None:
@@ -121,12 +128,17 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:
 
 
 def params_from_hf(
-    config: ModelConfig, tensors: dict[str, np.ndarray], source: str = "checkpoint"
+    config: ModelConfig,
+    tensors: dict[str, np.ndarray],
+    files: dict[str, str] | None = None,
+    source: str = "checkpoint",
 ) -> CausalLM:
     """A CausalLM whose parameters are `tensors` (HF names and layout), cast to param_dtype.
 
-    Raises ValueError naming the tensor for a missing tensor, a wrong shape or an unexpected one.
+    Raises ValueError naming the tensor (and its file, from `files`, or else `source`) for a
+    missing tensor, a wrong shape or an unexpected one.
     """
+    files = files or {}
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     param_dtype = jnp.dtype(config.param_dtype)
@@ -140,7 +152,8 @@ def params_from_hf(
         array = tensors[name]
         if tuple(array.shape) != expected:
             raise ValueError(
-                f"{source}: tensor {name} has shape {tuple(array.shape)}, expected {expected}"
+                f"{files.get(name, source)}: tensor {name} has shape {tuple(array.shape)}, "
+                f"expected {expected}"
             )
         used.add(name)
         flat[path] = jnp.asarray(array.T if _is_transposed(path) else array, dtype=param_dtype)
@@ -162,7 +175,8 @@ def load_causal_lm(
     """A CausalLM from a local HF checkpoint directory (config.json + safetensors)."""
     directory = Path(path)
     config = load_config(directory, dtype=dtype, param_dtype=param_dtype or dtype)
-    return params_from_hf(config, read_hf_tensors(directory), source=str(directory))
+    tensors, files = read_hf_tensors(directory)
+    return params_from_hf(config, tensors, files, source=str(directory))
 
 
 def load_pretrained(
