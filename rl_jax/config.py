@@ -53,7 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sft.progress_bar = False
 
     c.rl = ml_collections.ConfigDict()
-    c.rl.steps = 600
+    c.rl.steps = 1000
     c.rl.estimator = "grpo"  # gae | grpo | dr_grpo | rloo | reinforce_pp
     c.rl.num_prompts = 32
     c.rl.group_size = 8
