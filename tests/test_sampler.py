@@ -426,8 +426,8 @@ def tiny_hf_model(model_type: str):
     return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
-def test_greedy_matches_transformers(model_type, tmp_path):
+@pytest.mark.parametrize(("model_type", "per_layer_cache"), [("qwen2", True), ("llama", False)])
+def test_greedy_matches_transformers(model_type, per_layer_cache, tmp_path):
     """Greedy tokens equal transformers generate(do_sample=False) for left-padded prompts.
 
     The EOS id is a token that row 1 emits greedily at step 10, so one row stops early on both
@@ -463,7 +463,9 @@ def test_greedy_matches_transformers(model_type, tmp_path):
     hf_tokens = hf_generate(tokens, mask, eos)
     assert (hf_tokens == eos).sum(1)[1] == 1
 
-    sampler = Sampler.from_model(model, eos_ids=(eos,), pad_id=HF_PAD)
+    sampler = Sampler.from_model(
+        model, eos_ids=(eos,), pad_id=HF_PAD, per_layer_cache=per_layer_cache
+    )
     out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=num_new, greedy=True)
     np.testing.assert_array_equal(out.prompt_tokens, tokens)
     np.testing.assert_array_equal(np.asarray(out.response_tokens), hf_tokens)

@@ -113,11 +113,14 @@ class Sampler:
         pad_id: int = 0,
         max_len: int | None = None,
         cache_dtype: Any = None,
+        per_layer_cache: bool = True,
         **kwargs: Any,
     ) -> Sampler:
         """A sampler for an `rl_jax.models.CausalLM` (split into graphdef and state here).
 
         max_len defaults to the config's max_position_embeddings; cache_dtype to init_cache's.
+        per_layer_cache: one KV buffer per layer (init_cache(per_layer=True)), which XLA reads
+        in place; a stacked [layers, ...] buffer gets each layer's slice copied every step.
         Later weights go in through `sampler.params = nnx.state(model)`.
         """
         from flax import nnx
@@ -131,7 +134,9 @@ class Sampler:
             return apply_lm(graphdef, params, tokens, positions, key_mask, cache, cache_index)
 
         def init_cache_fn(batch: int, cache_len: int):
-            return init_cache(config, batch, cache_len, dtype=cache_dtype)
+            return init_cache(
+                config, batch, cache_len, dtype=cache_dtype, per_layer=per_layer_cache
+            )
 
         if max_len is None:
             max_len = config.max_position_embeddings
