@@ -72,8 +72,9 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
     if m.path:
         policy, _ = models.load_pretrained(m.path, dtype=m.dtype)
         return policy
-    model_config = models.ModelConfig(
-        model_type=m.model_type,
+    # tiny_config sets the architectural flags of the model type (Qwen2 qkv bias, Qwen3 q/k norm).
+    model_config = models.tiny_config(
+        m.model_type,
         vocab_size=len(tokenizer),
         hidden_size=m.hidden_size,
         intermediate_size=m.intermediate_size,
@@ -83,8 +84,6 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
         max_position_embeddings=m.max_len,
         initializer_range=m.init_std,
         tie_word_embeddings=True,
-        attention_bias=m.model_type == "qwen2",
-        qk_norm=m.model_type == "qwen3",
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
