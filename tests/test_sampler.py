@@ -23,6 +23,7 @@ from rl_jax.rollout import (
     filter_logits,
     positions_from_mask,
     sample_from_probs,
+    top_k_threshold,
     top_p_threshold,
     top_p_threshold_unsorted,
 )
@@ -137,10 +138,20 @@ def test_unsorted_top_p_threshold_equals_sorted():
     logits = jax.random.normal(jax.random.key(0), (32, 300)) * 3.0
     probs = jax.nn.softmax(logits, axis=-1)
     sorted_logits = -jnp.sort(-logits, axis=-1)
-    for p in (0.05, 0.3, 0.9, 0.999):  # at 1.0 both hinge on float rounding of the mass
+    # Where the mass before a token is within float rounding of p (e.g. p = 0.999 here) the two
+    # may keep one token more or less; these p are clear of that.
+    for p in (0.05, 0.3, 0.6, 0.9):
         exact = top_p_threshold(sorted_logits, jnp.float32(p))
         bisected = top_p_threshold_unsorted(logits, probs, jnp.float32(p))
         np.testing.assert_array_equal(logits >= exact[:, None], logits >= bisected[:, None])
+
+
+def test_top_k_threshold_equals_kth_largest():
+    logits = jax.random.normal(jax.random.key(3), (32, 300)) * 3.0
+    sorted_logits = -jnp.sort(-logits, axis=-1)
+    for k in (1, 2, 50, 299, 300):
+        np.testing.assert_array_equal(top_k_threshold(logits, k), sorted_logits[:, k - 1])
+    np.testing.assert_array_equal(top_k_threshold(logits, 1000), sorted_logits[:, -1])
 
 
 def test_sample_from_probs_frequencies_and_zero_mass():

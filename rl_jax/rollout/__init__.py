@@ -15,10 +15,12 @@ from rl_jax.rollout.decode import (
 from rl_jax.rollout.padding import bucket_length, choose_buckets, left_pad
 from rl_jax.rollout.sampler import SampleOutput, Sampler
 from rl_jax.rollout.sampling import (
+    bisect_threshold,
     filter_logits,
     keep_mask,
     sample_from_probs,
     select_tokens,
+    top_k_threshold,
     top_p_threshold,
     top_p_threshold_unsorted,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "DecodeSettings",
     "SampleOutput",
     "Sampler",
+    "bisect_threshold",
     "bucket_length",
     "cache_batch_axes",
     "choose_buckets",
@@ -38,6 +41,7 @@ __all__ = [
     "positions_from_mask",
     "sample_from_probs",
     "select_tokens",
+    "top_k_threshold",
     "top_p_threshold",
     "top_p_threshold_unsorted",
 ]
