@@ -129,6 +129,39 @@ def rl_jax_runner(model, prompts: list[list[int]], args: argparse.Namespace):
     return checked_run
 
 
+def forward_only_runner(model, args: argparse.Namespace):
+    """The model's cached decode steps alone (no sampling, no prefill): a lower bound for ours.
+
+    Same batch, cache length and number of steps as the sampler's loop; each step feeds a token
+    derived from the previous logits so no step can be skipped.
+    """
+    from rl_jax.models import apply_lm, init_cache
+    from rl_jax.rollout import bucket_length
+
+    graphdef, state = nnx.split(model)
+    batch = args.num_prompts * args.samples
+    cache_len = bucket_length(args.prompt_len, 16) + bucket_length(args.new_tokens, 16)
+    key_mask = jnp.ones((batch, cache_len), jnp.int32)
+
+    @jax.jit
+    def loop(state):
+        cache = init_cache(model.config, batch, cache_len, per_layer=True)
+
+        def step(i, carry):
+            cache, tokens = carry
+            positions = jnp.full((batch, 1), args.prompt_len, jnp.int32) + i
+            logits, cache = apply_lm(
+                graphdef, state, tokens, positions, key_mask, cache, args.prompt_len + i
+            )
+            return cache, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+        tokens = jnp.zeros((batch, 1), jnp.int32)
+        return jax.lax.fori_loop(0, args.new_tokens, step, (cache, tokens))[1]
+
+    jax.block_until_ready(loop(state))
+    return lambda: jax.block_until_ready(loop(state))
+
+
 def transformers_runner(hf_model, prompts: list[list[int]], args: argparse.Namespace):
     """A function running one `generate` call (temperature 1, no top-k/top-p), warmed up here."""
     import torch
@@ -196,7 +229,10 @@ def main() -> None:
         f"{args.new_tokens} new tokens = {num_tokens} tokens"
     )
 
-    runners = {"rl_jax": rl_jax_runner(model, prompts, args)}
+    runners = {
+        "rl_jax": rl_jax_runner(model, prompts, args),
+        "rl_jax model forward only": forward_only_runner(model, args),
+    }
     if not args.skip_transformers:
         runners["transformers"] = transformers_runner(hf_model, prompts, args)
     best = interleaved_best_times(runners, args.reps)
