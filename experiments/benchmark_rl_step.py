@@ -34,7 +34,7 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "Prompt tokens.")
 def main(argv):
     del argv
     config = models.ModelConfig(
-        model_type="qwen2", vocab_size=1024, hidden_size=256, intermediate_size=1024,
+        model_type="qwen2", vocab_size=1024, hidden_size=256, intermediate_size=768,
         num_layers=4, num_heads=4, num_kv_heads=2, attention_bias=True, tie_word_embeddings=True,
         max_position_embeddings=256,
     )
