@@ -70,9 +70,15 @@ def final_table(summary: dict[str, Any]) -> str:
             rows.append((f"after RL: {key}", value))
     rows += [
         ("final train reward", summary.get("rl_final_score")),
-        ("final KL to reference", summary.get("rl_final_kl_ref")),
+        ("final KL to reference", summary.get("rl_final_kl_ref", "n/a (kl.coef=0: no reference)")),
         ("wall time (s)", summary.get("wall_time_s")),
     ]
     lines = ["", f"{'metric':<32} value", "-" * 44]
-    lines += [f"{name:<32} {'-' if v is None else f'{v:.4g}'}" for name, v in rows]
+    lines += [f"{name:<32} {_fmt(v)}" for name, v in rows]
     return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else f"{value:.4g}"
