@@ -35,6 +35,15 @@ def _dense(config: ModelConfig, d_in: int, d_out: int, bias: bool, rngs: nnx.Rng
     )
 
 
+def apply_2d(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    """``layer`` on ``x`` [..., d_in] as one 2-D matmul [N, d_in] -> [N, d_out].
+
+    XLA on CPU runs a 3-D activation times a 2-D kernel ~1.4x slower than the same product on
+    the flattened activation (forward and backward, measured at [64, 80, 256] x [256, 768]).
+    """
+    return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 class RMSNorm(nnx.Module):
     """y = weight * x / sqrt(mean(x^2) + eps), normalised in float32 over the last axis."""
 
@@ -143,9 +152,9 @@ class Attention(nnx.Module):
         """x: [B, T, hidden] -> q [B, T, heads, D], k and v [B, T, kv_heads, D] (rotated q, k)."""
         c = self.config
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim)
-        k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
-        v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q = apply_2d(self.q_proj, x).reshape(b, t, c.num_heads, c.head_dim)
+        k = apply_2d(self.k_proj, x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = apply_2d(self.v_proj, x).reshape(b, t, c.num_kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
@@ -158,12 +167,17 @@ class Attention(nnx.Module):
         """
         c = self.config
         b, t, _, d = q.shape
-        q = q.reshape(b, t, c.num_kv_heads, c.num_groups, d)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (d**-0.5)
+        kv, g, s = c.num_kv_heads, c.num_groups, k.shape[1]
+        # Batched matmuls over (batch, kv head), the groups' queries stacked: [B*K, G*T, D].
+        # On CPU this is ~1.8x faster (forward + backward) than a 5-D einsum.
+        q = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * t, d)
+        k = k.transpose(0, 2, 3, 1).reshape(b * kv, d, s)
+        v = v.transpose(0, 2, 1, 3).reshape(b * kv, s, d)
+        scores = jnp.matmul(q, k).reshape(b, kv, g, t, s) * (d**-0.5)
         scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-        return self.o_proj(out.reshape(b, t, c.num_heads * d))
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b * kv, g * t, s)
+        out = jnp.matmul(probs, v).reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4)
+        return apply_2d(self.o_proj, out.reshape(b, t, c.num_heads * d))
 
     def attend_cached(
         self,
@@ -201,7 +215,7 @@ class Attention(nnx.Module):
             old_mask,
             self_mask,
         )
-        return self.o_proj(out.reshape(b, 1, c.num_heads * d))
+        return apply_2d(self.o_proj, out.reshape(b, 1, c.num_heads * d))
 
 
 class MLP(nnx.Module):
@@ -215,7 +229,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., hidden] -> [..., hidden]."""
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        hidden = jax.nn.silu(apply_2d(self.gate_proj, x)) * apply_2d(self.up_proj, x)
+        return apply_2d(self.down_proj, hidden)
 
 
 class DecoderLayer(nnx.Module):
