@@ -22,6 +22,7 @@ from flax import nnx
 
 from rl_jax import models, parallel
 from rl_jax.rollout import Sampler
+from rl_jax.trainers.rl import TRAIN_KEYS
 from rl_jax.trainers.rl_step import RLSettings, TrainState, make_loss, make_prepare, make_update
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
@@ -34,8 +35,15 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "Prompt tokens.")
 def main(argv):
     del argv
     config = models.ModelConfig(
-        model_type="qwen2", vocab_size=1024, hidden_size=256, intermediate_size=768,
-        num_layers=4, num_heads=4, num_kv_heads=2, attention_bias=True, tie_word_embeddings=True,
+        model_type="qwen2",
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        attention_bias=True,
+        tie_word_embeddings=True,
         max_position_embeddings=256,
     )
     policy = models.CausalLM(config, rngs=nnx.Rngs(0))
@@ -44,7 +52,10 @@ def main(argv):
     # eos_ids=(): every response is max_new_tokens long, as in the TRL measurement.
     sampler = Sampler.from_model(policy, eos_ids=(), pad_id=0)
     settings = RLSettings(
-        estimator="grpo", group_size=_GROUP.value, temperature=1.0, kl_loss_coef=0.04,
+        estimator="grpo",
+        group_size=_GROUP.value,
+        temperature=1.0,
+        kl_loss_coef=0.04,
         max_len=_NEW.value,
     )
     tx = optax.adamw(1e-5)
@@ -73,8 +84,9 @@ def main(argv):
         scores = (response_tokens % 7 == 0).mean(1).astype(np.float32)  # a host-side reward
         batch = {
             "tokens": np.concatenate([np.asarray(out.prompt_tokens), response_tokens], 1),
-            "mask": np.concatenate([np.asarray(out.prompt_mask), np.asarray(out.response_mask)],
-                                   1).astype(np.float32),
+            "mask": np.concatenate(
+                [np.asarray(out.prompt_mask), np.asarray(out.response_mask)], 1
+            ).astype(np.float32),
             "response_mask": np.asarray(out.response_mask, np.float32),
             "sampler_logprobs": np.asarray(out.response_logprobs),
             "scores": scores,
@@ -84,7 +96,7 @@ def main(argv):
         extra, _ = prepare(state.params, ref_params, arrays, jnp.float32(0.0))
         jax.block_until_ready(extra)
         t3 = time.perf_counter()
-        train_batch = {k: arrays[k] for k in ("tokens", "mask", "response_mask")} | extra
+        train_batch = {k: arrays[k] for k in TRAIN_KEYS} | extra
         state, metrics = update(state, train_batch)
         jax.block_until_ready(metrics)
         t4 = time.perf_counter()
@@ -93,16 +105,26 @@ def main(argv):
     sample, score, logprob, upd = np.median(np.asarray(times), axis=0)
     total = sample + score + logprob + upd
     tokens = _PROMPTS.value * _GROUP.value * _NEW.value
-    print(f"model: {num_params:,} parameters; batch {_PROMPTS.value} prompts x {_GROUP.value} "
-          f"samples x {_NEW.value} new tokens; {jax.device_count()} {jax.devices()[0].platform} "
-          "device(s)")
-    print(f"step: {total:.3f} s (median of {_STEPS.value}) -> {tokens / total:,.0f} completion "
-          "tokens/s")
-    for name, t in [("sampling", sample), ("scoring (host)", score),
-                    ("old+ref logprobs", logprob), ("update (fwd+bwd+adamw)", upd)]:
+    print(
+        f"model: {num_params:,} parameters; batch {_PROMPTS.value} prompts x {_GROUP.value} "
+        f"samples x {_NEW.value} new tokens; {jax.device_count()} {jax.devices()[0].platform} "
+        "device(s)"
+    )
+    print(
+        f"step: {total:.3f} s (median of {_STEPS.value}) -> {tokens / total:,.0f} completion "
+        "tokens/s"
+    )
+    for name, t in [
+        ("sampling", sample),
+        ("scoring (host)", score),
+        ("old+ref logprobs", logprob),
+        ("update (fwd+bwd+adamw)", upd),
+    ]:
         print(f"  {name:<24} {t:.3f} s  {100 * t / total:5.1f}%")
-    print("TRL 1.16 GRPOTrainer, same model and batch on this CPU: ~2.85 s a step, ~1,400 "
-          f"tokens/s -> ratio {tokens / total / 1400:.2f}x")
+    print(
+        "TRL 1.16 GRPOTrainer, same model and batch on this CPU: ~2.85 s a step, ~1,400 "
+        f"tokens/s -> ratio {tokens / total / 1400:.2f}x"
+    )
 
 
 if __name__ == "__main__":

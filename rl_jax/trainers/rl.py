@@ -32,6 +32,12 @@ from rl_jax.trainers.rl_step import RLSettings, TrainState, make_loss, make_prep
 from rl_jax.trainers.setup import Context, stage_key
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
+TRAIN_KEYS = (
+    "tokens",
+    "mask",
+    "response_mask",
+    "sampler_logprobs",
+)  # rollout arrays the update reads
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> RLSettings:
@@ -292,7 +298,7 @@ def run_rl(
         t1 = time.perf_counter()
         arrays = parallel.shard_batch(device_batch(batch), mesh)
         extra, prep_metrics = prepare(state.params, ref_params, arrays, jnp.float32(kl_coef))
-        train_batch = {k: arrays[k] for k in ("tokens", "mask", "response_mask")} | extra
+        train_batch = {k: arrays[k] for k in TRAIN_KEYS} | extra
         state, update_metrics = update(state, train_batch)
         metrics.update(to_floats(prep_metrics) | to_floats(update_metrics))
         t2 = time.perf_counter()

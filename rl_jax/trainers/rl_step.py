@@ -57,6 +57,15 @@ class RLSettings:
             raise ValueError(f"unknown advantage estimator {self.estimator!r}; known: {ESTIMATORS}")
 
     @property
+    def single_pass(self) -> bool:
+        """One on-policy update per rollout: the old log-probs are the update's own (as in TRL).
+
+        The first update of a rollout runs at the sampling weights, so its forward pass gives the
+        old log-probs with no extra forward; with more updates (or TIS) ``prepare`` computes them.
+        """
+        return self.epochs == 1 and self.num_minibatches == 1 and self.tis_cap is None
+
+    @property
     def has_critic(self) -> bool:
         return self.estimator == "gae"
 
@@ -132,34 +141,57 @@ def advantages_and_returns(
     return adv, returns
 
 
+def rollout_policy_metrics(
+    logits: jax.Array,
+    logprobs: jax.Array,
+    sampler_logprobs: jax.Array,
+    response_mask: jax.Array,
+    temperature: float,
+) -> dict[str, jax.Array]:
+    """Entropy of the tempered policy and its mismatch with the sampler, at the sampling weights.
+
+    logits: ``[batch, R, vocab]``; logprobs, sampler_logprobs, response_mask: ``[batch, R]``.
+    """
+    logits, logprobs = jax.lax.stop_gradient((logits, logprobs))
+    return {
+        "entropy": rl_jax.masked_mean(rl_jax.entropy(logits / temperature), response_mask),
+        "sampler_logprob_diff": rl_jax.masked_mean(
+            jnp.abs(logprobs - sampler_logprobs), response_mask
+        ),
+        "sampler_kl": rl_jax.masked_mean(
+            rl_jax.kl(sampler_logprobs, logprobs, estimator="k3"), response_mask
+        ),
+    }
+
+
 def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
     """``prepare(params, ref_params, batch, kl_coef) -> (batch additions, metrics)``, to jit.
 
-    Recomputes the old log-probs with the trainer's own forward pass (the sampler's are kept for
-    the mismatch metric and truncated importance sampling), the reference log-probs, the values
-    and the advantages.
+    Recomputes the old log-probs with the trainer's own forward pass (unless
+    ``settings.single_pass``; the sampler's are kept for the mismatch metric and truncated
+    importance sampling), the reference log-probs, the values and the advantages.
     """
 
     def prepare(params, ref_params, batch, kl_coef):
         tokens, mask, response_mask = batch["tokens"], batch["mask"], batch["response_mask"]
         response_len = response_mask.shape[1]
         response_tokens = tokens[:, -response_len:]
-        logits = policy_logits(policy_graphdef, params["policy"], tokens, mask, response_len)
-        old_logprobs = rl_jax.token_logprobs(
-            logits, response_tokens, temperature=settings.temperature
-        )
-        out = {"old_logprobs": old_logprobs}
-        metrics = {
-            "entropy": rl_jax.masked_mean(
-                rl_jax.entropy(logits / settings.temperature), response_mask
-            ),
-            "sampler_logprob_diff": rl_jax.masked_mean(
-                jnp.abs(old_logprobs - batch["sampler_logprobs"]), response_mask
-            ),
-            "sampler_kl": rl_jax.masked_mean(
-                rl_jax.kl(batch["sampler_logprobs"], old_logprobs, estimator="k3"), response_mask
-            ),
-        }
+        out, metrics = {}, {}
+        # The policy's log-probs at the sampling weights (the sampler's, in a single pass).
+        old_logprobs = batch["sampler_logprobs"]
+        if not settings.single_pass:
+            logits = policy_logits(policy_graphdef, params["policy"], tokens, mask, response_len)
+            old_logprobs = rl_jax.token_logprobs(
+                logits, response_tokens, temperature=settings.temperature
+            )
+            out["old_logprobs"] = old_logprobs
+            metrics = rollout_policy_metrics(
+                logits,
+                old_logprobs,
+                batch["sampler_logprobs"],
+                response_mask,
+                settings.temperature,
+            )
         token_kl = None
         if ref_params is not None:
             ref_logits = policy_logits(policy_graphdef, ref_params, tokens, mask, response_len)
@@ -201,9 +233,17 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
         logprobs = rl_jax.token_logprobs(
             logits, tokens[:, -response_len:], temperature=settings.temperature
         )
-        pg_loss, metrics = rl_jax.policy_loss(
+        metrics = {}
+        if settings.single_pass:
+            old_logprobs = jax.lax.stop_gradient(logprobs)
+            metrics = rollout_policy_metrics(
+                logits, logprobs, mb["sampler_logprobs"], response_mask, settings.temperature
+            )
+        else:
+            old_logprobs = mb["old_logprobs"]
+        pg_loss, pg_metrics = rl_jax.policy_loss(
             logprobs,
-            mb["old_logprobs"],
+            old_logprobs,
             mb["advantages"],
             response_mask,
             clip_low=settings.clip_low,
@@ -213,7 +253,7 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
             agg=settings.agg,
             max_len=settings.max_len,
         )
-        metrics["policy_loss"] = pg_loss
+        metrics.update(pg_metrics, policy_loss=pg_loss)
         loss = pg_loss
         if settings.kl_loss_coef > 0:
             kl_term = rl_jax.aggregate(
