@@ -50,7 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sft.eval_every = 50
     c.sft.stop_accuracy = 0.3  # greedy held-out accuracy that ends SFT
     c.sft.optim = optim_config(lr=3e-3, warmup_steps=50)
-    c.sft.progress_bar = False
+    c.sft.progress_bar = True  # tqdm bar on stderr
 
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = 1000
@@ -62,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.gamma = 1.0  # GAE / REINFORCE++ discount
     c.rl.lam = 0.95  # GAE lambda
     c.rl.whiten_advantages = False
+    c.rl.whiten_rewards = False  # scale each batch's scores to unit variance (PPO-RLHF)
     c.rl.dynamic_sampling = False  # DAPO: drop groups with equal rewards and sample more
     c.rl.max_extra_rounds = 2  # cap on the extra sampling rounds of dynamic sampling
     c.rl.overlong_buffer = 0  # DAPO soft overlong punishment over the last N tokens (0 = off)
@@ -69,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
     c.rl.missing_eos_score = -1.0
     c.rl.optim = optim_config(lr=3e-4)
-    c.rl.progress_bar = False
+    c.rl.progress_bar = True
 
     c.loss = ml_collections.ConfigDict()
     c.loss.clip_low = 0.2

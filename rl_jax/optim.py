@@ -33,11 +33,17 @@ def make_optimizer(
     """The optimizer an ``optim`` config describes.
 
     Fields: ``lr``, ``warmup_steps``, ``decay`` ("constant" | "cosine"), ``weight_decay``, ``b1``,
-    ``b2``, ``eps``, ``max_grad_norm`` (0 disables clipping). Gradient accumulation is exact and
-    lives in the train step (micro-batches summed through ``aggregate_terms``), not here.
+    ``b2``, ``eps``, ``max_grad_norm`` (0 disables clipping), ``grad_accum_steps``: with k > 1,
+    ``optax.MultiSteps`` applies one update with the mean gradient of k consecutive calls (k
+    minibatches of the RL update, or k SFT steps), so the learning-rate schedule counts updates.
     """
+    if config.grad_accum_steps < 1:
+        raise ValueError(f"optim.grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
     schedule = learning_rate_schedule(
-        config.lr, warmup_steps=config.warmup_steps, total_steps=total_steps, decay=config.decay
+        config.lr,
+        warmup_steps=config.warmup_steps,
+        total_steps=max(total_steps // config.grad_accum_steps, 1),
+        decay=config.decay,
     )
     parts = []
     if config.max_grad_norm > 0:
@@ -47,7 +53,10 @@ def make_optimizer(
             schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
         )
     )
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if config.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
+    return tx
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
@@ -62,6 +71,7 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
             b2=0.999,
             eps=1e-8,
             max_grad_norm=1.0,
+            grad_accum_steps=1,
         )
     )
     config.update(overrides)

@@ -43,8 +43,11 @@ def tiny_config(**rl_overrides):
     c.log.every = 1
     c.log.samples_every = 0
     for key, value in rl_overrides.items():
-        section, name = key.split(".")
-        setattr(getattr(c, section), name, value)
+        *sections, name = key.split(".")
+        node = c
+        for section in sections:
+            node = getattr(node, section)
+        setattr(node, name, value)
     return c
 
 
@@ -57,7 +60,8 @@ def flat(params):
     [
         {"rl.estimator": "grpo", "kl.coef": 0.04},
         {"rl.estimator": "gae", "kl.coef": 0.05, "kl.in_reward": True, "kl.target": 1.0,
-         "rl.num_minibatches": 2, "rl.epochs": 2, "rl.eos_trick": True},
+         "rl.num_minibatches": 2, "rl.epochs": 2, "rl.eos_trick": True,
+         "rl.whiten_rewards": True, "rl.optim.grad_accum_steps": 2},
         {"rl.estimator": "rloo", "loss.clip_high": 0.28, "loss.agg": "seq-mean-token-sum-norm",
          "rl.dynamic_sampling": True, "rl.overlong_buffer": 2, "loss.tis_cap": 2.0},
         {"rl.estimator": "reinforce_pp", "kl.coef": 0.01, "kl.in_reward": True,

@@ -50,6 +50,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> RLSettings:
         gamma=rl.gamma,
         lam=rl.lam,
         whiten_advantages=rl.whiten_advantages,
+        whiten_rewards=rl.whiten_rewards,
         kl_loss_coef=0.0 if kl.in_reward else kl.coef,
         kl_in_reward=kl.in_reward and kl.coef > 0,
         kl_estimator=kl.estimator,
@@ -113,8 +114,8 @@ def shape_scores(cfg: ml_collections.ConfigDict, scores, lengths, truncated) -> 
     return scores
 
 
-def sample_round(ctx: Context, position: int, key: jax.Array) -> Round:
-    """Samples and scores the prompts of data position ``position``."""
+def sample_round(ctx: Context, position: int, key: jax.Array) -> tuple[Round, float]:
+    """Samples and scores the prompts of data position ``position``; also the scoring seconds."""
     cfg = ctx.config
     examples = ctx.task.batch(position, cfg.rl.num_prompts)
     n = cfg.rl.group_size
@@ -128,6 +129,7 @@ def sample_round(ctx: Context, position: int, key: jax.Array) -> Round:
         top_p=cfg.rollout.top_p,
     )
     response_mask = np.asarray(out.response_mask)
+    start = time.perf_counter()
     texts = ctx.decode_responses(out.response_tokens, response_mask)
     repeated = [ex for ex in examples for _ in range(n)]
     total, per_fn = rewards.combine_rewards(cfg.rewards.weights.to_dict(), texts, repeated)
@@ -135,7 +137,8 @@ def sample_round(ctx: Context, position: int, key: jax.Array) -> Round:
     lengths = response_mask.sum(1)
     last = np.asarray(out.response_tokens)[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
     truncated = ~np.isin(last, ctx.eos_ids) | (lengths == 0)
-    return Round(
+    scoring_seconds = time.perf_counter() - start
+    round_ = Round(
         prompt_tokens=np.asarray(out.prompt_tokens),
         prompt_mask=np.asarray(out.prompt_mask),
         response_tokens=np.asarray(out.response_tokens),
@@ -146,6 +149,7 @@ def sample_round(ctx: Context, position: int, key: jax.Array) -> Round:
         correct=np.asarray(correct, np.float32),
         texts=texts,
     )
+    return round_, scoring_seconds
 
 
 def _concat(rounds: list[Round], pad_id: int) -> Round:
@@ -184,8 +188,10 @@ def collect(ctx: Context, position: int, key: jax.Array) -> tuple[Round, int, di
     num_kept = 0
     rounds = 0
     generated = 0.0
+    scoring = 0.0
     while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
-        batch = sample_round(ctx, position, jax.random.fold_in(key, rounds))
+        batch, seconds = sample_round(ctx, position, jax.random.fold_in(key, rounds))
+        scoring += seconds
         position += 1
         rounds += 1
         generated += float(batch.response_mask.sum())
@@ -213,6 +219,7 @@ def collect(ctx: Context, position: int, key: jax.Array) -> tuple[Round, int, di
         "zero_adv_groups": float(np.mean(grouped.max(1) == grouped.min(1))),
         "sampling_rounds": float(rounds),
         "generated_tokens": generated,
+        "time_scoring": scoring,
     }
     return out, position, metrics
 
@@ -315,7 +322,7 @@ def run_rl(
             )
         metrics.update(
             kl_coef=kl_coef,
-            time_sampling=t1 - t0,
+            time_sampling=t1 - t0 - metrics["time_scoring"],
             time_update=t2 - t1,
             tokens_per_second=metrics["generated_tokens"] / (t2 - t0),
         )

@@ -36,6 +36,7 @@ class RLSettings:
     gamma: float = 1.0
     lam: float = 0.95
     whiten_advantages: bool = False
+    whiten_rewards: bool = False  # scale the sequence scores to unit variance (mean kept)
     kl_loss_coef: float = 0.0  # GRPO's beta: KL to the reference as a loss term
     kl_in_reward: bool = False  # PPO/REINFORCE++: -coef * KL(token) added to the token rewards
     kl_estimator: str = "k3"
@@ -113,6 +114,8 @@ def advantages_and_returns(
     """
     mask = response_mask
     est = settings.estimator
+    if settings.whiten_rewards:
+        scores = rl_jax.whiten(scores, jnp.ones_like(scores), shift_mean=False)
     if est in ("grpo", "dr_grpo", "rloo"):
         if est == "rloo":
             adv = rl_jax.rloo_advantages(scores, settings.group_size)
