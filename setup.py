@@ -10,7 +10,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["rl_jax", "rl_jax.*"]),
-    package_data={"rl_jax.data": ["files/*.jsonl", "files/LICENSE", "files/README.md"]},
+    package_data={"rl_jax.data": ["files/*.jsonl", "files/LICENSE*", "files/README.md"]},
     python_requires=">=3.10",
     # Lower bounds are the versions tested here (2026-11); pip takes the newest it finds.
     install_requires=[

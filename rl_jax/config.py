@@ -14,7 +14,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field of an experiment config, with its meaning; configs/*.py override some."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.stages = ("sft", "rl")  # run in this order; a finished stage is skipped on restart
+    c.stages = ("sft", "rl")  # of "sft", "rm", "rl", run in that order; a finished one is skipped
 
     c.task = ml_collections.ConfigDict()
     c.task.name = "addition"  # rl_jax.data.make_task name
@@ -43,6 +43,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rewards = ml_collections.ConfigDict()
     c.rewards.weights = ml_collections.ConfigDict(dict(exact_match=1.0))  # name -> weight
     c.rewards.correctness = "exact_match"  # the reward that defines accuracy / pass@k
+    # Weight of the learned reward (the "rm" stage's model, normalised) in the RL score; 0 = none.
+    c.rewards.model_weight = 0.0
 
     c.sft = ml_collections.ConfigDict()
     c.sft.steps = 3000  # at most
@@ -51,6 +53,24 @@ def default_config() -> ml_collections.ConfigDict:
     c.sft.stop_accuracy = 0.3  # greedy held-out accuracy that ends SFT
     c.sft.optim = optim_config(lr=3e-3, warmup_steps=50)
     c.sft.progress_bar = True  # tqdm bar on stderr
+
+    c.rm = ml_collections.ConfigDict()  # the reward-model stage (rl_jax/trainers/reward_model.py)
+    c.rm.data = "synthetic"  # synthetic | pairs | rankings | hh_rlhf (see rl_jax.data.preferences)
+    c.rm.path = ""  # the preference file (not synthetic)
+    c.rm.skip_invalid = False  # skip (and count) malformed rows and rows too long, don't fail
+    c.rm.truncate_prompts = False  # cut prompts from the left to fit the context (else an error)
+    c.rm.eval_size = 256  # held-out prompts (file rows, or synthetic prompts with gold labels)
+    c.rm.num_prompts = 2048  # synthetic: training prompts
+    c.rm.num_responses = 4  # synthetic: K policy samples ranked per prompt
+    c.rm.gold = "digits_gold"  # synthetic: the reward function that plays the labeller
+    c.rm.label_noise = 0.0  # synthetic: Gumbel scale of the labeller's noise (0 = noiseless)
+    c.rm.loss = "ranking"  # pairwise (K = 2, with margins) | ranking (InstructGPT) | listwise (PL)
+    c.rm.init_path = ""  # a Hugging Face directory to start from ("" = the policy after SFT)
+    c.rm.steps = 500
+    c.rm.batch_size = 32  # prompts a step, each with all its responses
+    c.rm.eval_every = 100
+    c.rm.optim = optim_config(lr=1e-3, warmup_steps=20)
+    c.rm.progress_bar = True
 
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = 1000
@@ -69,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.overlong_penalty = 1.0
     c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
     c.rl.missing_eos_score = -1.0
+    c.rl.critic_init = "policy"  # gae: the critic starts from the "policy" or the "reward_model"
     c.rl.optim = optim_config(lr=3e-4)
     c.rl.progress_bar = True
 

@@ -5,8 +5,8 @@ Every reward function has one signature::
     fn(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray  # [batch] float32
 
 ``completions[i]`` is the decoded response to ``examples[i].prompt`` with EOS removed. Scores are
-0 or 1. Pick functions by name and mix them with ``combine_rewards``, e.g.
-``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)``.
+0 or 1 (``digits_gold`` is graded). Pick functions by name and mix them with ``combine_rewards``,
+e.g. ``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)``.
 
   * ``"exact_match"``: ``completion.strip() == example.answer`` (arithmetic, sorting).
   * ``"gsm8k"``: the number after the last ``"####"`` equals ``example.answer`` as a decimal
@@ -17,6 +17,8 @@ Every reward function has one signature::
   * ``"format"``: the stripped completion fully matches the regex ``example.info["format"]``
     that every task puts there (digits for arithmetic, ``"1,2,3"`` for sorting, expression
     characters for countdown, ending in ``"#### <number>"`` for GSM8K).
+  * ``"digits_gold"``: the hidden labeller of the digits task, ``digits_gold_score`` (mean digit
+    value minus a length penalty; see ``rl_jax.data.digits``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from rl_jax.data.countdown import is_countdown_solution
+from rl_jax.data.digits import digits_gold_score
 from rl_jax.data.example import Example
 
 RewardFn = Callable[[Sequence[str], Sequence[Example]], np.ndarray]
@@ -118,11 +121,24 @@ def format_reward(completions: Sequence[str], examples: Sequence[Example]) -> np
     )
 
 
+def digits_gold_reward(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
+    """``[batch]`` gold scores of the digits task (``info["num_digits"]``)."""
+    _check_batch(completions, examples)
+    return np.asarray(
+        [
+            digits_gold_score(c, _info(ex, "num_digits", "digits_gold"))
+            for c, ex in zip(completions, examples, strict=True)
+        ],
+        np.float32,
+    )
+
+
 REWARD_FNS: dict[str, RewardFn] = {
     "exact_match": exact_match_reward,
     "gsm8k": gsm8k_reward,
     "countdown": countdown_reward,
     "format": format_reward,
+    "digits_gold": digits_gold_reward,
 }
 
 

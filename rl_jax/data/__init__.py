@@ -1,6 +1,7 @@
-"""Tasks and datasets for RL of language models: generated arithmetic, sorting and countdown
-problems, GSM8K and countdown files, all with the same seeded ``batch(step, batch_size)`` and
-``eval_set(n)`` interface (pure NumPy, no JAX). Rewards for them live in ``rl_jax.rewards``.
+"""Tasks and datasets for RL of language models: generated arithmetic, sorting, countdown and
+digits problems, GSM8K, countdown and HH-RLHF files, all with the same seeded
+``batch(step, batch_size)`` and ``eval_set(n)`` interface (pure NumPy, no JAX); and preference data
+for reward models (``preferences``). Rewards for the tasks live in ``rl_jax.rewards``.
 """
 
 from rl_jax.data.arithmetic import ARITHMETIC_FORMAT, ArithmeticTask
@@ -15,9 +16,21 @@ from rl_jax.data.countdown import (
     solve_countdown,
 )
 from rl_jax.data.dataset import FileDataset
+from rl_jax.data.digits import DigitsTask, digits_gold_score
 from rl_jax.data.example import EVAL_STREAM, Example, GeneratedTask, Task, eval_rng, train_rng
 from rl_jax.data.gsm8k import GSM8K_FORMAT, GSM8K_TEMPLATE, load_gsm8k, strip_annotations
 from rl_jax.data.jsonl import read_jsonl
+from rl_jax.data.preferences import (
+    HH_RLHF_PATH,
+    PREFERENCE_FORMATS,
+    Preference,
+    check_preference,
+    gold_ranks,
+    load_preferences,
+    pair_accuracy,
+    preferences_from_responses,
+    split_hh_dialogue,
+)
 from rl_jax.data.registry import TASKS, make_task
 from rl_jax.data.sorting import SORTING_FORMAT, SortingTask
 
@@ -28,24 +41,35 @@ __all__ = [
     "EVAL_STREAM",
     "GSM8K_FORMAT",
     "GSM8K_TEMPLATE",
+    "HH_RLHF_PATH",
+    "PREFERENCE_FORMATS",
     "SORTING_FORMAT",
     "TASKS",
     "ArithmeticTask",
     "CountdownTask",
+    "DigitsTask",
     "Example",
     "FileDataset",
     "GeneratedTask",
+    "Preference",
     "SortingTask",
     "Task",
+    "check_preference",
     "countdown_prompt",
+    "digits_gold_score",
     "eval_rng",
+    "gold_ranks",
     "evaluate_expression",
     "is_countdown_solution",
     "load_countdown",
     "load_gsm8k",
+    "load_preferences",
+    "pair_accuracy",
+    "preferences_from_responses",
     "make_task",
     "read_jsonl",
     "solve_countdown",
+    "split_hh_dialogue",
     "strip_annotations",
     "train_rng",
 ]

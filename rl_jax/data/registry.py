@@ -8,8 +8,10 @@ from collections.abc import Callable
 from rl_jax.data.arithmetic import ArithmeticTask
 from rl_jax.data.countdown import CountdownTask
 from rl_jax.data.dataset import FileDataset
-from rl_jax.data.example import Task
+from rl_jax.data.digits import DigitsTask
+from rl_jax.data.example import Example, Task
 from rl_jax.data.gsm8k import GSM8K_TEMPLATE, load_gsm8k
+from rl_jax.data.preferences import HH_RLHF_PATH, load_preferences
 from rl_jax.data.sorting import SortingTask
 
 
@@ -36,12 +38,25 @@ def _gsm8k(
     )
 
 
+def _hh_rlhf(
+    *, path: str | os.PathLike = HH_RLHF_PATH, eval_size: int = 0, seed: int = 0
+) -> FileDataset:
+    """HH-RLHF dialogues as prompts, each with its chosen response as the SFT target.
+
+    Malformed pairs are skipped here (the reward-model stage reports them)."""
+    prefs, _ = load_preferences(path, "hh_rlhf", skip_invalid=True)
+    examples = [Example(p.prompt, p.responses[p.ranks.index(0)], "") for p in prefs]
+    return FileDataset(examples, seed=seed, eval_size=eval_size)
+
+
 TASKS: dict[str, Callable[..., Task]] = {
     "addition": _addition,
     "multiplication": _multiplication,
     "countdown": CountdownTask,
     "sorting": SortingTask,
     "gsm8k": _gsm8k,
+    "digits": DigitsTask,
+    "hh_rlhf": _hh_rlhf,
 }
 
 
@@ -50,7 +65,9 @@ def make_task(name: str, **kwargs) -> Task:
 
     ``"addition"`` and ``"multiplication"`` take ``ArithmeticTask``'s fields except ``op``,
     ``"countdown"`` ``CountdownTask``'s, ``"sorting"`` ``SortingTask``'s; ``"gsm8k"`` needs
-    ``path`` and takes ``eval_path``, ``eval_size``, ``seed`` and ``template``.
+    ``path`` and takes ``eval_path``, ``eval_size``, ``seed`` and ``template``; ``"digits"`` takes
+    ``DigitsTask``'s fields; ``"hh_rlhf"`` takes ``path`` (default: the shipped fixture),
+    ``eval_size`` and ``seed``.
 
     Raises:
       ValueError: for an unknown name, listing the known ones.

@@ -16,7 +16,8 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
 
     Returns ``pass@1`` (greedy), and with ``k > 1`` also ``pass@k`` (any of ``k`` samples at the
     rollout temperature is correct) and ``maj@k`` (the most frequent of the ``k`` answers, ties to
-    the first seen, is correct). Also the mean greedy response length.
+    the first seen, is correct). Also the mean greedy response length, and the mean of every
+    reward function of ``rewards.weights`` over the greedy responses (``reward/<name>``).
     """
     cfg = ctx.config
     examples = ctx.eval_examples
@@ -30,6 +31,9 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
         "pass@1": float(np.mean(correct)),
         "length": float(np.mean(np.asarray(out.response_lengths))),
     }
+    if len(cfg.rewards.weights):
+        per_fn = rewards.combine_rewards(cfg.rewards.weights.to_dict(), texts, examples)[1]
+        result.update({f"reward/{name}": float(np.mean(v)) for name, v in per_fn.items()})
     if k > 1:
         out = ctx.sampler.generate(
             prompts,

@@ -1,11 +1,11 @@
 """The RL loop: one loop for PPO, GRPO and their variants (see ``rl_step`` for the jitted parts).
 
 Each iteration: take prompts -> sample ``group_size`` responses each -> score them with the reward
-functions (optionally dropping groups whose rewards are all equal and sampling more: DAPO's dynamic
-sampling) -> shape the scores (DAPO's soft overlong punishment, PPO's missing-EOS score) ->
-``prepare`` (old and reference log-probs, values, advantages) -> ``update`` -> metrics, evaluation
-and checkpoints. Resume is exact: every random draw of step ``s`` comes from ``fold_in(key, s)``
-and the data position is saved with the train state.
+functions and/or a learned reward model (optionally dropping groups whose rewards are all equal and
+sampling more: DAPO's dynamic sampling) -> shape the scores (DAPO's soft overlong punishment, PPO's
+missing-EOS score) -> ``prepare`` (old and reference log-probs, values, advantages) -> ``update``
+-> metrics, evaluation and checkpoints. Resume is exact: every random draw of step ``s`` comes from
+``fold_in(key, s)`` and the data position is saved with the train state.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from rl_jax.optim import make_optimizer
 from rl_jax.trainers.checkpoint import Checkpointer
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.metrics import MetricWriter, check_finite, summary_line, to_floats
+from rl_jax.trainers.reward_model import LearnedReward
 from rl_jax.trainers.rl_step import RLSettings, TrainState, make_loss, make_prepare, make_update
 from rl_jax.trainers.setup import Context, stage_key
 
@@ -114,7 +115,31 @@ def shape_scores(cfg: ml_collections.ConfigDict, scores, lengths, truncated) -> 
     return scores
 
 
-def sample_round(ctx: Context, position: int, key: jax.Array) -> tuple[Round, float]:
+def score_responses(
+    ctx: Context, out, texts: list[str], examples: list, reward_model: LearnedReward | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The weighted reward of sampled responses and each reward's own scores.
+
+    ``rewards.weights`` names rule-based rewards (weight 0 only logs one, e.g. a gold reward);
+    with ``rewards.model_weight > 0`` the learned reward's normalised score is added as ``model``.
+    """
+    cfg = ctx.config.rewards
+    total, per_fn = np.zeros(len(texts), np.float32), {}
+    if len(cfg.weights):
+        total, per_fn = rewards.combine_rewards(cfg.weights.to_dict(), texts, examples)
+    if cfg.model_weight:
+        if reward_model is None:
+            raise ValueError("rewards.model_weight > 0 needs a reward model: add the 'rm' stage")
+        tokens = np.concatenate([out.prompt_tokens, out.response_tokens], 1)
+        mask = np.concatenate([out.prompt_mask, out.response_mask], 1)
+        per_fn["model"] = reward_model(tokens, mask)
+        total = total + np.float32(cfg.model_weight) * per_fn["model"]
+    return total, per_fn
+
+
+def sample_round(
+    ctx: Context, position: int, key: jax.Array, reward_model: LearnedReward | None = None
+) -> tuple[Round, float]:
     """Samples and scores the prompts of data position ``position``; also the scoring seconds."""
     cfg = ctx.config
     examples = ctx.task.batch(position, cfg.rl.num_prompts)
@@ -132,7 +157,7 @@ def sample_round(ctx: Context, position: int, key: jax.Array) -> tuple[Round, fl
     start = time.perf_counter()
     texts = ctx.decode_responses(out.response_tokens, response_mask)
     repeated = [ex for ex in examples for _ in range(n)]
-    total, per_fn = rewards.combine_rewards(cfg.rewards.weights.to_dict(), texts, repeated)
+    total, per_fn = score_responses(ctx, out, texts, repeated, reward_model)
     correct = rewards.combine_rewards({cfg.rewards.correctness: 1.0}, texts, repeated)[0]
     lengths = response_mask.sum(1)
     last = np.asarray(out.response_tokens)[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
@@ -172,7 +197,9 @@ def _concat(rounds: list[Round], pad_id: int) -> Round:
     )
 
 
-def collect(ctx: Context, position: int, key: jax.Array) -> tuple[Round, int, dict[str, float]]:
+def collect(
+    ctx: Context, position: int, key: jax.Array, reward_model: LearnedReward | None = None
+) -> tuple[Round, int, dict[str, float]]:
     """The rollout batch of one step, with dynamic sampling when configured.
 
     Returns the batch (``num_prompts * group_size`` rows), the next data position and metrics.
@@ -190,7 +217,7 @@ def collect(ctx: Context, position: int, key: jax.Array) -> tuple[Round, int, di
     generated = 0.0
     scoring = 0.0
     while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
-        batch, seconds = sample_round(ctx, position, jax.random.fold_in(key, rounds))
+        batch, seconds = sample_round(ctx, position, jax.random.fold_in(key, rounds), reward_model)
         scoring += seconds
         position += 1
         rounds += 1
@@ -254,27 +281,52 @@ def device_batch(batch: Round) -> dict[str, np.ndarray]:
     }
 
 
-def init_state(ctx: Context, policy_params, settings: RLSettings, tx) -> tuple[TrainState, Any]:
-    """The train state (policy, and a critic for GAE) and the value graphdef (or None)."""
+def init_state(
+    ctx: Context, policy_params, settings: RLSettings, tx, reward_model: LearnedReward | None = None
+) -> tuple[TrainState, Any]:
+    """The train state (policy, and a critic for GAE) and the value graphdef (or None).
+
+    The critic starts from the policy's backbone with a fresh head (``rl.critic_init="policy"``)
+    or from the whole reward model, head included (``"reward_model"``, as in InstructGPT), its head
+    rescaled to the normalised reward ``(r - mean) / std`` that RL trains on.
+    """
     params = {"policy": policy_params}
     value_graphdef = None
+    init = ctx.config.rl.critic_init
+    if init not in ("policy", "reward_model"):
+        raise ValueError(f"unknown rl.critic_init {init!r}; expected 'policy' or 'reward_model'")
     if settings.has_critic:
-        policy = nnx.merge(ctx.graphdef, policy_params)
-        critic = models.ValueModel.from_policy(policy, rngs=nnx.Rngs(ctx.config.seed + 1))
+        rngs = nnx.Rngs(ctx.config.seed + 1)
+        if init == "policy":
+            policy = nnx.merge(ctx.graphdef, policy_params)
+            critic = models.ValueModel.from_policy(policy, rngs=rngs)
+        else:
+            if reward_model is None:
+                raise ValueError("rl.critic_init='reward_model' needs the 'rm' stage")
+            config = nnx.merge(reward_model.graphdef, reward_model.params).config
+            critic = models.ValueModel(config, rngs=rngs)
+            nnx.update(critic, jax.tree.map(jnp.copy, reward_model.params))
+            # The RL score is the normalised reward (r - mean) / std: so is the critic's head.
+            critic.score.kernel[...] = critic.score.kernel[...] / reward_model.std
+            critic.score.bias[...] = (critic.score.bias[...] - reward_model.mean) / reward_model.std
         value_graphdef, params["value"] = nnx.split(critic)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), value_graphdef
 
 
 def run_rl(
-    ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any
+    ctx: Context,
+    mesh: jax.sharding.Mesh,
+    policy_params: Any,
+    reward_model: LearnedReward | None = None,
 ) -> tuple[Any, dict[str, float]]:
-    """Trains the policy from ``policy_params`` (also the frozen reference); resumes from
-    ``workdir/rl``. Returns the final policy params and the last evaluation."""
+    """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
+    functions and ``reward_model``; resumes from ``workdir/rl``. Returns the final policy params
+    and the last evaluation."""
     config = ctx.config
     cfg = config.rl
     settings = settings_from_config(config)
     tx = make_optimizer(cfg.optim, cfg.steps * cfg.epochs * cfg.num_minibatches)
-    state, value_graphdef = init_state(ctx, policy_params, settings, tx)
+    state, value_graphdef = init_state(ctx, policy_params, settings, tx, reward_model)
     sharding = parallel.param_sharding(state, mesh)
     ref_params = None
     if settings.needs_reference:
@@ -301,7 +353,7 @@ def run_rl(
         key = stage_key(config.seed, "rl", step)
         t0 = time.perf_counter()
         ctx.sampler.params = state.params["policy"]
-        batch, position, metrics = collect(ctx, position, key)
+        batch, position, metrics = collect(ctx, position, key, reward_model)
         t1 = time.perf_counter()
         arrays = parallel.shard_batch(device_batch(batch), mesh)
         extra, prep_metrics = prepare(state.params, ref_params, arrays, jnp.float32(kl_coef))

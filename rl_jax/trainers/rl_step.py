@@ -56,6 +56,12 @@ class RLSettings:
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown advantage estimator {self.estimator!r}; known: {ESTIMATORS}")
+        if self.kl_in_reward and self.estimator not in ("gae", "reinforce_pp"):
+            raise ValueError(
+                f"a KL penalty in the reward (kl.in_reward) needs per-token rewards (gae or "
+                f"reinforce_pp); {self.estimator!r} uses sequence scores: use kl.in_reward=False "
+                f"(a KL loss term) instead"
+            )
 
     @property
     def single_pass(self) -> bool:

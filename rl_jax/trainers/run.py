@@ -1,4 +1,4 @@
-"""Runs the stages of a config (SFT, then RL) in a workdir; a restarted run resumes."""
+"""Runs the stages of a config (SFT, reward model, RL) in a workdir; a restarted run resumes."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from flax import nnx
 
 from rl_jax import parallel
 from rl_jax.trainers import plots
+from rl_jax.trainers.reward_model import run_rm
 from rl_jax.trainers.rl import run_rl
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
 
-STAGES = ("sft", "rl")
+STAGES = ("sft", "rm", "rl")
 
 
 def run(
@@ -29,6 +30,13 @@ def run(
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise ValueError(f"config.stages has unknown stages {unknown}; known: {STAGES}")
+    if "rl" in config.stages and "rm" not in config.stages and (
+        config.rewards.model_weight or config.rl.critic_init == "reward_model"
+    ):
+        raise ValueError(
+            "rewards.model_weight > 0 or rl.critic_init='reward_model' needs the 'rm' stage in "
+            f"config.stages (got {tuple(config.stages)})"
+        )
     start = time.perf_counter()
     ctx = build_context(config, workdir)
     mesh = parallel.make_mesh() if mesh is None else mesh
@@ -39,8 +47,11 @@ def run(
     summary: dict = {}
     if "sft" in config.stages:
         params, summary["sft_eval"] = run_sft(ctx, mesh, params)
+    reward_model = None
+    if "rm" in config.stages:
+        reward_model, summary["rm_eval"] = run_rm(ctx, mesh, params)
     if "rl" in config.stages:
-        params, summary["rl_eval"] = run_rl(ctx, mesh, params)
+        params, summary["rl_eval"] = run_rl(ctx, mesh, params, reward_model)
     summary["wall_time_s"] = time.perf_counter() - start
     summary.update(plots.final_metrics(workdir))
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:

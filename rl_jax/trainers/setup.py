@@ -120,5 +120,5 @@ def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
 
 def stage_key(seed: int, stage: str, step: int) -> jax.Array:
     """The PRNG key of ``step`` of ``stage``: a pure function, so resumed runs draw the same."""
-    stage_id = {"sft": 1, "rl": 2, "eval": 3}[stage]
+    stage_id = {"sft": 1, "rl": 2, "eval": 3, "rm": 4}[stage]
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage_id), step)

@@ -1,0 +1,432 @@
+"""Reward-model training from human preferences (pairs or K-wise rankings), and the learned reward.
+
+A reward model is the policy backbone with a scalar head read at the last real token
+(``models.RewardModel``), started from the SFT policy (InstructGPT) or a Hugging Face checkpoint.
+One step scores all ``K`` responses of ``batch_size`` prompts in one forward pass (``[P * K, L]``
+right-padded ``prompt + response + EOS`` rows) and applies one of the losses of
+``rl_jax.reward_losses`` to the ``[P, K]`` scores:
+
+  * ``"pairwise"``: Bradley-Terry on ``K = 2`` pairs, with the rows' margins;
+  * ``"ranking"``: InstructGPT's mean over all ``K(K-1)/2`` ordered pairs of a prompt;
+  * ``"listwise"``: the Plackett-Luce likelihood of each ranking.
+
+The data is a preference file (``rl_jax.data.preferences``) or synthetic: ``num_responses``
+samples of the policy per prompt, ranked by a hidden gold reward function with optional label
+noise. Held-out pair accuracy (against the gold function without noise, for synthetic data) and the
+reward mean/std are evaluated every ``eval_every`` steps. At the end the reward's mean and std over
+the held-out responses (for synthetic data: the SFT policy's own samples) are saved with the
+checkpoint, and RL uses the normalised reward ``(r - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+
+import rl_jax
+from rl_jax import data, models, parallel, rewards
+from rl_jax.optim import make_optimizer
+from rl_jax.rollout import bucket_length
+from rl_jax.trainers.checkpoint import Checkpointer
+from rl_jax.trainers.metrics import MetricWriter, check_finite, summary_line, to_floats
+from rl_jax.trainers.rl_step import TrainState
+from rl_jax.trainers.setup import Context, stage_key
+
+RM_LOSSES = ("pairwise", "ranking", "listwise")
+RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
+
+
+@dataclasses.dataclass
+class LearnedReward:
+    """A trained reward model and its normalisation: ``score = (r - mean) / std``."""
+
+    graphdef: nnx.GraphDef
+    params: Any
+    mean: float
+    std: float
+
+    @functools.cached_property
+    def _apply(self):
+        return jax.jit(functools.partial(models.apply_model, self.graphdef))
+
+    def raw(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``[batch]`` rewards of ``[batch, time]`` token rows (any padding) as the model gives."""
+        mask = jnp.asarray(mask, jnp.int32)
+        return np.asarray(
+            self._apply(self.params, jnp.asarray(tokens), models.positions_from_mask(mask), mask)
+        )
+
+    def __call__(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``[batch]`` normalised rewards of ``[batch, time]`` token rows."""
+        return ((self.raw(tokens, mask) - self.mean) / self.std).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedPreference:
+    """Token ids of a ``Preference``: ``[bos] + prompt`` and each ``response + [eos]``."""
+
+    prompt: list[int]
+    responses: list[list[int]]
+    ranks: tuple[int, ...]
+    margin: float
+
+
+def encode_preferences(
+    ctx: Context,
+    prefs: Sequence[data.Preference],
+    max_len: int,
+    *,
+    truncate_prompts: bool,
+    skip_too_long: bool = False,
+) -> tuple[list[EncodedPreference], int]:
+    """Token ids of preferences, and how many were skipped for length.
+
+    A row longer than ``max_len`` is an error, unless ``truncate_prompts`` drops prompt tokens from
+    the left (after BOS) to fit; a row whose longest response alone does not fit is skipped (and
+    counted) with ``skip_too_long``, else an error.
+    """
+    tok = ctx.tokenizer
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    out, skipped = [], 0
+    for index, pref in enumerate(prefs):
+        prompt = tok.encode(pref.prompt, add_special_tokens=False)
+        responses = [
+            tok.encode(r, add_special_tokens=False) + [tok.eos_token_id] for r in pref.responses
+        ]
+        room = max_len - len(bos) - max(len(r) for r in responses)
+        if len(prompt) > room:
+            if room < 1 and skip_too_long:
+                skipped += 1
+                continue
+            if not truncate_prompts or room < 1:
+                raise ValueError(
+                    f"preference {index} (prompt {pref.prompt[:40]!r}...) needs "
+                    f"{len(bos) + len(prompt) + max(len(r) for r in responses)} tokens > the "
+                    f"model's context {max_len}; rm.truncate_prompts=True cuts prompts from the "
+                    f"left, rm.skip_invalid=True skips rows whose response alone is too long"
+                )
+            prompt = prompt[len(prompt) - room :]
+        out.append(EncodedPreference(bos + prompt, responses, tuple(pref.ranks), pref.margin))
+    return out, skipped
+
+
+def rm_batch(
+    items: Sequence[EncodedPreference], num_responses: int, pad_id: int, max_len: int
+) -> dict[str, np.ndarray]:
+    """The arrays of one step.
+
+    Returns ``tokens``, ``mask`` ``[P * K, L]`` (right-padded rows, prompt ``p``'s responses at rows
+    ``p*K .. p*K + K - 1``; ``L`` a power of two >= 16, at most ``max_len``), ``ranks``,
+    ``present`` ``[P, K]`` and ``margin`` ``[P]``. A prompt with fewer than ``K`` responses repeats
+    its first one in the empty slots with ``present = 0``.
+    """
+    k = num_responses
+    rows, ranks, present = [], [], []
+    for item in items:
+        if len(item.responses) > k:
+            raise ValueError(f"a preference has {len(item.responses)} responses > K = {k}")
+        extra = k - len(item.responses)
+        rows += [item.prompt + r for r in item.responses] + [
+            item.prompt + item.responses[0]
+        ] * extra
+        ranks.append(list(item.ranks) + [0] * extra)
+        present.append([1] * len(item.responses) + [0] * extra)
+    width = min(bucket_length(max(len(r) for r in rows), 16), max_len)
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return {
+        "tokens": tokens,
+        "mask": mask,
+        "ranks": np.asarray(ranks, np.int32),
+        "present": np.asarray(present, np.float32),
+        "margin": np.asarray([item.margin for item in items], np.float32),
+    }
+
+
+def preference_loss(
+    scores: jax.Array, ranks: jax.Array, present: jax.Array, margin: jax.Array, loss: str
+) -> jax.Array:
+    """The ``loss`` (one of ``RM_LOSSES``) of ``[P, K]`` scores; ``margin`` ``[P]`` (pairwise)."""
+    if loss == "pairwise":
+        if scores.shape[1] != 2:
+            raise ValueError(
+                f"the pairwise loss needs K = 2 responses a prompt, got {scores.shape[1]}"
+            )
+        better = (ranks[:, 0] < ranks[:, 1])[:, None]
+        chosen = jnp.where(better[:, 0], scores[:, 0], scores[:, 1])
+        rejected = jnp.where(better[:, 0], scores[:, 1], scores[:, 0])
+        return rl_jax.pairwise_loss(chosen, rejected, margin=margin)
+    if loss == "ranking":
+        return rl_jax.ranking_loss(scores, ranks, present)
+    if loss == "listwise":
+        return rl_jax.listwise_loss(scores, ranks, present)
+    raise ValueError(f"unknown reward-model loss {loss!r}; known: {RM_LOSSES}")
+
+
+def batch_pair_accuracy(scores: jax.Array, ranks: jax.Array, present: jax.Array) -> jax.Array:
+    """Fraction of ordered pairs the scores order correctly (ties count 1/2); jit-friendly
+    twin of ``data.pair_accuracy``."""
+    live = present.astype(bool)
+    pairs = (ranks[:, :, None] < ranks[:, None, :]) & live[:, :, None] & live[:, None, :]
+    diff = scores[:, :, None] - scores[:, None, :]
+    right = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
+    return (right * pairs).sum() / jnp.maximum(pairs.sum(), 1)
+
+
+def make_rm_loss(graphdef: nnx.GraphDef, loss: str):
+    """``loss_fn(params, batch) -> (loss, metrics)`` over one ``rm_batch``."""
+
+    def loss_fn(params, batch):
+        ranks, present = batch["ranks"], batch["present"]
+        flat = models.apply_model(
+            graphdef,
+            params["reward"],
+            batch["tokens"],
+            models.positions_from_mask(batch["mask"]),
+            batch["mask"],
+        )
+        scores = flat.reshape(ranks.shape)
+        value = preference_loss(scores, ranks, present, batch["margin"], loss)
+        metrics = {
+            "loss": value,
+            "accuracy": batch_pair_accuracy(scores, ranks, present),
+            "reward_mean": rl_jax.masked_mean(scores, present),
+            "reward_std": jnp.sqrt(rl_jax.masked_var(scores, present)),
+        }
+        return value, metrics
+
+    return loss_fn
+
+
+def make_rm_step(loss_fn, tx: optax.GradientTransformation):
+    def step(state: TrainState, batch):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
+def synthetic_preferences(
+    ctx: Context,
+    policy_params: Any,
+    examples: Sequence[data.Example],
+    key: jax.Array,
+    *,
+    num_responses: int,
+    gold: str,
+    noise: float,
+    rng: np.random.Generator,
+    chunk: int = 64,
+) -> tuple[list[data.Preference], np.ndarray]:
+    """``num_responses`` samples of the policy per example, ranked by the reward ``gold``.
+
+    Returns the preferences (prompts whose samples all tie are dropped) and the ``[P, K]`` gold
+    scores of all samples.
+    """
+    cfg = ctx.config.rollout
+    ctx.sampler.params = policy_params
+    prefs, golds = [], []
+    for start in range(0, len(examples), chunk):
+        part = list(examples[start : start + chunk])
+        out = ctx.sampler.generate(
+            ctx.encode_prompts(part),
+            jax.random.fold_in(key, start),
+            n=num_responses,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+        )
+        texts = ctx.decode_responses(out.response_tokens, out.response_mask)
+        repeated = [ex for ex in part for _ in range(num_responses)]
+        scores = rewards.combine_rewards({gold: 1.0}, texts, repeated)[0]
+        scores = scores.reshape(len(part), num_responses)
+        grouped = [texts[i * num_responses : (i + 1) * num_responses] for i in range(len(part))]
+        ranks = data.gold_ranks(scores, rng, noise)
+        prefs += data.preferences_from_responses([ex.prompt for ex in part], grouped, ranks)
+        golds.append(scores)
+    return prefs, np.concatenate(golds)
+
+
+def preference_data(
+    ctx: Context, policy_params: Any
+) -> tuple[list[data.Preference], list[data.Preference]]:
+    """The training and held-out preferences of ``config.rm`` (sampled from the policy when
+    ``rm.data == "synthetic"``)."""
+    cfg = ctx.config.rm
+    if cfg.data not in RM_DATA:
+        raise ValueError(f"unknown rm.data {cfg.data!r}; known: {RM_DATA}")
+    if cfg.data == "synthetic":
+        seed = ctx.config.seed
+        prompts = [ex for i in range(0, cfg.num_prompts, 64) for ex in ctx.task.batch(i, 64)]
+        common = dict(num_responses=cfg.num_responses, gold=cfg.gold)
+        train, _ = synthetic_preferences(
+            ctx,
+            policy_params,
+            prompts[: cfg.num_prompts],
+            stage_key(seed, "rm", 0),
+            noise=cfg.label_noise,
+            rng=np.random.default_rng([seed, 1]),
+            **common,
+        )
+        # Held-out labels are the gold function itself (no noise): accuracy against the truth.
+        held_out, _ = synthetic_preferences(
+            ctx,
+            policy_params,
+            ctx.task.eval_set(cfg.eval_size),
+            stage_key(seed, "rm", 1),
+            noise=0.0,
+            rng=np.random.default_rng([seed, 2]),
+            **common,
+        )
+        return train, held_out
+    if not cfg.path:
+        raise ValueError(f"rm.data={cfg.data!r} needs rm.path, the preference file")
+    prefs, skipped = data.load_preferences(cfg.path, cfg.data, skip_invalid=cfg.skip_invalid)
+    print(f"rm: {len(prefs)} preferences from {cfg.path} ({skipped} malformed rows skipped)")
+    if not 0 < cfg.eval_size < len(prefs):
+        raise ValueError(f"need 0 < rm.eval_size < {len(prefs)} preferences, got {cfg.eval_size}")
+    order = data.eval_rng(ctx.config.seed).permutation(len(prefs))
+    held = set(order[: cfg.eval_size].tolist())
+    return [p for i, p in enumerate(prefs) if i not in held], [prefs[i] for i in sorted(held)]
+
+
+def score_preferences(
+    reward: LearnedReward, items: Sequence[EncodedPreference], k: int, pad_id: int, max_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw rewards ``[P, K]`` of encoded preferences, with their ranks and presence."""
+    scores, ranks, present = [], [], []
+    for start in range(0, len(items), 64):
+        batch = rm_batch(items[start : start + 64], k, pad_id, max_len)
+        scores.append(reward.raw(batch["tokens"], batch["mask"]).reshape(batch["ranks"].shape))
+        ranks.append(batch["ranks"])
+        present.append(batch["present"])
+    return np.concatenate(scores), np.concatenate(ranks), np.concatenate(present)
+
+
+def evaluate_rm(
+    reward: LearnedReward, items: Sequence[EncodedPreference], k: int, pad_id: int, max_len: int
+) -> dict[str, float]:
+    """Held-out pair accuracy and the mean/std of the rewards of the held-out responses."""
+    scores, ranks, present = score_preferences(reward, items, k, pad_id, max_len)
+    live = scores[present > 0]
+    return {
+        "pair_accuracy": data.pair_accuracy(scores, ranks, present),
+        "reward_mean": float(live.mean()),
+        "reward_std": float(live.std()),
+    }
+
+
+def init_reward_model(ctx: Context, policy_params: Any) -> models.RewardModel:
+    """A reward model from ``rm.init_path`` (a Hugging Face directory) or the policy."""
+    rngs = nnx.Rngs(ctx.config.seed + 2)
+    if ctx.config.rm.init_path:
+        policy, _ = models.load_pretrained(ctx.config.rm.init_path, dtype=ctx.config.model.dtype)
+    else:
+        policy = nnx.merge(ctx.graphdef, policy_params)
+    return models.RewardModel.from_policy(policy, rngs=rngs)
+
+
+def run_rm(
+    ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any
+) -> tuple[LearnedReward, dict[str, float]]:
+    """Trains a reward model (``config.rm``); resumes from ``workdir/rm``, and a finished stage
+    only restores it. Returns the learned reward with its normalisation, and the last held-out
+    evaluation."""
+    config = ctx.config
+    cfg = config.rm
+    if cfg.loss not in RM_LOSSES:
+        raise ValueError(f"unknown rm.loss {cfg.loss!r}; known: {RM_LOSSES}")
+    model = init_reward_model(ctx, policy_params)
+    graphdef, params = nnx.split(model)
+    max_len = model.config.max_position_embeddings
+    pad_id = ctx.tokenizer.pad_token_id
+    tx = make_optimizer(cfg.optim, cfg.steps)
+    state = TrainState(jnp.zeros((), jnp.int32), {"reward": params}, None)
+    state = state._replace(opt_state=tx.init(state.params))
+    checkpointer = Checkpointer(
+        os.path.join(ctx.workdir, "rm"), every=config.checkpoint.every, keep=config.checkpoint.keep
+    )
+    meta: dict[str, Any] = {"done": False, "eval": {}}
+    if checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(state)
+        print(f"rm: resumed from step {int(state.step)} of {checkpointer.directory}")
+        if meta["done"]:
+            checkpointer.close()
+            reward = LearnedReward(
+                graphdef, state.params["reward"], meta["reward_mean"], meta["reward_std"]
+            )
+            return reward, meta["eval"]
+    start_time = time.perf_counter()
+    train, held_out = preference_data(ctx, policy_params)
+    k = max(len(p.responses) for p in train + held_out)
+    if cfg.loss == "pairwise" and k != 2:
+        raise ValueError(f"rm.loss='pairwise' needs pairs (K = 2); the data has K = {k}")
+    encode = functools.partial(
+        encode_preferences,
+        ctx,
+        max_len=max_len,
+        truncate_prompts=cfg.truncate_prompts,
+        skip_too_long=cfg.skip_invalid,
+    )
+    (train_items, train_skipped), (eval_items, eval_skipped) = encode(train), encode(held_out)
+    print(
+        f"rm: {len(train_items)} training and {len(eval_items)} held-out prompts, K = {k} "
+        f"({train_skipped + eval_skipped} skipped: a response longer than the context; "
+        f"{time.perf_counter() - start_time:.1f}s to build)"
+    )
+    # The training stream: seeded epoch permutations, a pure function of the step (exact resume).
+    stream = data.FileDataset(train_items, seed=config.seed)
+    sharding = parallel.param_sharding(state, mesh)
+    state = jax.device_put(state, sharding)
+    step_fn = parallel.data_parallel_step(
+        make_rm_step(make_rm_loss(graphdef, cfg.loss), tx), mesh, sharding
+    )
+    writer = MetricWriter(ctx.workdir, "rm")
+    last_eval = meta["eval"]
+
+    def current_reward(mean=0.0, std=1.0) -> LearnedReward:
+        return LearnedReward(graphdef, state.params["reward"], mean, std)
+
+    bar = tqdm.tqdm(range(int(state.step), cfg.steps), desc="rm", disable=not cfg.progress_bar)
+    for step in bar:
+        batch = rm_batch(stream.batch(step, cfg.batch_size), k, pad_id, max_len)
+        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
+        metrics = to_floats(metrics)
+        check_finite(metrics, step, ["loss", "grad_norm"])
+        number = step + 1
+        done = number == cfg.steps
+        if number % cfg.eval_every == 0 or done:
+            last_eval = evaluate_rm(current_reward(), eval_items, k, pad_id, max_len)
+            metrics.update({f"eval/{name}": v for name, v in last_eval.items()})
+        writer.write(number, metrics)
+        if number % config.log.every == 0 or done:
+            bar.write(
+                summary_line("rm", number, metrics, ["loss", "accuracy", "eval/pair_accuracy"])
+            )
+        if done or checkpointer.should_save(number):
+            meta = {"done": done, "eval": last_eval}
+            if done:  # the normalisation RL uses: held-out responses (the policy's samples)
+                meta["reward_mean"] = last_eval["reward_mean"]
+                meta["reward_std"] = max(last_eval["reward_std"], 1e-6)
+            checkpointer.save(number, state, meta)
+    writer.close()
+    checkpointer.close()
+    if not meta.get("done"):
+        raise ValueError(f"rm.steps={cfg.steps} must be > the restored step {int(state.step)}")
+    return current_reward(meta["reward_mean"], meta["reward_std"]), last_eval
