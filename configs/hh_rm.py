@@ -1,4 +1,4 @@
-r"""A reward model on Anthropic HH-RLHF pairs (the shipped 400-row fixture), tiny model from scratch.
+r"""A reward model on Anthropic HH-RLHF pairs (the shipped 400-row fixture): tiny, from scratch.
 
     python experiments/train.py --config=configs/hh_rm.py --workdir=/tmp/hh_rm
 

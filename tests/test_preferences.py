@@ -1,4 +1,4 @@
-"""Preference data: file formats and their errors, HH-RLHF splitting, gold rankings, the digits task."""
+"""Preference data: file formats and errors, HH-RLHF splitting, gold rankings, the digits task."""
 
 import gzip
 import json
@@ -119,7 +119,7 @@ def test_gold_ranks_noiseless_and_ties():
 
 
 def test_gold_ranks_noise_is_plackett_luce():
-    """With Gumbel noise of scale b, P(i beats j) = sigmoid((s_i - s_j) / b) (logistic difference)."""
+    """With Gumbel noise of scale b, P(i beats j) = sigmoid((s_i - s_j) / b) (logistic diff)."""
     n, d, b = 20000, 0.5, 0.7
     scores = np.tile([[d, 0.0]], (n, 1))
     ranks = data.gold_ranks(scores, np.random.default_rng(1), noise=b)

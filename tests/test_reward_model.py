@@ -82,7 +82,8 @@ def test_k2_rankings_train_exactly_like_pairs(tmp_path):
         items, _ = rm.encode_preferences(ctx, prefs, 64, truncate_prompts=False)
         return rm.rm_batch(items, 2, ctx.tokenizer.pad_token_id, 64)
 
-    reference, ref_grads, _ = loss_and_grads(graphdef, params, batch(pairs_path, "pairs"), "pairwise")
+    pairs_batch = batch(pairs_path, "pairs")
+    reference, ref_grads, _ = loss_and_grads(graphdef, params, pairs_batch, "pairwise")
     for loss in ("pairwise", "ranking", "listwise"):
         value, grads, _ = loss_and_grads(graphdef, params, batch(ranks_path, "rankings"), loss)
         np.testing.assert_allclose(value, reference, rtol=1e-6, err_msg=loss)
@@ -212,15 +213,17 @@ def test_critic_starts_from_the_reward_model():
     settings = RLSettings(estimator="gae", group_size=1, temperature=1.0)
     state, value_graphdef = rl_trainer.init_state(ctx, params, settings, optax.sgd(0.1), learned)
     value = state.params["value"]
-    for a, b in zip(jax.tree.leaves(value["model"]), jax.tree.leaves(rparams["model"]), strict=True):
+    backbone = zip(jax.tree.leaves(value["model"]), jax.tree.leaves(rparams["model"]), strict=True)
+    for a, b in backbone:
         np.testing.assert_array_equal(a, b)
     # The critic's head predicts the normalised reward: V(last token) == (r - 0.5) / 2.
     tokens = jnp.asarray([[3, 4, 5, 6], [0, 7, 8, 9]])
     mask = jnp.asarray([[1, 1, 1, 1], [0, 1, 1, 1]])
     positions = models.positions_from_mask(mask)
     values = models.apply_model(value_graphdef, value, tokens, positions, mask)
-    np.testing.assert_allclose(values[:, -1], (reward(tokens, positions, mask) - 0.5) / 2.0,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        values[:, -1], (reward(tokens, positions, mask) - 0.5) / 2.0, rtol=1e-5, atol=1e-6
+    )
     config.rl.critic_init = "policy"
     state, _ = rl_trainer.init_state(ctx, params, settings, optax.sgd(0.1), learned)
     head = state.params["value"]["score"]["kernel"]
