@@ -4,7 +4,7 @@ r"""A reward model on Anthropic HH-RLHF pairs (the shipped 400-row fixture): tin
 
 A smoke run of the real data path: dialogues split at the last ``"\n\nAssistant:"`` into a prompt
 and the chosen / rejected responses, a byte-level BPE trained on the dialogues, prompts cut from
-the left to fit the context, the Bradley-Terry pairwise loss, held-out pair accuracy on 80 pairs.
+the left to fit the context, the Bradley-Terry pairwise loss, held-out pair accuracy on 100 pairs.
 A from-scratch model this small learns little about harmlessness: above chance is the bar.
 Point ``rm.path`` (and ``task.kwargs.path``) at another file of the same format to train on it,
 e.g. the full ``harmless-base/test.jsonl.gz``.
@@ -30,10 +30,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rm.path = str(HH_RLHF_PATH)
     c.rm.skip_invalid = True
     c.rm.truncate_prompts = True
-    c.rm.eval_size = 80
+    c.rm.eval_size = 100
     c.rm.loss = "pairwise"
-    c.rm.steps = 300
+    c.rm.steps = 100
     c.rm.batch_size = 16
-    c.rm.eval_every = 50
-    c.rm.optim.lr = 3e-4
+    c.rm.eval_every = 25
+    c.rm.optim.lr = 1e-4  # the 300 training pairs are memorised within ~100 steps at 3e-4
     return c

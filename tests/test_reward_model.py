@@ -266,9 +266,11 @@ def test_malformed_preference_file_stops_the_rm_stage(tmp_path):
 def test_hh_reward_model_smoke(tmp_path):
     """The real HH data path end to end: a few steps on the fixture, finite, evaluated."""
     config = hh_rm.get_config()
-    config.rm.steps = 4
-    config.rm.eval_every = 4
+    config.rm.steps = 2
+    config.rm.eval_every = 2
     config.rm.batch_size = 8
+    config.rm.eval_size = 16
+    config.model.vocab_size = 512
     config.rm.progress_bar = False
     summary = run(config, str(tmp_path / "hh"))
     ev = summary["rm_eval"]

@@ -88,20 +88,24 @@ def plot_curves(workdir: str) -> str:
 
 
 def final_table(summary: dict[str, Any]) -> str:
-    rows = [("held-out accuracy after SFT", summary.get("sft_eval", {}).get("pass@1"))]
+    """The final results of the stages that ran, one row each."""
+    rows: list[tuple[str, Any]] = []
+    if "sft_eval" in summary:
+        rows.append(("held-out accuracy after SFT", summary["sft_eval"].get("pass@1")))
+        rows += [(f"after SFT: {k}", v) for k, v in summary["sft_eval"].items() if k != "pass@1"]
     for key, value in summary.get("rm_eval", {}).items():
         rows.append((f"reward model: {key}", value))
-    rows.append(("held-out accuracy after RL", summary.get("rl_eval", {}).get("pass@1")))
-    for key, value in summary.get("rl_eval", {}).items():
-        if key != "pass@1":
-            rows.append((f"after RL: {key}", value))
-    rows += [
-        ("final train reward", summary.get("rl_final_score")),
-        ("final KL to reference", summary.get("rl_final_kl_ref", "n/a (kl.coef=0: no reference)")),
-        ("wall time (s)", summary.get("wall_time_s")),
-    ]
-    for key in sorted(k for k in summary if k.startswith("rl_final_reward/")):
-        rows.insert(-1, (f"final train {key[9:]}", summary[key]))
+    if "rl_eval" in summary:
+        rows.append(("held-out accuracy after RL", summary["rl_eval"].get("pass@1")))
+        for key, value in summary["rl_eval"].items():
+            if key != "pass@1":
+                rows.append((f"after RL: {key}", value))
+        rows.append(("final train reward", summary.get("rl_final_score")))
+        for key in sorted(k for k in summary if k.startswith("rl_final_reward/")):
+            rows.append((f"final train {key[9:]}", summary[key]))
+        kl = summary.get("rl_final_kl_ref", "n/a (kl.coef=0: no reference)")
+        rows.append(("final KL to reference", kl))
+    rows.append(("wall time (s)", summary.get("wall_time_s")))
     lines = ["", f"{'metric':<40} value", "-" * 52]
     lines += [f"{name:<40} {_fmt(v)}" for name, v in rows]
     return "\n".join(lines)
