@@ -147,7 +147,15 @@ def test_unknown_config_field_is_rejected(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["arithmetic_grpo", "arithmetic_ppo", "countdown_grpo", "gsm8k_grpo"]
+    "name",
+    [
+        "arithmetic_grpo",
+        "arithmetic_ppo",
+        "countdown_grpo",
+        "gsm8k_grpo",
+        "preference_rm_ppo",
+        "hh_rm",
+    ],
 )
 def test_config_files_build(name):
     import importlib
