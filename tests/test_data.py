@@ -283,7 +283,8 @@ def test_make_task():
     assert len(gsm8k) == 180 and len(gsm8k.eval_set(20)) == 20
     with_eval_file = make_task("gsm8k", path=GSM8K_200, eval_path=GSM8K_200)
     assert len(with_eval_file.eval_set(200)) == 200
-    with pytest.raises(ValueError, match="addition, countdown, gsm8k, multiplication, sorting"):
+    known = "addition, countdown, digits, gsm8k, hh_rlhf, multiplication, sorting"
+    with pytest.raises(ValueError, match=known):
         make_task("subtraction")
     with pytest.raises(TypeError):
         make_task("addition", op="*")
