@@ -64,6 +64,7 @@ BAD_RANKINGS = [
     ({"prompt": "q", "responses": ["a", "b"], "ranks": [0, 1.5]}, "expected integers"),
     ({"prompt": "q", "responses": ["a"], "ranks": [0]}, "expected at least 2"),
     ({"prompt": "q", "responses": "ab", "ranks": [0, 1]}, "'responses' is a str"),
+    ({"prompt": "q", "responses": [["a"], "b"], "ranks": [0, 1]}, "not a string"),
 ]
 
 

@@ -53,6 +53,8 @@ class Preference:
 def check_preference(pref: Preference) -> None:
     """Raises ``ValueError`` saying what is wrong with ``pref`` (see ``Preference``)."""
     k = len(pref.responses)
+    if not all(isinstance(r, str) for r in pref.responses):
+        raise ValueError("a response is not a string; expected strings")
     if k < 2:
         raise ValueError(f"{k} response(s); expected at least 2")
     if len(pref.ranks) != k:
@@ -63,8 +65,6 @@ def check_preference(pref: Preference) -> None:
         raise ValueError("two responses are equal (chosen == rejected?); expected distinct ones")
     if len(set(pref.ranks)) < 2:
         raise ValueError(f"all ranks are equal {list(pref.ranks)}; expected a preference")
-    if not all(isinstance(r, str) for r in pref.responses):
-        raise ValueError("a response is not a string")
 
 
 def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:

@@ -166,9 +166,9 @@ def preference_loss(
             raise ValueError(
                 f"the pairwise loss needs K = 2 responses a prompt, got {scores.shape[1]}"
             )
-        better = (ranks[:, 0] < ranks[:, 1])[:, None]
-        chosen = jnp.where(better[:, 0], scores[:, 0], scores[:, 1])
-        rejected = jnp.where(better[:, 0], scores[:, 1], scores[:, 0])
+        first_better = ranks[:, 0] < ranks[:, 1]
+        chosen = jnp.where(first_better, scores[:, 0], scores[:, 1])
+        rejected = jnp.where(first_better, scores[:, 1], scores[:, 0])
         return rl_jax.pairwise_loss(chosen, rejected, margin=margin)
     if loss == "ranking":
         return rl_jax.ranking_loss(scores, ranks, present)
