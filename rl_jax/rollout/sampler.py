@@ -82,6 +82,7 @@ class Sampler:
         pad_id: int = 0,
         min_prompt_bucket: int = 16,
         min_new_tokens_bucket: int = 16,
+        cache_stages: int = 4,
     ):
         """Args:
         apply_fn: (params, tokens, positions, key_mask, cache, cache_index) -> (logits, cache),
@@ -92,13 +93,19 @@ class Sampler:
         eos_ids: ids that end a sequence (empty: always generate max_new_tokens).
         pad_id: id used for prompt left padding and after a sequence ends.
         min_prompt_bucket, min_new_tokens_bucket: smallest bucket sizes.
+        cache_stages: the decode loop runs in this many stages over growing caches (at most one
+          per new token; see rl_jax.rollout.decode): fewer empty cache slots are read per step,
+          at the cost of one compiled loop body per stage. 1: a single loop.
         """
+        if cache_stages < 1:
+            raise ValueError(f"cache_stages must be >= 1, got {cache_stages}")
         self.params = params
         self.max_len = int(max_len)
         self.eos_ids = tuple(int(i) for i in eos_ids)
         self.pad_id = int(pad_id)
         self.min_prompt_bucket = int(min_prompt_bucket)
         self.min_new_tokens_bucket = int(min_new_tokens_bucket)
+        self.cache_stages = int(cache_stages)
         self._apply_fn = apply_fn
         self._init_cache_fn = init_cache_fn
         self._num_compiles = 0
@@ -263,6 +270,7 @@ class Sampler:
             use_top_p=use_top_p and not greedy,
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
+            cache_stages=self.cache_stages,
         )
         out = self._decode(
             self.params,
