@@ -190,8 +190,10 @@ class Attention(nnx.Module):
         Both products are plain batched matmuls over (batch, kv head) that read the buffers in
         their stored layout: q [B*K, G*T, D] @ keys_t [B*K, D, S], then probs @ values. With
         the cache as [B, S, kv_heads, D] XLA instead either transposes the whole cache every
-        step or (broadcast-multiply-sum) reduces over the minor axis; for one token on 64 rows
-        and 80 slots this layout makes the attention of a decode step ~2x faster on CPU.
+        step (einsum) or reduces over the minor axis (broadcast-multiply-sum, `_attend_one_step`);
+        for one token on 64 rows, 80 slots and 4 layers the attention alone took 1.4 ms instead
+        of 2.8 ms a step on CPU. Keys stored untransposed ([B, K, S, D], an "NT" matmul) took
+        1.75 ms.
         """
         c = self.config
         b, t, _, d = q.shape

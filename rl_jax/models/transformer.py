@@ -58,10 +58,11 @@ def init_decode_cache(
 ) -> DecodeCache:
     """A zero `DecodeCache`; `dtype` defaults to the compute dtype of `config`.
 
-    The model reads and writes it like a `KVCache` (same logits). Its layout makes a decode
-    step's attention two batched matmuls that read each layer's buffers in place (see
-    `Attention.attend_transposed`): on CPU a decode step of the 3.4M model is about a third
-    faster than with `init_cache(per_layer=True)`. `Sampler.from_model` uses it.
+    The model reads and writes it like a `KVCache` (the same logits up to float rounding). Its
+    layout makes a decode step's attention two batched matmuls that read each layer's buffers in
+    place (see `Attention.attend_transposed`): on CPU the sampler's decode step for the 3.4M
+    model (64 rows, 80 slots) takes ~20% less time than with `init_cache(per_layer=True)`.
+    `Sampler.from_model` uses it.
     """
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
     b, kv, d = batch, config.num_kv_heads, config.head_dim
