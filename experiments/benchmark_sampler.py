@@ -135,7 +135,7 @@ def forward_only_runner(model, args: argparse.Namespace):
     Same batch, cache length and number of steps as the sampler's loop; each step feeds a token
     derived from the previous logits so no step can be skipped.
     """
-    from rl_jax.models import apply_lm, init_cache
+    from rl_jax.models import apply_lm, init_decode_cache
     from rl_jax.rollout import bucket_length
 
     graphdef, state = nnx.split(model)
@@ -145,7 +145,7 @@ def forward_only_runner(model, args: argparse.Namespace):
 
     @jax.jit
     def loop(state):
-        cache = init_cache(model.config, batch, cache_len, per_layer=True)
+        cache = init_decode_cache(model.config, batch, cache_len)  # as Sampler.from_model
 
         def step(i, carry):
             cache, tokens = carry

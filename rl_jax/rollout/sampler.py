@@ -82,6 +82,7 @@ class Sampler:
         pad_id: int = 0,
         min_prompt_bucket: int = 16,
         min_new_tokens_bucket: int = 16,
+        cache_stages: int = 4,
     ):
         """Args:
         apply_fn: (params, tokens, positions, key_mask, cache, cache_index) -> (logits, cache),
@@ -92,13 +93,19 @@ class Sampler:
         eos_ids: ids that end a sequence (empty: always generate max_new_tokens).
         pad_id: id used for prompt left padding and after a sequence ends.
         min_prompt_bucket, min_new_tokens_bucket: smallest bucket sizes.
+        cache_stages: the decode loop runs in this many stages over growing caches (at most one
+          per new token; see rl_jax.rollout.decode): fewer empty cache slots are read per step,
+          at the cost of one compiled loop body per stage. 1: a single loop.
         """
+        if cache_stages < 1:
+            raise ValueError(f"cache_stages must be >= 1, got {cache_stages}")
         self.params = params
         self.max_len = int(max_len)
         self.eos_ids = tuple(int(i) for i in eos_ids)
         self.pad_id = int(pad_id)
         self.min_prompt_bucket = int(min_prompt_bucket)
         self.min_new_tokens_bucket = int(min_new_tokens_bucket)
+        self.cache_stages = int(cache_stages)
         self._apply_fn = apply_fn
         self._init_cache_fn = init_cache_fn
         self._num_compiles = 0
@@ -119,13 +126,15 @@ class Sampler:
         """A sampler for an `rl_jax.models.CausalLM` (split into graphdef and state here).
 
         max_len defaults to the config's max_position_embeddings; cache_dtype to init_cache's.
-        per_layer_cache: one KV buffer per layer (init_cache(per_layer=True)), which XLA reads
-        in place; a stacked [layers, ...] buffer gets each layer's slice copied every step.
+        per_layer_cache: True: one key and one value buffer per layer, in the layout of
+        `init_decode_cache`, which a decode step reads and writes in place with batched matmuls;
+        False: one stacked [layers, ...] `init_cache` buffer (slower: XLA copies each layer's
+        slice every step).
         Later weights go in through `sampler.params = nnx.state(model)`.
         """
         from flax import nnx
 
-        from rl_jax.models import apply_lm, init_cache
+        from rl_jax.models import apply_lm, init_cache, init_decode_cache
 
         graphdef, state = nnx.split(model)
         config = model.config
@@ -134,9 +143,9 @@ class Sampler:
             return apply_lm(graphdef, params, tokens, positions, key_mask, cache, cache_index)
 
         def init_cache_fn(batch: int, cache_len: int):
-            return init_cache(
-                config, batch, cache_len, dtype=cache_dtype, per_layer=per_layer_cache
-            )
+            if per_layer_cache:
+                return init_decode_cache(config, batch, cache_len, dtype=cache_dtype)
+            return init_cache(config, batch, cache_len, dtype=cache_dtype)
 
         if max_len is None:
             max_len = config.max_position_embeddings
@@ -261,6 +270,7 @@ class Sampler:
             use_top_p=use_top_p and not greedy,
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
+            cache_stages=self.cache_stages,
         )
         out = self._decode(
             self.params,
