@@ -130,22 +130,6 @@ def test_gold_ranks_noise_is_plackett_luce():
     assert abs(wins - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 
 
-def test_pair_accuracy_matches_loop():
-    rng = np.random.default_rng(2)
-    scores = rng.normal(size=(6, 4)).round(1)
-    ranks = rng.integers(0, 3, size=(6, 4))
-    present = rng.random((6, 4)) > 0.2
-    right = total = 0.0
-    for p in range(6):
-        for i in range(4):
-            for j in range(4):
-                if present[p, i] and present[p, j] and ranks[p, i] < ranks[p, j]:
-                    total += 1
-                    diff = scores[p, i] - scores[p, j]
-                    right += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
-    assert data.pair_accuracy(scores, ranks, present) == pytest.approx(right / total)
-
-
 def test_preferences_from_responses_drops_all_tied():
     ranks = np.array([[0, 1], [0, 0]])
     prefs = data.preferences_from_responses(["a", "b"], [["x", "y"], ["z", "z"]], ranks)

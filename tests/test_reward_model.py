@@ -151,7 +151,23 @@ def test_too_long_preference_is_an_error_unless_truncated():
     assert (len(items), skipped) == (1, 1)
 
 
-def small_rlhf_config(tmp_path, **overrides):
+def test_pair_accuracy_matches_loop():
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(6, 4)).round(1)
+    ranks = rng.integers(0, 3, size=(6, 4))
+    present = rng.random((6, 4)) > 0.2
+    right = total = 0.0
+    for p in range(6):
+        for i in range(4):
+            for j in range(4):
+                if present[p, i] and present[p, j] and ranks[p, i] < ranks[p, j]:
+                    total += 1
+                    diff = scores[p, i] - scores[p, j]
+                    right += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+    assert float(rm.pair_accuracy(scores, ranks, present)) == pytest.approx(right / total)
+
+
+def small_rlhf_config():
     c = preference_rm_ppo.get_config()
     c.sft.steps = 200
     c.sft.eval_every = 25
@@ -168,9 +184,6 @@ def small_rlhf_config(tmp_path, **overrides):
     c.log.samples_every = 0
     for name in ("sft", "rm", "rl"):
         c[name].progress_bar = False
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        c[section][name] = value
     return c
 
 
@@ -179,7 +192,7 @@ def test_synthetic_rlhf_pipeline(tmp_path):
     gold function) -> PPO on the learned reward with a critic started from the reward model raises
     the gold reward it never saw; both rewards and the KL are logged; a rerun restores the finished
     reward model and its normalisation instead of retraining."""
-    config = small_rlhf_config(tmp_path)
+    config = small_rlhf_config()
     workdir = str(tmp_path / "run")
     summary = run(config, workdir)
     assert summary["rm_eval"]["pair_accuracy"] >= 0.8
@@ -205,14 +218,13 @@ def test_critic_starts_from_the_reward_model():
     from rl_jax.trainers.rl_step import RLSettings
 
     config = preference_rm_ppo.get_config()
-    tokenizer = types.SimpleNamespace()
     model_config = models.tiny_config("qwen2", hidden_size=32, num_layers=1, intermediate_size=64)
     policy = models.CausalLM(model_config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(policy)
     reward = models.RewardModel.from_policy(policy, rngs=nnx.Rngs(5))
     rgraph, rparams = nnx.split(reward)
     learned = rm.LearnedReward(rgraph, rparams, 0.5, 2.0)
-    ctx = types.SimpleNamespace(config=config, graphdef=graphdef, tokenizer=tokenizer)
+    ctx = types.SimpleNamespace(config=config, graphdef=graphdef)
     settings = RLSettings(estimator="gae", group_size=1, temperature=1.0)
     state, value_graphdef = rl_trainer.init_state(ctx, params, settings, optax.sgd(0.1), learned)
     value = state.params["value"]
@@ -237,7 +249,7 @@ def test_critic_starts_from_the_reward_model():
 
 
 def test_learned_reward_needs_the_rm_stage(tmp_path):
-    config = small_rlhf_config(tmp_path)
+    config = small_rlhf_config()
     config.stages = ("sft", "rl")
     with pytest.raises(ValueError, match="needs the 'rm' stage"):
         run(config, str(tmp_path / "run"))

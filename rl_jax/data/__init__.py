@@ -27,7 +27,6 @@ from rl_jax.data.preferences import (
     check_preference,
     gold_ranks,
     load_preferences,
-    pair_accuracy,
     preferences_from_responses,
     split_hh_dialogue,
 )
@@ -64,7 +63,6 @@ __all__ = [
     "load_countdown",
     "load_gsm8k",
     "load_preferences",
-    "pair_accuracy",
     "preferences_from_responses",
     "make_task",
     "read_jsonl",

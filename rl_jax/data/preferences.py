@@ -170,22 +170,6 @@ def gold_ranks(scores: np.ndarray, rng: np.random.Generator, noise: float = 0.0)
     return (scores[:, None, :] > scores[:, :, None]).sum(-1).astype(np.int32)
 
 
-def pair_accuracy(
-    scores: np.ndarray, ranks: np.ndarray, present: np.ndarray | None = None
-) -> float:
-    """Fraction of ordered pairs (``rank_i < rank_j``) with ``score_i > score_j``; ties count 1/2.
-
-    scores, ranks, present: ``[prompts, K]``. NaN if there is no pair.
-    """
-    scores, ranks = np.asarray(scores), np.asarray(ranks)
-    present = np.ones(scores.shape, bool) if present is None else np.asarray(present, bool)
-    pairs = (ranks[:, :, None] < ranks[:, None, :]) & present[:, :, None] & present[:, None, :]
-    diff = scores[:, :, None] - scores[:, None, :]
-    right = np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0))
-    total = pairs.sum()
-    return float((right * pairs).sum() / total) if total else float("nan")
-
-
 def preferences_from_responses(
     prompts: Sequence[str],
     responses: Sequence[Sequence[str]],

@@ -177,9 +177,9 @@ def preference_loss(
     raise ValueError(f"unknown reward-model loss {loss!r}; known: {RM_LOSSES}")
 
 
-def batch_pair_accuracy(scores: jax.Array, ranks: jax.Array, present: jax.Array) -> jax.Array:
-    """Fraction of ordered pairs the scores order correctly (ties count 1/2); jit-friendly
-    twin of ``data.pair_accuracy``."""
+def pair_accuracy(scores: jax.Array, ranks: jax.Array, present: jax.Array) -> jax.Array:
+    """Fraction of ordered pairs (``rank_i < rank_j``, both present) with ``score_i > score_j``;
+    ties count 1/2, no pair gives 0. scores, ranks, present: ``[prompts, K]``."""
     live = present.astype(bool)
     pairs = (ranks[:, :, None] < ranks[:, None, :]) & live[:, :, None] & live[:, None, :]
     diff = scores[:, :, None] - scores[:, None, :]
@@ -203,7 +203,7 @@ def make_rm_loss(graphdef: nnx.GraphDef, loss: str):
         value = preference_loss(scores, ranks, present, batch["margin"], loss)
         metrics = {
             "loss": value,
-            "accuracy": batch_pair_accuracy(scores, ranks, present),
+            "accuracy": pair_accuracy(scores, ranks, present),
             "reward_mean": rl_jax.masked_mean(scores, present),
             "reward_std": jnp.sqrt(rl_jax.masked_var(scores, present)),
         }
@@ -234,15 +234,12 @@ def synthetic_preferences(
     noise: float,
     rng: np.random.Generator,
     chunk: int = 64,
-) -> tuple[list[data.Preference], np.ndarray]:
-    """``num_responses`` samples of the policy per example, ranked by the reward ``gold``.
-
-    Returns the preferences (prompts whose samples all tie are dropped) and the ``[P, K]`` gold
-    scores of all samples.
-    """
+) -> list[data.Preference]:
+    """``num_responses`` samples of the policy per example, ranked by the reward ``gold``
+    (prompts whose samples all tie are dropped)."""
     cfg = ctx.config.rollout
     ctx.sampler.params = policy_params
-    prefs, golds = [], []
+    prefs = []
     for start in range(0, len(examples), chunk):
         part = list(examples[start : start + chunk])
         out = ctx.sampler.generate(
@@ -259,8 +256,7 @@ def synthetic_preferences(
         grouped = [texts[i * num_responses : (i + 1) * num_responses] for i in range(len(part))]
         ranks = data.gold_ranks(scores, rng, noise)
         prefs += data.preferences_from_responses([ex.prompt for ex in part], grouped, ranks)
-        golds.append(scores)
-    return prefs, np.concatenate(golds)
+    return prefs
 
 
 def preference_data(
@@ -275,7 +271,7 @@ def preference_data(
         seed = ctx.config.seed
         prompts = [ex for i in range(0, cfg.num_prompts, 64) for ex in ctx.task.batch(i, 64)]
         common = dict(num_responses=cfg.num_responses, gold=cfg.gold)
-        train, _ = synthetic_preferences(
+        train = synthetic_preferences(
             ctx,
             policy_params,
             prompts[: cfg.num_prompts],
@@ -285,7 +281,7 @@ def preference_data(
             **common,
         )
         # Held-out labels are the gold function itself (no noise): accuracy against the truth.
-        held_out, _ = synthetic_preferences(
+        held_out = synthetic_preferences(
             ctx,
             policy_params,
             ctx.task.eval_set(cfg.eval_size),
@@ -326,7 +322,7 @@ def evaluate_rm(
     scores, ranks, present = score_preferences(reward, items, k, pad_id, max_len)
     live = scores[present > 0]
     return {
-        "pair_accuracy": data.pair_accuracy(scores, ranks, present),
+        "pair_accuracy": float(pair_accuracy(scores, ranks, present)),
         "reward_mean": float(live.mean()),
         "reward_std": float(live.std()),
     }
