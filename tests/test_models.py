@@ -248,6 +248,26 @@ def test_bfloat16_compute_is_close_to_float32():
     np.testing.assert_allclose(logits16, forward(model32, tokens, mask), atol=5e-2)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_projections_equal_separate_layers(bias):
+    """apply_fused_2d (one matmul over concatenated kernels) == each nnx.Linear on its own."""
+    from rl_jax.models.layers import apply_fused_2d
+
+    rngs = nnx.Rngs(0)
+    layers = tuple(
+        nnx.Linear(16, width, use_bias=bias, bias_init=nnx.initializers.normal(1.0), rngs=rngs)
+        for width in (8, 4, 12)
+    )
+    x = jax.random.normal(jax.random.key(1), (2, 3, 16))
+    fused = apply_fused_2d(layers, x)
+    for layer, out in zip(layers, fused, strict=True):
+        assert out.shape == (2, 3, layer.out_features)
+        np.testing.assert_allclose(out, layer(x), rtol=1e-6, atol=1e-6)
+    mixed = (layers[0], nnx.Linear(16, 4, use_bias=not bias, rngs=rngs))
+    with pytest.raises(ValueError, match="all layers with a bias or all without"):
+        apply_fused_2d(mixed, x)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         models.tiny_config("llama", num_heads=4, num_kv_heads=3)

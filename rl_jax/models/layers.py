@@ -35,6 +35,26 @@ def _dense(config: ModelConfig, d_in: int, d_out: int, bias: bool, rngs: nnx.Rng
     )
 
 
+def apply_fused_2d(layers: tuple[nnx.Linear, ...], x: jax.Array) -> tuple[jax.Array, ...]:
+    """Several Linear layers on the same ``x`` [..., d_in] as ONE 2-D matmul with their kernels
+    concatenated along the output axis; returns each layer's output [..., d_out_i].
+
+    Same math as calling each layer; faster on CPU, where XLA runs a [64, 256] x [256, 256]
+    matmul on one core but splits a wider one over all cores.
+    """
+    first = layers[0]
+    if any((layer.bias is None) != (first.bias is None) for layer in layers):
+        raise ValueError("apply_fused_2d needs all layers with a bias or all without")
+    dtype = first.dtype
+    kernel = jnp.concatenate([layer.kernel[...].astype(dtype) for layer in layers], axis=1)
+    flat = x.reshape(-1, x.shape[-1]).astype(dtype)
+    y = jax.lax.dot_general(flat, kernel, (((1,), (0,)), ((), ())), precision=first.precision)
+    if first.bias is not None:
+        y = y + jnp.concatenate([layer.bias[...].astype(dtype) for layer in layers])
+    sizes = np.cumsum([layer.out_features for layer in layers])[:-1]
+    return tuple(part.reshape(*x.shape[:-1], -1) for part in jnp.split(y, sizes, axis=1))
+
+
 def apply_2d(layer: nnx.Linear, x: jax.Array) -> jax.Array:
     """``layer`` on ``x`` [..., d_in] as one 2-D matmul [N, d_in] -> [N, d_out].
 
@@ -152,9 +172,10 @@ class Attention(nnx.Module):
         """x: [B, T, hidden] -> q [B, T, heads, D], k and v [B, T, kv_heads, D] (rotated q, k)."""
         c = self.config
         b, t, _ = x.shape
-        q = apply_2d(self.q_proj, x).reshape(b, t, c.num_heads, c.head_dim)
-        k = apply_2d(self.k_proj, x).reshape(b, t, c.num_kv_heads, c.head_dim)
-        v = apply_2d(self.v_proj, x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        q, k, v = apply_fused_2d((self.q_proj, self.k_proj, self.v_proj), x)
+        q = q.reshape(b, t, c.num_heads, c.head_dim)
+        k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = v.reshape(b, t, c.num_kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
@@ -272,7 +293,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., hidden] -> [..., hidden]."""
-        hidden = jax.nn.silu(apply_2d(self.gate_proj, x)) * apply_2d(self.up_proj, x)
+        gate, up = apply_fused_2d((self.gate_proj, self.up_proj), x)
+        hidden = jax.nn.silu(gate) * up
         return apply_2d(self.down_proj, hidden)
 
 
