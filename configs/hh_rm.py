@@ -34,6 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rm.loss = "pairwise"
     c.rm.steps = 100
     c.rm.batch_size = 16
-    c.rm.eval_every = 25
+    c.eval.every = 25
     c.rm.optim.lr = 1e-4  # the 300 training pairs are memorised within ~100 steps at 3e-4
     return c

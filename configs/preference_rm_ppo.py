@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rewards.model_weight = 1.0
     c.sft.stop_accuracy = 0.9
     c.eval.k = 0
-    c.eval.every = 25
+    c.eval.every = 50  # every stage: SFT stops at an eval step; RL is evaluated at 50 and 100
 
     c.rm.data = "synthetic"
     c.rm.num_prompts = 2048
@@ -43,7 +43,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rm.gold = "digits_gold"
     c.rm.loss = "ranking"
     c.rm.steps = 300
-    c.rm.eval_every = 50
 
     c.rl.steps = 100
     c.rl.num_prompts = 64

@@ -3,18 +3,43 @@
 The defaults are the default experiment: a small transformer learns 3-digit addition from scratch,
 SFT then GRPO. Every field is read by ``rl_jax.trainers``; a config file or a command-line
 override (``--config.loss.clip_high=0.28``) changes it, and an unknown field is an error.
+``check_config`` validates the whole config before any stage runs (``trainers.run`` calls it).
+
+Fields shared by every stage (SFT, reward model, RL):
+  * ``eval.every``: the evaluation cadence of every stage (and the last step of each);
+  * ``log.every``, ``log.samples_every``, ``log.progress_bar``: one summary line, sample texts,
+    the tqdm bar on stderr;
+  * ``checkpoint.every`` / ``checkpoint.keep``;
+  * PRNG keys: every random draw comes from ``fold_in(fold_in(key(seed), stream), step)`` with a
+    named stream (``"sft"``, ``"rm"``, ``"rl"``, and ``"eval/<stage>"`` for each stage's
+    evaluation at step ``step``): see ``rl_jax.trainers.setup.stage_key``.
 """
+
+from __future__ import annotations
+
+import typing
 
 import ml_collections
 
-from rl_jax.optim import optim_config
+from rl_jax import data, rewards
+from rl_jax.kl import KLEstimator
+from rl_jax.losses import AGG_MODES
+from rl_jax.models import SUPPORTED_MODEL_TYPES
+from rl_jax.optim import SCHEDULES, optim_config
+
+STAGES = ("sft", "rm", "rl")
+ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # a baseline from the other responses of a prompt
+RM_LOSSES = ("pairwise", "ranking", "listwise")
+RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field of an experiment config, with its meaning; configs/*.py override some."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.stages = ("sft", "rl")  # of "sft", "rm", "rl", run in that order; a finished one is skipped
+    c.stages = ("sft", "rl")  # of STAGES, in that order; a finished one is only restored
 
     c.task = ml_collections.ConfigDict()
     c.task.name = "addition"  # rl_jax.data.make_task name
@@ -49,10 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict()
     c.sft.steps = 3000  # at most
     c.sft.batch_size = 64
-    c.sft.eval_every = 50
-    c.sft.stop_accuracy = 0.3  # greedy held-out accuracy that ends SFT
+    c.sft.stop_accuracy = 0.3  # greedy held-out accuracy (at an eval step) that ends SFT
     c.sft.optim = optim_config(lr=3e-3, warmup_steps=50)
-    c.sft.progress_bar = True  # tqdm bar on stderr
 
     c.rm = ml_collections.ConfigDict()  # the reward-model stage (rl_jax/trainers/reward_model.py)
     c.rm.data = "synthetic"  # synthetic | pairs | rankings | hh_rlhf (see rl_jax.data.preferences)
@@ -68,9 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.rm.init_path = ""  # a Hugging Face directory to start from ("" = the policy after SFT)
     c.rm.steps = 500
     c.rm.batch_size = 32  # prompts a step, each with all its responses
-    c.rm.eval_every = 100
     c.rm.optim = optim_config(lr=1e-3, warmup_steps=20)
-    c.rm.progress_bar = True
 
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = 1000
@@ -91,7 +112,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.missing_eos_score = -1.0
     c.rl.critic_init = "policy"  # gae: the critic starts from the "policy" or the "reward_model"
     c.rl.optim = optim_config(lr=3e-4)
-    c.rl.progress_bar = True
 
     c.loss = ml_collections.ConfigDict()
     c.loss.clip_low = 0.2
@@ -112,7 +132,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_examples = 256
-    c.eval.every = 50
+    c.eval.every = 50  # every stage's evaluation cadence (0 = only at a stage's last step)
     c.eval.k = 4  # pass@k and maj@k with k samples (0 = greedy pass@1 only)
 
     c.checkpoint = ml_collections.ConfigDict()
@@ -122,4 +142,159 @@ def default_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.every = 50
     c.log.samples_every = 100  # 0 = never
+    c.log.progress_bar = True  # a tqdm bar on stderr for each stage
     return c
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed: names every bad field, its value and what is allowed."""
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Validates every field ``config.stages`` reads, before any model is built or data loaded.
+
+    Args:
+      config: the experiment config.
+      num_devices: the devices of the mesh the run will use (batches must split evenly over them).
+
+    Raises:
+      ConfigError: listing every bad field as ``config.<field> = <value>: expected ...``.
+    """
+    errors: list[str] = []
+
+    def bad(field: str, value, expected: str) -> None:
+        errors.append(f"config.{field} = {value!r}: expected {expected}")
+
+    def choice(field: str, allowed) -> None:
+        value = _get(config, field)
+        if value not in allowed:
+            bad(field, value, "one of " + ", ".join(repr(a) for a in allowed))
+
+    def at_least(field: str, low: float) -> None:
+        value = _get(config, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            bad(field, value, f"a number >= {low}")
+
+    def divides(field: str, size: int, what: str) -> None:
+        if size % num_devices:
+            bad(field, _get(config, field), f"{what} = {size} to be a multiple of the {num_devices} devices")
+
+    stages = tuple(config.stages)
+    if not stages or any(s not in STAGES for s in stages) or list(stages) != sorted(
+        set(stages), key=STAGES.index
+    ):
+        bad("stages", stages, f"a non-empty subset of {STAGES}, in that order, without repeats")
+    choice("task.name", sorted(data.TASKS))
+    choice("model.model_type", SUPPORTED_MODEL_TYPES)
+    choice("model.dtype", DTYPES)
+    for field in ("seed", "checkpoint.every", "checkpoint.keep", "log.every"):
+        at_least(field, 0 if field == "seed" else 1)
+    at_least("log.samples_every", 0)
+    at_least("eval.every", 0)
+    for field in ("rollout.max_new_tokens", "eval.num_examples") if "rl" in stages or "sft" in stages else ():
+        at_least(field, 1)
+    rollout = config.rollout
+    if not rollout.temperature > 0:
+        bad("rollout.temperature", rollout.temperature, "a number > 0")
+    if not 0 < rollout.top_p <= 1:
+        bad("rollout.top_p", rollout.top_p, "a number in (0, 1] (1 = off)")
+    at_least("rollout.top_k", 0)
+    names = sorted(rewards.REWARD_FNS)
+    for name in config.rewards.weights:
+        if name not in rewards.REWARD_FNS:
+            bad(f"rewards.weights.{name}", config.rewards.weights[name], f"a reward of {names}")
+    choice("rewards.correctness", names)
+    if "sft" in stages:
+        _check_stage(config, "sft", at_least, divides, bad)
+        if not 0 <= config.sft.stop_accuracy <= 1.01:
+            bad("sft.stop_accuracy", config.sft.stop_accuracy, "a number in [0, 1] (> 1 = never)")
+    if "rm" in stages:
+        _check_stage(config, "rm", at_least, divides, bad)
+        choice("rm.data", RM_DATA)
+        choice("rm.loss", RM_LOSSES)
+        choice("rm.gold", names)
+        at_least("rm.num_responses", 2)
+        at_least("rm.label_noise", 0)
+        if config.rm.data != "synthetic" and not config.rm.path:
+            bad("rm.path", config.rm.path, f"a preference file for rm.data={config.rm.data!r}")
+        if config.rm.loss == "pairwise" and config.rm.data == "synthetic" and config.rm.num_responses != 2:
+            bad("rm.num_responses", config.rm.num_responses, "2 with rm.loss='pairwise'")
+    if "rl" in stages:
+        _check_rl(config, stages, choice, at_least, divides, bad)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_stage(config, name: str, at_least, divides, bad) -> None:
+    """``<name>.steps``, ``<name>.batch_size`` and ``<name>.optim``."""
+    section = config[name]
+    at_least(f"{name}.steps", 1)
+    at_least(f"{name}.batch_size", 1)
+    batch = section.batch_size * (section.num_responses if name == "rm" else 1)
+    divides(f"{name}.batch_size", batch, "the batch (rows)")
+    _check_optim(config, f"{name}.optim", at_least, bad)
+
+
+def _check_optim(config, field: str, at_least, bad) -> None:
+    optim = _get(config, field)
+    if optim.decay not in SCHEDULES:
+        bad(f"{field}.decay", optim.decay, "one of " + ", ".join(map(repr, SCHEDULES)))
+    if not optim.lr >= 0:
+        bad(f"{field}.lr", optim.lr, "a number >= 0")
+    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "eps"):
+        at_least(f"{field}.{name}", 0)
+    at_least(f"{field}.grad_accum_steps", 1)
+    for name in ("b1", "b2"):
+        if not 0 <= optim[name] < 1:
+            bad(f"{field}.{name}", optim[name], "a number in [0, 1)")
+
+
+def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
+    rl, loss, kl = config.rl, config.loss, config.kl
+    choice("rl.estimator", ESTIMATORS)
+    choice("rl.critic_init", ("policy", "reward_model"))
+    choice("loss.agg", AGG_MODES)
+    choice("loss.ratio_level", ("token", "sequence"))
+    choice("kl.estimator", typing.get_args(KLEstimator))
+    for field in ("rl.steps", "rl.num_prompts", "rl.group_size", "rl.epochs", "rl.num_minibatches"):
+        at_least(field, 1)
+    for field in ("rl.max_extra_rounds", "rl.overlong_buffer", "rl.overlong_penalty", "kl.coef",
+                  "kl.target", "loss.vf_coef", "loss.value_clip", "loss.tis_cap"):
+        at_least(field, 0)
+    at_least("kl.horizon", 1)
+    for field in ("loss.clip_low", "loss.clip_high"):
+        at_least(field, 0)
+    if not 0 <= loss.clip_low < 1:
+        bad("loss.clip_low", loss.clip_low, "a number in [0, 1) (the ratio's lower bound is 1 - clip_low)")
+    if loss.dual_clip and not loss.dual_clip > 1:
+        bad("loss.dual_clip", loss.dual_clip, "0 (off) or a number > 1")
+    if 0 < loss.tis_cap < 1:
+        bad("loss.tis_cap", loss.tis_cap, "0 (off) or a cap >= 1")
+    for field in ("rl.lam", "rl.gamma"):
+        if not 0 <= _get(config, field) <= 1:
+            bad(field, _get(config, field), "a number in [0, 1]")
+    if rl.estimator in GROUP_ESTIMATORS and rl.group_size < 2:
+        bad("rl.group_size", rl.group_size, f">= 2 for the group estimator {rl.estimator!r}")
+    if rl.overlong_buffer >= config.rollout.max_new_tokens > 0:
+        bad("rl.overlong_buffer", rl.overlong_buffer, f"< rollout.max_new_tokens = {config.rollout.max_new_tokens}")
+    rows = rl.num_prompts * rl.group_size
+    divides("rl.num_prompts", rows, "rl.num_prompts * rl.group_size")
+    if rl.num_minibatches >= 1 and rows % rl.num_minibatches:
+        bad("rl.num_minibatches", rl.num_minibatches, f"a divisor of the rollout batch {rows}")
+    if kl.in_reward and kl.coef > 0 and rl.estimator not in ("gae", "reinforce_pp"):
+        bad("kl.in_reward", True, f"False with rl.estimator={rl.estimator!r} (a KL in the reward "
+            "needs per-token rewards: gae or reinforce_pp; use a KL loss term instead)")
+    needs_rm = config.rewards.model_weight != 0 or (rl.estimator == "gae" and rl.critic_init == "reward_model")
+    if needs_rm and "rm" not in stages:
+        bad("stages", tuple(stages), "to include 'rm' for rewards.model_weight != 0 or "
+            "rl.critic_init='reward_model'")
+    if not len(config.rewards.weights) and not config.rewards.model_weight:
+        bad("rewards.weights", {}, "at least one reward (or rewards.model_weight > 0)")
+    _check_optim(config, "rl.optim", at_least, bad)
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node

@@ -170,20 +170,17 @@ def test_pair_accuracy_matches_loop():
 def small_rlhf_config():
     c = preference_rm_ppo.get_config()
     c.sft.steps = 200
-    c.sft.eval_every = 25
     c.eval.num_examples = 64
     c.rm.num_prompts = 1024
     c.rm.eval_size = 128
     c.rm.steps = 120
-    c.rm.eval_every = 60
     c.rl.steps = 8
     c.rl.num_prompts = 32
-    c.eval.every = 8
+    c.eval.every = 25  # every stage; each stage is also evaluated at its last step
     c.checkpoint.every = 50
     c.log.every = 50
     c.log.samples_every = 0
-    for name in ("sft", "rm", "rl"):
-        c[name].progress_bar = False
+    c.log.progress_bar = False
     return c
 
 
@@ -282,11 +279,11 @@ def test_hh_reward_model_smoke(tmp_path):
     """The real HH data path end to end: a few steps on the fixture, finite, evaluated."""
     config = hh_rm.get_config()
     config.rm.steps = 2
-    config.rm.eval_every = 2
+    config.eval.every = 2
     config.rm.batch_size = 8
     config.rm.eval_size = 16
     config.model.vocab_size = 512
-    config.rm.progress_bar = False
+    config.log.progress_bar = False
     summary = run(config, str(tmp_path / "hh"))
     ev = summary["rm_eval"]
     assert 0.0 <= ev["pair_accuracy"] <= 1.0 and np.isfinite(ev["reward_std"])

@@ -32,7 +32,6 @@ def tiny_config(**rl_overrides):
     c.rollout.max_new_tokens = 4
     c.sft.steps = 6
     c.sft.batch_size = 16
-    c.sft.eval_every = 3
     c.rl.steps = 3
     c.rl.num_prompts = 4
     c.rl.group_size = 4
@@ -114,11 +113,17 @@ def test_four_devices_give_the_result_of_one(tmp_path):
     np.testing.assert_allclose(flat(four["params"]), flat(one["params"]), atol=1e-5)
 
 
-def test_nan_loss_stops_before_a_checkpoint(tmp_path):
+def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(**{"rl.steps": 3})
     config.stages = ("rl",)
     config.checkpoint.every = 1
-    config.rl.optim.lr = float("nan")
+    config.log.every = 3  # the check happens at the sync before the checkpoint, not only at logs
+    from rl_jax.trainers import rl as rl_module
+
+    def nan_rewards(weights, completions, examples):
+        return np.full(len(completions), np.nan, np.float32), {}
+
+    monkeypatch.setattr(rl_module.rewards, "combine_rewards", nan_rewards)
     with pytest.raises(FloatingPointError, match="non-finite"):
         run(config, str(tmp_path), parallel.make_mesh(devices=jax.devices()[:1]))
     assert not list((tmp_path / "rl").glob("[0-9]*"))

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from tensorboardX import SummaryWriter
-
-
-def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Host floats from scalars (JAX or NumPy arrays, Python numbers)."""
-    return {name: float(np.asarray(value)) for name, value in metrics.items()}
-
-
-def check_finite(metrics: Mapping[str, float], step: int, names: Sequence[str]) -> None:
-    """Stops the run (before anything is checkpointed) if a loss is NaN or inf."""
-    bad = {n: metrics[n] for n in names if n in metrics and not math.isfinite(metrics[n])}
-    if bad:
-        raise FloatingPointError(f"non-finite loss at step {step}: {bad}; nothing was saved")
 
 
 class MetricWriter:

@@ -13,7 +13,7 @@ right-padded ``prompt + response + EOS`` rows) and applies one of the losses of
 The data is a preference file (``rl_jax.data.preferences``) or synthetic: ``num_responses``
 samples of the policy per prompt, ranked by a hidden gold reward function with optional label
 noise. Held-out pair accuracy (against the gold function without noise, for synthetic data) and the
-reward mean/std are evaluated every ``eval_every`` steps. At the end the reward's mean and std over
+reward mean/std are evaluated every ``eval.every`` steps. At the end the reward's mean and std over
 the held-out responses (for synthetic data: the SFT policy's own samples) are saved with the
 checkpoint, and RL uses the normalised reward ``(r - mean) / std``.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,21 +29,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import tqdm
 from flax import nnx
 
 import rl_jax
 from rl_jax import data, models, parallel, rewards
+from rl_jax.config import RM_DATA, RM_LOSSES
 from rl_jax.optim import make_optimizer
 from rl_jax.rollout import bucket_length
-from rl_jax.trainers.checkpoint import Checkpointer
-from rl_jax.trainers.metrics import MetricWriter, check_finite, summary_line, to_floats
-from rl_jax.trainers.rl_step import TrainState
+from rl_jax.trainers.loop import Stage, TrainState, make_train_step, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 
-RM_LOSSES = ("pairwise", "ranking", "listwise")
-RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
 
 
 @dataclasses.dataclass
@@ -212,17 +206,6 @@ def make_rm_loss(graphdef: nnx.GraphDef, loss: str):
     return loss_fn
 
 
-def make_rm_step(loss_fn, tx: optax.GradientTransformation):
-    def step(state: TrainState, batch):
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return TrainState(state.step + 1, params, opt_state), metrics
-
-    return step
-
-
 def synthetic_preferences(
     ctx: Context,
     policy_params: Any,
@@ -341,88 +324,69 @@ def init_reward_model(ctx: Context, policy_params: Any) -> models.RewardModel:
 def run_rm(
     ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any
 ) -> tuple[LearnedReward, dict[str, float]]:
-    """Trains a reward model (``config.rm``); resumes from ``workdir/rm``, and a finished stage
-    only restores it. Returns the learned reward with its normalisation, and the last held-out
-    evaluation."""
+    """Trains a reward model (``config.rm``) in ``workdir/rm`` (resumed, or only restored when
+    finished). Returns the learned reward, normalised by the mean and std of its rewards on the
+    held-out responses at the last evaluation, and that evaluation."""
     config = ctx.config
     cfg = config.rm
-    if cfg.loss not in RM_LOSSES:
-        raise ValueError(f"unknown rm.loss {cfg.loss!r}; known: {RM_LOSSES}")
     model = init_reward_model(ctx, policy_params)
     graphdef, params = nnx.split(model)
     max_len = model.config.max_position_embeddings
     pad_id = ctx.tokenizer.pad_token_id
     tx = make_optimizer(cfg.optim, cfg.steps)
-    state = TrainState(jnp.zeros((), jnp.int32), {"reward": params}, None)
-    state = state._replace(opt_state=tx.init(state.params))
-    checkpointer = Checkpointer(
-        os.path.join(ctx.workdir, "rm"), every=config.checkpoint.every, keep=config.checkpoint.keep
-    )
-    meta: dict[str, Any] = {"done": False, "eval": {}}
-    if checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(state)
-        print(f"rm: resumed from step {int(state.step)} of {checkpointer.directory}")
-        if meta["done"]:
-            checkpointer.close()
-            reward = LearnedReward(
-                graphdef, state.params["reward"], meta["reward_mean"], meta["reward_std"]
-            )
-            return reward, meta["eval"]
-    start_time = time.perf_counter()
-    train, held_out = preference_data(ctx, policy_params)
-    k = max(len(p.responses) for p in train + held_out)
-    if cfg.loss == "pairwise" and k != 2:
-        raise ValueError(f"rm.loss='pairwise' needs pairs (K = 2); the data has K = {k}")
-    encode = functools.partial(
-        encode_preferences,
-        ctx,
-        max_len=max_len,
-        truncate_prompts=cfg.truncate_prompts,
-        skip_too_long=cfg.skip_invalid,
-    )
-    (train_items, train_skipped), (eval_items, eval_skipped) = encode(train), encode(held_out)
-    print(
-        f"rm: {len(train_items)} training and {len(eval_items)} held-out prompts, K = {k} "
-        f"({train_skipped + eval_skipped} skipped: a response longer than the context; "
-        f"{time.perf_counter() - start_time:.1f}s to build)"
-    )
-    # The training stream: seeded epoch permutations, a pure function of the step (exact resume).
-    stream = data.FileDataset(train_items, seed=config.seed)
+    state = TrainState(jnp.zeros((), jnp.int32), {"reward": params}, tx.init({"reward": params}))
     sharding = parallel.param_sharding(state, mesh)
-    state = jax.device_put(state, sharding)
-    step_fn = parallel.data_parallel_step(
-        make_rm_step(make_rm_loss(graphdef, cfg.loss), tx), mesh, sharding
+    loss_fn = make_rm_loss(graphdef, cfg.loss)
+    step = parallel.data_parallel_step(make_train_step(loss_fn, tx), mesh, sharding)
+
+    @functools.cache
+    def prepared() -> tuple[data.FileDataset, list[EncodedPreference], int]:
+        """The encoded training stream, held-out items and K: built on first use only, so a
+        finished stage that is only restored samples and encodes nothing."""
+        start_time = time.perf_counter()
+        train, held_out = preference_data(ctx, policy_params)
+        k = max(len(p.responses) for p in train + held_out)
+        if cfg.loss == "pairwise" and k != 2:
+            raise ValueError(f"rm.loss='pairwise' needs pairs (K = 2); the data has K = {k}")
+        encode = functools.partial(
+            encode_preferences,
+            ctx,
+            max_len=max_len,
+            truncate_prompts=cfg.truncate_prompts,
+            skip_too_long=cfg.skip_invalid,
+        )
+        (train_items, train_skipped), (eval_items, eval_skipped) = encode(train), encode(held_out)
+        print(
+            f"rm: {len(train_items)} training and {len(eval_items)} held-out prompts, K = {k} "
+            f"({train_skipped + eval_skipped} skipped: a response longer than the context; "
+            f"{time.perf_counter() - start_time:.1f}s to build)"
+        )
+        # The training stream: seeded epoch permutations, a pure function of the step.
+        return data.FileDataset(train_items, seed=config.seed), eval_items, k
+
+    def batch(step: int, state: TrainState, host: dict):
+        stream, _, k = prepared()
+        arrays = rm_batch(stream.batch(step, cfg.batch_size), k, pad_id, max_len)
+        return parallel.shard_batch(arrays, mesh), {}, host
+
+    def evaluate(number: int, state: TrainState) -> dict[str, float]:
+        _, eval_items, k = prepared()
+        reward = LearnedReward(graphdef, state.params["reward"], 0.0, 1.0)
+        return evaluate_rm(reward, eval_items, k, pad_id, max_len)
+
+    stage = Stage(
+        name="rm",
+        steps=cfg.steps,
+        state=state,
+        sharding=sharding,
+        step=step,
+        batch=batch,
+        evaluate=evaluate,
+        log_names=("loss", "accuracy", "eval/pair_accuracy"),
     )
-    writer = MetricWriter(ctx.workdir, "rm")
-    last_eval = meta["eval"]
-
-    def current_reward(mean=0.0, std=1.0) -> LearnedReward:
-        return LearnedReward(graphdef, state.params["reward"], mean, std)
-
-    bar = tqdm.tqdm(range(int(state.step), cfg.steps), desc="rm", disable=not cfg.progress_bar)
-    for step in bar:
-        batch = rm_batch(stream.batch(step, cfg.batch_size), k, pad_id, max_len)
-        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
-        metrics = to_floats(metrics)
-        check_finite(metrics, step, ["loss", "grad_norm"])
-        number = step + 1
-        done = number == cfg.steps
-        if number % cfg.eval_every == 0 or done:
-            last_eval = evaluate_rm(current_reward(), eval_items, k, pad_id, max_len)
-            metrics.update({f"eval/{name}": v for name, v in last_eval.items()})
-        writer.write(number, metrics)
-        if number % config.log.every == 0 or done:
-            bar.write(
-                summary_line("rm", number, metrics, ["loss", "accuracy", "eval/pair_accuracy"])
-            )
-        if done or checkpointer.should_save(number):
-            meta = {"done": done, "eval": last_eval}
-            if done:  # the normalisation RL uses: held-out responses (the policy's samples)
-                meta["reward_mean"] = last_eval["reward_mean"]
-                meta["reward_std"] = max(last_eval["reward_std"], 1e-6)
-            checkpointer.save(number, state, meta)
-    writer.close()
-    checkpointer.close()
-    if not meta.get("done"):
-        raise ValueError(f"rm.steps={cfg.steps} must be > the restored step {int(state.step)}")
-    return current_reward(meta["reward_mean"], meta["reward_std"]), last_eval
+    result = run_stage(stage, config, ctx.workdir)
+    last_eval = result.last_eval
+    # The normalisation RL uses: held-out responses (for synthetic data, the policy's samples).
+    std = max(last_eval["reward_std"], 1e-6)
+    reward = LearnedReward(graphdef, result.state.params["reward"], last_eval["reward_mean"], std)
+    return reward, last_eval

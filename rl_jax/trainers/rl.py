@@ -11,7 +11,6 @@ missing-EOS score) -> ``prepare`` (old and reference log-probs, values, advantag
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -19,17 +18,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 from flax import nnx
 
 import rl_jax
 from rl_jax import models, parallel, rewards
 from rl_jax.optim import make_optimizer
-from rl_jax.trainers.checkpoint import Checkpointer
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.metrics import MetricWriter, check_finite, summary_line, to_floats
 from rl_jax.trainers.reward_model import LearnedReward
-from rl_jax.trainers.rl_step import RLSettings, TrainState, make_loss, make_prepare, make_update
+from rl_jax.trainers.loop import Stage, StageResult, TrainState, run_stage
+from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
 from rl_jax.trainers.setup import Context, stage_key
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
@@ -318,10 +315,9 @@ def run_rl(
     mesh: jax.sharding.Mesh,
     policy_params: Any,
     reward_model: LearnedReward | None = None,
-) -> tuple[Any, dict[str, float]]:
+) -> StageResult:
     """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
-    functions and ``reward_model``; resumes from ``workdir/rl``. Returns the final policy params
-    and the last evaluation."""
+    functions and ``reward_model`` in ``workdir/rl`` (resumed, or only restored when finished)."""
     config = ctx.config
     cfg = config.rl
     settings = settings_from_config(config)
@@ -333,97 +329,74 @@ def run_rl(
         ref_params = jax.device_put(
             jax.tree.map(jnp.copy, policy_params), parallel.param_sharding(policy_params, mesh)
         )
-    checkpointer = Checkpointer(
-        os.path.join(ctx.workdir, "rl"), every=config.checkpoint.every, keep=config.checkpoint.keep
-    )
-    meta = {"position": 0, "kl_coef": config.kl.coef, "eval": {}}
-    if checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(state)
-        print(f"rl: resumed from step {int(state.step)} of {checkpointer.directory}")
-    state = jax.device_put(state, sharding)
     prepare = jax.jit(make_prepare(settings, ctx.graphdef, value_graphdef))
     update = parallel.data_parallel_step(
         make_update(settings, tx, make_loss(settings, ctx.graphdef, value_graphdef)), mesh, sharding
     )
-    writer = MetricWriter(ctx.workdir, "rl")
-    position, kl_coef = meta["position"], meta["kl_coef"]
-    last_eval = meta["eval"]
-    bar = tqdm.tqdm(range(int(state.step), cfg.steps), desc="rl", disable=not cfg.progress_bar)
-    for step in bar:
-        key = stage_key(config.seed, "rl", step)
+    latest: list[Round] = []  # the last rollout batch, for the samples text
+
+    def batch(step: int, state: TrainState, host: dict):
+        """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
         t0 = time.perf_counter()
         ctx.sampler.params = state.params["policy"]
-        batch, position, metrics = collect(ctx, position, key, reward_model)
-        t1 = time.perf_counter()
-        arrays = parallel.shard_batch(device_batch(batch), mesh)
+        key = stage_key(config.seed, "rl", step)
+        rollout, position, metrics = collect(ctx, host["position"], key, reward_model)
+        metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
+        latest[:] = [rollout]
+        arrays = parallel.shard_batch(device_batch(rollout), mesh)
+        kl_coef = host["kl_coef"]
         extra, prep_metrics = prepare(state.params, ref_params, arrays, jnp.float32(kl_coef))
-        train_batch = {k: arrays[k] for k in TRAIN_KEYS} | extra
-        state, update_metrics = update(state, train_batch)
-        metrics.update(to_floats(prep_metrics) | to_floats(update_metrics))
-        t2 = time.perf_counter()
-        check_finite(metrics, step, LOSS_METRICS)
-        if settings.kl_in_reward and config.kl.target > 0:
+        if settings.kl_in_reward and config.kl.target > 0:  # needs this step's KL on the host
             kl_coef = float(
                 rl_jax.adaptive_kl_update(
                     kl_coef,
-                    metrics["kl_ref"],
+                    float(prep_metrics["kl_ref"]),
                     target=config.kl.target,
                     horizon=config.kl.horizon,
-                    n_steps=len(batch.scores),
+                    n_steps=len(rollout.scores),
                 )
             )
-        metrics.update(
-            kl_coef=kl_coef,
-            time_sampling=t1 - t0 - metrics["time_scoring"],
-            time_update=t2 - t1,
-            tokens_per_second=metrics["generated_tokens"] / (t2 - t0),
+        metrics["kl_coef"] = kl_coef
+        train_batch = {k: arrays[k] for k in TRAIN_KEYS} | extra
+        return (train_batch, prep_metrics), metrics, {"position": position, "kl_coef": kl_coef}
+
+    def step(state: TrainState, batch):
+        train_batch, prep_metrics = batch
+        state, metrics = update(state, train_batch)
+        return state, {**prep_metrics, **metrics}
+
+    def finish_metrics(metrics: dict[str, float]) -> dict[str, float]:
+        used = metrics["time_sampling"] + metrics["time_scoring"]
+        return metrics | {
+            "time_update": max(metrics["step_time"] - used, 0.0),
+            "tokens_per_second": metrics["generated_tokens"] / metrics["step_time"],
+        }
+
+    def evaluate_policy(number: int, state: TrainState) -> dict[str, float]:
+        key = stage_key(config.seed, "eval/rl", number)
+        return evaluate(ctx, state.params["policy"], key, k=config.eval.k)
+
+    def samples() -> str:
+        rollout = latest[0]
+        return "\n".join(
+            f"  {t!r} -> {s:+.2f}" for t, s in zip(rollout.texts[:3], rollout.scores[:3], strict=True)
         )
-        number = step + 1
-        done = number == cfg.steps
-        if number % config.eval.every == 0 or done:
-            last_eval = evaluate(
-                ctx,
-                state.params["policy"],
-                stage_key(config.seed, "eval", 10**6 + number),
-                k=config.eval.k,
-            )
-            metrics.update({f"eval/{k}": v for k, v in last_eval.items()})
-        writer.write(number, metrics)
-        if number % config.log.every == 0 or done:
-            bar.write(
-                summary_line(
-                    "rl",
-                    number,
-                    metrics,
-                    [
-                        "score",
-                        "accuracy",
-                        "eval/pass@1",
-                        "kl_ref",
-                        "entropy",
-                        "clip_frac_high",
-                        "length",
-                        "tokens_per_second",
-                    ],
-                )
-            )
-        if config.log.samples_every and number % config.log.samples_every == 0:
-            samples = "\n".join(
-                f"  {t!r} -> {s:+.2f}"
-                for t, s in zip(batch.texts[:3], batch.scores[:3], strict=True)
-            )
-            bar.write(f"rl {number} samples:\n{samples}")
-            writer.write_text(number, "samples", samples)
-        if done or checkpointer.should_save(number):
-            checkpointer.save(
-                number,
-                state,
-                {
-                    "position": position,
-                    "kl_coef": kl_coef,
-                    "eval": last_eval,
-                },
-            )
-    writer.close()
-    checkpointer.close()
-    return state.params["policy"], last_eval
+
+    stage = Stage(
+        name="rl",
+        steps=cfg.steps,
+        state=state,
+        sharding=sharding,
+        step=step,
+        batch=batch,
+        host={"position": 0, "kl_coef": config.kl.coef},
+        evaluate=evaluate_policy,
+        finish_metrics=finish_metrics,
+        loss_names=LOSS_METRICS,
+        log_names=(
+            "score", "accuracy", "eval/pass@1", "kl_ref", "entropy", "clip_frac_high", "length",
+            "tokens_per_second",
+        ),
+        samples=samples,
+    )
+    return run_stage(stage, config, ctx.workdir)

@@ -13,7 +13,6 @@ response); the response part of every per-token array is ``[batch, R]``; logits 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +21,9 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models
+from rl_jax.config import ESTIMATORS
+from rl_jax.trainers.loop import TrainState, optimizer_step
 
-ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +79,6 @@ class RLSettings:
     @property
     def needs_reference(self) -> bool:
         return self.kl_loss_coef > 0 or self.kl_in_reward
-
-
-class TrainState(NamedTuple):
-    step: jax.Array  # int32 scalar: updates done
-    params: dict[str, Any]  # {"policy": ..., "value": ... (PPO only)}
-    opt_state: Any
 
 
 def _response_part(x: jax.Array, response_len: int) -> jax.Array:
@@ -305,11 +299,7 @@ def make_update(settings: RLSettings, tx: optax.GradientTransformation, loss_fn)
         key = jax.random.fold_in(jax.random.key(settings.seed), state.step)
 
         def minibatch_step(state: TrainState, mb):
-            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            metrics["grad_norm"] = optax.tree.norm(grads)
-            return TrainState(state.step, params, opt_state), metrics
+            return optimizer_step(loss_fn, tx, state, mb)
 
         def epoch_step(state: TrainState, epoch_key):
             perm = jax.random.permutation(epoch_key, size)

@@ -118,7 +118,16 @@ def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
     )
 
 
-def stage_key(seed: int, stage: str, step: int) -> jax.Array:
-    """The PRNG key of ``step`` of ``stage``: a pure function, so resumed runs draw the same."""
-    stage_id = {"sft": 1, "rl": 2, "eval": 3, "rm": 4}[stage]
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage_id), step)
+STREAMS = {"sft": 1, "rl": 2, "eval/sft": 3, "rm": 4, "eval/rl": 5, "eval/rm": 6}
+
+
+def stage_key(seed: int, stream: str, step: int) -> jax.Array:
+    """The PRNG key of ``step`` of a named ``stream`` (one of ``STREAMS``: a stage's training
+    draws, or ``"eval/<stage>"`` for its evaluation at ``step``).
+
+    ``fold_in(fold_in(key(seed), stream id), step)``: a pure function, so a resumed run draws the
+    same numbers.
+    """
+    if stream not in STREAMS:
+        raise ValueError(f"unknown PRNG stream {stream!r}; known: {sorted(STREAMS)}")
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), STREAMS[stream]), step)

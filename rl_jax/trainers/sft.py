@@ -1,30 +1,24 @@
 """Supervised fine-tuning: cross-entropy on the response tokens only, stopped by an accuracy target.
 
-The step is one jitted, data-parallel function; the loop around it evaluates greedy pass@1 every
-``sft.eval_every`` steps and stops when it reaches ``sft.stop_accuracy`` (a start with signal for
-RL) or after ``sft.steps``.
+A stage of the shared loop (``loop.run_stage``): one jitted, data-parallel optimizer step on the
+task's batch of step ``s``; greedy pass@1 every ``eval.every`` steps ends the stage when it reaches
+``sft.stop_accuracy`` (a start with signal for RL), else it runs ``sft.steps``.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import tqdm
 
 import rl_jax
 from rl_jax import models, parallel
 from rl_jax.optim import make_optimizer
 from rl_jax.rollout import bucket_length
-from rl_jax.trainers.checkpoint import Checkpointer
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.metrics import MetricWriter, check_finite, summary_line, to_floats
-from rl_jax.trainers.rl_step import TrainState
+from rl_jax.trainers.loop import Stage, StageResult, TrainState, make_train_step, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 
 
@@ -56,7 +50,8 @@ def sft_batch(ctx: Context, examples) -> dict[str, np.ndarray]:
 
 
 def make_sft_loss(graphdef):
-    """``loss(params, batch)``: mean negative log-likelihood of the response tokens."""
+    """``loss(params, batch) -> (loss, metrics)``: mean negative log-likelihood of the response
+    tokens."""
 
     def loss_fn(params, batch):
         tokens, mask = batch["tokens"], batch["mask"]
@@ -64,73 +59,39 @@ def make_sft_loss(graphdef):
             graphdef, params["policy"], tokens, models.positions_from_mask(mask), mask
         )
         logprobs = rl_jax.token_logprobs(logits[:, :-1], tokens[:, 1:])
-        return -rl_jax.aggregate(logprobs, batch["loss_mask"][:, 1:], "token-mean")
+        loss = -rl_jax.aggregate(logprobs, batch["loss_mask"][:, 1:], "token-mean")
+        return loss, {"loss": loss}
 
     return loss_fn
 
 
-def make_sft_step(loss_fn, tx: optax.GradientTransformation):
-    def step(state: TrainState, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return TrainState(state.step + 1, params, opt_state), metrics
-
-    return step
-
-
-def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> tuple[Any, dict[str, float]]:
-    """Trains ``params`` (the policy state) with SFT; resumes from ``workdir/sft``.
-
-    Returns the final policy params and the last evaluation.
-    """
+def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
+    """Trains ``params`` (the policy state) with SFT in ``workdir/sft`` (resumed, or only restored
+    when finished); the result's ``state.params["policy"]`` is the fine-tuned policy."""
     cfg = ctx.config.sft
     tx = make_optimizer(cfg.optim, cfg.steps)
-    state = TrainState(jnp.zeros((), jnp.int32), {"policy": params}, None)
-    state = state._replace(opt_state=tx.init(state.params))
+    params = {"policy": params}
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     sharding = parallel.param_sharding(state, mesh)
-    checkpointer = Checkpointer(
-        os.path.join(ctx.workdir, "sft"),
-        every=ctx.config.checkpoint.every,
-        keep=ctx.config.checkpoint.keep,
+    step = parallel.data_parallel_step(make_train_step(make_sft_loss(ctx.graphdef), tx), mesh, sharding)
+
+    def batch(step: int, state: TrainState, host: dict):
+        arrays = sft_batch(ctx, ctx.task.batch(step, cfg.batch_size))
+        return parallel.shard_batch(arrays, mesh), {}, host
+
+    def evaluate_policy(number: int, state: TrainState) -> dict[str, float]:
+        key = stage_key(ctx.config.seed, "eval/sft", number)
+        return evaluate(ctx, state.params["policy"], key)
+
+    stage = Stage(
+        name="sft",
+        steps=cfg.steps,
+        state=state,
+        sharding=sharding,
+        step=step,
+        batch=batch,
+        evaluate=evaluate_policy,
+        stop=lambda number, last_eval: last_eval["pass@1"] >= cfg.stop_accuracy,
+        log_names=("loss", "eval/pass@1"),
     )
-    last_eval: dict[str, float] = {}
-    if checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(state)
-        last_eval = meta.get("eval", {})
-        print(f"sft: resumed from step {int(state.step)} of {checkpointer.directory}")
-        if meta["done"]:
-            return state.params["policy"], last_eval
-    state = jax.device_put(state, sharding)
-    step_fn = parallel.data_parallel_step(
-        make_sft_step(make_sft_loss(ctx.graphdef), tx), mesh, sharding
-    )
-    writer = MetricWriter(ctx.workdir, "sft")
-    start = int(state.step)
-    done = False
-    bar = tqdm.tqdm(range(start, cfg.steps), desc="sft", disable=not cfg.progress_bar)
-    for step in bar:
-        t0 = time.perf_counter()
-        batch = sft_batch(ctx, ctx.task.batch(step, cfg.batch_size))
-        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
-        metrics = to_floats(metrics)
-        check_finite(metrics, step, ["loss", "grad_norm"])
-        metrics["step_time"] = time.perf_counter() - t0
-        number = step + 1
-        if number % cfg.eval_every == 0 or number == cfg.steps:
-            last_eval = evaluate(
-                ctx, state.params["policy"], stage_key(ctx.config.seed, "eval", number)
-            )
-            metrics.update({f"eval/{k}": v for k, v in last_eval.items()})
-            done = last_eval["pass@1"] >= cfg.stop_accuracy or number == cfg.steps
-        writer.write(number, metrics)
-        if number % ctx.config.log.every == 0 or done:
-            bar.write(summary_line("sft", number, metrics, ["loss", "eval/pass@1"]))
-        if done or checkpointer.should_save(number):
-            checkpointer.save(number, state, {"done": done, "eval": last_eval})
-        if done:
-            break
-    writer.close()
-    checkpointer.close()
-    return state.params["policy"], last_eval
+    return run_stage(stage, ctx.config, ctx.workdir)

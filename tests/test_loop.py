@@ -1,0 +1,192 @@
+"""The shared stage loop: every stage resumes exactly and a finished stage only restores; the
+whole config is checked before any work starts."""
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from rl_jax import parallel
+from rl_jax.config import ConfigError, check_config
+from rl_jax.trainers.loop import itstime
+from rl_jax.trainers.metrics import read_metrics
+from rl_jax.trainers.reward_model import run_rm
+from rl_jax.trainers.rl import run_rl
+from rl_jax.trainers.run import run
+from rl_jax.trainers.setup import build_context
+from rl_jax.trainers.sft import run_sft
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import hh_rm  # noqa: E402
+from tests.test_trainers import flat, tiny_config  # noqa: E402
+
+
+def test_itstime():
+    assert [n for n in range(1, 11) if itstime(n, 4, 10)] == [4, 8, 10]
+    assert [n for n in range(1, 6) if itstime(n, 0, 5)] == [5]
+
+
+def _mesh():
+    return parallel.make_mesh(devices=jax.devices()[:1])
+
+
+def _sft(config, workdir):
+    ctx = build_context(config, str(workdir))
+    return run_sft(ctx, _mesh(), nnx.state(ctx.policy))
+
+
+def _rl(config, workdir):
+    ctx = build_context(config, str(workdir))
+    return run_rl(ctx, _mesh(), nnx.state(ctx.policy))
+
+
+def _rm(config, workdir):
+    ctx = build_context(config, str(workdir))
+    reward, _ = run_rm(ctx, _mesh(), nnx.state(ctx.policy))
+    return reward
+
+
+def _stage_lines(workdir, stage):
+    return [r["step"] for r in read_metrics(workdir) if r["stage"] == stage]
+
+
+def _rm_config(steps):
+    config = hh_rm.get_config()
+    config.model.vocab_size = 512
+    config.model.num_layers = 1
+    config.model.hidden_size = 32
+    config.model.intermediate_size = 64
+    config.rm.batch_size = 8
+    config.rm.eval_size = 16
+    config.rm.steps = steps
+    config.eval.every = 2
+    config.checkpoint.every = 2
+    config.log.progress_bar = False
+    return config
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "rl"])
+def test_stage_restarted_at_k_equals_a_straight_2k_run(tmp_path, stage):
+    """k steps, a new process-like restart (everything rebuilt from the config), k more: the same
+    parameters as 2k steps straight; then a restart of the finished stage only restores it."""
+    k = 2
+    if stage == "sft":
+        make = lambda steps: tiny_config(**{"sft.steps": steps, "sft.stop_accuracy": 1.01})  # noqa: E731
+        train = lambda c, w: _sft(c, w).state.params  # noqa: E731
+    elif stage == "rl":
+        make = lambda steps: tiny_config(**{"rl.steps": steps, "kl.coef": 0.04})  # noqa: E731
+        train = lambda c, w: _rl(c, w).state.params  # noqa: E731
+    else:
+        make, train = _rm_config, lambda c, w: _rm(c, w).params
+    straight = train(make(2 * k), tmp_path / "straight")
+    first = train(make(k), tmp_path / "resumed")
+    resumed = train(make(2 * k), tmp_path / "resumed")
+    assert np.abs(flat(first) - flat(resumed)).max() > 1e-4  # the last k steps changed it
+    np.testing.assert_allclose(flat(resumed), flat(straight), atol=1e-6)
+    assert _stage_lines(tmp_path / "resumed", stage) == list(range(1, 2 * k + 1))
+    again = train(make(2 * k), tmp_path / "resumed")  # finished: only restored
+    np.testing.assert_array_equal(flat(again), flat(resumed))
+    assert _stage_lines(tmp_path / "resumed", stage) == list(range(1, 2 * k + 1))
+
+
+def test_sft_stopped_by_its_rule_only_restores_even_with_more_steps(tmp_path):
+    config = tiny_config(**{"sft.steps": 6, "sft.stop_accuracy": 0.0})
+    config.eval.every = 2
+    result = _sft(config, tmp_path)
+    assert int(result.state.step) == 2 and result.trained  # stopped at the first evaluation
+    config.sft.steps = 10
+    again = _sft(config, tmp_path)
+    assert not again.trained and int(again.state.step) == 2
+    assert again.last_eval == result.last_eval
+    assert _stage_lines(tmp_path, "sft") == [1, 2]
+
+
+def _set(config, field, value):
+    *path, name = field.split(".")
+    node = config
+    for part in path:
+        node = node[part]
+    node[name] = value
+
+
+# (field, value, a piece of the message): misspelt enumerations, out-of-range numbers,
+# inconsistent combinations. Each fails in check_config, before any model is built.
+BAD_CONFIGS = [
+    ("loss.agg", "token_mean", "config.loss.agg = 'token_mean': expected one of 'token-mean'"),
+    ("rl.estimator", "ppo", "config.rl.estimator = 'ppo': expected one of 'gae'"),
+    ("kl.estimator", "k4", "config.kl.estimator = 'k4': expected one of 'k1', 'k2', 'k3'"),
+    ("loss.ratio_level", "seq", "config.loss.ratio_level = 'seq'"),
+    ("stages", ("rl", "sft"), "config.stages = ('rl', 'sft'): expected a non-empty subset"),
+    ("stages", ("sft", "ppo"), "config.stages = ('sft', 'ppo')"),
+    ("task.name", "additon", "config.task.name = 'additon': expected one of"),
+    ("model.dtype", "float23", "config.model.dtype = 'float23'"),
+    ("model.model_type", "gpt2", "config.model.model_type = 'gpt2'"),
+    ("rl.optim.decay", "linear", "config.rl.optim.decay = 'linear': expected one of 'constant'"),
+    ("rewards.correctness", "exact", "config.rewards.correctness = 'exact'"),
+    ("rl.group_size", 1, "config.rl.group_size = 1: expected >= 2 for the group estimator 'grpo'"),
+    ("rl.num_prompts", 3, "rl.num_prompts * rl.group_size = 12 to be a multiple of the 8 devices"),
+    ("rl.num_minibatches", 5, "config.rl.num_minibatches = 5: expected a divisor of the rollout"),
+    ("rollout.top_p", 0.0, "config.rollout.top_p = 0.0: expected a number in (0, 1]"),
+    ("rollout.top_p", 1.5, "config.rollout.top_p = 1.5"),
+    ("rollout.temperature", 0.0, "config.rollout.temperature = 0.0: expected a number > 0"),
+    ("loss.clip_low", -0.1, "config.loss.clip_low = -0.1"),
+    ("loss.clip_high", -0.2, "config.loss.clip_high = -0.2: expected a number >= 0"),
+    ("loss.dual_clip", 0.5, "config.loss.dual_clip = 0.5: expected 0 (off) or a number > 1"),
+    ("rl.steps", -5, "config.rl.steps = -5: expected a number >= 1"),
+    ("rl.num_prompts", 0, "config.rl.num_prompts = 0: expected a number >= 1"),
+    ("eval.num_examples", 0, "config.eval.num_examples = 0: expected a number >= 1"),
+    ("sft.batch_size", 12, "sft.batch_size = 12: expected the batch (rows) = 12 to be a multiple"),
+    ("checkpoint.every", 0, "config.checkpoint.every = 0: expected a number >= 1"),
+    ("rl.optim.grad_accum_steps", 0, "config.rl.optim.grad_accum_steps = 0"),
+    ("kl.in_reward", True, "config.kl.in_reward = True: expected False with rl.estimator='grpo'"),
+    ("rewards.model_weight", 1.0, "expected to include 'rm' for rewards.model_weight"),
+    ("rl.overlong_buffer", 8, "config.rl.overlong_buffer = 8: expected < rollout.max_new_tokens"),
+    ("rl.critic_init", "value", "config.rl.critic_init = 'value'"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_CONFIGS)
+def test_bad_config_fails_before_any_work(tmp_path, monkeypatch, field, value, message):
+    from rl_jax.trainers import run as run_module
+
+    config = tiny_config()
+    if field == "kl.in_reward":
+        config.kl.coef = 0.05
+    _set(config, field, value)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was built for a bad config")
+
+    monkeypatch.setattr(run_module, "build_context", no_work)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as error:
+        run(config, str(tmp_path / "run"), parallel.make_mesh())
+    assert time.perf_counter() - start < 5
+    assert message in str(error.value), str(error.value)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_rm_fields_are_checked_when_the_rm_stage_runs():
+    config = _rm_config(2)
+    config.rm.loss = "bt"
+    config.rm.data = "csv"
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    assert "config.rm.loss = 'bt'" in str(error.value)
+    assert "config.rm.data = 'csv'" in str(error.value)
+    config = _rm_config(2)
+    config.loss.agg = "token_mean"  # an RL field: not read by an rm-only run
+    check_config(config)
+
+
+def test_every_config_file_passes_the_check():
+    import importlib
+
+    for name in ("arithmetic_grpo", "arithmetic_ppo", "countdown_grpo", "gsm8k_grpo",
+                 "preference_rm_ppo", "hh_rm"):
+        check_config(importlib.import_module(f"configs.{name}").get_config(), num_devices=8)
