@@ -64,6 +64,8 @@ def _rm_config(steps):
     config.rm.batch_size = 8
     config.rm.eval_size = 16
     config.rm.steps = steps
+    config.rm.optim.lr = 1e-2
+    config.rm.optim.warmup_steps = 0
     config.eval.every = 2
     config.checkpoint.every = 2
     config.log.progress_bar = False
