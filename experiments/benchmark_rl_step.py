@@ -22,8 +22,9 @@ from flax import nnx
 
 from rl_jax import models, parallel
 from rl_jax.rollout import Sampler
+from rl_jax.trainers.loop import TrainState
 from rl_jax.trainers.rl import TRAIN_KEYS
-from rl_jax.trainers.rl_step import RLSettings, TrainState, make_loss, make_prepare, make_update
+from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
 _PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Prompts per step.")

@@ -177,7 +177,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
 
     def divides(field: str, size: int, what: str) -> None:
         if size % num_devices:
-            bad(field, _get(config, field), f"{what} = {size} to be a multiple of the {num_devices} devices")
+            expected = f"{what} = {size} to be a multiple of the {num_devices} devices"
+            bad(field, _get(config, field), expected)
 
     stages = tuple(config.stages)
     if not stages or any(s not in STAGES for s in stages) or list(stages) != sorted(
@@ -191,8 +192,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
         at_least(field, 0 if field == "seed" else 1)
     at_least("log.samples_every", 0)
     at_least("eval.every", 0)
-    for field in ("rollout.max_new_tokens", "eval.num_examples") if "rl" in stages or "sft" in stages else ():
-        at_least(field, 1)
+    if "rl" in stages or "sft" in stages:
+        at_least("rollout.max_new_tokens", 1)
+        at_least("eval.num_examples", 1)
     rollout = config.rollout
     if not rollout.temperature > 0:
         bad("rollout.temperature", rollout.temperature, "a number > 0")
@@ -217,7 +219,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
         at_least("rm.label_noise", 0)
         if config.rm.data != "synthetic" and not config.rm.path:
             bad("rm.path", config.rm.path, f"a preference file for rm.data={config.rm.data!r}")
-        if config.rm.loss == "pairwise" and config.rm.data == "synthetic" and config.rm.num_responses != 2:
+        rm = config.rm
+        if rm.loss == "pairwise" and rm.data == "synthetic" and rm.num_responses != 2:
             bad("rm.num_responses", config.rm.num_responses, "2 with rm.loss='pairwise'")
     if "rl" in stages:
         _check_rl(config, stages, choice, at_least, divides, bad)
@@ -265,7 +268,7 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     for field in ("loss.clip_low", "loss.clip_high"):
         at_least(field, 0)
     if not 0 <= loss.clip_low < 1:
-        bad("loss.clip_low", loss.clip_low, "a number in [0, 1) (the ratio's lower bound is 1 - clip_low)")
+        bad("loss.clip_low", loss.clip_low, "a number in [0, 1)")
     if loss.dual_clip and not loss.dual_clip > 1:
         bad("loss.dual_clip", loss.dual_clip, "0 (off) or a number > 1")
     if 0 < loss.tis_cap < 1:
@@ -275,8 +278,9 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
             bad(field, _get(config, field), "a number in [0, 1]")
     if rl.estimator in GROUP_ESTIMATORS and rl.group_size < 2:
         bad("rl.group_size", rl.group_size, f">= 2 for the group estimator {rl.estimator!r}")
-    if rl.overlong_buffer >= config.rollout.max_new_tokens > 0:
-        bad("rl.overlong_buffer", rl.overlong_buffer, f"< rollout.max_new_tokens = {config.rollout.max_new_tokens}")
+    budget = config.rollout.max_new_tokens
+    if rl.overlong_buffer >= budget > 0:
+        bad("rl.overlong_buffer", rl.overlong_buffer, f"< rollout.max_new_tokens = {budget}")
     rows = rl.num_prompts * rl.group_size
     divides("rl.num_prompts", rows, "rl.num_prompts * rl.group_size")
     if rl.num_minibatches >= 1 and rows % rl.num_minibatches:
@@ -284,7 +288,8 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     if kl.in_reward and kl.coef > 0 and rl.estimator not in ("gae", "reinforce_pp"):
         bad("kl.in_reward", True, f"False with rl.estimator={rl.estimator!r} (a KL in the reward "
             "needs per-token rewards: gae or reinforce_pp; use a KL loss term instead)")
-    needs_rm = config.rewards.model_weight != 0 or (rl.estimator == "gae" and rl.critic_init == "reward_model")
+    critic_from_rm = rl.estimator == "gae" and rl.critic_init == "reward_model"
+    needs_rm = config.rewards.model_weight != 0 or critic_from_rm
     if needs_rm and "rm" not in stages:
         bad("stages", tuple(stages), "to include 'rm' for rewards.model_weight != 0 or "
             "rl.critic_init='reward_model'")

@@ -32,9 +32,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def should_save(self, step: int) -> bool:
-        return step % self.every == 0
-
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves ``state`` and ``meta`` at ``step``; raises if any array is NaN or inf."""
         bad = [

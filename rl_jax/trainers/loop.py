@@ -53,7 +53,8 @@ def optimizer_step(
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(state.step, params, opt_state), {**metrics, "grad_norm": optax.tree.norm(grads)}
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+    return TrainState(state.step, params, opt_state), metrics
 
 
 def make_train_step(loss_fn, tx: optax.GradientTransformation):
@@ -74,36 +75,26 @@ def itstime(number: int, every: int, last: int) -> bool:
     return number == last or (every > 0 and number % every == 0)
 
 
-def _never(number: int, last_eval: Metrics) -> bool:
-    return False
-
-
 @dataclasses.dataclass
 class Stage:
-    """What a stage supplies to ``run_stage``.
+    """What a stage supplies to ``run_stage`` (``step`` numbers are 0-based, ``number = step + 1``).
 
     Attributes:
-      name: ``"sft"``, ``"rm"`` or ``"rl"``: the checkpoint directory ``workdir/<name>``, the
-        metric prefix and the progress-bar label.
+      name: "sft", "rm" or "rl": checkpoint directory ``workdir/<name>``, metric prefix, bar label.
       steps: the most steps it runs.
-      state: the initial ``TrainState`` (host or device arrays); also the template a checkpoint
-        is restored into.
+      state: the initial ``TrainState``, also the template a checkpoint is restored into.
       sharding: the ``TrainState``'s shardings over the mesh.
       step: the jitted ``step(state, batch) -> (state, device metrics)``.
-      batch: ``batch(step, state, host) -> (batch, host metrics, host)``: the device batch of step
-        ``step`` (0-based), metrics already on the host (rollout statistics, timings) and the new
-        host state (data position, KL coefficient, ...). A pure function of its arguments, so a
-        resumed run makes the same batches.
-      host: the initial host state, a JSON-able dict saved with every checkpoint.
-      evaluate: ``evaluate(number, state) -> metrics`` (host floats), run every ``eval.every``
-        steps and at the last step; ``None`` for none.
-      stop: ``stop(number, last_eval) -> bool``, asked after each evaluation: True ends the stage
-        early (it is then finished: a restart only restores it).
-      finish_metrics: turns each step's host metrics into what is written (e.g. derived rates
-        from ``step_time``).
-      loss_names: the metrics checked for NaN/inf.
-      log_names: the metrics of the one-line summary printed every ``log.every`` steps.
-      samples: ``samples() -> str``, text written every ``log.samples_every`` steps.
+      batch: ``batch(step, state, host) -> (batch, host metrics, new host state)``, a pure function
+        of its arguments (so a resumed run makes the same batches); ``host`` is a JSON-able dict
+        saved with every checkpoint (data position, KL coefficient).
+      evaluate: ``evaluate(number, state) -> metrics``, every ``eval.every`` steps and at the last.
+      stop: ``stop(number, last_eval)``, asked after each evaluation: True ends the stage early,
+        and a restart then only restores it.
+      finish_metrics: derives written metrics from a step's host metrics (e.g. rates from
+        ``step_time``).
+      loss_names: the metrics checked for NaN/inf; log_names: the one-line summary's metrics.
+      samples: ``samples() -> str``, written every ``log.samples_every`` steps.
     """
 
     name: str
@@ -114,8 +105,8 @@ class Stage:
     batch: Callable[[int, TrainState, dict], tuple[Any, Metrics, dict]]
     host: dict = dataclasses.field(default_factory=dict)
     evaluate: Callable[[int, TrainState], Metrics] | None = None
-    stop: Callable[[int, Metrics], bool] = _never
-    finish_metrics: Callable[[Metrics], Metrics] = lambda m: m
+    stop: Callable[[int, Metrics], bool] = lambda number, last_eval: False
+    finish_metrics: Callable[[Metrics], Metrics] = lambda metrics: metrics
     loss_names: Sequence[str] = ("loss", "grad_norm")
     log_names: Sequence[str] = ("loss",)
     samples: Callable[[], str] | None = None

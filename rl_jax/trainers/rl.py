@@ -24,18 +24,13 @@ import rl_jax
 from rl_jax import models, parallel, rewards
 from rl_jax.optim import make_optimizer
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.reward_model import LearnedReward
 from rl_jax.trainers.loop import Stage, StageResult, TrainState, run_stage
+from rl_jax.trainers.reward_model import LearnedReward
 from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
 from rl_jax.trainers.setup import Context, stage_key
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
-TRAIN_KEYS = (
-    "tokens",
-    "mask",
-    "response_mask",
-    "sampler_logprobs",
-)  # rollout arrays the update reads
+TRAIN_KEYS = ("tokens", "mask", "response_mask", "sampler_logprobs")  # what the update reads
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> RLSettings:
@@ -82,17 +77,12 @@ class Round:
     texts: list[str]
 
     def rows(self, index: np.ndarray) -> Round:
-        return Round(
-            **{f.name: _take(getattr(self, f.name), index) for f in dataclasses.fields(self)}
-        )
+        def take(x):
+            if isinstance(x, dict):
+                return {k: v[index] for k, v in x.items()}
+            return [x[i] for i in index] if isinstance(x, list) else x[index]
 
-
-def _take(x, index):
-    if isinstance(x, dict):
-        return {k: v[index] for k, v in x.items()}
-    if isinstance(x, list):
-        return [x[i] for i in index]
-    return x[index]
+        return Round(**{f.name: take(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 def shape_scores(cfg: ml_collections.ConfigDict, scores, lengths, truncated) -> np.ndarray:
@@ -125,8 +115,6 @@ def score_responses(
     if len(cfg.weights):
         total, per_fn = rewards.combine_rewards(cfg.weights.to_dict(), texts, examples)
     if cfg.model_weight:
-        if reward_model is None:
-            raise ValueError("rewards.model_weight > 0 needs a reward model: add the 'rm' stage")
         tokens = np.concatenate([out.prompt_tokens, out.response_tokens], 1)
         mask = np.concatenate([out.prompt_mask, out.response_mask], 1)
         per_fn["model"] = reward_model(tokens, mask)
@@ -177,21 +165,18 @@ def sample_round(
 def _concat(rounds: list[Round], pad_id: int) -> Round:
     """Concatenates rounds, left-padding prompts to the widest prompt bucket."""
     width = max(r.prompt_tokens.shape[1] for r in rounds)
+    pad = {"prompt_tokens": pad_id, "prompt_mask": 0}
 
-    def left_pad(x, value):
-        return np.pad(x, ((0, 0), (width - x.shape[1], 0)), constant_values=value)
+    def join(name, parts):
+        if name in pad:
+            parts = [np.pad(x, ((0, 0), (width - x.shape[1], 0)), constant_values=pad[name])
+                     for x in parts]
+        if name == "rewards":
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return sum(parts, []) if name == "texts" else np.concatenate(parts)
 
-    return Round(
-        prompt_tokens=np.concatenate([left_pad(r.prompt_tokens, pad_id) for r in rounds]),
-        prompt_mask=np.concatenate([left_pad(r.prompt_mask, 0) for r in rounds]),
-        response_tokens=np.concatenate([r.response_tokens for r in rounds]),
-        response_mask=np.concatenate([r.response_mask for r in rounds]),
-        sampler_logprobs=np.concatenate([r.sampler_logprobs for r in rounds]),
-        scores=np.concatenate([r.scores for r in rounds]),
-        rewards={k: np.concatenate([r.rewards[k] for r in rounds]) for k in rounds[0].rewards},
-        correct=np.concatenate([r.correct for r in rounds]),
-        texts=sum((r.texts for r in rounds), []),
-    )
+    names = [f.name for f in dataclasses.fields(Round)]
+    return Round(**{name: join(name, [getattr(r, name) for r in rounds]) for name in names})
 
 
 def collect(
@@ -290,16 +275,12 @@ def init_state(
     params = {"policy": policy_params}
     value_graphdef = None
     init = ctx.config.rl.critic_init
-    if init not in ("policy", "reward_model"):
-        raise ValueError(f"unknown rl.critic_init {init!r}; expected 'policy' or 'reward_model'")
     if settings.has_critic:
         rngs = nnx.Rngs(ctx.config.seed + 1)
         if init == "policy":
             policy = nnx.merge(ctx.graphdef, policy_params)
             critic = models.ValueModel.from_policy(policy, rngs=rngs)
         else:
-            if reward_model is None:
-                raise ValueError("rl.critic_init='reward_model' needs the 'rm' stage")
             config = nnx.merge(reward_model.graphdef, reward_model.params).config
             critic = models.ValueModel(config, rngs=rngs)
             nnx.update(critic, jax.tree.map(jnp.copy, reward_model.params))
@@ -377,10 +358,8 @@ def run_rl(
         return evaluate(ctx, state.params["policy"], key, k=config.eval.k)
 
     def samples() -> str:
-        rollout = latest[0]
-        return "\n".join(
-            f"  {t!r} -> {s:+.2f}" for t, s in zip(rollout.texts[:3], rollout.scores[:3], strict=True)
-        )
+        texts, scores = latest[0].texts[:3], latest[0].scores[:3]
+        return "\n".join(f"  {t!r} -> {s:+.2f}" for t, s in zip(texts, scores, strict=True))
 
     stage = Stage(
         name="rl",

@@ -21,14 +21,13 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models
-from rl_jax.config import ESTIMATORS
 from rl_jax.trainers.loop import TrainState, optimizer_step
-
 
 
 @dataclasses.dataclass(frozen=True)
 class RLSettings:
-    """Static options of the RL step (hashable, so jit specialises on them)."""
+    """Static options of the RL step (hashable, so jit specialises on them); built from a config
+    that ``rl_jax.config.check_config`` validated."""
 
     estimator: str
     group_size: int
@@ -52,16 +51,6 @@ class RLSettings:
     epochs: int = 1
     num_minibatches: int = 1
     seed: int = 0
-
-    def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown advantage estimator {self.estimator!r}; known: {ESTIMATORS}")
-        if self.kl_in_reward and self.estimator not in ("gae", "reinforce_pp"):
-            raise ValueError(
-                f"a KL penalty in the reward (kl.in_reward) needs per-token rewards (gae or "
-                f"reinforce_pp); {self.estimator!r} uses sequence scores: use kl.in_reward=False "
-                f"(a KL loss term) instead"
-            )
 
     @property
     def single_pass(self) -> bool:

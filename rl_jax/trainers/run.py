@@ -14,7 +14,7 @@ from rl_jax import parallel
 from rl_jax.config import check_config
 from rl_jax.trainers import plots
 from rl_jax.trainers.reward_model import run_rm
-from rl_jax.trainers.rl import run_rl, settings_from_config
+from rl_jax.trainers.rl import run_rl
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
 
@@ -30,8 +30,6 @@ def run(
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     check_config(config, num_devices=mesh.devices.size)
-    if "rl" in config.stages:
-        settings_from_config(config)  # the RL step's own checks of option combinations
     start = time.perf_counter()
     ctx = build_context(config, workdir)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ctx.policy)))

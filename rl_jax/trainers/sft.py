@@ -73,7 +73,8 @@ def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
     params = {"policy": params}
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     sharding = parallel.param_sharding(state, mesh)
-    step = parallel.data_parallel_step(make_train_step(make_sft_loss(ctx.graphdef), tx), mesh, sharding)
+    train_step = make_train_step(make_sft_loss(ctx.graphdef), tx)
+    step = parallel.data_parallel_step(train_step, mesh, sharding)
 
     def batch(step: int, state: TrainState, host: dict):
         arrays = sft_batch(ctx, ctx.task.batch(step, cfg.batch_size))
