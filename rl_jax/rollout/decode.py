@@ -11,8 +11,8 @@ The model enters only through two functions, so nothing here depends on model in
       any pytree of arrays; the batch axis of each leaf is found by comparing the shapes of
       init_cache_fn(1, len) and init_cache_fn(2, len) (jax.eval_shape, no memory used).
 
-`rl_jax.models.apply_lm` (with the graphdef bound) and `rl_jax.models.init_cache` (with the config
-bound) fit these signatures; see `rl_jax.rollout.Sampler.from_model`.
+`rl_jax.models.apply_lm` (with the graphdef bound) and `rl_jax.models.init_decode_cache` (with
+the config bound) fit these signatures; see `rl_jax.rollout.Sampler.from_model`.
 
 Cache layout: slots [0, P) hold the left-padded prompt, slots [P, P + N) the response, where P is
 the prompt bucket and N the new-token bucket (the last response token is never fed back, so the
