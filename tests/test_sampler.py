@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rl_jax.models import positions_from_mask
 from rl_jax.rollout import (
     Sampler,
     cache_batch_axes,
     cache_length_axes,
     filter_logits,
-    positions_from_mask,
     sample_from_probs,
     stage_ends,
     top_k_threshold,
