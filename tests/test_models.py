@@ -50,17 +50,6 @@ def test_positions_and_masks():
     np.testing.assert_array_equal(allowed[0], [[0, 1, 0, 0], [0, 1, 1, 0]])
 
 
-def test_init_cache():
-    config = models.tiny_config("llama", num_layers=3, num_kv_heads=1, head_dim=8)
-    cache = models.init_cache(config, batch=2, max_len=7)
-    assert cache.k.shape == cache.v.shape == (3, 2, 7, 1, 8)
-    assert cache.k.dtype == jnp.float32 and not cache.k.any()
-    assert models.init_cache(config, 1, 4, dtype=jnp.bfloat16).v.dtype == jnp.bfloat16
-    per_layer = models.init_cache(config, batch=2, max_len=7, per_layer=True)
-    assert len(per_layer.k) == len(per_layer.v) == 3
-    assert all(k.shape == (2, 7, 1, 8) for k in per_layer.k + per_layer.v)
-
-
 def test_init_decode_cache():
     config = models.tiny_config("llama", num_layers=3, num_kv_heads=1, head_dim=8)
     cache = models.init_decode_cache(config, batch=2, max_len=7)
@@ -72,17 +61,9 @@ def test_init_decode_cache():
     assert models.init_decode_cache(config, 1, 4, dtype=jnp.bfloat16).v[0].dtype == jnp.bfloat16
 
 
-def make_cache(config: models.ModelConfig, batch: int, max_len: int, layout: str):
-    if layout == "decode":
-        return models.init_decode_cache(config, batch, max_len)
-    return models.init_cache(config, batch, max_len, per_layer=layout == "per_layer")
-
-
-def cached_keys(cache) -> jax.Array:
-    """The keys of any cache layout as [layers, B, S, kv_heads, D]."""
-    if isinstance(cache, models.DecodeCache):
-        return jnp.stack(cache.k).transpose(0, 1, 4, 2, 3)
-    return jnp.stack(cache.k) if isinstance(cache.k, tuple) else cache.k
+def cached_keys(cache: models.DecodeCache) -> jax.Array:
+    """The cached keys as [layers, B, S, kv_heads, D]."""
+    return jnp.stack(cache.k).transpose(0, 1, 4, 2, 3)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3"])  # qwen2: right padding test
@@ -107,11 +88,8 @@ def test_right_padding_invariance():
     )
 
 
-@pytest.mark.parametrize(
-    ("model_type", "layout"),
-    [("llama", "stacked"), ("qwen3", "per_layer"), ("qwen2", "decode"), ("qwen3", "decode")],
-)
-def test_cache_decode_equals_full_forward(model_type, layout):
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+def test_cache_decode_equals_full_forward(model_type):
     """Prefill a left-padded prompt, a chunk of 2, then one token at a time, under jit."""
     model = tiny_lm(model_type)
     prompt_len, new, max_len = 6, 5, 16
@@ -125,7 +103,7 @@ def test_cache_decode_equals_full_forward(model_type, layout):
     step = jax.jit(models.apply_lm)
     key_mask = jnp.zeros((2, max_len), jnp.int32).at[:, :prompt_len + new].set(mask)
     positions = models.positions_from_mask(mask)
-    cache = make_cache(model.config, 2, max_len, layout)
+    cache = models.init_decode_cache(model.config, 2, max_len)
     outputs, start = [], 0
     for size in chunks:
         span = slice(start, start + size)
@@ -142,20 +120,15 @@ def test_cache_decode_equals_full_forward(model_type, layout):
     assert not stacked[:, :, prompt_len + new:].any() and stacked[:, :, prompt_len + new - 1].any()
 
 
-@pytest.mark.parametrize(("dtype", "cache_dtype", "layout"), [("float32", "bfloat16", "stacked"),
-                                                              ("float32", "bfloat16", "decode"),
-                                                              ("bfloat16", None, "stacked")])
-def test_cache_in_lower_precision(dtype, cache_dtype, layout):
+@pytest.mark.parametrize(("dtype", "cache_dtype"), [("float32", "bfloat16"), ("bfloat16", None)])
+def test_cache_in_lower_precision(dtype, cache_dtype):
     """A bf16 cache (or bf16 compute) decodes close to the full forward."""
     model = models.CausalLM(models.tiny_config("qwen2", dtype=dtype), rngs=nnx.Rngs(0))
     tokens, mask = left_padded([3, 5], 5, seed=6)
     full = forward(model, tokens, mask)
     graphdef, state = nnx.split(model)
     positions = models.positions_from_mask(mask)
-    if layout == "decode":
-        cache = models.init_decode_cache(model.config, 2, 8, dtype=cache_dtype)
-    else:
-        cache = models.init_cache(model.config, 2, 8, dtype=cache_dtype)
+    cache = models.init_decode_cache(model.config, 2, 8, dtype=cache_dtype)
     assert cached_keys(cache).dtype == jnp.bfloat16
     key_mask = jnp.pad(mask, ((0, 0), (0, 3)))
     step = jax.jit(models.apply_lm)
@@ -168,7 +141,7 @@ def test_cache_in_lower_precision(dtype, cache_dtype, layout):
 
 def test_cache_requires_full_width_key_mask():
     model = tiny_lm("qwen3")
-    cache = models.init_cache(model.config, 1, 8)
+    cache = models.init_decode_cache(model.config, 1, 8)
     tokens = jnp.ones((1, 2), jnp.int32)
     with pytest.raises(ValueError, match="max_len"):
         model(tokens, tokens, tokens, cache=cache)

@@ -1,8 +1,8 @@
 """Tests for rl_jax.rollout: the jitted KV-cache sampler.
 
 Most tests use a toy one-layer attention model written here against the same interface as
-rl_jax.models (apply_fn(params, tokens, positions, key_mask, cache, cache_index) and a KVCache of
-[layers, batch, len, kv_heads, head_dim]); the Hugging Face comparisons use rl_jax.models.
+rl_jax.models (apply_fn(params, tokens, positions, key_mask, cache, cache_index)), with a cache of
+[layers, batch, len, kv_heads, head_dim]; the Hugging Face comparisons use rl_jax.models.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rl_jax.models import positions_from_mask
 from rl_jax.rollout import (
     Sampler,
     cache_batch_axes,
     cache_length_axes,
     filter_logits,
-    positions_from_mask,
     sample_from_probs,
     stage_ends,
     top_k_threshold,
@@ -472,8 +472,8 @@ def tiny_hf_model(model_type: str):
     return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize(("model_type", "per_layer_cache"), [("qwen2", True), ("llama", False)])
-def test_greedy_matches_transformers(model_type, per_layer_cache, tmp_path):
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_greedy_matches_transformers(model_type, tmp_path):
     """Greedy tokens equal transformers generate(do_sample=False) for left-padded prompts.
 
     The EOS id is a token that row 1 emits greedily at step 10, so one row stops early on both
@@ -509,9 +509,7 @@ def test_greedy_matches_transformers(model_type, per_layer_cache, tmp_path):
     hf_tokens = hf_generate(tokens, mask, eos)
     assert (hf_tokens == eos).sum(1)[1] == 1
 
-    sampler = Sampler.from_model(
-        model, eos_ids=(eos,), pad_id=HF_PAD, per_layer_cache=per_layer_cache
-    )
+    sampler = Sampler.from_model(model, eos_ids=(eos,), pad_id=HF_PAD)
     out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=num_new, greedy=True)
     np.testing.assert_array_equal(out.prompt_tokens, tokens)
     np.testing.assert_array_equal(np.asarray(out.response_tokens), hf_tokens)

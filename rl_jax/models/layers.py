@@ -121,37 +121,6 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def _attend_one_step(
-    q: jax.Array,
-    old_k: jax.Array,
-    old_v: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    old_mask: jax.Array,
-    self_mask: jax.Array,
-) -> jax.Array:
-    """Attention of one new query over the cached keys plus its own key, for decoding.
-
-    q: [B, kv_heads, groups, D]; old_k, old_v: [B, S, kv_heads, D] (the cache before this step);
-    k, v: [B, kv_heads, D] (this step's); old_mask: [B, S] bool; self_mask: [B] bool.
-    Returns [B, kv_heads, groups, D].
-
-    Reading the cache as it was before the step (and writing the new k/v afterwards, see
-    `Transformer.__call__`) lets XLA update the cache in place instead of copying it each step.
-    Broadcast-multiply-and-sum instead of einsum: on CPU, XLA lowers the einsum to many tiny
-    batched matmuls plus transposes of the cache (3-4x slower for a decode step).
-    """
-    scale = q.shape[-1] ** -0.5
-    old_scores = jnp.sum(q[:, None] * old_k[:, :, :, None, :], axis=-1) * scale  # [B, S, K, G]
-    old_scores = jnp.where(old_mask[:, :, None, None], old_scores.astype(jnp.float32), MASK_VALUE)
-    own_score = jnp.sum(q * k[:, :, None, :], axis=-1) * scale  # [B, K, G]
-    own_score = jnp.where(self_mask[:, None, None], own_score.astype(jnp.float32), MASK_VALUE)
-    probs = jax.nn.softmax(jnp.concatenate([old_scores, own_score[:, None]], axis=1), axis=1)
-    probs = probs.astype(v.dtype)
-    out = jnp.sum(probs[:, :-1, ..., None] * old_v[:, :, :, None, :], axis=1)
-    return out + probs[:, -1, ..., None] * v[:, :, None, :]
-
-
 class Attention(nnx.Module):
     """Grouped-query self-attention with optional q/k/v bias and per-head q/k RMSNorm."""
 
@@ -211,10 +180,9 @@ class Attention(nnx.Module):
         Both products are plain batched matmuls over (batch, kv head) that read the buffers in
         their stored layout: q [B*K, G*T, D] @ keys_t [B*K, D, S], then probs @ values. With
         the cache as [B, S, kv_heads, D] XLA instead either transposes the whole cache every
-        step (einsum) or reduces over the minor axis (broadcast-multiply-sum, `_attend_one_step`);
-        for one token on 64 rows, 80 slots and 4 layers the attention alone took 1.4 ms instead
-        of 2.8 ms a step on CPU. Keys stored untransposed ([B, K, S, D], an "NT" matmul) took
-        1.75 ms.
+        step (einsum) or reduces over the minor axis (broadcast-multiply-sum); for one token
+        on 64 rows, 80 slots and 4 layers the attention alone took 1.4 ms instead of 2.8 ms a
+        step on CPU. Keys stored untransposed ([B, K, S, D], an "NT" matmul) took 1.75 ms.
         """
         c = self.config
         b, t, _, d = q.shape
@@ -226,44 +194,6 @@ class Attention(nnx.Module):
         out = jnp.matmul(probs, values.astype(q.dtype)).reshape(b, kv, g, t, d)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, c.num_heads * d)
         return apply_2d(self.o_proj, out)
-
-    def attend_cached(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        old_k: jax.Array,
-        old_v: jax.Array,
-        mask: jax.Array,
-        cache_index: jax.Array,
-    ) -> jax.Array:
-        """Attention of T new queries over a cache and the new keys.
-
-        q: [B, T, heads, D]; k, v: [B, T, kv_heads, D]; old_k, old_v: [B, S, kv_heads, D], the
-        cache before the new k/v are written at slots [cache_index, cache_index + T);
-        mask: [B, T, S] bool. Returns [B, T, hidden].
-        """
-        c = self.config
-        b, t, _, d = q.shape
-        if t > 1:  # prefill: attend over a copy of the layer's cache with the new keys in place
-            start = (0, cache_index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(old_k, k.astype(old_k.dtype), start)
-            values = jax.lax.dynamic_update_slice(old_v, v.astype(old_v.dtype), start)
-            return self.attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
-        slots = jnp.arange(old_k.shape[1], dtype=jnp.int32)
-        old_mask = mask[:, 0] & (slots != cache_index)[None]
-        self_mask = jax.lax.dynamic_index_in_dim(mask[:, 0], cache_index, axis=1, keepdims=False)
-        out = _attend_one_step(
-            q.reshape(b, c.num_kv_heads, c.num_groups, d),
-            old_k.astype(q.dtype),
-            old_v.astype(q.dtype),
-            # Rounded through the cache dtype, as the keys read back from the cache are.
-            k[:, 0].astype(old_k.dtype).astype(q.dtype),
-            v[:, 0].astype(old_v.dtype).astype(q.dtype),
-            old_mask,
-            self_mask,
-        )
-        return apply_2d(self.o_proj, out.reshape(b, 1, c.num_heads * d))
 
 
 def write_transposed(
@@ -314,26 +244,6 @@ class DecoderLayer(nnx.Module):
         q, k, v = self.self_attn.project_qkv(self.input_layernorm(h), cos, sin)
         h = h + self.self_attn.attend(q, k, v, mask)
         return h + self.mlp(self.post_attention_layernorm(h))
-
-    def decode(
-        self,
-        h: jax.Array,
-        cos: jax.Array,
-        sin: jax.Array,
-        mask: jax.Array,
-        old_k: jax.Array,
-        old_v: jax.Array,
-        cache_index: jax.Array,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Forward of T new tokens against this layer's cache (which it does not write).
-
-        h: [B, T, hidden]; mask: [B, T, S] bool; old_k, old_v: [B, S, kv_heads, D], the layer's
-        cache before this step. Returns (h, k, v); k, v: [B, T, kv_heads, D] belong at slots
-        [cache_index, cache_index + T).
-        """
-        q, k, v = self.self_attn.project_qkv(self.input_layernorm(h), cos, sin)
-        h = h + self.self_attn.attend_cached(q, k, v, old_k, old_v, mask, cache_index)
-        return h + self.mlp(self.post_attention_layernorm(h)), k, v
 
     def decode_in_place(
         self,

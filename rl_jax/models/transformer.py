@@ -12,38 +12,8 @@ from rl_jax.models.config import ModelConfig
 from rl_jax.models.layers import DecoderLayer, RMSNorm, param_init, rotary_cos_sin
 
 
-class KVCache(NamedTuple):
-    """Keys and values of all layers, in one of two layouts (see `init_cache`).
-
-    stacked: k, v: [num_layers, batch, max_len, num_kv_heads, head_dim] arrays.
-    per layer: k, v: tuples of num_layers arrays [batch, max_len, num_kv_heads, head_dim].
-    """
-
-    k: jax.Array | tuple[jax.Array, ...]
-    v: jax.Array | tuple[jax.Array, ...]
-
-
-def init_cache(
-    config: ModelConfig, batch: int, max_len: int, dtype: Any = None, *, per_layer: bool = False
-) -> KVCache:
-    """A zero cache; `dtype` defaults to the compute dtype of `config`.
-
-    The model reads and writes both layouts the same way. `per_layer=True` (one buffer per
-    layer) decodes faster on CPU: XLA copies each layer's [batch, max_len, ...] slice out of a
-    stacked buffer before attending to it (about a quarter of a decode step for the 3.4M model),
-    while a layer's own buffer is read in place. `init_decode_cache` is faster still.
-    """
-    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
-    dtype = jnp.dtype(config.dtype if dtype is None else dtype)
-    if per_layer:
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-        return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in zeros))
-    shape = (config.num_layers, *shape)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
-
-
 class DecodeCache(NamedTuple):
-    """Keys and values of all layers, laid out for fast decoding (see `init_decode_cache`).
+    """The KV cache: keys and values of all layers, laid out for fast decoding.
 
     k: tuple of num_layers arrays [batch, num_kv_heads, head_dim, max_len] (keys transposed).
     v: tuple of num_layers arrays [batch, num_kv_heads, max_len, head_dim].
@@ -58,11 +28,11 @@ def init_decode_cache(
 ) -> DecodeCache:
     """A zero `DecodeCache`; `dtype` defaults to the compute dtype of `config`.
 
-    The model reads and writes it like a `KVCache` (the same logits up to float rounding). Its
-    layout makes a decode step's attention two batched matmuls that read each layer's buffers in
-    place (see `Attention.attend_transposed`): on CPU the sampler's decode step for the 3.4M
-    model (64 rows, 80 slots) takes ~20% less time than with `init_cache(per_layer=True)`.
-    `Sampler.from_model` uses it.
+    One key and one value buffer per layer, keys transposed: a decode step's attention is then
+    two batched matmuls that read each layer's buffers in place (see
+    `Attention.attend_transposed`). On CPU the sampler's decode step for the 3.4M model (64 rows,
+    80 slots) took ~20% less time than with per-layer [batch, max_len, kv_heads, head_dim]
+    buffers. `Sampler.from_model` uses it.
     """
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
     b, kv, d = batch, config.num_kv_heads, config.head_dim
@@ -71,13 +41,6 @@ def init_decode_cache(
         k=tuple(jnp.zeros((b, kv, d, max_len), dtype) for _ in layers),
         v=tuple(jnp.zeros((b, kv, max_len, d), dtype) for _ in layers),
     )
-
-
-def _cache_batch_and_len(cache: KVCache | DecodeCache) -> tuple[int, int]:
-    layer0 = cache.k[0]  # the first layer in every layout
-    if isinstance(cache, DecodeCache):
-        return layer0.shape[0], layer0.shape[-1]
-    return tuple(layer0.shape[:2])
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -113,37 +76,6 @@ def _layer_forward(
     return layer(h, cos, sin, mask)
 
 
-def _write_cache(
-    cache: KVCache,
-    new_k: list[jax.Array],
-    new_v: list[jax.Array],
-    cache_index: jax.Array,
-    after: jax.Array,
-) -> KVCache:
-    """Writes each layer's new k/v [B, T, kv_heads, D] at slots [cache_index, cache_index + T).
-
-    All layers read the cache before any write. The written values are made to depend on
-    `after` (the last hidden state, which depends on every read) through a select whose
-    predicate is never true: with that data dependency XLA updates the cache in place inside a
-    decode loop; without it, it copies the whole cache several times per step.
-    """
-    never = (cache_index < 0) & jnp.isnan(after[0, 0, 0])
-
-    def after_reads(update: jax.Array, dtype: Any) -> jax.Array:
-        return jnp.where(never, after[0, 0, 0].astype(dtype), update.astype(dtype))
-
-    def write(buffer: jax.Array | tuple[jax.Array, ...], layers: list[jax.Array]):
-        if isinstance(buffer, tuple):
-            return tuple(
-                jax.lax.dynamic_update_slice(b, after_reads(u, b.dtype), (0, cache_index, 0, 0))
-                for b, u in zip(buffer, layers, strict=True)
-            )
-        update = after_reads(jnp.stack(layers), buffer.dtype)  # [layers, B, T, kv_heads, D]
-        return jax.lax.dynamic_update_slice(buffer, update, (0, 0, cache_index, 0, 0))
-
-    return KVCache(write(cache.k, new_k), write(cache.v, new_v))
-
-
 class Transformer(nnx.Module):
     """Embedding, decoder layers and final norm: tokens -> hidden states.
 
@@ -170,9 +102,9 @@ class Transformer(nnx.Module):
         positions: jax.Array,
         key_mask: jax.Array,
         *,
-        cache: KVCache | DecodeCache | None = None,
+        cache: DecodeCache | None = None,
         cache_index: Any = 0,
-    ) -> tuple[jax.Array, KVCache | DecodeCache | None]:
+    ) -> tuple[jax.Array, DecodeCache | None]:
         """Hidden states [B, T, hidden] (compute dtype) and the updated cache (or None).
 
         tokens, positions: [B, T] int32; key_mask: [B, S] with S == T without a cache and
@@ -191,26 +123,20 @@ class Transformer(nnx.Module):
             for layer in self.layers:
                 h = forward(layer, h, cos, sin, mask)
             return self.norm(h), None
-        if key_mask.shape != _cache_batch_and_len(cache):
+        batch_and_len = (cache.v[0].shape[0], cache.v[0].shape[2])  # v: [B, kv_heads, S, D]
+        if key_mask.shape != batch_and_len:
             raise ValueError(
-                f"with a cache key_mask must be [B, max_len] = {_cache_batch_and_len(cache)}, "
+                f"with a cache key_mask must be [B, max_len] = {batch_and_len}, "
                 f"got {key_mask.shape}"
             )
         cache_index = jnp.asarray(cache_index, jnp.int32)
         mask = attention_mask(key_mask, tokens.shape[1], cache_index)
-        if isinstance(cache, DecodeCache):
-            keys_t, values = list(cache.k), list(cache.v)
-            for i, layer in enumerate(self.layers):
-                h, keys_t[i], values[i] = layer.decode_in_place(
-                    h, cos, sin, mask, keys_t[i], values[i], cache_index
-                )
-            return self.norm(h), DecodeCache(tuple(keys_t), tuple(values))
-        new_k, new_v = [], []
+        keys_t, values = list(cache.k), list(cache.v)
         for i, layer in enumerate(self.layers):
-            h, k, v = layer.decode(h, cos, sin, mask, cache.k[i], cache.v[i], cache_index)
-            new_k.append(k)
-            new_v.append(v)
-        return self.norm(h), _write_cache(cache, new_k, new_v, cache_index, after=h)
+            h, keys_t[i], values[i] = layer.decode_in_place(
+                h, cos, sin, mask, keys_t[i], values[i], cache_index
+            )
+        return self.norm(h), DecodeCache(tuple(keys_t), tuple(values))
 
 
 class CausalLM(nnx.Module):
@@ -236,9 +162,9 @@ class CausalLM(nnx.Module):
         positions: jax.Array,
         key_mask: jax.Array,
         *,
-        cache: KVCache | DecodeCache | None = None,
+        cache: DecodeCache | None = None,
         cache_index: Any = 0,
-    ) -> tuple[jax.Array, KVCache | DecodeCache | None]:
+    ) -> tuple[jax.Array, DecodeCache | None]:
         """Next-token logits.
 
         tokens, positions: [B, T] int32. key_mask: [B, S] (1 = real token).
@@ -320,9 +246,9 @@ def apply_lm(
     tokens: jax.Array,
     positions: jax.Array,
     key_mask: jax.Array,
-    cache: KVCache | DecodeCache | None = None,
+    cache: DecodeCache | None = None,
     cache_index: Any = 0,
-) -> tuple[jax.Array, KVCache | DecodeCache | None]:
+) -> tuple[jax.Array, DecodeCache | None]:
     """Pure `CausalLM.__call__` on `graphdef, state = nnx.split(model)`; safe inside jax.jit.
 
     Returns (logits [B, T, vocab] float32, new cache or None).

@@ -11,7 +11,6 @@ from rl_jax.rollout.decode import (
     cache_batch_axes,
     cache_length_axes,
     decode,
-    positions_from_mask,
     stage_ends,
 )
 from rl_jax.rollout.padding import bucket_length, choose_buckets, left_pad
@@ -41,7 +40,6 @@ __all__ = [
     "filter_logits",
     "keep_mask",
     "left_pad",
-    "positions_from_mask",
     "sample_from_probs",
     "select_tokens",
     "stage_ends",

@@ -11,8 +11,10 @@ The model enters only through two functions, so nothing here depends on model in
       any pytree of arrays; the batch axis of each leaf is found by comparing the shapes of
       init_cache_fn(1, len) and init_cache_fn(2, len) (jax.eval_shape, no memory used).
 
-`rl_jax.models.apply_lm` (with the graphdef bound) and `rl_jax.models.init_cache` (with the config
-bound) fit these signatures; see `rl_jax.rollout.Sampler.from_model`.
+`rl_jax.models.apply_lm` (with the graphdef bound) and `rl_jax.models.init_decode_cache` (with
+the config bound) fit these signatures; see `rl_jax.rollout.Sampler.from_model`. Prompt positions
+come from `rl_jax.models.positions_from_mask`, the function the trainers use, so a sampled token
+and its recomputed logprob see the same positions.
 
 Cache layout: slots [0, P) hold the left-padded prompt, slots [P, P + N) the response, where P is
 the prompt bucket and N the new-token bucket (the last response token is never fed back, so the
@@ -38,6 +40,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rl_jax.models import positions_from_mask
 from rl_jax.rollout.sampling import select_tokens
 
 ApplyFn = Callable[..., tuple[jax.Array, Any]]
@@ -98,14 +101,6 @@ class _LoopState(NamedTuple):
     tokens: jax.Array  # [B, N]
     logprobs: jax.Array  # [B, N]
     lengths: jax.Array  # [B]
-
-
-def positions_from_mask(mask: jax.Array) -> jax.Array:
-    """Position ids of a left-padded batch. mask: [batch, time] -> [batch, time] int32.
-
-    position = cumsum(mask) - 1 clipped at 0, so the first real token has position 0.
-    """
-    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
 def _repeat_rows(x: jax.Array, n: int, axis: int = 0) -> jax.Array:

@@ -120,21 +120,17 @@ class Sampler:
         pad_id: int = 0,
         max_len: int | None = None,
         cache_dtype: Any = None,
-        per_layer_cache: bool = True,
         **kwargs: Any,
     ) -> Sampler:
         """A sampler for an `rl_jax.models.CausalLM` (split into graphdef and state here).
 
-        max_len defaults to the config's max_position_embeddings; cache_dtype to init_cache's.
-        per_layer_cache: True: one key and one value buffer per layer, in the layout of
-        `init_decode_cache`, which a decode step reads and writes in place with batched matmuls;
-        False: one stacked [layers, ...] `init_cache` buffer (slower: XLA copies each layer's
-        slice every step).
+        max_len defaults to the config's max_position_embeddings; cache_dtype to
+        `init_decode_cache`'s (the model's compute dtype).
         Later weights go in through `sampler.params = nnx.state(model)`.
         """
         from flax import nnx
 
-        from rl_jax.models import apply_lm, init_cache, init_decode_cache
+        from rl_jax.models import apply_lm, init_decode_cache
 
         graphdef, state = nnx.split(model)
         config = model.config
@@ -143,9 +139,7 @@ class Sampler:
             return apply_lm(graphdef, params, tokens, positions, key_mask, cache, cache_index)
 
         def init_cache_fn(batch: int, cache_len: int):
-            if per_layer_cache:
-                return init_decode_cache(config, batch, cache_len, dtype=cache_dtype)
-            return init_cache(config, batch, cache_len, dtype=cache_dtype)
+            return init_decode_cache(config, batch, cache_len, dtype=cache_dtype)
 
         if max_len is None:
             max_len = config.max_position_embeddings
