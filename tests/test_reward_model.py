@@ -9,7 +9,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -223,8 +222,8 @@ def test_critic_starts_from_the_reward_model():
     learned = rm.LearnedReward(rgraph, rparams, 0.5, 2.0)
     ctx = types.SimpleNamespace(config=config, graphdef=graphdef)
     settings = RLSettings(estimator="gae", group_size=1, temperature=1.0)
-    state, value_graphdef = rl_trainer.init_state(ctx, params, settings, optax.sgd(0.1), learned)
-    value = state.params["value"]
+    trained, value_graphdef = rl_trainer.init_params(ctx, params, settings, learned)
+    value = trained["value"]
     backbone = zip(jax.tree.leaves(value["model"]), jax.tree.leaves(rparams["model"]), strict=True)
     for a, b in backbone:
         np.testing.assert_array_equal(a, b)
@@ -237,26 +236,25 @@ def test_critic_starts_from_the_reward_model():
         values[:, -1], (reward(tokens, positions, mask) - 0.5) / 2.0, rtol=1e-5, atol=1e-6
     )
     config.rl.critic_init = "policy"
-    state, _ = rl_trainer.init_state(ctx, params, settings, optax.sgd(0.1), learned)
-    head = state.params["value"]["score"]["kernel"]
+    trained, _ = rl_trainer.init_params(ctx, params, settings, learned)
+    head = trained["value"]["score"]["kernel"]
     assert not np.allclose(head, rparams["score"]["kernel"])
-    with pytest.raises(ValueError, match="needs the 'rm' stage"):
-        config.rl.critic_init = "reward_model"
-        rl_trainer.init_state(ctx, params, settings, optax.sgd(0.1), None)
 
 
 def test_learned_reward_needs_the_rm_stage(tmp_path):
     config = small_rlhf_config()
     config.stages = ("sft", "rl")
-    with pytest.raises(ValueError, match="needs the 'rm' stage"):
+    with pytest.raises(ValueError, match="to include 'rm' for rewards.model_weight"):
         run(config, str(tmp_path / "run"))
 
 
 def test_kl_in_reward_is_rejected_for_group_estimators():
-    from rl_jax.trainers.rl_step import RLSettings
+    from rl_jax.config import check_config
 
-    with pytest.raises(ValueError, match="kl.in_reward"):
-        RLSettings(estimator="grpo", group_size=4, temperature=1.0, kl_in_reward=True)
+    config = preference_rm_ppo.get_config("grpo")
+    config.kl.in_reward = True
+    with pytest.raises(ValueError, match="config.kl.in_reward = True: expected False"):
+        check_config(config)
     for arg in ("grpo", "rloo"):
         c = preference_rm_ppo.get_config(arg)
         assert c.rl.estimator == arg and not c.kl.in_reward and c.rl.group_size > 1

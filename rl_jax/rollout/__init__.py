@@ -13,7 +13,7 @@ from rl_jax.rollout.decode import (
     decode,
     stage_ends,
 )
-from rl_jax.rollout.padding import bucket_length, choose_buckets, left_pad
+from rl_jax.rollout.padding import bucket_length, choose_buckets, left_pad, right_pad
 from rl_jax.rollout.sampler import SampleOutput, Sampler
 from rl_jax.rollout.sampling import (
     bisect_threshold,
@@ -40,6 +40,7 @@ __all__ = [
     "filter_logits",
     "keep_mask",
     "left_pad",
+    "right_pad",
     "sample_from_probs",
     "select_tokens",
     "stage_ends",

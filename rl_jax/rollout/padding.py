@@ -76,3 +76,20 @@ def left_pad(
             tokens[row, length - len(prompt) :] = np.asarray(prompt, np.int32)
             mask[row, length - len(prompt) :] = 1
     return tokens, mask
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int, max_len: int) -> tuple[np.ndarray, ...]:
+    """Right-pads token lists (training sequences) to a bucketed width.
+
+    Returns:
+      tokens: [batch, L] int32, ``pad_id`` after each row; ``L`` is the smallest power of two >= the
+        longest row (and >= 16), at most ``max_len``.
+      mask: [batch, L] int32, 1 on real tokens.
+    """
+    width = min(bucket_length(max(len(r) for r in rows), 16), max_len)
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return tokens, mask

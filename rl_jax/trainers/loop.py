@@ -21,10 +21,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 import tqdm
 
+from rl_jax import parallel
 from rl_jax.trainers.checkpoint import Checkpointer
 from rl_jax.trainers.metrics import MetricWriter, summary_line
 
@@ -57,6 +59,13 @@ def optimizer_step(
     return TrainState(state.step, params, opt_state), metrics
 
 
+def init_state(params: dict[str, Any], tx: optax.GradientTransformation, mesh):
+    """``(state, shardings)``: step 0 of ``params`` with a fresh optimizer state, and the state's
+    shardings over ``mesh``."""
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    return state, parallel.param_sharding(state, mesh)
+
+
 def make_train_step(loss_fn, tx: optax.GradientTransformation):
     """``step(state, batch) -> (state, metrics)``: one ``optimizer_step``, then ``step + 1``."""
 
@@ -68,10 +77,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation):
 
 
 def itstime(number: int, every: int, last: int) -> bool:
-    """Whether step ``number`` (1-based) is on the ``every`` cadence or the last step.
-
-    ``every = 0`` means never (except the last step).
-    """
+    """Whether step ``number`` (1-based) is on the ``every`` cadence (0 = never) or is ``last``."""
     return number == last or (every > 0 and number % every == 0)
 
 
@@ -114,6 +120,8 @@ class Stage:
 
 @dataclasses.dataclass
 class StageResult:
+    """What ``run_stage`` returns."""
+
     state: TrainState
     host: dict  # the host state after the last step
     last_eval: Metrics  # the last evaluation (restored with the checkpoint)
@@ -132,11 +140,8 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
 
     A stage that finished (stopped by its rule, or at ``steps``) is only restored.
     """
-    checkpointer = Checkpointer(
-        os.path.join(workdir, stage.name),
-        every=config.checkpoint.every,
-        keep=config.checkpoint.keep,
-    )
+    every, keep = config.checkpoint.every, config.checkpoint.keep
+    checkpointer = Checkpointer(os.path.join(workdir, stage.name), every=every, keep=keep)
     state, host, last_eval = stage.state, dict(stage.host), {}
     if checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
@@ -147,10 +152,8 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
             return StageResult(state, host, last_eval, trained=False)
     state = jax.device_put(state, stage.sharding)
     writer = MetricWriter(workdir, stage.name)
-    log = config.log
-    bar = tqdm.tqdm(
-        range(int(state.step), stage.steps), desc=stage.name, disable=not log.progress_bar
-    )
+    log, steps = config.log, range(int(state.step), stage.steps)
+    bar = tqdm.tqdm(steps, desc=stage.name, disable=not log.progress_bar)
     pending: list[tuple[int, Metrics, Metrics]] = []  # (number, device metrics, host metrics)
     since = time.perf_counter()
     for step in bar:
@@ -160,8 +163,7 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
         pending.append((number, metrics, host_metrics))
         evaluate = stage.evaluate is not None and itstime(number, config.eval.every, stage.steps)
         save = itstime(number, checkpointer.every, stage.steps)
-        show_samples = stage.samples is not None and log.samples_every > 0
-        show_samples = show_samples and number % log.samples_every == 0
+        show_samples = stage.samples is not None and itstime(number, log.samples_every, 0)
         if not (evaluate or save or show_samples or itstime(number, log.every, stage.steps)):
             continue
         # A sync point: every pending step's metrics come to the host in one transfer.

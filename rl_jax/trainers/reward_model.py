@@ -35,8 +35,8 @@ import rl_jax
 from rl_jax import data, models, parallel, rewards
 from rl_jax.config import RM_LOSSES
 from rl_jax.optim import make_optimizer
-from rl_jax.rollout import bucket_length
-from rl_jax.trainers.loop import Stage, TrainState, make_train_step, run_stage
+from rl_jax.rollout import right_pad
+from rl_jax.trainers.loop import Stage, TrainState, init_state, make_train_step, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 
 
@@ -135,12 +135,7 @@ def rm_batch(
         ] * extra
         ranks.append(list(item.ranks) + [0] * extra)
         present.append([1] * len(item.responses) + [0] * extra)
-    width = min(bucket_length(max(len(r) for r in rows), 16), max_len)
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = row
-        mask[i, : len(row)] = 1
+    tokens, mask = right_pad(rows, pad_id, max_len)
     return {
         "tokens": tokens,
         "mask": mask,
@@ -329,8 +324,7 @@ def run_rm(
     max_len = model.config.max_position_embeddings
     pad_id = ctx.tokenizer.pad_token_id
     tx = make_optimizer(cfg.optim, cfg.steps)
-    state = TrainState(jnp.zeros((), jnp.int32), {"reward": params}, tx.init({"reward": params}))
-    sharding = parallel.param_sharding(state, mesh)
+    state, sharding = init_state({"reward": params}, tx, mesh)
     loss_fn = make_rm_loss(graphdef, cfg.loss)
     step = parallel.data_parallel_step(make_train_step(loss_fn, tx), mesh, sharding)
 
@@ -343,19 +337,12 @@ def run_rm(
         k = max(len(p.responses) for p in train + held_out)
         if cfg.loss == "pairwise" and k != 2:
             raise ValueError(f"rm.loss='pairwise' needs pairs (K = 2); the data has K = {k}")
-        encode = functools.partial(
-            encode_preferences,
-            ctx,
-            max_len=max_len,
-            truncate_prompts=cfg.truncate_prompts,
-            skip_too_long=cfg.skip_invalid,
-        )
-        (train_items, train_skipped), (eval_items, eval_skipped) = encode(train), encode(held_out)
-        print(
-            f"rm: {len(train_items)} training and {len(eval_items)} held-out prompts, K = {k} "
-            f"({train_skipped + eval_skipped} skipped: a response longer than the context; "
-            f"{time.perf_counter() - start_time:.1f}s to build)"
-        )
+        options = dict(truncate_prompts=cfg.truncate_prompts, skip_too_long=cfg.skip_invalid)
+        train_items, train_skipped = encode_preferences(ctx, train, max_len, **options)
+        eval_items, eval_skipped = encode_preferences(ctx, held_out, max_len, **options)
+        print(f"rm: {len(train_items)} training and {len(eval_items)} held-out prompts, K = {k} "
+              f"({train_skipped + eval_skipped} skipped: a response longer than the context; "
+              f"{time.perf_counter() - start_time:.1f}s to build)")
         # The training stream: seeded epoch permutations, a pure function of the step.
         return data.FileDataset(train_items, seed=config.seed), eval_items, k
 
@@ -370,12 +357,7 @@ def run_rm(
         return evaluate_rm(reward, eval_items, k, pad_id, max_len)
 
     stage = Stage(
-        name="rm",
-        steps=cfg.steps,
-        state=state,
-        sharding=sharding,
-        step=step,
-        batch=batch,
+        "rm", cfg.steps, state, sharding, step, batch,
         evaluate=evaluate,
         log_names=("loss", "accuracy", "eval/pair_accuracy"),
     )

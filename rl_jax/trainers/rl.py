@@ -3,9 +3,9 @@
 Each iteration: take prompts -> sample ``group_size`` responses each -> score them with the reward
 functions and/or a learned reward model (optionally dropping groups whose rewards are all equal and
 sampling more: DAPO's dynamic sampling) -> shape the scores (DAPO's soft overlong punishment, PPO's
-missing-EOS score) -> ``prepare`` (old and reference log-probs, values, advantages) -> ``update``
--> metrics, evaluation and checkpoints. Resume is exact: every random draw of step ``s`` comes from
-``fold_in(key, s)`` and the data position is saved with the train state.
+missing-EOS score) -> ``prepare`` (old and reference log-probs, values, advantages) -> ``update``.
+The shared ``loop.run_stage`` does the rest (metrics, evaluation, checkpoints with the data position
+and KL coefficient as host state).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import rl_jax
 from rl_jax import models, parallel, rewards
 from rl_jax.optim import make_optimizer
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.loop import Stage, StageResult, TrainState, run_stage
+from rl_jax.trainers.loop import Stage, StageResult, TrainState, init_state, run_stage
 from rl_jax.trainers.reward_model import LearnedReward
 from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
 from rl_jax.trainers.setup import Context, stage_key
@@ -263,10 +263,10 @@ def device_batch(batch: Round) -> dict[str, np.ndarray]:
     }
 
 
-def init_state(
-    ctx: Context, policy_params, settings: RLSettings, tx, reward_model: LearnedReward | None = None
-) -> tuple[TrainState, Any]:
-    """The train state (policy, and a critic for GAE) and the value graphdef (or None).
+def init_params(
+    ctx: Context, policy_params, settings: RLSettings, reward_model: LearnedReward | None = None
+) -> tuple[dict[str, Any], Any]:
+    """The trained parameters (policy, and a critic for GAE) and the value graphdef (or None).
 
     The critic starts from the policy's backbone with a fresh head (``rl.critic_init="policy"``)
     or from the whole reward model, head included (``"reward_model"``, as in InstructGPT), its head
@@ -288,7 +288,7 @@ def init_state(
             critic.score.kernel[...] = critic.score.kernel[...] / reward_model.std
             critic.score.bias[...] = (critic.score.bias[...] - reward_model.mean) / reward_model.std
         value_graphdef, params["value"] = nnx.split(critic)
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), value_graphdef
+    return params, value_graphdef
 
 
 def run_rl(
@@ -303,8 +303,8 @@ def run_rl(
     cfg = config.rl
     settings = settings_from_config(config)
     tx = make_optimizer(cfg.optim, cfg.steps * cfg.epochs * cfg.num_minibatches)
-    state, value_graphdef = init_state(ctx, policy_params, settings, tx, reward_model)
-    sharding = parallel.param_sharding(state, mesh)
+    params, value_graphdef = init_params(ctx, policy_params, settings, reward_model)
+    state, sharding = init_state(params, tx, mesh)
     ref_params = None
     if settings.needs_reference:
         ref_params = jax.device_put(
@@ -362,20 +362,13 @@ def run_rl(
         return "\n".join(f"  {t!r} -> {s:+.2f}" for t, s in zip(texts, scores, strict=True))
 
     stage = Stage(
-        name="rl",
-        steps=cfg.steps,
-        state=state,
-        sharding=sharding,
-        step=step,
-        batch=batch,
+        "rl", cfg.steps, state, sharding, step, batch,
         host={"position": 0, "kl_coef": config.kl.coef},
         evaluate=evaluate_policy,
         finish_metrics=finish_metrics,
         loss_names=LOSS_METRICS,
-        log_names=(
-            "score", "accuracy", "eval/pass@1", "kl_ref", "entropy", "clip_frac_high", "length",
-            "tokens_per_second",
-        ),
+        log_names=("score", "accuracy", "eval/pass@1", "kl_ref", "entropy", "clip_frac_high",
+                   "length", "tokens_per_second"),
         samples=samples,
     )
     return run_stage(stage, config, ctx.workdir)

@@ -280,11 +280,6 @@ def make_update(settings: RLSettings, tx: optax.GradientTransformation, loss_fn)
 
     def update(state: TrainState, batch):
         size = batch["tokens"].shape[0]
-        if size % settings.num_minibatches:
-            raise ValueError(
-                f"rollout batch {size} is not divisible by num_minibatches "
-                f"{settings.num_minibatches}"
-            )
         key = jax.random.fold_in(jax.random.key(settings.seed), state.step)
 
         def minibatch_step(state: TrainState, mb):

@@ -10,15 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import rl_jax
 from rl_jax import models, parallel
 from rl_jax.optim import make_optimizer
-from rl_jax.rollout import bucket_length
+from rl_jax.rollout import right_pad
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.loop import Stage, StageResult, TrainState, make_train_step, run_stage
+from rl_jax.trainers.loop import (
+    Stage,
+    StageResult,
+    TrainState,
+    init_state,
+    make_train_step,
+    run_stage,
+)
 from rl_jax.trainers.setup import Context, stage_key
 
 
@@ -38,14 +44,9 @@ def sft_batch(ctx: Context, examples) -> dict[str, np.ndarray]:
     max_len = ctx.policy.config.max_position_embeddings
     if longest > max_len:
         raise ValueError(f"an SFT sequence has {longest} tokens > the model's context {max_len}")
-    width = min(bucket_length(longest, 16), max_len)
-    tokens = np.full((len(rows), width), ctx.tokenizer.pad_token_id, np.int32)
-    mask = np.zeros((len(rows), width), np.float32)
-    loss_mask = np.zeros((len(rows), width), np.float32)
-    for i, (row, loss_row) in enumerate(zip(rows, loss_rows, strict=True)):
-        tokens[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-        loss_mask[i, : len(row)] = loss_row
+    tokens, mask = right_pad(rows, ctx.tokenizer.pad_token_id, max_len)
+    loss_mask = right_pad(loss_rows, 0, max_len)[0]
+    mask, loss_mask = mask.astype(np.float32), loss_mask.astype(np.float32)
     return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
 
@@ -70,9 +71,7 @@ def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
     when finished); the result's ``state.params["policy"]`` is the fine-tuned policy."""
     cfg = ctx.config.sft
     tx = make_optimizer(cfg.optim, cfg.steps)
-    params = {"policy": params}
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    sharding = parallel.param_sharding(state, mesh)
+    state, sharding = init_state({"policy": params}, tx, mesh)
     train_step = make_train_step(make_sft_loss(ctx.graphdef), tx)
     step = parallel.data_parallel_step(train_step, mesh, sharding)
 
@@ -85,12 +84,7 @@ def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
         return evaluate(ctx, state.params["policy"], key)
 
     stage = Stage(
-        name="sft",
-        steps=cfg.steps,
-        state=state,
-        sharding=sharding,
-        step=step,
-        batch=batch,
+        "sft", cfg.steps, state, sharding, step, batch,
         evaluate=evaluate_policy,
         stop=lambda number, last_eval: last_eval["pass@1"] >= cfg.stop_accuracy,
         log_names=("loss", "eval/pass@1"),
