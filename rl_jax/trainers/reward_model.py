@@ -275,24 +275,18 @@ def preference_data(
     return [p for i, p in enumerate(prefs) if i not in held], [prefs[i] for i in sorted(held)]
 
 
-def score_preferences(
+def evaluate_rm(
     reward: LearnedReward, items: Sequence[EncodedPreference], k: int, pad_id: int, max_len: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw rewards ``[P, K]`` of encoded preferences, with their ranks and presence."""
+) -> dict[str, float]:
+    """Held-out pair accuracy and the mean/std of the rewards of the held-out responses (scored
+    in batches of 64 prompts)."""
     scores, ranks, present = [], [], []
     for start in range(0, len(items), 64):
         batch = rm_batch(items[start : start + 64], k, pad_id, max_len)
         scores.append(reward.raw(batch["tokens"], batch["mask"]).reshape(batch["ranks"].shape))
         ranks.append(batch["ranks"])
         present.append(batch["present"])
-    return np.concatenate(scores), np.concatenate(ranks), np.concatenate(present)
-
-
-def evaluate_rm(
-    reward: LearnedReward, items: Sequence[EncodedPreference], k: int, pad_id: int, max_len: int
-) -> dict[str, float]:
-    """Held-out pair accuracy and the mean/std of the rewards of the held-out responses."""
-    scores, ranks, present = score_preferences(reward, items, k, pad_id, max_len)
+    scores, ranks, present = map(np.concatenate, (scores, ranks, present))
     live = scores[present > 0]
     return {
         "pair_accuracy": float(pair_accuracy(scores, ranks, present)),
