@@ -9,6 +9,7 @@ from rl_jax.advantages import (
     group_advantages,
     masked_mean,
     masked_var,
+    reinforce_pp_baseline_advantages,
     rloo_advantages,
     whiten,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "pairwise_loss",
     "policy_loss",
     "ranking_loss",
+    "reinforce_pp_baseline_advantages",
     "rloo_advantages",
     "token_logprobs",
     "value_loss",
