@@ -21,7 +21,12 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 
 
 def aggregate_terms(
-    per_token: jax.Array, mask: jax.Array, mode: AggMode, *, max_len: int | None = None
+    per_token: jax.Array,
+    mask: jax.Array,
+    mode: AggMode,
+    *,
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     r"""The numerator and denominator of a masked token-loss reduction.
 
@@ -34,7 +39,11 @@ def aggregate_terms(
       * ``"seq-mean-token-sum"``: ``sum_b sum_t x`` over ``B'``;
       * ``"seq-mean-token-sum-norm"`` (Dr. GRPO): ``sum_b (sum_t x / max_len)`` over ``B'``.
 
-    Rows with no real token (e.g. padding rows added to fill a batch) count in no denominator.
+    By default rows with no real token (e.g. padding rows added to fill a batch, or empty
+    responses) count in no denominator, as in verl. ``count_empty_rows=True`` makes ``B'`` the full
+    batch size in the three ``seq-mean-*`` modes, as TRL's ``loss_type="grpo"`` (a ``.mean()`` over
+    all rows) and ``"dr_grpo"`` (``/ (batch * max_completion_length)``) do; ``token-mean`` is
+    unchanged (an empty row adds no token).
 
     Args:
       per_token: ``[batch, time]`` per-token values.
@@ -42,6 +51,7 @@ def aggregate_terms(
       mode: one of ``AGG_MODES``.
       max_len: the constant normaliser of ``"seq-mean-token-sum-norm"``; defaults to ``time``.
         Pass it explicitly (e.g. the generation budget) when micro-batches have different widths.
+      count_empty_rows: count rows without real tokens in the ``seq-mean-*`` denominators (TRL).
 
     Returns:
       ``(numerator, denominator)``, two float32 scalars.
@@ -51,7 +61,10 @@ def aggregate_terms(
     mask = mask.astype(jnp.float32)
     row_sums = (per_token.astype(jnp.float32) * mask).sum(axis=1)
     row_lens = mask.sum(axis=1)
-    num_rows = (row_lens > 0).sum().astype(jnp.float32)
+    if count_empty_rows:
+        num_rows = jnp.float32(per_token.shape[0])
+    else:
+        num_rows = (row_lens > 0).sum().astype(jnp.float32)
     if mode == "token-mean":
         return row_sums.sum(), row_lens.sum()
     if mode == "seq-mean-token-mean":
@@ -65,13 +78,20 @@ def aggregate_terms(
 
 
 def aggregate(
-    per_token: jax.Array, mask: jax.Array, mode: AggMode, *, max_len: int | None = None
+    per_token: jax.Array,
+    mask: jax.Array,
+    mode: AggMode,
+    *,
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
 ) -> jax.Array:
     """Masked reduction of ``[batch, time]`` per-token values to a scalar (see ``aggregate_terms``).
 
     Returns 0 when the mask is empty.
     """
-    numerator, denominator = aggregate_terms(per_token, mask, mode, max_len=max_len)
+    numerator, denominator = aggregate_terms(
+        per_token, mask, mode, max_len=max_len, count_empty_rows=count_empty_rows
+    )
     return numerator / jnp.maximum(denominator, 1.0)
 
 
@@ -117,6 +137,67 @@ def _per_token(advantages: jax.Array, mask: jax.Array) -> jax.Array:
     return advantages
 
 
+RatioLevel = Literal["token", "sequence", "sequence-token"]
+
+
+def _log_ratio(
+    logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array, ratio_level: RatioLevel
+) -> jax.Array:
+    """``[batch, time]`` log importance ratio ``log pi - log pi_old`` (0 at padding).
+
+    ``"sequence"``: every token carries the row's mean log-ratio (GSPO), whose gradient reaches all
+    the row's tokens. ``"sequence-token"`` (GSPO-token): the same value, written
+    ``sg(mean) + log pi_t - sg(log pi_t)``, so token ``t``'s term differentiates through
+    ``log pi_t`` only.
+    """
+    real = mask.astype(bool)
+    log_ratio = jnp.where(real, logprobs - jax.lax.stop_gradient(old_logprobs), 0.0)
+    if ratio_level == "token":
+        return log_ratio
+    seq_log_ratio = masked_mean(log_ratio, mask, axis=1)[:, None]
+    if ratio_level == "sequence":
+        return jnp.where(real, seq_log_ratio, 0.0)
+    if ratio_level == "sequence-token":
+        own = logprobs - jax.lax.stop_gradient(logprobs)
+        return jnp.where(real, jax.lax.stop_gradient(seq_log_ratio) + own, 0.0)
+    raise ValueError(
+        f"ratio_level must be 'token', 'sequence' or 'sequence-token', got {ratio_level!r}."
+    )
+
+
+def _ratio_metrics(log_ratio: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """k3 estimate of KL(pi_old || pi) and the ratio's mean, min and max over real tokens."""
+    real = mask.astype(bool)
+    log_ratio = jax.lax.stop_gradient(log_ratio)
+    ratio = jnp.exp(log_ratio)
+    return {
+        "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),
+        "ratio_mean": masked_mean(ratio, mask),
+        "ratio_min": jnp.min(jnp.where(real, ratio, jnp.inf)),
+        "ratio_max": jnp.max(jnp.where(real, ratio, -jnp.inf)),
+    }
+
+
+def _ppo_terms(
+    ratio: jax.Array, advantages: jax.Array, clip_low: float, clip_high: float
+) -> tuple[jax.Array, jax.Array]:
+    """PPO's per-token loss ``max(-A rho, -A clip(rho))`` and where the clipped term is active."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return jnp.maximum(unclipped, clipped), clipped > unclipped
+
+
+def _clip_fracs(
+    ratio: jax.Array, advantages: jax.Array, mask: jax.Array, clip_low: float, clip_high: float
+) -> dict[str, jax.Array]:
+    """Shares of real tokens where PPO's clip cuts the gradient, below and above the range."""
+    ratio = jax.lax.stop_gradient(ratio)
+    return {
+        "clip_frac_low": masked_mean(((ratio < 1.0 - clip_low) & (advantages < 0)) * 1.0, mask),
+        "clip_frac_high": masked_mean(((ratio > 1.0 + clip_high) & (advantages > 0)) * 1.0, mask),
+    }
+
+
 def policy_loss(
     logprobs: jax.Array,
     old_logprobs: jax.Array,
@@ -126,9 +207,10 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
-    ratio_level: Literal["token", "sequence"] = "token",
+    ratio_level: RatioLevel = "token",
     agg: AggMode = "token-mean",
     max_len: int | None = None,
+    count_empty_rows: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     r"""PPO's clipped surrogate loss, with the variants the RL-for-LLM papers compare.
 
@@ -140,10 +222,16 @@ def policy_loss(
     * ``dual_clip = c > 1`` (Ye et al. 2020): where ``A < 0`` the loss is also capped at ``-c * A``,
       so a huge ratio on a bad token cannot blow up the update.
     * ``ratio_level="sequence"`` (GSPO, Zheng et al. 2025): every token of a response uses the
-      sequence ratio ``rho_i = exp(mean_t (log pi - log pi_old))`` over its real tokens; use it with
+      sequence ratio ``s_i = exp(mean_t (log pi - log pi_old))`` over its real tokens; use it with
       ``[batch]`` advantages and ``agg="seq-mean-token-mean"`` for GSPO as published.
+    * ``ratio_level="sequence-token"`` (GSPO-token, verl's ``gspo`` loss): token ``t`` uses
+      ``s_{i,t} = sg(s_i) * pi(y_t) / sg(pi(y_t))``, equal in value to ``s_i`` but differentiating
+      through its own token only, so a per-token advantage ``A_{i,t}`` steers its own token. With
+      one advantage per response and ``seq-mean-token-mean`` the gradient equals GSPO's. verl also
+      clamps the log-ratio at 10 before the exponential; rl_jax does not.
 
-    The token losses are reduced by ``aggregate(loss_t, mask, agg, max_len=max_len)``.
+    The token losses are reduced by ``aggregate(loss_t, mask, agg, max_len=max_len,
+    count_empty_rows=count_empty_rows)``.
 
     Args:
       logprobs: ``[batch, time]`` log-probs of the taken tokens under the policy being optimised.
@@ -152,9 +240,10 @@ def policy_loss(
       mask: ``[batch, time]`` 1 for real tokens.
       clip_low, clip_high: the clip range ``[1 - clip_low, 1 + clip_high]`` of the ratio.
       dual_clip: the dual-clip constant ``c > 1``, or None.
-      ratio_level: ``"token"`` (PPO/GRPO) or ``"sequence"`` (GSPO).
+      ratio_level: ``"token"`` (PPO/GRPO), ``"sequence"`` (GSPO) or ``"sequence-token"``.
       agg: how token losses are reduced, one of ``AGG_MODES``.
       max_len: normaliser for ``agg="seq-mean-token-sum-norm"``.
+      count_empty_rows: count rows without real tokens in ``seq-mean-*`` denominators (TRL).
 
     Returns:
       ``(loss, metrics)``: the scalar loss and token-mean metrics ``clip_frac_low`` (share of
@@ -169,35 +258,19 @@ def policy_loss(
         raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}.")
     real = mask.astype(bool)
     advantages = _per_token(advantages, mask).astype(jnp.float32)
-    log_ratio = jnp.where(real, logprobs - jax.lax.stop_gradient(old_logprobs), 0.0)
-    if ratio_level == "sequence":
-        seq_log_ratio = masked_mean(log_ratio, mask, axis=1)
-        log_ratio = jnp.where(real, seq_log_ratio[:, None], 0.0)
-    elif ratio_level != "token":
-        raise ValueError(f"ratio_level must be 'token' or 'sequence', got {ratio_level!r}.")
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, ratio_level)
     ratio = jnp.exp(log_ratio)
-
-    unclipped = -advantages * ratio
-    clipped = -advantages * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = jnp.maximum(unclipped, clipped)
+    per_token, _ = _ppo_terms(ratio, advantages, clip_low, clip_high)
     dual_active = jnp.zeros_like(real)
     if dual_clip is not None:
         cap = -dual_clip * advantages
         dual_active = (advantages < 0) & (per_token > cap)
         per_token = jnp.where(advantages < 0, jnp.minimum(per_token, cap), per_token)
-    loss = aggregate(per_token, mask, agg, max_len=max_len)
-
-    ratio_sg = jax.lax.stop_gradient(ratio)
-    clipped_low = (ratio_sg < 1.0 - clip_low) & (advantages < 0)
-    clipped_high = (ratio_sg > 1.0 + clip_high) & (advantages > 0)
+    loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
     metrics = {
-        "clip_frac_low": masked_mean(clipped_low * 1.0, mask),
-        "clip_frac_high": masked_mean(clipped_high * 1.0, mask),
+        **_clip_fracs(ratio, advantages, mask, clip_low, clip_high),
         "dual_clip_frac": masked_mean(jax.lax.stop_gradient(dual_active) * 1.0, mask),
-        "approx_kl": masked_mean(ratio_sg - 1.0 - jax.lax.stop_gradient(log_ratio), mask),
-        "ratio_mean": masked_mean(ratio_sg, mask),
-        "ratio_min": jnp.min(jnp.where(real, ratio_sg, jnp.inf)),
-        "ratio_max": jnp.max(jnp.where(real, ratio_sg, -jnp.inf)),
+        **_ratio_metrics(log_ratio, mask),
     }
     return loss, metrics
 
