@@ -536,7 +536,10 @@ def kl_cov_loss(
     cov = token_covariance(logprobs, advantages, mask)
     penalised = _rank_select(cov, real, _count_from_ratio(kl_ratio, mask))
     per_token = -advantages * jnp.exp(log_ratio)
-    per_token = per_token + jnp.where(penalised, kl_coef * jnp.abs(log_ratio), 0.0)
+    # |x| written sign(x) * x: its gradient at x = 0 is 0 (as torch's abs), where jnp.abs gives 1,
+    # which would push every selected token down when the ratio is exactly 1 (a single pass).
+    abs_log_ratio = jnp.sign(jax.lax.stop_gradient(log_ratio)) * log_ratio
+    per_token = per_token + jnp.where(penalised, kl_coef * abs_log_ratio, 0.0)
     loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
     metrics = {
         "kl_cov_frac": masked_mean(penalised * 1.0, mask),

@@ -192,6 +192,15 @@ class KlCovTest(chex.TestCase):
         np.testing.assert_allclose(grad, dper_token * w, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(metrics["kl_cov_frac"], k / real.sum(), rtol=1e-6)
 
+    def test_penalty_has_no_gradient_at_ratio_one(self):
+        # A single on-policy pass: old = sg(logp), every |log rho| = 0. Its subgradient must be 0
+        # (torch's abs, as in verl), so the loss's gradient is the plain policy gradient.
+        logp, _, adv, mask = make_inputs(9, adv_rank=2)
+        grad = jax.grad(
+            lambda lp: rl_jax.kl_cov_loss(lp, jax.lax.stop_gradient(lp), adv, mask, kl_ratio=0.5)[0]
+        )(logp)
+        np.testing.assert_allclose(grad, -adv * agg_weights(mask, "token-mean"), rtol=RTOL)
+
     def test_token_covariance_matches_numpy(self):
         logp, _, adv, mask = make_inputs(3, adv_rank=1)
         np.testing.assert_allclose(
