@@ -1,4 +1,5 @@
-"""Advantage estimators: GAE (PPO), group-relative (GRPO, Dr. GRPO, REINFORCE++), RLOO.
+"""Advantage estimators: GAE (PPO), group-relative (GRPO, Dr. GRPO), REINFORCE++ with a group
+baseline, RLOO.
 
 Conventions (all functions):
   * token arrays are ``[batch, time]`` over response tokens; ``mask`` is 1 for a real token and 0
@@ -83,6 +84,19 @@ def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
     return rewards.astype(jnp.float32).reshape(-1, group_size)
 
 
+def _centered(grouped: jax.Array) -> jax.Array:
+    """``x - mean_g(x)`` per row of ``[num_prompts, n]``, exactly 0 on a row of equal values.
+
+    Each row is first shifted by its own first element, ``d = x - x_0`` (exact, and 0 for every
+    element of an all-equal row), then ``d - mean(d)``. The shift leaves the result unchanged in
+    exact arithmetic, but in float32 ``x - mean(x)`` is off by an ulp when ``x`` is not
+    representable (seven copies of 0.7 give ``x - mean = 6e-8``), which the ``1 / (std + eps)``
+    scale then blows up to ``0.06``.
+    """
+    shifted = grouped - grouped[:, :1]
+    return shifted - shifted.mean(axis=1, keepdims=True)
+
+
 def group_advantages(
     rewards: jax.Array,
     group_size: int,
@@ -90,18 +104,21 @@ def group_advantages(
     scale: GroupScale = "group",
     eps: float = 1e-6,
 ) -> jax.Array:
-    r"""GRPO's group-relative advantages (Shao et al. 2024), one per response.
+    r"""Group-relative advantages, one per response: GRPO, Dr. GRPO and TRL's batch scaling.
 
     ``A_i = (r_i - mean_g(r)) / (s + eps)`` where ``mean_g`` is the mean over the response's group
     and ``s`` depends on ``scale``:
 
-      * ``"group"``: the sample standard deviation (``ddof=1``) of the group, as TRL and Tunix do
-        (needs ``group_size >= 2``);
-      * ``"batch"``: the sample standard deviation (``ddof=1``) of all rewards in the batch, the
-        global scale of REINFORCE++ with a group baseline;
+      * ``"group"``: GRPO (Shao et al. 2024): the sample standard deviation (``ddof=1``) of the
+        group, as TRL and Tunix do (needs ``group_size >= 2``);
+      * ``"batch"``: the sample standard deviation (``ddof=1``) of the *raw* rewards of the whole
+        batch, TRL's ``scale_rewards="batch"``. This is **not** REINFORCE++ with a baseline, which
+        whitens the group-centred scores over the batch's tokens: see
+        ``reinforce_pp_baseline_advantages``;
       * ``"none"``: no division at all, ``A_i = r_i - mean_g(r)`` (Dr. GRPO, Liu et al. 2025).
 
-    A group whose rewards are all equal gets advantage 0 (never NaN).
+    A group whose rewards are all equal gets advantage exactly 0 for any float32 value (the group
+    is centred on one of its own elements before the mean is taken; see ``_centered``).
 
     Args:
       rewards: ``[batch]`` scalar reward per response, groups contiguous.
@@ -113,17 +130,17 @@ def group_advantages(
       ``[batch]`` advantages; each group's advantages sum to zero.
     """
     grouped = _grouped(rewards, group_size)
-    centered = grouped - grouped.mean(axis=1, keepdims=True)
+    centered = _centered(grouped)
     if scale == "none":
         return centered.reshape(-1)
     if scale == "group":
         if group_size < 2:
             raise ValueError("scale='group' needs group_size >= 2 for a sample std (ddof=1).")
-        std = jnp.std(grouped, axis=1, ddof=1, keepdims=True)
+        std = jnp.sqrt(jnp.square(centered).sum(axis=1, keepdims=True) / (group_size - 1))
     elif scale == "batch":
         if grouped.size < 2:
             raise ValueError("scale='batch' needs at least 2 rewards for a sample std (ddof=1).")
-        std = jnp.std(grouped, ddof=1)
+        std = jnp.std(grouped - grouped[0, 0], ddof=1)
     else:
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}.")
     return (centered / (std + eps)).reshape(-1)
@@ -133,7 +150,7 @@ def rloo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
     r"""REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024).
 
     ``A_i = r_i - 1/(n-1) * sum_{j != i} r_j = n/(n-1) * (r_i - mean_g(r))`` over the ``n``
-    responses of the group.
+    responses of the group. A group of equal rewards gets exactly 0 for any float32 value.
 
     Args:
       rewards: ``[batch]`` scalar reward per response, groups contiguous.
@@ -145,8 +162,11 @@ def rloo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
     if group_size < 2:
         raise ValueError(f"rloo_advantages needs group_size >= 2, got {group_size}.")
     grouped = _grouped(rewards, group_size)
-    others_mean = (grouped.sum(axis=1, keepdims=True) - grouped) / (group_size - 1)
-    return (grouped - others_mean).reshape(-1)
+    # Shifting by the group's first element changes nothing in exact arithmetic and makes an
+    # all-equal group exactly 0 in float32 (``sum - r_i`` is otherwise off by an ulp).
+    shifted = grouped - grouped[:, :1]
+    others_mean = (shifted.sum(axis=1, keepdims=True) - shifted) / (group_size - 1)
+    return (shifted - others_mean).reshape(-1)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
@@ -155,8 +175,18 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
 
 
+def _first_real(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """The value of ``x`` at its first real position (0 when there is none), a shift reference."""
+    flat_mask = mask.reshape(-1).astype(bool)
+    return jnp.where(flat_mask.any(), x.reshape(-1)[jnp.argmax(flat_mask)], 0.0)
+
+
 def masked_var(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Unbiased (``ddof=1``) variance of ``x`` over the positions where ``mask`` is 1."""
+    """Unbiased (``ddof=1``) variance of ``x`` over the positions where ``mask`` is 1.
+
+    Computed on ``x - x_ref`` with ``x_ref`` a real element, so equal values give exactly 0.
+    """
+    x = x - _first_real(x, mask)
     mask = mask.astype(x.dtype)
     count = mask.sum()
     mean = (x * mask).sum() / jnp.maximum(count, 1.0)
@@ -172,6 +202,10 @@ def whiten(
     With ``shift_mean=False`` the mean is added back (only the scale changes), as is usual for
     rewards. Padding positions are 0 in the output.
 
+    If all real entries are equal the output is exactly 0 (``shift_mean=True``) or exactly ``x``
+    (``shift_mean=False``) for any float32 value: ``x`` is shifted by one of its real entries before
+    the mean is taken, otherwise the ulp error of the mean is multiplied by ``1 / sqrt(eps)``.
+
     Args:
       x: any shape, e.g. ``[batch, time]`` advantages.
       mask: same shape as ``x``, 1 for real entries.
@@ -180,8 +214,55 @@ def whiten(
     """
     chex.assert_equal_shape([x, mask])
     x = x.astype(jnp.float32)
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * jax.lax.rsqrt(masked_var(x, mask) + eps)
+    ref = _first_real(x, mask)
+    shifted = jnp.where(mask.astype(bool), x - ref, 0.0)
+    shifted_mean = masked_mean(shifted, mask)
+    whitened = (shifted - shifted_mean) * jax.lax.rsqrt(masked_var(shifted, mask) + eps)
     if not shift_mean:
-        whitened = whitened + mean
+        whitened = whitened + (ref + shifted_mean)
     return jnp.where(mask.astype(bool), whitened, 0.0)
+
+
+def reinforce_pp_baseline_advantages(
+    scores: jax.Array,
+    response_mask: jax.Array,
+    group_size: int,
+    *,
+    eps: float = 1e-8,
+) -> jax.Array:
+    r"""REINFORCE++ with a group baseline (Hu et al. 2025, Eq. 6-8; verl's
+    ``reinforce_plus_plus_baseline``), for one outcome score per response.
+
+    Each score is centred on its group's mean, broadcast over the response's tokens, then
+    whitened over *all real tokens of the batch*::
+
+        A'_i     = r_i - mean_g(r)                         (group baseline)
+        A_{i,t}  = (A'_i - mean_{b,t}(A')) / sqrt(var_{b,t}(A') + eps)
+
+    where ``mean_{b,t}`` and ``var_{b,t}`` (``ddof=1``) run over the real tokens of the batch, so
+    a long response weighs more in the batch statistics than a short one. Compare
+    ``group_advantages(scale="batch")`` (TRL), which divides the centred score by the std of the
+    raw rewards over responses and does not re-centre.
+
+    With ``group_size=1`` there is no baseline (``A' = r``), as in verl, where a prompt with a
+    single response gets baseline 0; this is then REINFORCE++ without a baseline for an outcome
+    reward and ``gamma = 1``. A batch whose centred scores are all equal (e.g. every group
+    all-equal) gets exactly 0.
+
+    Args:
+      scores: ``[batch]`` scalar reward per response, groups contiguous.
+      response_mask: ``[batch, time]`` 1 for real response tokens.
+      group_size: responses per prompt.
+      eps: added to the variance (verl uses 1e-8).
+
+    Returns:
+      ``[batch, time]`` advantages, 0 at padding.
+    """
+    chex.assert_rank([scores, response_mask], [1, 2])
+    chex.assert_equal(scores.shape[0], response_mask.shape[0])
+    if group_size == 1:
+        centered = scores.astype(jnp.float32)
+    else:
+        centered = group_advantages(scores, group_size, scale="none")
+    token_scores = jnp.broadcast_to(centered[:, None], response_mask.shape)
+    return whiten(token_scores, response_mask, eps=eps)

@@ -2,6 +2,10 @@
 
 Token arrays are ``[batch, time]`` over response tokens with ``mask`` 1 for real tokens. Every loss
 is a *loss* (minimised): the policy loss is the negative clipped surrogate objective.
+
+Policy losses: ``policy_loss`` (PPO/GRPO/DAPO/GSPO/GSPO-token), ``cispo_loss``, ``gmpo_loss``,
+``clip_cov_loss``, ``kl_cov_loss``. Sampler/trainer mismatch corrections, applied with the
+sampler's log-probs: ``token_tis``, ``sequence_tis``, ``token_masked_is``, ``sequence_masked_is``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 
 
 def aggregate_terms(
-    per_token: jax.Array, mask: jax.Array, mode: AggMode, *, max_len: int | None = None
+    per_token: jax.Array,
+    mask: jax.Array,
+    mode: AggMode,
+    *,
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     r"""The numerator and denominator of a masked token-loss reduction.
 
@@ -34,7 +43,11 @@ def aggregate_terms(
       * ``"seq-mean-token-sum"``: ``sum_b sum_t x`` over ``B'``;
       * ``"seq-mean-token-sum-norm"`` (Dr. GRPO): ``sum_b (sum_t x / max_len)`` over ``B'``.
 
-    Rows with no real token (e.g. padding rows added to fill a batch) count in no denominator.
+    By default rows with no real token (e.g. padding rows added to fill a batch, or empty
+    responses) count in no denominator, as in verl. ``count_empty_rows=True`` makes ``B'`` the full
+    batch size in the three ``seq-mean-*`` modes, as TRL's ``loss_type="grpo"`` (a ``.mean()`` over
+    all rows) and ``"dr_grpo"`` (``/ (batch * max_completion_length)``) do; ``token-mean`` is
+    unchanged (an empty row adds no token).
 
     Args:
       per_token: ``[batch, time]`` per-token values.
@@ -42,6 +55,7 @@ def aggregate_terms(
       mode: one of ``AGG_MODES``.
       max_len: the constant normaliser of ``"seq-mean-token-sum-norm"``; defaults to ``time``.
         Pass it explicitly (e.g. the generation budget) when micro-batches have different widths.
+      count_empty_rows: count rows without real tokens in the ``seq-mean-*`` denominators (TRL).
 
     Returns:
       ``(numerator, denominator)``, two float32 scalars.
@@ -51,7 +65,10 @@ def aggregate_terms(
     mask = mask.astype(jnp.float32)
     row_sums = (per_token.astype(jnp.float32) * mask).sum(axis=1)
     row_lens = mask.sum(axis=1)
-    num_rows = (row_lens > 0).sum().astype(jnp.float32)
+    if count_empty_rows:
+        num_rows = jnp.float32(per_token.shape[0])
+    else:
+        num_rows = (row_lens > 0).sum().astype(jnp.float32)
     if mode == "token-mean":
         return row_sums.sum(), row_lens.sum()
     if mode == "seq-mean-token-mean":
@@ -65,13 +82,20 @@ def aggregate_terms(
 
 
 def aggregate(
-    per_token: jax.Array, mask: jax.Array, mode: AggMode, *, max_len: int | None = None
+    per_token: jax.Array,
+    mask: jax.Array,
+    mode: AggMode,
+    *,
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
 ) -> jax.Array:
     """Masked reduction of ``[batch, time]`` per-token values to a scalar (see ``aggregate_terms``).
 
     Returns 0 when the mask is empty.
     """
-    numerator, denominator = aggregate_terms(per_token, mask, mode, max_len=max_len)
+    numerator, denominator = aggregate_terms(
+        per_token, mask, mode, max_len=max_len, count_empty_rows=count_empty_rows
+    )
     return numerator / jnp.maximum(denominator, 1.0)
 
 
@@ -117,6 +141,67 @@ def _per_token(advantages: jax.Array, mask: jax.Array) -> jax.Array:
     return advantages
 
 
+RatioLevel = Literal["token", "sequence", "sequence-token"]
+
+
+def _log_ratio(
+    logprobs: jax.Array, old_logprobs: jax.Array, mask: jax.Array, ratio_level: RatioLevel
+) -> jax.Array:
+    """``[batch, time]`` log importance ratio ``log pi - log pi_old`` (0 at padding).
+
+    ``"sequence"``: every token carries the row's mean log-ratio (GSPO), whose gradient reaches all
+    the row's tokens. ``"sequence-token"`` (GSPO-token): the same value, written
+    ``sg(mean) + log pi_t - sg(log pi_t)``, so token ``t``'s term differentiates through
+    ``log pi_t`` only.
+    """
+    real = mask.astype(bool)
+    log_ratio = jnp.where(real, logprobs - jax.lax.stop_gradient(old_logprobs), 0.0)
+    if ratio_level == "token":
+        return log_ratio
+    seq_log_ratio = masked_mean(log_ratio, mask, axis=1)[:, None]
+    if ratio_level == "sequence":
+        return jnp.where(real, seq_log_ratio, 0.0)
+    if ratio_level == "sequence-token":
+        own = logprobs - jax.lax.stop_gradient(logprobs)
+        return jnp.where(real, jax.lax.stop_gradient(seq_log_ratio) + own, 0.0)
+    raise ValueError(
+        f"ratio_level must be 'token', 'sequence' or 'sequence-token', got {ratio_level!r}."
+    )
+
+
+def _ratio_metrics(log_ratio: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """k3 estimate of KL(pi_old || pi) and the ratio's mean, min and max over real tokens."""
+    real = mask.astype(bool)
+    log_ratio = jax.lax.stop_gradient(log_ratio)
+    ratio = jnp.exp(log_ratio)
+    return {
+        "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),
+        "ratio_mean": masked_mean(ratio, mask),
+        "ratio_min": jnp.min(jnp.where(real, ratio, jnp.inf)),
+        "ratio_max": jnp.max(jnp.where(real, ratio, -jnp.inf)),
+    }
+
+
+def _ppo_terms(
+    ratio: jax.Array, advantages: jax.Array, clip_low: float, clip_high: float
+) -> tuple[jax.Array, jax.Array]:
+    """PPO's per-token loss ``max(-A rho, -A clip(rho))`` and where the clipped term is active."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return jnp.maximum(unclipped, clipped), clipped > unclipped
+
+
+def _clip_fracs(
+    ratio: jax.Array, advantages: jax.Array, mask: jax.Array, clip_low: float, clip_high: float
+) -> dict[str, jax.Array]:
+    """Shares of real tokens where PPO's clip cuts the gradient, below and above the range."""
+    ratio = jax.lax.stop_gradient(ratio)
+    return {
+        "clip_frac_low": masked_mean(((ratio < 1.0 - clip_low) & (advantages < 0)) * 1.0, mask),
+        "clip_frac_high": masked_mean(((ratio > 1.0 + clip_high) & (advantages > 0)) * 1.0, mask),
+    }
+
+
 def policy_loss(
     logprobs: jax.Array,
     old_logprobs: jax.Array,
@@ -126,9 +211,10 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
-    ratio_level: Literal["token", "sequence"] = "token",
+    ratio_level: RatioLevel = "token",
     agg: AggMode = "token-mean",
     max_len: int | None = None,
+    count_empty_rows: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     r"""PPO's clipped surrogate loss, with the variants the RL-for-LLM papers compare.
 
@@ -140,10 +226,16 @@ def policy_loss(
     * ``dual_clip = c > 1`` (Ye et al. 2020): where ``A < 0`` the loss is also capped at ``-c * A``,
       so a huge ratio on a bad token cannot blow up the update.
     * ``ratio_level="sequence"`` (GSPO, Zheng et al. 2025): every token of a response uses the
-      sequence ratio ``rho_i = exp(mean_t (log pi - log pi_old))`` over its real tokens; use it with
+      sequence ratio ``s_i = exp(mean_t (log pi - log pi_old))`` over its real tokens; use it with
       ``[batch]`` advantages and ``agg="seq-mean-token-mean"`` for GSPO as published.
+    * ``ratio_level="sequence-token"`` (GSPO-token, verl's ``gspo`` loss): token ``t`` uses
+      ``s_{i,t} = sg(s_i) * pi(y_t) / sg(pi(y_t))``, equal in value to ``s_i`` but differentiating
+      through its own token only, so a per-token advantage ``A_{i,t}`` steers its own token. With
+      one advantage per response and ``seq-mean-token-mean`` the gradient equals GSPO's. verl also
+      clamps the log-ratio at 10 before the exponential; rl_jax does not.
 
-    The token losses are reduced by ``aggregate(loss_t, mask, agg, max_len=max_len)``.
+    The token losses are reduced by ``aggregate(loss_t, mask, agg, max_len=max_len,
+    count_empty_rows=count_empty_rows)``.
 
     Args:
       logprobs: ``[batch, time]`` log-probs of the taken tokens under the policy being optimised.
@@ -152,9 +244,10 @@ def policy_loss(
       mask: ``[batch, time]`` 1 for real tokens.
       clip_low, clip_high: the clip range ``[1 - clip_low, 1 + clip_high]`` of the ratio.
       dual_clip: the dual-clip constant ``c > 1``, or None.
-      ratio_level: ``"token"`` (PPO/GRPO) or ``"sequence"`` (GSPO).
+      ratio_level: ``"token"`` (PPO/GRPO), ``"sequence"`` (GSPO) or ``"sequence-token"``.
       agg: how token losses are reduced, one of ``AGG_MODES``.
       max_len: normaliser for ``agg="seq-mean-token-sum-norm"``.
+      count_empty_rows: count rows without real tokens in ``seq-mean-*`` denominators (TRL).
 
     Returns:
       ``(loss, metrics)``: the scalar loss and token-mean metrics ``clip_frac_low`` (share of
@@ -169,37 +262,459 @@ def policy_loss(
         raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}.")
     real = mask.astype(bool)
     advantages = _per_token(advantages, mask).astype(jnp.float32)
-    log_ratio = jnp.where(real, logprobs - jax.lax.stop_gradient(old_logprobs), 0.0)
-    if ratio_level == "sequence":
-        seq_log_ratio = masked_mean(log_ratio, mask, axis=1)
-        log_ratio = jnp.where(real, seq_log_ratio[:, None], 0.0)
-    elif ratio_level != "token":
-        raise ValueError(f"ratio_level must be 'token' or 'sequence', got {ratio_level!r}.")
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, ratio_level)
     ratio = jnp.exp(log_ratio)
-
-    unclipped = -advantages * ratio
-    clipped = -advantages * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    per_token = jnp.maximum(unclipped, clipped)
+    per_token, _ = _ppo_terms(ratio, advantages, clip_low, clip_high)
     dual_active = jnp.zeros_like(real)
     if dual_clip is not None:
         cap = -dual_clip * advantages
         dual_active = (advantages < 0) & (per_token > cap)
         per_token = jnp.where(advantages < 0, jnp.minimum(per_token, cap), per_token)
-    loss = aggregate(per_token, mask, agg, max_len=max_len)
-
-    ratio_sg = jax.lax.stop_gradient(ratio)
-    clipped_low = (ratio_sg < 1.0 - clip_low) & (advantages < 0)
-    clipped_high = (ratio_sg > 1.0 + clip_high) & (advantages > 0)
+    loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
     metrics = {
-        "clip_frac_low": masked_mean(clipped_low * 1.0, mask),
-        "clip_frac_high": masked_mean(clipped_high * 1.0, mask),
+        **_clip_fracs(ratio, advantages, mask, clip_low, clip_high),
         "dual_clip_frac": masked_mean(jax.lax.stop_gradient(dual_active) * 1.0, mask),
-        "approx_kl": masked_mean(ratio_sg - 1.0 - jax.lax.stop_gradient(log_ratio), mask),
-        "ratio_mean": masked_mean(ratio_sg, mask),
-        "ratio_min": jnp.min(jnp.where(real, ratio_sg, jnp.inf)),
-        "ratio_max": jnp.max(jnp.where(real, ratio_sg, -jnp.inf)),
+        **_ratio_metrics(log_ratio, mask),
     }
     return loss, metrics
+
+
+def cispo_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_low: float = 1.0,
+    clip_high: float = 0.2,
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    r"""CISPO (MiniMax-M1, 2025): clip the importance-sampling weight, never the token's gradient.
+
+    Per token::
+
+        loss_t = -sg(clip(rho_t, 1 - clip_low, 1 + clip_high)) * A_t * log pi(y_t)
+
+    so ``grad loss_t = -clip(rho_t) * A_t * grad log pi(y_t)``: unlike PPO, a token whose ratio
+    left the range still contributes, with a bounded weight. The loss *value* is the weighted
+    log-likelihood, not a surrogate near ``-A``. MiniMax-M1 sets no lower bound (the default
+    ``clip_low=1.0`` clips at ratio 0, a no-op) and tunes ``clip_high``. Reduced with
+    ``aggregate(..., agg)`` like ``policy_loss``; verl's ``cispo`` loss is the same formula
+    (verl also clamps the log-ratio to ``[-20, 20]``).
+
+    Args:
+      logprobs, old_logprobs, advantages, mask, agg, max_len, count_empty_rows: as
+        ``policy_loss``.
+      clip_low, clip_high: the weight is clipped to ``[1 - clip_low, 1 + clip_high]``.
+
+    Returns:
+      ``(loss, metrics)``: ``clip_frac_low`` and ``clip_frac_high`` (shares of real tokens whose
+      weight was clipped from below / above, whatever the sign of ``A``), ``approx_kl``,
+      ``ratio_mean``, ``ratio_min``, ``ratio_max``.
+    """
+    chex.assert_rank([logprobs, old_logprobs, mask], 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, mask])
+    real = mask.astype(bool)
+    advantages = _per_token(advantages, mask).astype(jnp.float32)
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, "token")
+    ratio = jax.lax.stop_gradient(jnp.exp(log_ratio))
+    weight = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = -weight * advantages * jnp.where(real, logprobs, 0.0)
+    loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
+    metrics = {
+        "clip_frac_low": masked_mean((ratio < 1.0 - clip_low) * 1.0, mask),
+        "clip_frac_high": masked_mean((ratio > 1.0 + clip_high) * 1.0, mask),
+        **_ratio_metrics(log_ratio, mask),
+    }
+    return loss, metrics
+
+
+def _sequence_mean(per_seq: jax.Array, mask: jax.Array, count_empty_rows: bool) -> jax.Array:
+    """Mean of ``[batch]`` values over the rows with a real token (or over all rows)."""
+    nonempty = mask.sum(axis=1) > 0
+    total = jnp.where(nonempty, per_seq, 0.0).sum()
+    count = jnp.float32(mask.shape[0]) if count_empty_rows else nonempty.sum() * 1.0
+    return total / jnp.maximum(count, 1.0)
+
+
+def gmpo_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_low: float = 0.4,
+    clip_high: float = 0.4,
+    count_empty_rows: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    r"""GMPO (Zhao et al. 2025, "Geometric-Mean Policy Optimization", arXiv 2507.20673).
+
+    GRPO's objective with the arithmetic mean over tokens replaced by the geometric mean, and
+    PPO's clip applied per token in log space. With ``l_t = log pi(y_t) - log pi_old(y_t)`` over
+    the ``|o_i|`` real tokens of response ``i`` and its advantage ``A_i``::
+
+        l~_t   = sgn(A_i) * min(sgn(A_i) * l_t, sgn(A_i) * clip(l_t, -clip_low, clip_high))
+        loss_i = -A_i * exp((1 / |o_i|) * sum_t l~_t)
+
+    i.e. the paper's ``{prod_t |min(rho_t A_i, clip(rho_t, e^-eps_low, e^eps_high) A_i)|}^{1/|o_i|}
+    * sgn(A_i)`` written in log space (the paper's code and verl's ``geo_mean`` loss compute it this
+    way). The loss is the mean of ``loss_i`` over responses (rows with a real token; all rows
+    with ``count_empty_rows``, which is what verl's ``torch.mean`` does). The paper's default is
+    ``eps_low = eps_high = 0.4`` in log space, a ratio range ``(e^-0.4, e^0.4) = (0.67, 1.49)``.
+
+    Args:
+      logprobs, old_logprobs, mask: as ``policy_loss``.
+      advantages: ``[batch]``, or ``[batch, time]`` reduced to the mean over each row's real tokens
+        (as verl does; the paper has one advantage per response).
+      clip_low, clip_high: the clip range ``[-clip_low, clip_high]`` of the *log* ratio.
+      count_empty_rows: count rows without real tokens in the mean over responses.
+
+    Returns:
+      ``(loss, metrics)``: ``clip_frac_high`` (share of real tokens with ``A > 0`` and
+      ``l_t > clip_high``: clipped, no gradient), ``clip_frac_low`` (``A < 0`` and
+      ``l_t < -clip_low``), ``approx_kl`` and the token ``ratio_*`` metrics, and
+      ``seq_ratio_mean`` (mean over responses of the clipped geometric-mean ratio).
+    """
+    chex.assert_rank([logprobs, old_logprobs, mask], 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, mask])
+    seq_adv = advantages if advantages.ndim == 1 else masked_mean(advantages, mask, axis=1)
+    chex.assert_equal(seq_adv.shape[0], mask.shape[0])
+    seq_adv = seq_adv.astype(jnp.float32)
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, "token")
+    sign = jnp.sign(seq_adv)[:, None]
+    clipped = jnp.clip(log_ratio, -clip_low, clip_high)
+    kept = sign * jnp.minimum(sign * log_ratio, sign * clipped)
+    seq_ratio = jnp.exp(masked_mean(kept, mask, axis=1))
+    loss = _sequence_mean(-seq_adv * seq_ratio, mask, count_empty_rows)
+    log_ratio_sg = jax.lax.stop_gradient(log_ratio)
+    metrics = {
+        "clip_frac_low": masked_mean(((log_ratio_sg < -clip_low) & (sign < 0)) * 1.0, mask),
+        "clip_frac_high": masked_mean(((log_ratio_sg > clip_high) & (sign > 0)) * 1.0, mask),
+        **_ratio_metrics(log_ratio, mask),
+        "seq_ratio_mean": _sequence_mean(jax.lax.stop_gradient(seq_ratio), mask, False),
+    }
+    return loss, metrics
+
+
+def token_covariance(logprobs: jax.Array, advantages: jax.Array, mask: jax.Array) -> jax.Array:
+    r"""Centred per-token covariance of log-prob and advantage (Cui et al. 2025, Eq. 10-11).
+
+    ``cov_t = (log pi_t - mean(log pi)) * (A_t - mean(A))`` where both means run over the real
+    tokens of the batch. No gradient; 0 at padding.
+
+    Args:
+      logprobs: ``[batch, time]`` log-probs of the taken tokens (current policy).
+      advantages: ``[batch]`` or ``[batch, time]``.
+      mask: ``[batch, time]`` 1 for real tokens.
+
+    Returns:
+      ``[batch, time]`` covariances.
+    """
+    logprobs = jax.lax.stop_gradient(logprobs.astype(jnp.float32))
+    advantages = jax.lax.stop_gradient(_per_token(advantages, mask).astype(jnp.float32))
+    cov = (logprobs - masked_mean(logprobs, mask)) * (advantages - masked_mean(advantages, mask))
+    return jnp.where(mask.astype(bool), cov, 0.0)
+
+
+def _count_from_ratio(ratio: float, mask: jax.Array) -> jax.Array:
+    """``max(floor(ratio * number of real tokens), 1)``, the selection size of verl's Cov losses."""
+    return jnp.maximum(jnp.floor(ratio * mask.astype(jnp.float32).sum()), 1.0).astype(jnp.int32)
+
+
+def _rank_select(priority: jax.Array, eligible: jax.Array, count: jax.Array) -> jax.Array:
+    """The ``count`` eligible positions of highest ``priority`` (fewer if fewer are eligible)."""
+    flat = jnp.where(eligible, priority, -jnp.inf).reshape(-1)
+    order = jnp.argsort(-flat, stable=True)
+    rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+    return eligible & (rank.reshape(priority.shape) < count)
+
+
+def clip_cov_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    key: jax.Array,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    cov_ratio: float = 2e-4,
+    cov_lower: float = 1.0,
+    cov_upper: float = 5.0,
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    r"""Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Sec. 4).
+
+    PPO's clipped loss (as ``policy_loss``), except that a random subset of tokens with a large
+    covariance ``cov_t`` (``token_covariance``) loses its gradient::
+
+        eligible = {t real : cov_lower < cov_t < cov_upper, PPO's clip not active at t}
+        I        = floor(cov_ratio * N) (at least 1) tokens drawn uniformly from eligible
+        loss_t   = 0 for t in I, else the PPO loss
+
+    with ``N`` the number of real tokens. As in verl's ``compute_policy_loss_clip_cov`` the
+    selected tokens' loss terms are multiplied by 0 (no value, no gradient) but stay in the
+    aggregation denominator. Defaults are verl's (``clip_cov_ratio=2e-4``, ``clip_cov_lb=1``,
+    ``clip_cov_ub=5``). Under micro-batching the selection runs per call, as in verl.
+
+    Args:
+      logprobs, old_logprobs, advantages, mask, clip_low, clip_high, agg, max_len,
+        count_empty_rows: as ``policy_loss``.
+      key: PRNG key for the random subset; the selection is a deterministic function of it.
+      cov_ratio: share of real tokens to detach.
+      cov_lower, cov_upper: the covariance band ``(cov_lower, cov_upper)`` of eligible tokens.
+
+    Returns:
+      ``(loss, metrics)``: ``policy_loss``'s clip and ratio metrics and ``cov_clip_frac`` (share
+      of real tokens detached).
+    """
+    chex.assert_rank([logprobs, old_logprobs, mask], 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, mask])
+    real = mask.astype(bool)
+    advantages = _per_token(advantages, mask).astype(jnp.float32)
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, "token")
+    ratio = jnp.exp(log_ratio)
+    per_token, clip_active = _ppo_terms(ratio, advantages, clip_low, clip_high)
+    cov = token_covariance(logprobs, advantages, mask)
+    eligible = real & ~jax.lax.stop_gradient(clip_active) & (cov > cov_lower) & (cov < cov_upper)
+    priority = jax.random.uniform(key, mask.shape)
+    detached = _rank_select(priority, eligible, _count_from_ratio(cov_ratio, mask))
+    per_token = jnp.where(detached, 0.0, per_token)
+    loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
+    metrics = {
+        **_clip_fracs(ratio, advantages, mask, clip_low, clip_high),
+        "cov_clip_frac": masked_mean(detached * 1.0, mask),
+        **_ratio_metrics(log_ratio, mask),
+    }
+    return loss, metrics
+
+
+def kl_cov_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    kl_ratio: float = 2e-3,
+    kl_coef: float = 1.0,
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    r"""KL-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Sec. 4).
+
+    The unclipped policy-gradient surrogate, with a KL penalty on the tokens of largest
+    covariance ``cov_t`` (``token_covariance``)::
+
+        I      = the floor(kl_ratio * N) (at least 1) real tokens of largest cov_t
+        loss_t = -rho_t * A_t + kl_coef * |log pi(y_t) - log pi_old(y_t)| * [t in I]
+
+    with ``N`` the number of real tokens. There is no ratio clipping: the penalty replaces it, as
+    in the paper and verl's ``compute_policy_loss_kl_cov``. Ties are broken by position. The paper
+    reports ``k = 2e-3`` for Qwen2.5-7B and ``2e-4`` for 32B; verl's default ``kl_cov_ratio`` is
+    ``2e-4`` and its ``ppo_kl_coef`` is 1.
+
+    Args:
+      logprobs, old_logprobs, advantages, mask, agg, max_len, count_empty_rows: as
+        ``policy_loss``.
+      kl_ratio: share of real tokens that get the penalty.
+      kl_coef: the penalty coefficient.
+
+    Returns:
+      ``(loss, metrics)``: ``kl_cov_frac`` (share of real tokens penalised), ``abs_log_ratio``
+      (mean ``|log rho|``), ``approx_kl`` and the ratio metrics.
+    """
+    chex.assert_rank([logprobs, old_logprobs, mask], 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, mask])
+    real = mask.astype(bool)
+    advantages = _per_token(advantages, mask).astype(jnp.float32)
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, "token")
+    cov = token_covariance(logprobs, advantages, mask)
+    penalised = _rank_select(cov, real, _count_from_ratio(kl_ratio, mask))
+    per_token = -advantages * jnp.exp(log_ratio)
+    # |x| written sign(x) * x: its gradient at x = 0 is 0 (as torch's abs), where jnp.abs gives 1,
+    # which would push every selected token down when the ratio is exactly 1 (a single pass).
+    abs_log_ratio = jnp.sign(jax.lax.stop_gradient(log_ratio)) * log_ratio
+    per_token = per_token + jnp.where(penalised, kl_coef * abs_log_ratio, 0.0)
+    loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
+    metrics = {
+        "kl_cov_frac": masked_mean(penalised * 1.0, mask),
+        "abs_log_ratio": masked_mean(jnp.abs(jax.lax.stop_gradient(log_ratio)), mask),
+        **_ratio_metrics(log_ratio, mask),
+    }
+    return loss, metrics
+
+
+# Sampler/trainer mismatch corrections. Each returns ``(weights, mask, metrics)``: per-token
+# importance weights ``[batch, time]`` (no gradient, 0 at dropped or padding tokens) that multiply
+# the per-token policy loss (equivalently the advantages, since they are >= 0), and the mask to
+# use in the policy loss in place of ``mask``. Corrections compose: multiply the weights, take the
+# product of the masks.
+
+
+def _mismatch_log_ratio(
+    old_logprobs: jax.Array, sampler_logprobs: jax.Array, mask: jax.Array
+) -> jax.Array:
+    """``log pi_old - log pi_sampler`` at real tokens, 0 at padding, no gradient."""
+    chex.assert_rank([old_logprobs, sampler_logprobs, mask], 2)
+    chex.assert_equal_shape([old_logprobs, sampler_logprobs, mask])
+    diff = old_logprobs.astype(jnp.float32) - sampler_logprobs.astype(jnp.float32)
+    return jax.lax.stop_gradient(jnp.where(mask.astype(bool), diff, 0.0))
+
+
+def _row_log_ratio(log_ratio: jax.Array, mask: jax.Array, level: str) -> jax.Array:
+    """``[batch]`` log of the product (``"product"``) or geometric mean of the token ratios."""
+    if level == "product":
+        return log_ratio.sum(axis=1)
+    if level == "geometric":
+        return masked_mean(log_ratio, mask, axis=1)
+    raise ValueError(f"level must be 'product' or 'geometric', got {level!r}.")
+
+
+def token_tis(
+    old_logprobs: jax.Array, sampler_logprobs: jax.Array, mask: jax.Array, *, cap: float
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    r"""Token-level truncated importance sampling (Yao et al. 2025, "Your efficient RL framework
+    secretly brings you off-policy RL training"): ``w_t = min(pi_old(y_t) / pi_sampler(y_t), cap)``.
+
+    Args:
+      old_logprobs: ``[batch, time]`` trainer log-probs at the sampling weights.
+      sampler_logprobs: ``[batch, time]`` log-probs the sampler reported for the same tokens.
+      mask: ``[batch, time]`` 1 for real tokens.
+      cap: the truncation ``C``.
+
+    Returns:
+      ``(weights, mask, metrics)``; ``mask`` unchanged; metrics ``is_weight_mean`` and
+      ``is_truncated_frac`` (share of real tokens at the cap).
+    """
+    log_ratio = _mismatch_log_ratio(old_logprobs, sampler_logprobs, mask)
+    truncated = log_ratio > jnp.log(cap)
+    weights = jnp.where(mask.astype(bool), jnp.exp(jnp.minimum(log_ratio, jnp.log(cap))), 0.0)
+    metrics = {
+        "is_weight_mean": masked_mean(weights, mask),
+        "is_truncated_frac": masked_mean(truncated * 1.0, mask),
+    }
+    return weights, mask, metrics
+
+
+def sequence_tis(
+    old_logprobs: jax.Array, sampler_logprobs: jax.Array, mask: jax.Array, *, cap: float
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    r"""Sequence-level truncated importance sampling (verl's ``rollout_is="sequence"``).
+
+    ``w_i = min(prod_t pi_old(y_t) / pi_sampler(y_t), cap) = exp(min(sum_t log rho_t, log cap))``
+    over the real tokens of response ``i``, on every token of the response (computed in log space,
+    so a long response cannot overflow).
+
+    Args:
+      old_logprobs, sampler_logprobs, mask, cap: as ``token_tis``.
+
+    Returns:
+      ``(weights, mask, metrics)``; ``mask`` unchanged; metrics ``is_weight_mean`` (over responses
+      with a real token) and ``is_truncated_frac`` (share of those responses at the cap).
+    """
+    log_ratio = _mismatch_log_ratio(old_logprobs, sampler_logprobs, mask)
+    row = _row_log_ratio(log_ratio, mask, "product")
+    row_weight = jnp.exp(jnp.minimum(row, jnp.log(cap)))
+    weights = jnp.where(mask.astype(bool), row_weight[:, None], 0.0)
+    nonempty = (mask.sum(axis=1) > 0) * 1.0
+    metrics = {
+        "is_weight_mean": masked_mean(row_weight, nonempty),
+        "is_truncated_frac": masked_mean((row > jnp.log(cap)) * 1.0, nonempty),
+    }
+    return weights, mask, metrics
+
+
+def token_masked_is(
+    old_logprobs: jax.Array,
+    sampler_logprobs: jax.Array,
+    mask: jax.Array,
+    *,
+    low: float,
+    high: float,
+    reweight: bool = True,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    r"""Token-level masked importance sampling (IcePop, Ling team 2025; verl's ``token_k1``).
+
+    With ``rho_t = pi_old(y_t) / pi_sampler(y_t)``, a token whose ratio leaves ``[low, high]`` is
+    dropped from the loss::
+
+        keep_t = low <= rho_t <= high
+        w_t    = rho_t * keep_t   (reweight=True, IcePop's M(rho; low, high))
+        w_t    = keep_t           (reweight=False, rejection only, as verl's ``rollout_rs``)
+
+    Args:
+      old_logprobs, sampler_logprobs, mask: as ``token_tis``.
+      low, high: the band of kept ratios, ``0 < low <= 1 <= high``.
+      reweight: multiply kept tokens by their ratio.
+
+    Returns:
+      ``(weights, new_mask, metrics)`` with ``new_mask = mask * keep`` and metrics
+      ``is_masked_token_frac`` (share of real tokens dropped) and ``is_weight_mean`` (over kept
+      tokens).
+    """
+    log_ratio = _mismatch_log_ratio(old_logprobs, sampler_logprobs, mask)
+    keep = mask.astype(bool) & (log_ratio >= jnp.log(low)) & (log_ratio <= jnp.log(high))
+    weights = jnp.where(keep, jnp.exp(log_ratio) if reweight else 1.0, 0.0)
+    new_mask = keep.astype(mask.dtype)
+    metrics = {
+        "is_masked_token_frac": 1.0 - masked_mean(keep * 1.0, mask),
+        "is_weight_mean": masked_mean(weights, new_mask),
+    }
+    return weights, new_mask, metrics
+
+
+def sequence_masked_is(
+    old_logprobs: jax.Array,
+    sampler_logprobs: jax.Array,
+    mask: jax.Array,
+    *,
+    low: float,
+    high: float,
+    level: Literal["geometric", "product"] = "geometric",
+    reweight: bool = False,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    r"""Sequence-level masked importance sampling: drop whole responses whose ratio leaves a band.
+
+    With ``log rho_t = log pi_old(y_t) - log pi_sampler(y_t)`` over the real tokens of response
+    ``i``::
+
+        level="geometric":  rho_i = exp(mean_t log rho_t)   (Geo-RS, verl's ``seq_mean_k1``)
+        level="product":    rho_i = exp(sum_t log rho_t)    (Seq-MIS, verl's ``seq_sum_k1``)
+        keep_i = low <= rho_i <= high
+        w_{i,t} = keep_i * (rho_i if reweight else 1)
+
+    The geometric mean does not grow with length, so it suits tight bands (e.g. ``[0.999, 1.001]``)
+    on long responses; the product is the exact sequence ratio. A response without real tokens is
+    never kept. Comparisons are made in log space.
+
+    Args:
+      old_logprobs, sampler_logprobs, mask: as ``token_tis``.
+      low, high: the band of kept sequence ratios, ``0 < low <= 1 <= high``.
+      level: ``"geometric"`` or ``"product"``.
+      reweight: multiply kept responses by ``rho_i`` (Seq-MIS weighting; with ``"product"`` this is
+        sequence TIS with rejection above ``high`` instead of truncation).
+
+    Returns:
+      ``(weights, new_mask, metrics)`` with ``new_mask = mask * keep_i`` and metrics
+      ``is_masked_seq_frac`` (share of non-empty responses dropped) and ``is_masked_token_frac``.
+    """
+    log_ratio = _mismatch_log_ratio(old_logprobs, sampler_logprobs, mask)
+    row = _row_log_ratio(log_ratio, mask, level)
+    nonempty = mask.sum(axis=1) > 0
+    keep = nonempty & (row >= jnp.log(low)) & (row <= jnp.log(high))
+    row_weight = jnp.where(keep, jnp.exp(row) if reweight else 1.0, 0.0)
+    new_mask = (mask.astype(bool) & keep[:, None]).astype(mask.dtype)
+    weights = jnp.where(new_mask.astype(bool), row_weight[:, None], 0.0)
+    metrics = {
+        "is_masked_seq_frac": 1.0 - masked_mean(keep * 1.0, nonempty * 1.0),
+        "is_masked_token_frac": 1.0 - masked_mean(new_mask.astype(jnp.float32), mask),
+    }
+    return weights, new_mask, metrics
 
 
 def value_loss(

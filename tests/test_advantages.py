@@ -201,3 +201,123 @@ def test_rank_checks():
         rl_jax.gae(np.zeros(3), np.zeros(3), np.ones(3), gamma=1.0, lam=1.0)
     with jax.numpy_rank_promotion("raise"):
         rl_jax.gae(np.zeros((2, 3)), np.zeros((2, 3)), np.ones((2, 3)), gamma=1.0, lam=1.0)
+
+
+# An all-equal group must give exactly 0 for *any* float32 value, not only for representable ones
+# such as 0.5: before the fix, seven copies of 0.7 gave 0.06 and values near 100 gave 7.6.
+# Subnormals are excluded: XLA on CPU flushes them to zero, so whiten(shift_mean=False) of 1e-39
+# returns 0, not 1e-39 (a property of the backend, not of the centring).
+_any_float32 = st.floats(-1e4, 1e4, allow_nan=False, allow_subnormal=False, width=32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    value=_any_float32,
+    group_size=st.integers(2, 16),
+    num_groups=st.integers(1, 3),
+    scale=st.sampled_from(["group", "batch", "none"]),
+)
+def test_group_advantages_all_equal_group_is_exactly_zero(value, group_size, num_groups, scale):
+    rewards = np.full(group_size * num_groups, value, np.float32)
+    adv = np.asarray(rl_jax.group_advantages(rewards, group_size, scale=scale))
+    assert np.all(adv == 0.0), adv
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_any_float32, other=_any_float32, group_size=st.integers(2, 16))
+def test_group_advantages_equal_group_next_to_unequal_group_is_exactly_zero(
+    value, other, group_size
+):
+    # The batch scale mixes groups; the equal group must still be exactly 0.
+    rewards = np.concatenate(
+        [np.full(group_size, value), np.linspace(other, other + 1.0, group_size)]
+    ).astype(np.float32)
+    for scale in ("group", "batch", "none"):
+        adv = np.asarray(rl_jax.group_advantages(rewards, group_size, scale=scale))
+        assert np.all(adv[:group_size] == 0.0), (scale, adv)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=_any_float32, group_size=st.integers(2, 16), num_groups=st.integers(1, 3))
+def test_rloo_all_equal_group_is_exactly_zero(value, group_size, num_groups):
+    rewards = np.full(group_size * num_groups, value, np.float32)
+    assert np.all(np.asarray(rl_jax.rloo_advantages(rewards, group_size)) == 0.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    value=_any_float32,
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 5),
+    time=st.integers(1, 9),
+)
+def test_whiten_all_equal_is_exact(value, seed, batch, time):
+    rng = np.random.default_rng(seed)
+    mask = random_mask(rng, batch, time, padding="random")
+    # Garbage at padding must not matter.
+    x = np.where(mask > 0, value, rng.normal(size=(batch, time)) * 50).astype(np.float32)
+    assert np.all(np.asarray(rl_jax.whiten(x, mask)) == 0.0)
+    kept = np.asarray(rl_jax.whiten(x, mask, shift_mean=False))
+    assert np.all(kept == np.where(mask > 0, np.float32(value), 0.0))
+    assert np.asarray(rl_jax.masked_var(x, mask)) == 0.0
+
+
+@pytest.mark.parametrize("value", [0.7, 0.1, 0.3, 1 / 3])
+@pytest.mark.parametrize("group_size", [4, 5, 6, 7, 8])
+def test_issue_examples_all_equal_give_zero(value, group_size):
+    rewards = np.full(2 * group_size, value, np.float32)
+    assert np.all(np.asarray(rl_jax.group_advantages(rewards, group_size)) == 0.0)
+
+
+def numpy_reinforce_pp_baseline(scores, mask, n, eps=1e-8):
+    """Group-centre in float64, broadcast over tokens, whiten over the real tokens of the batch."""
+    scores = scores.astype(np.float64)
+    if n > 1:
+        scores = scores - np.repeat(scores.reshape(-1, n).mean(1), n)
+    tokens = np.broadcast_to(scores[:, None], mask.shape)
+    real = tokens[mask > 0]
+    out = (tokens - real.mean()) / np.sqrt(real.var(ddof=1) + eps)
+    return np.where(mask > 0, out, 0.0)
+
+
+class ReinforcePPBaselineTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(group_size=[1, 2, 4], padding=["right", "left", "random"])
+    def test_matches_numpy(self, group_size, padding):
+        rng = np.random.default_rng(11)
+        scores = rng.normal(size=3 * group_size).astype(np.float32)
+        mask = random_mask(rng, 3 * group_size, 7, padding=padding)
+        mask[0] = 1.0  # at least two real tokens in every batch
+        fn = self.variant(
+            lambda s, m: rl_jax.reinforce_pp_baseline_advantages(s, m, group_size)
+        )
+        expected = numpy_reinforce_pp_baseline(scores, mask, group_size)
+        np.testing.assert_allclose(fn(scores, mask), expected, atol=1e-5)
+
+    def test_hand_derived(self):
+        # Scores [1, 0 | 3, 3], group_size 2: centred [0.5, -0.5, 0, 0]. Lengths 1, 3, 2, 2 tokens:
+        # token values [0.5 | -0.5 x3 | 0 x2 | 0 x2], mean -1/8, sample var (sum sq dev)/7 where
+        # sum sq dev = (0.625^2) + 3 * 0.375^2 + 4 * 0.125^2 = 0.8750, var = 0.125, std = 0.35355.
+        scores = np.array([1.0, 0.0, 3.0, 3.0], np.float32)
+        mask = np.array([[1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 0]], np.float32)
+        adv = rl_jax.reinforce_pp_baseline_advantages(scores, mask, 2)
+        std = np.sqrt(0.125)
+        np.testing.assert_allclose(
+            adv,
+            [
+                [0.625 / std, 0, 0],
+                [-0.375 / std] * 3,
+                [0.125 / std, 0.125 / std, 0],
+                [0.125 / std, 0.125 / std, 0],
+            ],
+            rtol=1e-5,
+        )
+        # Unlike TRL's scale="batch": that one is per response and keeps the group-centred mean 0.
+        trl = rl_jax.group_advantages(scores, 2, scale="batch")
+        assert not np.allclose(np.asarray(adv)[:, 0], np.asarray(trl))
+
+    def test_all_equal_groups_give_exactly_zero(self):
+        scores = np.array([0.7] * 4 + [0.1] * 4, np.float32)
+        mask = random_mask(np.random.default_rng(0), 8, 5)
+        adv = rl_jax.reinforce_pp_baseline_advantages(scores, mask, 4)
+        assert np.all(np.asarray(adv) == 0.0)
