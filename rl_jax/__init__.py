@@ -24,14 +24,11 @@ from rl_jax.losses import (
     gmpo_loss,
     kl_cov_loss,
     policy_loss,
-    sequence_masked_is,
-    sequence_tis,
     token_covariance,
     token_logprobs,
-    token_masked_is,
-    token_tis,
     value_loss,
 )
+from rl_jax.mismatch import sequence_masked_is, sequence_tis, token_masked_is, token_tis
 from rl_jax.reward_losses import listwise_loss, pairwise_loss, ranking_loss
 
 __all__ = [

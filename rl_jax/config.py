@@ -28,8 +28,10 @@ from rl_jax.models import SUPPORTED_MODEL_TYPES
 from rl_jax.optim import SCHEDULES, optim_config
 
 STAGES = ("sft", "rm", "rl")
-ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # a baseline from the other responses of a prompt
+ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+POLICY_LOSSES = ("ppo", "cispo", "gmpo", "clip_cov", "kl_cov")
+IS_CORRECTIONS = ("none", "token_tis", "seq_tis", "token_mis", "seq_mis", "seq_mis_geo")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # a baseline from the other responses of a prompt
 RM_LOSSES = ("pairwise", "ranking", "listwise")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
 DTYPES = ("float32", "bfloat16", "float16")
@@ -95,7 +97,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = 1000
-    c.rl.estimator = "grpo"  # gae | grpo | dr_grpo | rloo | reinforce_pp
+    # gae (PPO) | grpo | dr_grpo | rloo | reinforce_pp (return-to-go, whitened; no baseline) |
+    # reinforce_pp_baseline (REINFORCE++ with a group baseline: centred per group, then whitened)
+    c.rl.estimator = "grpo"
     c.rl.num_prompts = 32
     c.rl.group_size = 8
     c.rl.epochs = 1  # passes over each rollout batch
@@ -114,14 +118,30 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.optim = optim_config(lr=3e-4)
 
     c.loss = ml_collections.ConfigDict()
+    # ppo (clipped ratio) | cispo (MiniMax-M1: clipped, stop-gradient weight on every token's
+    # log-prob) | gmpo (geometric mean of token ratios, clipped in log space) | clip_cov | kl_cov
+    # (Cui et al. 2025: detach, or KL-penalise, the tokens of largest log-prob/advantage covariance)
+    c.loss.policy_loss = "ppo"
     c.loss.clip_low = 0.2
     c.loss.clip_high = 0.2  # > clip_low: DAPO clip-higher
     c.loss.dual_clip = 0.0  # > 1 enables dual clip (0 = off)
-    c.loss.ratio_level = "token"  # token | sequence (GSPO)
+    c.loss.ratio_level = "token"  # token | sequence (GSPO) | sequence-token (GSPO-token); ppo only
+    c.loss.count_empty_rows = False  # True: empty responses count in seq-mean denominators (TRL)
+    c.loss.gmpo_clip = 0.4  # gmpo: clip of the token log-ratio, in log space
+    c.loss.cov_ratio = 2e-4  # clip_cov: share of tokens detached; kl_cov: share penalised
+    c.loss.cov_lower = 1.0  # clip_cov: the covariance band its tokens are drawn from
+    c.loss.cov_upper = 5.0
+    c.loss.kl_cov_coef = 1.0  # kl_cov: weight of |log ratio| on the chosen tokens
     c.loss.agg = "token-mean"  # see rl_jax.AGG_MODES
     c.loss.vf_coef = 0.1  # value-loss weight (critic only)
     c.loss.value_clip = 0.2  # 0 = plain MSE
-    c.loss.tis_cap = 0.0  # truncated importance sampling cap (0 = off)
+    # Sampler/trainer mismatch (rl_jax.mismatch), with the sampler's log-probs: none | token_tis
+    # (truncated IS) | seq_tis (sequence TIS) | token_mis (IcePop: tokens outside the band masked) |
+    # seq_mis (responses whose ratio product leaves the band masked) | seq_mis_geo (geometric mean)
+    c.loss.is_correction = "none"
+    c.loss.is_cap = 2.0  # token_tis / seq_tis truncation
+    c.loss.is_low = 0.5  # *_mis: the band [is_low, is_high] the ratio must stay in
+    c.loss.is_high = 2.0
 
     c.kl = ml_collections.ConfigDict()
     c.kl.coef = 0.0  # GRPO beta (in_reward=False) or PPO penalty (in_reward=True); 0 = no reference
@@ -257,22 +277,34 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     choice("rl.estimator", ESTIMATORS)
     choice("rl.critic_init", ("policy", "reward_model"))
     choice("loss.agg", AGG_MODES)
-    choice("loss.ratio_level", ("token", "sequence"))
+    choice("loss.ratio_level", ("token", "sequence", "sequence-token"))
+    choice("loss.policy_loss", POLICY_LOSSES)
+    choice("loss.is_correction", IS_CORRECTIONS)
+    if loss.policy_loss != "ppo" and (loss.ratio_level != "token" or loss.dual_clip):
+        bad("loss.policy_loss", loss.policy_loss, "'ppo' with loss.ratio_level != 'token' or "
+            "loss.dual_clip (both are options of the clipped PPO objective)")
+    for field in ("loss.gmpo_clip", "loss.cov_ratio", "loss.kl_cov_coef"):
+        if not _get(config, field) > 0:
+            bad(field, _get(config, field), "a number > 0")
+    if not loss.cov_lower < loss.cov_upper:
+        bad("loss.cov_upper", loss.cov_upper, f"> loss.cov_lower = {loss.cov_lower}")
+    if not loss.is_cap >= 1:
+        bad("loss.is_cap", loss.is_cap, "a number >= 1")
+    if not 0 <= loss.is_low <= 1 <= loss.is_high:
+        bad("loss.is_low", (loss.is_low, loss.is_high), "0 <= loss.is_low <= 1 <= loss.is_high")
     choice("kl.estimator", typing.get_args(KLEstimator))
     for field in ("rl.steps", "rl.num_prompts", "rl.group_size", "rl.epochs", "rl.num_minibatches"):
         at_least(field, 1)
     for field in ("rl.max_extra_rounds", "rl.overlong_buffer", "rl.overlong_penalty", "kl.coef",
-                  "kl.target", "loss.vf_coef", "loss.value_clip", "loss.tis_cap"):
+                  "kl.target", "loss.vf_coef", "loss.value_clip"):
         at_least(field, 0)
     at_least("kl.horizon", 1)
     for field in ("loss.clip_low", "loss.clip_high"):
         at_least(field, 0)
-    if not 0 <= loss.clip_low < 1:
-        bad("loss.clip_low", loss.clip_low, "a number in [0, 1)")
+    if not 0 <= loss.clip_low <= 1:
+        bad("loss.clip_low", loss.clip_low, "a number in [0, 1] (1: no lower bound)")
     if loss.dual_clip and not loss.dual_clip > 1:
         bad("loss.dual_clip", loss.dual_clip, "0 (off) or a number > 1")
-    if 0 < loss.tis_cap < 1:
-        bad("loss.tis_cap", loss.tis_cap, "0 (off) or a cap >= 1")
     for field in ("rl.lam", "rl.gamma"):
         if not 0 <= _get(config, field) <= 1:
             bad(field, _get(config, field), "a number in [0, 1]")

@@ -62,7 +62,7 @@ def flat(params):
          "rl.num_minibatches": 2, "rl.epochs": 2, "rl.eos_trick": True,
          "rl.whiten_rewards": True, "rl.optim.grad_accum_steps": 2},
         {"rl.estimator": "rloo", "loss.clip_high": 0.28, "loss.agg": "seq-mean-token-sum-norm",
-         "rl.dynamic_sampling": True, "rl.overlong_buffer": 2, "loss.tis_cap": 2.0},
+         "rl.dynamic_sampling": True, "rl.overlong_buffer": 2, "loss.is_correction": "token_tis"},
         {"rl.estimator": "reinforce_pp", "kl.coef": 0.01, "kl.in_reward": True,
          "loss.ratio_level": "sequence", "loss.dual_clip": 3.0},
     ],

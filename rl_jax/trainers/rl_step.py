@@ -47,7 +47,17 @@ class RLSettings:
     max_len: int | None = None
     vf_coef: float = 0.1
     value_clip: float | None = 0.2
-    tis_cap: float | None = None  # truncated importance sampling between sampler and trainer
+    count_empty_rows: bool = False  # TRL: empty responses count in sequence-mean denominators
+    policy_loss: str = "ppo"  # ppo | cispo | gmpo | clip_cov | kl_cov
+    gmpo_clip: float = 0.4  # GMPO's clip of the token log-ratio (log space)
+    cov_ratio: float = 2e-4  # Clip-Cov: share of tokens detached; KL-Cov: share penalised
+    cov_lower: float = 1.0  # Clip-Cov: the covariance band tokens are drawn from
+    cov_upper: float = 5.0
+    kl_cov_coef: float = 1.0
+    is_correction: str = "none"  # sampler/trainer mismatch: see rl_jax.mismatch
+    is_cap: float = 2.0  # TIS truncation
+    is_low: float = 0.5  # masked IS: the band the ratio must stay in
+    is_high: float = 2.0
     epochs: int = 1
     num_minibatches: int = 1
     seed: int = 0
@@ -59,7 +69,7 @@ class RLSettings:
         The first update of a rollout runs at the sampling weights, so its forward pass gives the
         old log-probs with no extra forward; with more updates (or TIS) ``prepare`` computes them.
         """
-        return self.epochs == 1 and self.num_minibatches == 1 and self.tis_cap is None
+        return self.epochs == 1 and self.num_minibatches == 1 and self.is_correction == "none"
 
     @property
     def has_critic(self) -> bool:
@@ -105,7 +115,9 @@ def advantages_and_returns(
     est = settings.estimator
     if settings.whiten_rewards:
         scores = rl_jax.whiten(scores, jnp.ones_like(scores), shift_mean=False)
-    if est in ("grpo", "dr_grpo", "rloo"):
+    if est == "reinforce_pp_baseline":  # centred per group, whitened over the batch's tokens
+        adv, returns = rl_jax.reinforce_pp_baseline_advantages(scores, mask, settings.group_size), None
+    elif est in ("grpo", "dr_grpo", "rloo"):
         if est == "rloo":
             adv = rl_jax.rloo_advantages(scores, settings.group_size)
         else:
@@ -128,7 +140,7 @@ def advantages_and_returns(
             )
             returns = None
             adv = rl_jax.whiten(adv, mask)
-    if settings.whiten_advantages and est != "reinforce_pp":
+    if settings.whiten_advantages and est not in ("reinforce_pp", "reinforce_pp_baseline"):
         adv = rl_jax.whiten(adv, mask)
     return adv, returns
 
@@ -200,11 +212,12 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
         adv, returns = advantages_and_returns(
             settings, batch["scores"], response_mask, values, token_kl, kl_coef
         )
-        if settings.tis_cap is not None:
-            weights = jnp.minimum(
-                jnp.exp(old_logprobs - batch["sampler_logprobs"]), settings.tis_cap
+        if settings.is_correction != "none":
+            weights, out["policy_mask"], is_metrics = mismatch_correction(
+                settings, old_logprobs, batch["sampler_logprobs"], response_mask
             )
-            adv = adv * jax.lax.stop_gradient(weights)
+            adv = adv * weights
+            metrics.update(is_metrics)
         out["advantages"] = adv
         if returns is not None:
             out["returns"] = returns
@@ -213,6 +226,40 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
         return out, metrics
 
     return prepare
+
+
+def mismatch_correction(settings: RLSettings, old_logprobs, sampler_logprobs, response_mask):
+    """``(weights, policy mask, metrics)`` of ``settings.is_correction`` (``rl_jax.mismatch``)."""
+    args = (old_logprobs, sampler_logprobs, response_mask)
+    kind, band = settings.is_correction, dict(low=settings.is_low, high=settings.is_high)
+    if kind == "token_tis":
+        return rl_jax.token_tis(*args, cap=settings.is_cap)
+    if kind == "seq_tis":
+        return rl_jax.sequence_tis(*args, cap=settings.is_cap)
+    if kind == "token_mis":
+        return rl_jax.token_masked_is(*args, **band)
+    level = {"seq_mis": "product", "seq_mis_geo": "geometric"}[kind]
+    return rl_jax.sequence_masked_is(*args, **band, level=level)
+
+
+def policy_objective(settings: RLSettings, logprobs, old_logprobs, advantages, mask, key):
+    """``(loss, metrics)`` of the configured policy loss (``settings.policy_loss``)."""
+    s = settings
+    args = (logprobs, old_logprobs, advantages, mask)
+    agg = dict(agg=s.agg, max_len=s.max_len, count_empty_rows=s.count_empty_rows)
+    clip = dict(clip_low=s.clip_low, clip_high=s.clip_high)
+    if s.policy_loss == "ppo":
+        return rl_jax.policy_loss(*args, **clip, dual_clip=s.dual_clip, ratio_level=s.ratio_level,
+                                  **agg)
+    if s.policy_loss == "cispo":
+        return rl_jax.cispo_loss(*args, **clip, **agg)
+    if s.policy_loss == "gmpo":
+        return rl_jax.gmpo_loss(*args, clip_low=s.gmpo_clip, clip_high=s.gmpo_clip,
+                                count_empty_rows=s.count_empty_rows)
+    if s.policy_loss == "clip_cov":
+        return rl_jax.clip_cov_loss(*args, key, **clip, cov_ratio=s.cov_ratio,
+                                    cov_lower=s.cov_lower, cov_upper=s.cov_upper, **agg)
+    return rl_jax.kl_cov_loss(*args, kl_ratio=s.cov_ratio, kl_coef=s.kl_cov_coef, **agg)
 
 
 def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
@@ -233,17 +280,9 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
             )
         else:
             old_logprobs = mb["old_logprobs"]
-        pg_loss, pg_metrics = rl_jax.policy_loss(
-            logprobs,
-            old_logprobs,
-            mb["advantages"],
-            response_mask,
-            clip_low=settings.clip_low,
-            clip_high=settings.clip_high,
-            dual_clip=settings.dual_clip,
-            ratio_level=settings.ratio_level,
-            agg=settings.agg,
-            max_len=settings.max_len,
+        policy_mask = mb.get("policy_mask", response_mask)  # a mismatch correction's mask
+        pg_loss, pg_metrics = policy_objective(
+            settings, logprobs, old_logprobs, mb["advantages"], policy_mask, mb.get("loss_key")
         )
         metrics.update(pg_metrics, policy_loss=pg_loss)
         loss = pg_loss
@@ -253,6 +292,7 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
                 response_mask,
                 settings.agg,
                 max_len=settings.max_len,
+                count_empty_rows=settings.count_empty_rows,
             )
             metrics["kl_loss"] = kl_term
             loss = loss + settings.kl_loss_coef * kl_term
@@ -290,6 +330,9 @@ def make_update(settings: RLSettings, tx: optax.GradientTransformation, loss_fn)
             minibatches = jax.tree.map(
                 lambda x: x[perm].reshape(settings.num_minibatches, -1, *x.shape[1:]), batch
             )
+            if settings.policy_loss == "clip_cov":  # its random token choice, per minibatch
+                keys = jax.random.fold_in(epoch_key, 1)
+                minibatches["loss_key"] = jax.random.split(keys, settings.num_minibatches)
             return jax.lax.scan(minibatch_step, state, minibatches)
 
         state, metrics = jax.lax.scan(epoch_step, state, jax.random.split(key, settings.epochs))
