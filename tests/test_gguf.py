@@ -319,5 +319,5 @@ def test_smollm2_gguf_matches_transformers():
     real = mask.astype(bool)
     scale = float(np.abs(expected[real]).max())
     err = float(np.abs(ours - expected)[real].max())
-    # Measured here: 1.1e-4 at logit scale ~40 (float32 summation order only).
-    assert err <= 2e-4 * max(scale / 10, 1.0), (err, scale)
+    # Measured here: 1.06e-4 at logit scale 39.3 (2.7e-6 of it; float32 summation order).
+    assert err <= 5e-6 * scale, (err, scale)  # 2e-4 at scale 40
