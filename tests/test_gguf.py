@@ -102,6 +102,7 @@ def write_gguf(
     qtype: T = T.F32,
     architecture: str = "llama",
     raw_types: dict[str, T] | None = None,
+    add_bos: bool | None = None,
 ) -> Path:
     """Writes `tensors` (HF names and layout) as llama.cpp would, with tiny_tokenizer().
 
@@ -132,6 +133,8 @@ def write_gguf(
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(0)
     writer.add_chat_template(CHAT_TEMPLATE)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
     for name, array in tensors.items():
         if name.endswith("q_proj.weight"):
             array = llama_cpp_permute(array, config.num_heads, config.num_heads)
@@ -216,7 +219,9 @@ def test_unpermute_qk_inverts_llama_cpp_permute():
 
 def test_directory_dispatch_and_config(tmp_path):
     config, tensors = tiny_llama(tied=False, seed=1)
-    write_gguf(tmp_path / "model.gguf", config, tensors)
+    write_gguf(tmp_path / "model.gguf", config, tensors, add_bos=True)
+    assert models.load_gguf_tokenizer(tmp_path).encode("the fox") == [
+        1, *tiny_tokenizer().encode("the fox")]
     assert models.is_gguf(tmp_path) and models.is_gguf(tmp_path / "model.gguf")
     assert models.load_gguf_config(tmp_path, dtype="bfloat16") == dataclasses.replace(
         config, dtype="bfloat16"

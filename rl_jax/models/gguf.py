@@ -274,7 +274,8 @@ def load_gguf_tokenizer(path: str | os.PathLike) -> transformers.PreTrainedToken
     Built with transformers' own GGUF tokenizer converter (the one `AutoTokenizer` uses with
     `gguf_file=`), fed from `gguf.GGUFReader`: transformers' GGUF reader imports torch, this does
     not. bos/eos/pad/unk tokens come from `tokenizer.ggml.*_token_id`, `chat_template` from
-    `tokenizer.chat_template`.
+    `tokenizer.chat_template`, whether encode adds BOS/EOS from `tokenizer.ggml.add_bos_token` /
+    `add_eos_token`.
     """
     file = find_gguf_file(path)
     return _tokenizer_from_reader(gguf.GGUFReader(file), file)
@@ -303,10 +304,15 @@ def _tokenizer_from_reader(
                       ("pad_token", "pad_token_id"), ("unk_token", "unk_token_id")):
         if key in tokenizer_dict:
             special[name] = tokens[tokenizer_dict[key]]
-    chat_template = _metadata(reader, "tokenizer.chat_template", file, None)
+    # As transformers' GGUF loading: a sentencepiece ("llama") vocabulary without the flag adds
+    # BOS, which is what llama.cpp does.
+    add_bos = _metadata(reader, "tokenizer.ggml.add_bos_token", file,
+                        tokenizer_dict.get("tokenizer_type") == "llama")
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        chat_template=chat_template,
+        chat_template=_metadata(reader, "tokenizer.chat_template", file, None),
         model_max_length=int(_metadata(reader, f"{architecture}.context_length", file, 2**30)),
+        add_bos_token=bool(add_bos),
+        add_eos_token=bool(_metadata(reader, "tokenizer.ggml.add_eos_token", file, False)),
         **special,
     )
