@@ -23,6 +23,7 @@ setuptools.setup(
         "transformers>=5.24.0",
         "tokenizers>=0.23.3",
         "safetensors>=0.8.0",
+        "gguf>=0.19.0",  # reads llama.cpp .gguf files (rl_jax.models.gguf)
         "numpy>=2.0",
         "chex>=0.1.92",
         "tensorboardX>=2.6",

@@ -1,6 +1,17 @@
 """Decoder-only transformers (Llama, Qwen2, Qwen3) in Flax NNX, with Hugging Face load/save."""
 
 from rl_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling, tiny_config
+from rl_jax.models.gguf import (
+    SUPPORTED_GGUF_ARCHITECTURES,
+    find_gguf_file,
+    is_gguf,
+    load_gguf,
+    load_gguf_causal_lm,
+    load_gguf_config,
+    load_gguf_tokenizer,
+    read_gguf_tensors,
+    unpermute_qk,
+)
 from rl_jax.models.hf_io import (
     load_causal_lm,
     load_config,
@@ -26,6 +37,7 @@ from rl_jax.models.transformer import (
 )
 
 __all__ = [
+    "SUPPORTED_GGUF_ARCHITECTURES",
     "SUPPORTED_MODEL_TYPES",
     "CausalLM",
     "DecodeCache",
@@ -37,16 +49,24 @@ __all__ = [
     "apply_lm",
     "apply_model",
     "attention_mask",
+    "find_gguf_file",
     "init_decode_cache",
+    "is_gguf",
     "last_token_index",
     "load_causal_lm",
     "load_config",
+    "load_gguf",
+    "load_gguf_causal_lm",
+    "load_gguf_config",
+    "load_gguf_tokenizer",
     "load_pretrained",
     "params_from_hf",
     "positions_from_mask",
+    "read_gguf_tensors",
     "read_hf_tensors",
     "save_pretrained",
     "tiny_config",
     "to_hf_tensors",
     "train_bpe_tokenizer",
+    "unpermute_qk",
 ]

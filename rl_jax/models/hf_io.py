@@ -172,7 +172,12 @@ def params_from_hf(
 def load_causal_lm(
     path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None
 ) -> CausalLM:
-    """A CausalLM from a local HF checkpoint directory (config.json + safetensors)."""
+    """A CausalLM from a local HF checkpoint directory (config.json + safetensors), or from a
+    llama.cpp .gguf file (or a directory holding one and no config.json)."""
+    from rl_jax.models import gguf as gguf_io  # imports this module
+
+    if gguf_io.is_gguf(path):
+        return gguf_io.load_gguf_causal_lm(path, dtype=dtype, param_dtype=param_dtype)
     directory = Path(path)
     config = load_config(directory, dtype=dtype, param_dtype=param_dtype or dtype)
     tensors, files = read_hf_tensors(directory)
@@ -184,8 +189,15 @@ def load_pretrained(
 ) -> tuple[CausalLM, transformers.PreTrainedTokenizerBase]:
     """(CausalLM, tokenizer) from a local HF checkpoint directory; never touches the hub.
 
+    `path` may also be a llama.cpp .gguf file, or a directory holding exactly one and no
+    config.json: the weights are dequantised and the tokenizer and chat template come from the
+    GGUF metadata (see rl_jax.models.gguf; no torch involved).
     `dtype` is the compute dtype; `param_dtype` defaults to it. bf16 checkpoints load (cast).
     """
+    from rl_jax.models import gguf as gguf_io  # imports this module
+
+    if gguf_io.is_gguf(path):
+        return gguf_io.load_gguf(path, dtype=dtype, param_dtype=param_dtype)
     model = load_causal_lm(path, dtype=dtype, param_dtype=param_dtype)
     if not any((Path(path) / name).is_file() for name in _TOKENIZER_FILES):
         raise FileNotFoundError(
