@@ -31,7 +31,8 @@ STAGES = ("sft", "rm", "rl")
 ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 POLICY_LOSSES = ("ppo", "cispo", "gmpo", "clip_cov", "kl_cov")
 IS_CORRECTIONS = ("none", "token_tis", "seq_tis", "token_mis", "seq_mis", "seq_mis_geo")
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # a baseline from the other responses of a prompt
+# Estimators with a baseline from the other responses of a prompt.
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 RM_LOSSES = ("pairwise", "ranking", "listwise")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
 DTYPES = ("float32", "bfloat16", "float16")

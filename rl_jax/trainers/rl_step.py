@@ -116,7 +116,8 @@ def advantages_and_returns(
     if settings.whiten_rewards:
         scores = rl_jax.whiten(scores, jnp.ones_like(scores), shift_mean=False)
     if est == "reinforce_pp_baseline":  # centred per group, whitened over the batch's tokens
-        adv, returns = rl_jax.reinforce_pp_baseline_advantages(scores, mask, settings.group_size), None
+        adv = rl_jax.reinforce_pp_baseline_advantages(scores, mask, settings.group_size)
+        returns = None
     elif est in ("grpo", "dr_grpo", "rloo"):
         if est == "rloo":
             adv = rl_jax.rloo_advantages(scores, settings.group_size)
