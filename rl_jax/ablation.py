@@ -58,8 +58,8 @@ class Metric:
     ``key`` is a logged name, or a tuple of names summed in each record (``clip_frac_low`` +
     ``clip_frac_high``). The value is the mean over the last ``last_n`` records that have it
     (``last_n=1``: the final value). ``baseline_stage`` subtracts the final value of ``key`` in that
-    stage (held-out accuracy after RL minus after SFT); ``log10`` takes ``log10(max(v, 1e-6))``,
-    so a claimed ratio ("10x larger") becomes a difference (``margin=1``).
+    stage (held-out accuracy after RL minus after SFT); ``log10`` takes ``log10(max(mean, 1e-6))``
+    of that mean, so a claimed ratio ("10x larger") becomes a difference (``margin=1``).
     """
 
     stage: str
@@ -251,32 +251,46 @@ def _record_value(record: Mapping[str, Any], keys: Sequence[str]) -> float | Non
     return float(sum(record[k] for k in keys))
 
 
+def _raw_curve(
+    records: Sequence[Mapping[str, Any]], metric: Metric
+) -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of ``metric``'s keys in its stage, the baseline subtracted."""
+    rows = latest_records(records)
+    points = [
+        (r["step"], v)
+        for r in rows
+        if r["stage"] == metric.stage and (v := _record_value(r, metric.keys)) is not None
+    ]
+    offset = 0.0
+    if metric.baseline_stage:
+        base = [v for r in rows if r["stage"] == metric.baseline_stage
+                and (v := _record_value(r, metric.keys)) is not None]
+        if not base:
+            raise ValueError(f"no {metric.keys} in stage {metric.baseline_stage!r} records")
+        offset = base[-1]
+    return [s for s, _ in points], [v - offset for _, v in points]
+
+
+def _transform(metric: Metric, value: float) -> float:
+    return math.log10(max(value, LOG10_FLOOR)) if metric.log10 else value
+
+
 def metric_curve(
     records: Sequence[Mapping[str, Any]], metric: Metric
 ) -> tuple[list[int], list[float]]:
-    """``(steps, values)`` of ``metric`` in its stage, transformed like the metric (baseline
-    subtracted or log10), over the records that log it."""
-    rows = [r for r in latest_records(records) if r["stage"] == metric.stage]
-    points = [(r["step"], v) for r in rows if (v := _record_value(r, metric.keys)) is not None]
-    offset = 0.0
-    if metric.baseline_stage:
-        base = [r for r in latest_records(records) if r["stage"] == metric.baseline_stage]
-        base_values = [v for r in base if (v := _record_value(r, metric.keys)) is not None]
-        if not base_values:
-            raise ValueError(f"no {metric.keys} in stage {metric.baseline_stage!r} records")
-        offset = base_values[-1]
-    values = [v - offset for _, v in points]
-    if metric.log10:
-        values = [math.log10(max(v, LOG10_FLOOR)) for v in values]
-    return [s for s, _ in points], values
+    """``(steps, values)`` of ``metric`` at each logged step of its stage (baseline subtracted,
+    or log10 of each step's value)."""
+    steps, values = _raw_curve(records, metric)
+    return steps, [_transform(metric, v) for v in values]
 
 
 def metric_value(records: Sequence[Mapping[str, Any]], metric: Metric) -> float:
-    """The metric of one run: the mean of its last ``last_n`` curve values."""
-    _, values = metric_curve(records, metric)
+    """The metric of one run: the mean of its last ``last_n`` values, then log10 if asked (the
+    log of a mean fraction, so a step with nothing clipped does not weigh as ``log10(1e-6)``)."""
+    _, values = _raw_curve(records, metric)
     if not values:
         raise ValueError(f"no records of {metric.label}")
-    return float(np.mean(values[-metric.last_n :]))
+    return _transform(metric, float(np.mean(values[-metric.last_n :])))
 
 
 # --- configs --------------------------------------------------------------------------------------

@@ -116,7 +116,9 @@ def test_metric_value_and_curve_from_records():
     gain = ab.Metric("rl", "eval/pass@1", baseline_stage="sft")
     assert ab.metric_value(RECORDS, gain) == pytest.approx(0.25)  # 0.75 after RL - 0.5 after SFT
     log_clip = ab.Metric("rl", ("clip_frac_low", "clip_frac_high"), last_n=2, log10=True)
-    assert ab.metric_value(RECORDS, log_clip) == pytest.approx((-6 + math.log10(0.3)) / 2)
+    assert ab.metric_value(RECORDS, log_clip) == pytest.approx(math.log10(0.15))  # log of the mean
+    assert ab.metric_curve(RECORDS, log_clip)[1] == pytest.approx(
+        [math.log10(0.3), -6.0, math.log10(0.3)])  # per step, 0 floored at 1e-6
     with pytest.raises(ValueError, match="no records"):
         ab.metric_value(RECORDS, ab.Metric("rm", "accuracy"))
 
