@@ -397,7 +397,8 @@ def _check_preregistration(ablation: Ablation, workdir: str) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-        if {k: saved[k] for k in ("metrics", "claims")} != {k: spec[k] for k in ("metrics", "claims")}:
+        fixed = ("metrics", "claims")
+        if {k: saved[k] for k in fixed} != {k: spec[k] for k in fixed}:
             raise ValueError(
                 f"the metrics or claims differ from those registered in {path} when this sweep "
                 "started; start a new workdir to test another claim"
@@ -459,7 +460,8 @@ def sweep(
                 target = os.path.join(directory, item)
                 if os.path.isdir(source) and not os.path.exists(target):
                     shutil.copytree(source, target)
-        _write_json(os.path.join(directory, "config.json"), json.loads(config.to_json_best_effort()))
+        config_json = json.loads(config.to_json_best_effort())
+        _write_json(os.path.join(directory, "config.json"), config_json)
         _write_json(
             os.path.join(directory, "overrides.json"),
             {"variant": name, "seed": seed, "overrides": overrides, "shared_from": shared_from,
@@ -520,7 +522,8 @@ def plot_curves(
     path: str,
 ) -> None:
     """A panel per metric, a line per variant: the mean over seeds at each step logged by every
-    seed, with a band of the 95% t interval (``curves[metric][variant]``: per-seed (steps, values))."""
+    seed, with a band of the 95% t interval (``curves[metric][variant]``: per-seed
+    ``(steps, values)``)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, name in zip(axes[0], metrics, strict=True):
         for variant, runs in curves[name].items():
@@ -554,7 +557,8 @@ def report(
     the claims' results (claims whose variants were not run are left out)."""
     seeds = list(ablation.seeds if seeds is None else seeds)
     names = list(ablation.variants if variants is None else variants)
-    values: dict[str, dict[str, list[float]]] = {n: {m: [] for m in ablation.metrics} for n in names}
+    values: dict[str, dict[str, list[float]]] = {n: {m: [] for m in ablation.metrics}
+                                                 for n in names}
     curves: dict[str, dict[str, list]] = {m: {n: [] for n in names} for m in ablation.metrics}
     for name in names:
         for seed in seeds:

@@ -1,5 +1,6 @@
 """rl_jax.ablation: t intervals against hand-derived numbers, the verdict rule on synthetic
-metrics, reading records, the table, and a two-variant sweep end to end (shared SFT, skip on rerun)."""
+metrics, reading records, the table, and a two-variant sweep end to end (shared SFT; reruns
+skip)."""
 
 import json
 import math
@@ -176,7 +177,7 @@ TINY = {
     "model.intermediate_size": 64, "model.num_layers": 1, "model.max_len": 32,
     "rollout.max_new_tokens": 4, "sft.steps": 6, "sft.batch_size": 16, "sft.eval_every": 3,
     "rl.steps": 3, "rl.num_prompts": 4, "rl.group_size": 4, "eval.num_examples": 8,
-    "eval.every": 3, "eval.k": 2, "checkpoint.every": 2, "log.every": 1, "log.samples_every": 0,
+    "eval.every": 3, "eval.k": 0, "checkpoint.every": 10, "log.every": 1, "log.samples_every": 0,
 }
 
 
