@@ -426,6 +426,9 @@ def sweep(
     """
     seeds = list(ablation.seeds if seeds is None else seeds)
     names = list(ablation.variants if variants is None else variants)
+    unknown = [n for n in names if n not in ablation.variants]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(ablation.variants)}")
     _check_preregistration(ablation, workdir)
     stages = shared_stages(ablation)
     sharing = {}
@@ -434,6 +437,9 @@ def sweep(
         sharing[name] = bool(stages) and not own
         if stages and own:
             print(f"variant {name}: overrides {own}, read by {'/'.join(stages)}: runs its own")
+    if any(sharing.values()):
+        print(f"{'/'.join(stages)} once per seed in {os.path.join(workdir, 'shared')}, copied "
+              f"into {[n for n in names if sharing[n]]}")
     jobs: list[tuple[str, int]] = []
     for seed in seeds:
         if any(sharing[n] for n in names):
@@ -459,7 +465,10 @@ def sweep(
                 source = os.path.join(shared_dir(workdir, seed), item)
                 target = os.path.join(directory, item)
                 if os.path.isdir(source) and not os.path.exists(target):
-                    shutil.copytree(source, target)
+                    # copy, then rename: an interrupted copy never looks like a checkpoint
+                    shutil.rmtree(target + ".partial", ignore_errors=True)
+                    shutil.copytree(source, target + ".partial")
+                    os.replace(target + ".partial", target)
         config_json = json.loads(config.to_json_best_effort())
         _write_json(os.path.join(directory, "config.json"), config_json)
         _write_json(

@@ -266,4 +266,7 @@ def test_variant_overriding_sft_fields_gets_its_own_sft(tmp_path, capsys):
                      (("sft", "rl"), "b/seed0")]
     assert "variant b: overrides ['sft.steps']" in capsys.readouterr().out
     assert json.loads((tmp_path / "b/seed0/overrides.json").read_text())["shared_from"] == ""
+    assert ab.sweep(ablation, str(tmp_path), fake_train) == {"done": 0, "skipped": 3}
+    with pytest.raises(ValueError, match="unknown variants"):
+        ab.sweep(ablation, str(tmp_path), fake_train, variants=["c"])
 

@@ -12,7 +12,7 @@ differences: GRPO token-level ratios clipped at 0.2 / 0.27, GSPO sequence-level 
 from configs import arithmetic_grpo
 from rl_jax import ablation as ab
 
-RL_STEPS = 200
+RL_STEPS = 300
 LAST = 20  # logged steps averaged for "final" train metrics
 
 
