@@ -454,6 +454,14 @@ def sweep(
         else:
             directory, overrides = run_dir(workdir, name, seed), dict(ablation.variants[name])
             config = run_config(ablation.base, overrides, seed)
+        config_json = json.loads(config.to_json_best_effort())
+        saved_path = os.path.join(directory, "config.json")
+        if os.path.exists(saved_path):  # a run started from another config is not this row
+            with open(saved_path, encoding="utf-8") as f:
+                changed = _changed_fields(json.load(f), config_json)
+            if changed:
+                raise ValueError(f"{directory} was run with another config ({changed[:5]}); "
+                                 "delete it, or use a new workdir")
         if os.path.exists(os.path.join(directory, "summary.json")):
             counts["skipped"] += 1
             continue
@@ -469,8 +477,7 @@ def sweep(
                     shutil.rmtree(target + ".partial", ignore_errors=True)
                     shutil.copytree(source, target + ".partial")
                     os.replace(target + ".partial", target)
-        config_json = json.loads(config.to_json_best_effort())
-        _write_json(os.path.join(directory, "config.json"), config_json)
+        _write_json(saved_path, config_json)
         _write_json(
             os.path.join(directory, "overrides.json"),
             {"variant": name, "seed": seed, "overrides": overrides, "shared_from": shared_from,
@@ -479,6 +486,14 @@ def sweep(
         train(config, directory)
         counts["done"] += 1
     return counts
+
+
+def _changed_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted names where two JSON configs differ (progress bars aside)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [f for k in sorted(set(a) | set(b)) if k != "progress_bar"
+                for f in _changed_fields(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def run_records(directory: str) -> list[dict[str, Any]]:

@@ -267,6 +267,10 @@ def test_variant_overriding_sft_fields_gets_its_own_sft(tmp_path, capsys):
     assert "variant b: overrides ['sft.steps']" in capsys.readouterr().out
     assert json.loads((tmp_path / "b/seed0/overrides.json").read_text())["shared_from"] == ""
     assert ab.sweep(ablation, str(tmp_path), fake_train) == {"done": 0, "skipped": 3}
+    # a finished row whose variant has since changed is not silently reused
+    edited = ab.Ablation(**{**ablation.__dict__, "variants": {"a": {"rl.steps": 7}, "b": {}}})
+    with pytest.raises(ValueError, match="another config"):
+        ab.sweep(edited, str(tmp_path), fake_train)
     with pytest.raises(ValueError, match="unknown variants"):
         ab.sweep(ablation, str(tmp_path), fake_train, variants=["c"])
 

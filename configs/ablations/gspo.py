@@ -9,9 +9,9 @@ differences: GRPO token-level ratios clipped at 0.2 / 0.27, GSPO sequence-level 
 ``exp(mean_t log rho_t)`` clipped at 3e-4 / 4e-4, the ranges of the paper.
 
 Size: one timing run (the GSPO variant with ``--config.rl.steps=30``) on this 2-core CPU shared with
-other jobs (load average 9) took 172 s: SFT about 115 s (1,350 steps to 30% held-out accuracy; the
+other jobs (load average 9) took 172 s: SFT 110 s (1,350 steps to 30% held-out accuracy; the
 step count varies by seed), RL 32 s to compile then about 0.5 s a step. With 300 RL steps a seed is
-about 115 s + 2 x (35 + 150 + evals) s, so 3 seeds take about 25-30 min under that load.
+about 110 s + 2 x (35 + 150 + evals) s, so 3 seeds take about 25-30 min under that load.
 """
 
 from configs import arithmetic_grpo
