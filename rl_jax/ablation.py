@@ -80,10 +80,11 @@ class Metric:
 
     @property
     def label(self) -> str:
-        name = " + ".join(self.keys)
-        name = f"log10({name})" if self.log10 else name
-        return f"{self.stage} {name}" + (f" - {self.baseline_stage} final" if self.baseline_stage
-                                          else "")
+        """``"rl clip_frac_low + clip_frac_high, mean of last 20, log10"``."""
+        name = f"{self.stage} {' + '.join(self.keys)}"
+        name += f", mean of last {self.last_n}" if self.last_n > 1 else ", final"
+        name += f" - {self.baseline_stage} final" if self.baseline_stage else ""
+        return name + (", log10" if self.log10 else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,6 +120,8 @@ def test_metric_value_and_curve_from_records():
     assert ab.metric_value(RECORDS, log_clip) == pytest.approx(math.log10(0.15))  # log of the mean
     assert ab.metric_curve(RECORDS, log_clip)[1] == pytest.approx(
         [math.log10(0.3), -6.0, math.log10(0.3)])  # per step, 0 floored at 1e-6
+    assert log_clip.label == "rl clip_frac_low + clip_frac_high, mean of last 2, log10"
+    assert gain.label == "rl eval/pass@1, final - sft final"
     with pytest.raises(ValueError, match="no records"):
         ab.metric_value(RECORDS, ab.Metric("rm", "accuracy"))
 
@@ -130,7 +132,7 @@ def test_table_markdown():
               "gspo": {"acc": [0.5, 0.5, 0.5], "clip": [0.2, 0.3, 0.4]}}
     table = ab.table_markdown(values, [0, 1, 2], metrics)
     lines = table.splitlines()
-    assert lines[0] == "| variant | acc (rl eval/pass@1) | clip (rl clip_frac_high) |"
+    assert lines[0] == "| variant | acc (rl eval/pass@1, final) | clip (rl clip_frac_high, final) |"
     assert lines[2].startswith("| grpo | 2 [-0.4843, 4.484] (0: 1, 1: 2, 2: 3) |")
     assert lines[3].startswith("| gspo | 0.5 [0.5, 0.5] (0: 0.5, 1: 0.5, 2: 0.5) | 0.3 [")
     single = ab.table_markdown({"grpo": {"acc": [0.5], "clip": [0.1]}}, [7], metrics)
