@@ -557,15 +557,20 @@ def plot_curves(
                 continue
             table = np.array([[dict(zip(s, v, strict=True))[t] for t in common] for s, v in runs])
             mean = table.mean(axis=0)
-            (line,) = ax.plot(common, mean, label=f"{variant} (n={len(runs)})")
+            marker = "o" if len(common) <= 20 else None  # a lone eval point stays visible
+            (line,) = ax.plot(common, mean, marker=marker, label=f"{variant} (n={len(runs)})")
             if len(runs) > 1:
                 bands = [mean_interval(col) for col in table.T]
                 ax.fill_between(common, [b.low for b in bands], [b.high for b in bands],
                                 color=line.get_color(), alpha=0.2)
         ax.set_title(name)
         ax.set_xlabel("step")
-        ax.set_ylabel(metrics[name].label)
+        metric = metrics[name]
+        ylabel = " + ".join(metric.keys) + (f" - {metric.baseline_stage} final"
+                                            if metric.baseline_stage else "")
+        ax.set_ylabel(f"log10({ylabel})" if metric.log10 else ylabel)
         ax.legend()
+    fig.suptitle("mean over seeds; band: 95% Student-t interval", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
