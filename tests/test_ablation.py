@@ -276,3 +276,40 @@ def test_variant_overriding_sft_fields_gets_its_own_sft(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown variants"):
         ab.sweep(ablation, str(tmp_path), fake_train, variants=["c"])
 
+
+
+def test_interrupted_run_resumes_in_its_workdir(tmp_path):
+    """A run that dies is run again on the same directory (run() resumes there); the shared
+    checkpoints are copied once, and the finished rows are skipped."""
+    ablation = ab.Ablation(
+        claim="test",
+        base=preference_rm_ppo.get_config("ppo"),
+        variants={"ppo": {}, "rloo": {"rl.estimator": "rloo"}},
+        metrics={"acc": ab.Metric("rl", "accuracy")},
+        claims=[],
+        seeds=(3,),
+    )
+    assert ab.shared_stages(ablation) == ("sft", "rm")
+    calls = []
+
+    def flaky_train(config, directory):
+        calls.append(os.path.relpath(directory, tmp_path))
+        if directory.endswith("shared/seed3"):
+            for stage in ("sft", "rm", "tokenizer"):
+                Path(directory, stage, "1").mkdir(parents=True)
+        if directory.endswith("rloo/seed3") and calls.count("rloo/seed3") == 1:
+            Path(directory, "rl").mkdir()
+            raise KeyboardInterrupt  # killed mid-run
+        Path(directory, "summary.json").write_text("{}")
+
+    with pytest.raises(KeyboardInterrupt):
+        ab.sweep(ablation, str(tmp_path), flaky_train)
+    Path(tmp_path, "rloo/seed3/sft/1/marker").write_text("written by the run")
+    assert ab.sweep(ablation, str(tmp_path), flaky_train) == {"done": 1, "skipped": 2}
+    assert calls == ["shared/seed3", "ppo/seed3", "rloo/seed3", "rloo/seed3"]
+    assert (tmp_path / "rloo/seed3/sft/1/marker").exists()  # not copied over again
+    assert sorted(os.listdir(tmp_path / "rloo/seed3")) == [
+        "config.json", "overrides.json", "rl", "rm", "sft", "summary.json", "tokenizer"]
+    info = json.loads((tmp_path / "rloo/seed3/overrides.json").read_text())
+    assert info["shared_stages"] == ["sft", "rm"] and info["shared_from"] == "../../shared/seed3"
+    assert json.loads((tmp_path / "rloo/seed3/config.json").read_text())["seed"] == 3
