@@ -13,8 +13,9 @@ seed ``s`` (``m_a = 0`` when ``a`` is None), the claim "``b - a > margin``" is
 * not reproduced when it lies below ``margin`` (the opposite direction is established),
 * inconclusive otherwise, and always with one seed (no interval);
 
-mirrored for ``"<"``. The functions below are pure (statistics, reading records, the table) except
-``sweep`` and ``report``, which run the trainers and write files.
+mirrored for ``"<"``. The statistics, the reading of records and the table are pure functions;
+``sweep`` runs the trainer (passed in) over the rows, ``report`` writes ``table.md``, ``curves.png``
+and ``verdict.json``; ``load_ablation``, ``run_records`` and ``plot_curves`` read or write files.
 """
 
 from __future__ import annotations
