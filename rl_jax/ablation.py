@@ -1,0 +1,610 @@
+r"""Ablations: a paper's claim tested as variants x seeds of one experiment config.
+
+An ablation file (``configs/ablations/*.py``) defines ``get_ablation() -> Ablation``: the claim in
+words, a base config, named variants (dotted overrides of the base), the seeds, the metrics read
+from each run's ``metrics.jsonl``, and the claims to test, written before any result is seen::
+
+    python experiments/ablate.py --ablation=configs/ablations/gspo.py --workdir=/tmp/gspo
+
+A claim compares a metric of two variants seed by seed: with ``d_s = m_b(s) - m_a(s)`` for each
+seed ``s`` (``m_a = 0`` when ``a`` is None), the claim "``b - a > margin``" is
+
+* reproduced when the 95% Student-t interval of the mean of ``d`` lies above ``margin``,
+* not reproduced when it lies below ``margin`` (the opposite direction is established),
+* inconclusive otherwise, and always with one seed (no interval);
+
+mirrored for ``"<"``. The statistics, the reading of records and the table are pure functions;
+``sweep`` runs the trainer (passed in) over the rows, ``report`` writes ``table.md``, ``curves.png``
+and ``verdict.json``; ``load_ablation``, ``run_records`` and ``plot_curves`` read or write files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import matplotlib
+import ml_collections
+import numpy as np
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Fields the SFT and reward-model stages read (directly, or through evaluation and the synthetic
+# preference data): a variant overriding any of them cannot reuse another variant's SFT / RM.
+SHARED_STAGE_FIELDS = ("seed", "stages", "task", "model", "sft", "rm", "rollout", "eval", "rewards")
+SHAREABLE_STAGES = ("sft", "rm")  # stages run once per seed when no variant changes their inputs
+LOG10_FLOOR = 1e-6  # log10 of a metric is taken of max(value, LOG10_FLOOR): 0 stays finite
+
+# t_{0.975, df} for df = 1..30 (two-sided 95%), from standard tables.
+_T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One number per run, read from its ``metrics.jsonl`` records of ``stage``.
+
+    ``key`` is a logged name, or a tuple of names summed in each record (``clip_frac_low`` +
+    ``clip_frac_high``). The value is the mean over the last ``last_n`` records that have it
+    (``last_n=1``: the final value). ``baseline_stage`` subtracts the final value of ``key`` in that
+    stage (held-out accuracy after RL minus after SFT); ``log10`` takes ``log10(max(mean, 1e-6))``
+    of that mean, so a claimed ratio ("10x larger") becomes a difference (``margin=1``).
+    """
+
+    stage: str
+    key: str | tuple[str, ...]
+    last_n: int = 1
+    baseline_stage: str = ""
+    log10: bool = False
+
+    def __post_init__(self):
+        if self.last_n < 1:
+            raise ValueError(f"Metric.last_n must be >= 1, got {self.last_n}")
+        if self.log10 and self.baseline_stage:
+            raise ValueError("Metric: log10 and baseline_stage together are ambiguous")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,) if isinstance(self.key, str) else tuple(self.key)
+
+    @property
+    def label(self) -> str:
+        """``"rl clip_frac_low + clip_frac_high, mean of last 20, log10"``."""
+        name = f"{self.stage} {' + '.join(self.keys)}"
+        name += f", mean of last {self.last_n}" if self.last_n > 1 else ", final"
+        name += f" - {self.baseline_stage} final" if self.baseline_stage else ""
+        return name + (", log10" if self.log10 else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """``metric(b) - metric(a) {direction} margin`` over paired seeds (``a=None``: ``metric(b)``).
+
+    ``direction`` is ``">"`` or ``"<"``; ``margin`` is 0 for "b beats a", ``-m`` for "b is at least
+    as good as a within m" (non-inferiority), 1 for "10x larger" on a ``log10`` metric.
+    """
+
+    text: str
+    metric: str
+    a: str | None
+    b: str
+    direction: str = ">"
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if self.direction not in (">", "<"):
+            raise ValueError(f"Claim.direction must be '>' or '<', got {self.direction!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """What an ablation file's ``get_ablation()`` returns; checked when built."""
+
+    claim: str  # the paper, section, figure/table, in one or two sentences
+    base: ml_collections.ConfigDict
+    variants: Mapping[str, Mapping[str, Any]]  # name -> {"loss.clip_high": 0.28, ...}
+    metrics: Mapping[str, Metric]
+    claims: Sequence[Claim]
+    seeds: Sequence[int] = (0, 1, 2)
+
+    def __post_init__(self):
+        if not self.variants:
+            raise ValueError("Ablation.variants is empty")
+        for name, overrides in self.variants.items():
+            if "/" in name or name == "shared":
+                raise ValueError(f"variant name {name!r}: no '/', and 'shared' is reserved")
+            apply_overrides(self.base, overrides)  # an unknown field is an error here
+        for claim in self.claims:
+            if claim.metric not in self.metrics:
+                raise ValueError(f"claim {claim.text!r}: unknown metric {claim.metric!r}")
+            for variant in (claim.a, claim.b):
+                if variant is not None and variant not in self.variants:
+                    raise ValueError(f"claim {claim.text!r}: unknown variant {variant!r}")
+
+    def spec(self) -> dict[str, Any]:
+        """The pre-registered part (claim, variants, metrics, claims) as JSON-able data."""
+        return {
+            "claim": self.claim,
+            "variants": {k: dict(v) for k, v in self.variants.items()},
+            "metrics": {k: dataclasses.asdict(m) for k, m in self.metrics.items()},
+            "claims": [dataclasses.asdict(c) for c in self.claims],
+        }
+
+
+class Interval(NamedTuple):
+    """A mean over ``n`` values with its two-sided 95% Student-t interval (nan when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+def t_quantile_975(df: int) -> float:
+    """``t_{0.975, df}``: the table for df <= 30; beyond, the Cornish-Fisher expansion
+    ``z + (z^3 + z) / (4 df) + (5z^5 + 16z^3 + 3z) / (96 df^2)`` with ``z = 1.959964`` (error
+    below 1e-3 for df > 30)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T_975):
+        return _T_975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_interval(values: Sequence[float]) -> Interval:
+    """Mean of ``values`` ``[n]`` and ``mean ± t_{0.975, n-1} · s / sqrt(n)`` (``s``: sample std,
+    ddof=1). With one value the interval is ``(nan, nan)``."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"need a non-empty 1-D sequence, got shape {x.shape}")
+    mean = float(x.mean())
+    if x.size < 2:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = t_quantile_975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return Interval(mean, mean - half, mean + half, int(x.size))
+
+
+def paired_differences(a: Sequence[float] | None, b: Sequence[float]) -> list[float]:
+    """``b_s - a_s`` per seed ``s`` (``[n]`` each, same seed order); ``a=None`` gives ``b``."""
+    if a is None:
+        return [float(v) for v in b]
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same seeds: {len(a)} vs {len(b)}")
+    return [float(vb) - float(va) for va, vb in zip(a, b, strict=True)]
+
+
+def verdict(interval: Interval, direction: str, margin: float = 0.0) -> str:
+    """``"reproduced"`` when the interval of ``b - a`` lies beyond ``margin`` in the claimed
+    ``direction``, ``"not reproduced"`` when it lies beyond it the other way, else
+    ``"inconclusive"`` (also with no interval: one seed)."""
+    if direction not in (">", "<"):
+        raise ValueError(f"direction must be '>' or '<', got {direction!r}")
+    if interval.n < 2 or math.isnan(interval.low):
+        return "inconclusive"
+    above, below = interval.low > margin, interval.high < margin
+    if (above and direction == ">") or (below and direction == "<"):
+        return "reproduced"
+    if above or below:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def evaluate_claim(
+    claim: Claim, values: Mapping[str, Mapping[str, Sequence[float]]]
+) -> dict[str, Any]:
+    """The verdict of ``claim`` on ``values[variant][metric]`` (one value per seed, paired)."""
+    a = None if claim.a is None else values[claim.a][claim.metric]
+    diffs = paired_differences(a, values[claim.b][claim.metric])
+    interval = mean_interval(diffs)
+    return {
+        **dataclasses.asdict(claim),
+        "verdict": verdict(interval, claim.direction, claim.margin),
+        "effect": interval.mean,  # mean paired difference b - a
+        "interval": None if interval.n < 2 else [interval.low, interval.high],
+        "per_seed": diffs,
+    }
+
+
+def claim_line(result: Mapping[str, Any]) -> str:
+    """One printed line: the claim, the effect with its interval, the verdict."""
+    lhs = result["b"] if result["a"] is None else f"{result['b']} - {result['a']}"
+    if result["interval"] is None:
+        ci = "no interval (1 seed)"
+    else:
+        ci = "95% CI [{:+.4g}, {:+.4g}]".format(*result["interval"])
+    return (f"{result['verdict'].upper()}: {result['text']} | {result['metric']}: {lhs} = "
+            f"{result['effect']:+.4g}, {ci}; claimed {result['direction']} {result['margin']:g}")
+
+
+# --- reading runs ---------------------------------------------------------------------------------
+
+
+def latest_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (stage, step), the last written (a resumed run re-logs the steps after its
+    last checkpoint), in stage order of first appearance, then step."""
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    stages: list[str] = []
+    for r in records:
+        if r["stage"] not in stages:
+            stages.append(r["stage"])
+        by_key[(r["stage"], r["step"])] = dict(r)
+    return sorted(by_key.values(), key=lambda r: (stages.index(r["stage"]), r["step"]))
+
+
+def _record_value(record: Mapping[str, Any], keys: Sequence[str]) -> float | None:
+    if not all(k in record for k in keys):
+        return None
+    return float(sum(record[k] for k in keys))
+
+
+def _raw_curve(
+    records: Sequence[Mapping[str, Any]], metric: Metric
+) -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of ``metric``'s keys in its stage, the baseline subtracted."""
+    rows = latest_records(records)
+    points = [
+        (r["step"], v)
+        for r in rows
+        if r["stage"] == metric.stage and (v := _record_value(r, metric.keys)) is not None
+    ]
+    offset = 0.0
+    if metric.baseline_stage:
+        base = [v for r in rows if r["stage"] == metric.baseline_stage
+                and (v := _record_value(r, metric.keys)) is not None]
+        if not base:
+            raise ValueError(f"no {metric.keys} in stage {metric.baseline_stage!r} records")
+        offset = base[-1]
+    return [s for s, _ in points], [v - offset for _, v in points]
+
+
+def _transform(metric: Metric, value: float) -> float:
+    return math.log10(max(value, LOG10_FLOOR)) if metric.log10 else value
+
+
+def metric_curve(
+    records: Sequence[Mapping[str, Any]], metric: Metric
+) -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of ``metric`` at each logged step of its stage (baseline subtracted,
+    or log10 of each step's value)."""
+    steps, values = _raw_curve(records, metric)
+    return steps, [_transform(metric, v) for v in values]
+
+
+def metric_value(records: Sequence[Mapping[str, Any]], metric: Metric) -> float:
+    """The metric of one run: the mean of its last ``last_n`` values, then log10 if asked (the
+    log of a mean fraction, so a step with nothing clipped does not weigh as ``log10(1e-6)``)."""
+    _, values = _raw_curve(records, metric)
+    if not values:
+        raise ValueError(f"no records of {metric.label}")
+    return _transform(metric, float(np.mean(values[-metric.last_n :])))
+
+
+# --- configs --------------------------------------------------------------------------------------
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted ``overrides`` (``{"loss.clip_high": 0.28}``) set; an
+    unknown field is an error, as on the command line. ``config`` is not changed."""
+    config = copy.deepcopy(config)
+    for dotted, value in overrides.items():
+        *path, name = dotted.split(".")
+        node = config
+        for part in path:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise KeyError(f"override {dotted!r}: no config section {part!r}")
+            node = node[part]
+        if name not in node:
+            raise KeyError(f"override {dotted!r}: unknown field {name!r}")
+        node[name] = value
+    return config
+
+
+def config_diff(
+    base: ml_collections.ConfigDict, other: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """The dotted overrides that turn ``base`` into ``other`` (fields of both; none added)."""
+    out: dict[str, Any] = {}
+
+    def walk(a, b, prefix):
+        for name in b:
+            if name not in a:
+                raise KeyError(f"config_diff: {prefix}{name} is not a field of the base")
+            if isinstance(b[name], ml_collections.ConfigDict):
+                walk(a[name], b[name], f"{prefix}{name}.")
+            elif a[name] != b[name]:
+                out[f"{prefix}{name}"] = b[name]
+
+    walk(base, other, "")
+    return out
+
+
+def overrides_of_shared_stages(overrides: Mapping[str, Any]) -> list[str]:
+    """The overrides the SFT or reward-model stage would read (``SHARED_STAGE_FIELDS``)."""
+    return [k for k in overrides if k.split(".")[0] in SHARED_STAGE_FIELDS]
+
+
+def run_config(
+    base: ml_collections.ConfigDict, overrides: Mapping[str, Any], seed: int, stages=None
+) -> ml_collections.ConfigDict:
+    """The config of one run: ``base`` + ``overrides``, ``seed``, optionally fewer ``stages``;
+    the trainers' own progress bars off (the sweep shows one over runs)."""
+    config = apply_overrides(base, {**overrides, "seed": seed})
+    if stages is not None:
+        config.stages = tuple(stages)
+    for section in ("sft", "rm", "rl"):
+        config[section].progress_bar = False
+    return config
+
+
+def load_ablation(path: str) -> Ablation:
+    """``get_ablation()`` of the Python file at ``path``."""
+    spec = importlib.util.spec_from_file_location(
+        f"ablation_{os.path.splitext(os.path.basename(path))[0]}", path
+    )
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load an ablation from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ablation = module.get_ablation()
+    if not isinstance(ablation, Ablation):
+        raise TypeError(f"{path}: get_ablation() must return rl_jax.ablation.Ablation")
+    return ablation
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def run_dir(workdir: str, variant: str, seed: int) -> str:
+    return os.path.join(workdir, variant, f"seed{seed}")
+
+
+def shared_dir(workdir: str, seed: int) -> str:
+    return os.path.join(workdir, "shared", f"seed{seed}")
+
+
+def shared_stages(ablation: Ablation) -> tuple[str, ...]:
+    """The stages run once per seed: SFT / RM ahead of RL (none if the base has no RL)."""
+    stages = tuple(ablation.base.stages)
+    return tuple(s for s in stages if s in SHAREABLE_STAGES) if "rl" in stages else ()
+
+
+def _write_json(path: str, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+
+
+def _check_preregistration(ablation: Ablation, workdir: str) -> None:
+    """Writes the claims to ``workdir/ablation.json`` before the first run; afterwards, a changed
+    claim or metric is an error (the verdict spec is fixed before results are seen)."""
+    path = os.path.join(workdir, "ablation.json")
+    spec = json.loads(json.dumps(ablation.spec(), default=str))
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        fixed = ("metrics", "claims")
+        if {k: saved[k] for k in fixed} != {k: spec[k] for k in fixed}:
+            raise ValueError(
+                f"the metrics or claims differ from those registered in {path} when this sweep "
+                "started; start a new workdir to test another claim"
+            )
+        return
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(path, {**spec, "registered": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def sweep(
+    ablation: Ablation,
+    workdir: str,
+    train: Callable[[ml_collections.ConfigDict, str], Any],
+    *,
+    seeds: Sequence[int] | None = None,
+    variants: Sequence[str] | None = None,
+    progress: Callable | None = None,
+) -> dict[str, int]:
+    """Runs every (variant, seed) with ``train(config, run_workdir)`` (``rl_jax.trainers.run.run``).
+
+    Each run goes in ``workdir/<variant>/seed<k>`` with its ``config.json`` and ``overrides.json``;
+    a run with a ``summary.json`` is skipped, an unfinished one resumes. The SFT / RM stages run
+    once per seed in ``workdir/shared/seed<k>`` and their checkpoints and tokenizer are copied into
+    each variant that overrides nothing they read. Returns counts of runs done and skipped.
+    """
+    seeds = list(ablation.seeds if seeds is None else seeds)
+    names = list(ablation.variants if variants is None else variants)
+    unknown = [n for n in names if n not in ablation.variants]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(ablation.variants)}")
+    _check_preregistration(ablation, workdir)
+    stages = shared_stages(ablation)
+    sharing = {}
+    for name in names:
+        own = overrides_of_shared_stages(ablation.variants[name])
+        sharing[name] = bool(stages) and not own
+        if stages and own:
+            print(f"variant {name}: overrides {own}, read by {'/'.join(stages)}: runs its own")
+    if any(sharing.values()):
+        print(f"{'/'.join(stages)} once per seed in {os.path.join(workdir, 'shared')}, copied "
+              f"into {[n for n in names if sharing[n]]}")
+    jobs: list[tuple[str, int]] = []
+    for seed in seeds:
+        if any(sharing[n] for n in names):
+            jobs.append(("shared", seed))
+        jobs += [(n, seed) for n in names]
+    counts = {"done": 0, "skipped": 0}
+    bar = progress(jobs, desc="runs", unit="run") if progress else jobs
+    for name, seed in bar:
+        if name == "shared":
+            directory, overrides = shared_dir(workdir, seed), {}
+            config = run_config(ablation.base, overrides, seed, stages)
+        else:
+            directory, overrides = run_dir(workdir, name, seed), dict(ablation.variants[name])
+            config = run_config(ablation.base, overrides, seed)
+        config_json = json.loads(config.to_json_best_effort())
+        saved_path = os.path.join(directory, "config.json")
+        if os.path.exists(saved_path):  # a run started from another config is not this row
+            with open(saved_path, encoding="utf-8") as f:
+                changed = _changed_fields(json.load(f), config_json)
+            if changed:
+                raise ValueError(f"{directory} was run with another config ({changed[:5]}); "
+                                 "delete it, or use a new workdir")
+        if os.path.exists(os.path.join(directory, "summary.json")):
+            counts["skipped"] += 1
+            continue
+        os.makedirs(directory, exist_ok=True)
+        shared_from = ""
+        if name != "shared" and sharing[name]:
+            shared_from = os.path.relpath(shared_dir(workdir, seed), directory)
+            for item in (*stages, "tokenizer"):
+                source = os.path.join(shared_dir(workdir, seed), item)
+                target = os.path.join(directory, item)
+                if os.path.isdir(source) and not os.path.exists(target):
+                    # copy, then rename: an interrupted copy never looks like a checkpoint
+                    shutil.rmtree(target + ".partial", ignore_errors=True)
+                    shutil.copytree(source, target + ".partial")
+                    os.replace(target + ".partial", target)
+        _write_json(saved_path, config_json)
+        _write_json(
+            os.path.join(directory, "overrides.json"),
+            {"variant": name, "seed": seed, "overrides": overrides, "shared_from": shared_from,
+             "shared_stages": list(stages) if shared_from else []},
+        )
+        train(config, directory)
+        counts["done"] += 1
+    return counts
+
+
+def _changed_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted names where two JSON configs differ (progress bars aside)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [f for k in sorted(set(a) | set(b)) if k != "progress_bar"
+                for f in _changed_fields(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def run_records(directory: str) -> list[dict[str, Any]]:
+    """A run's metric records, with those of its shared stages (read from the shared run)."""
+    with open(os.path.join(directory, "overrides.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    records = []
+    if info.get("shared_from"):
+        shared = _read_jsonl(os.path.join(directory, info["shared_from"], "metrics.jsonl"))
+        records += [r for r in shared if r["stage"] in info["shared_stages"]]
+    return records + _read_jsonl(os.path.join(directory, "metrics.jsonl"))
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+
+def table_markdown(
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    seeds: Sequence[int],
+    metrics: Mapping[str, Metric],
+) -> str:
+    """A markdown table: a row per variant, per metric its mean, 95% t interval and per-seed
+    values (``values[variant][metric]``, one per seed in ``seeds`` order)."""
+    header = ["variant"] + [f"{name} ({metrics[name].label})" for name in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, by_metric in values.items():
+        cells = [variant]
+        for name in metrics:
+            iv = mean_interval(by_metric[name])
+            ci = "" if iv.n < 2 else f" [{iv.low:.4g}, {iv.high:.4g}]"
+            per_seed = ", ".join(f"{s}: {v:.4g}" for s, v in zip(seeds, by_metric[name],
+                                                                 strict=True))
+            cells.append(f"{iv.mean:.4g}{ci} ({per_seed})")
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"\nMean [95% Student-t interval] over seeds {list(seeds)}, then the per-seed values "
+            "(seed: value).\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def plot_curves(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[list[int], list[float]]]]],
+    metrics: Mapping[str, Metric],
+    path: str,
+) -> None:
+    """A panel per metric, a line per variant: the mean over seeds at each step logged by every
+    seed, with a band of the 95% t interval (``curves[metric][variant]``: per-seed
+    ``(steps, values)``)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, name in zip(axes[0], metrics, strict=True):
+        for variant, runs in curves[name].items():
+            common = sorted(set.intersection(*(set(steps) for steps, _ in runs))) if runs else []
+            if not common:
+                continue
+            table = np.array([[dict(zip(s, v, strict=True))[t] for t in common] for s, v in runs])
+            mean = table.mean(axis=0)
+            marker = "o" if len(common) <= 20 else None  # a lone eval point stays visible
+            (line,) = ax.plot(common, mean, marker=marker, label=f"{variant} (n={len(runs)})")
+            if len(runs) > 1:
+                bands = [mean_interval(col) for col in table.T]
+                ax.fill_between(common, [b.low for b in bands], [b.high for b in bands],
+                                color=line.get_color(), alpha=0.2)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        metric = metrics[name]
+        ylabel = " + ".join(metric.keys) + (f" - {metric.baseline_stage} final"
+                                            if metric.baseline_stage else "")
+        ax.set_ylabel(f"log10({ylabel})" if metric.log10 else ylabel)
+        ax.legend()
+    fig.suptitle("mean over seeds; band: 95% Student-t interval", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(
+    ablation: Ablation,
+    workdir: str,
+    *,
+    seeds: Sequence[int] | None = None,
+    variants: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Writes ``table.md``, ``curves.png`` and ``verdict.json`` from the finished runs and returns
+    the claims' results (claims whose variants were not run are left out)."""
+    seeds = list(ablation.seeds if seeds is None else seeds)
+    names = list(ablation.variants if variants is None else variants)
+    values: dict[str, dict[str, list[float]]] = {n: {m: [] for m in ablation.metrics}
+                                                 for n in names}
+    curves: dict[str, dict[str, list]] = {m: {n: [] for n in names} for m in ablation.metrics}
+    for name in names:
+        for seed in seeds:
+            records = run_records(run_dir(workdir, name, seed))
+            for metric_name, metric in ablation.metrics.items():
+                values[name][metric_name].append(metric_value(records, metric))
+                curves[metric_name][name].append(metric_curve(records, metric))
+    with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
+        f.write(f"# {ablation.claim}\n\n" + table_markdown(values, seeds, ablation.metrics))
+    plot_curves(curves, ablation.metrics, os.path.join(workdir, "curves.png"))
+    results = [
+        evaluate_claim(claim, values)
+        for claim in ablation.claims
+        if claim.b in names and (claim.a is None or claim.a in names)
+    ]
+    _write_json(os.path.join(workdir, "verdict.json"),
+                {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values})
+    return results

@@ -1,0 +1,315 @@
+"""rl_jax.ablation: t intervals against hand-derived numbers, the verdict rule on synthetic
+metrics, reading records, the table, and a two-variant sweep end to end (shared SFT; reruns
+skip)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from rl_jax import ablation as ab
+from rl_jax import parallel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from configs import arithmetic_grpo, preference_rm_ppo  # noqa: E402
+
+
+def test_t_quantile_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 201):
+        assert ab.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3), df
+    assert ab.t_quantile_975(2) == 4.303 and ab.t_quantile_975(30) == 2.042
+    with pytest.raises(ValueError):
+        ab.t_quantile_975(0)
+
+
+def test_mean_interval_hand_derived():
+    # [1, 2, 3]: mean 2, s = 1, half width 4.303 / sqrt(3) = 2.48434.
+    iv = ab.mean_interval([1.0, 2.0, 3.0])
+    assert iv.mean == 2.0 and iv.n == 3
+    assert iv.low == pytest.approx(2 - 2.484338, abs=1e-6)
+    assert iv.high == pytest.approx(2 + 2.484338, abs=1e-6)
+    # [0.1, 0.3]: s = 0.141421, half width 12.706 * 0.141421 / sqrt(2) = 1.2706.
+    iv = ab.mean_interval([0.1, 0.3])
+    assert (iv.low, iv.high) == pytest.approx((0.2 - 1.2706, 0.2 + 1.2706), abs=1e-9)
+    one = ab.mean_interval([0.7])
+    assert one.mean == 0.7 and one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
+
+
+def test_paired_differences():
+    assert ab.paired_differences([1.0, 2.0], [1.5, 1.0]) == [0.5, -1.0]
+    assert ab.paired_differences(None, [0.25, 0.5]) == [0.25, 0.5]
+    with pytest.raises(ValueError, match="same seeds"):
+        ab.paired_differences([1.0], [1.0, 2.0])
+
+
+def _values(a, b):
+    return {"sym": {"entropy": a}, "higher": {"entropy": b}}
+
+
+@pytest.mark.parametrize(
+    "offsets, expected",
+    [
+        ([0.20, 0.25, 0.22], "reproduced"),  # a known effect in the claimed direction
+        ([0.10, -0.10, 0.02], "inconclusive"),  # no effect
+        ([-0.20, -0.25, -0.22], "not reproduced"),  # the opposite effect
+    ],
+)
+def test_verdict_rule_on_synthetic_metrics(offsets, expected):
+    a = [0.50, 0.60, 0.55]
+    b = [x + d for x, d in zip(a, offsets, strict=True)]
+    claim = ab.Claim("entropy of clip-higher > symmetric", "entropy", "sym", "higher", ">")
+    result = ab.evaluate_claim(claim, _values(a, b))
+    assert result["verdict"] == expected
+    assert result["effect"] == pytest.approx(sum(offsets) / 3)
+    assert result["per_seed"] == pytest.approx(offsets)
+    mirrored = ab.evaluate_claim(
+        ab.Claim("the same, written as a < b", "entropy", "higher", "sym", "<"), _values(a, b)
+    )
+    assert mirrored["verdict"] == expected
+    assert expected.upper() in ab.claim_line(result)
+
+
+def test_verdict_margin_single_seed_and_one_sample_claims():
+    iv = ab.Interval(0.5, 0.3, 0.7, 3)
+    assert ab.verdict(iv, ">", 0.0) == "reproduced"
+    assert ab.verdict(iv, ">", 0.4) == "inconclusive"  # 10x-style margins
+    assert ab.verdict(iv, ">", 1.0) == "not reproduced"
+    assert ab.verdict(iv, "<", 1.0) == "reproduced"
+    # one seed: never a verdict
+    claim = ab.Claim("b beats a", "entropy", "sym", "higher")
+    result = ab.evaluate_claim(claim, _values([0.1], [0.9]))
+    assert result["verdict"] == "inconclusive" and result["interval"] is None
+    assert "no interval" in ab.claim_line(result)
+    # a=None: b's own value against the margin (clip fraction below 5%)
+    small = ab.Claim("clip fraction < 0.05", "clip", None, "rloo", "<", 0.05)
+    values = {"rloo": {"clip": [0.010, 0.012, 0.011]}}
+    assert ab.evaluate_claim(small, values)["verdict"] == "reproduced"
+    values = {"rloo": {"clip": [0.2, 0.25, 0.22]}}
+    assert ab.evaluate_claim(small, values)["verdict"] == "not reproduced"
+
+
+RECORDS = [
+    {"stage": "sft", "step": 3, "eval/pass@1": 0.25},
+    {"stage": "sft", "step": 6, "eval/pass@1": 0.5},
+    {"stage": "rl", "step": 1, "clip_frac_low": 0.1, "clip_frac_high": 0.2},
+    {"stage": "rl", "step": 2, "clip_frac_low": 0.0, "clip_frac_high": 0.0},
+    {"stage": "rl", "step": 3, "clip_frac_low": 0.3, "clip_frac_high": 0.1, "eval/pass@1": 0.5},
+    # a resumed run re-logs step 3 (after its step-2 checkpoint): the later record counts
+    {"stage": "rl", "step": 3, "clip_frac_low": 0.2, "clip_frac_high": 0.1, "eval/pass@1": 0.75},
+]
+
+
+def test_metric_value_and_curve_from_records():
+    assert [(r["stage"], r["step"]) for r in ab.latest_records(RECORDS)] == [
+        ("sft", 3), ("sft", 6), ("rl", 1), ("rl", 2), ("rl", 3)]
+    clip = ab.Metric("rl", ("clip_frac_low", "clip_frac_high"), last_n=3)
+    steps, values = ab.metric_curve(RECORDS, clip)
+    assert steps == [1, 2, 3] and values == pytest.approx([0.3, 0.0, 0.3])
+    assert ab.metric_value(RECORDS, clip) == pytest.approx(0.2)
+    assert ab.metric_value(RECORDS, ab.Metric("rl", "clip_frac_low")) == pytest.approx(0.2)
+    gain = ab.Metric("rl", "eval/pass@1", baseline_stage="sft")
+    assert ab.metric_value(RECORDS, gain) == pytest.approx(0.25)  # 0.75 after RL - 0.5 after SFT
+    log_clip = ab.Metric("rl", ("clip_frac_low", "clip_frac_high"), last_n=2, log10=True)
+    assert ab.metric_value(RECORDS, log_clip) == pytest.approx(math.log10(0.15))  # log of the mean
+    assert ab.metric_curve(RECORDS, log_clip)[1] == pytest.approx(
+        [math.log10(0.3), -6.0, math.log10(0.3)])  # per step, 0 floored at 1e-6
+    assert log_clip.label == "rl clip_frac_low + clip_frac_high, mean of last 2, log10"
+    assert gain.label == "rl eval/pass@1, final - sft final"
+    with pytest.raises(ValueError, match="no records"):
+        ab.metric_value(RECORDS, ab.Metric("rm", "accuracy"))
+
+
+def test_table_markdown():
+    metrics = {"acc": ab.Metric("rl", "eval/pass@1"), "clip": ab.Metric("rl", "clip_frac_high")}
+    values = {"grpo": {"acc": [1.0, 2.0, 3.0], "clip": [0.1, 0.1, 0.1]},
+              "gspo": {"acc": [0.5, 0.5, 0.5], "clip": [0.2, 0.3, 0.4]}}
+    table = ab.table_markdown(values, [0, 1, 2], metrics)
+    lines = table.splitlines()
+    assert lines[0] == "| variant | acc (rl eval/pass@1, final) | clip (rl clip_frac_high, final) |"
+    assert lines[2].startswith("| grpo | 2 [-0.4843, 4.484] (0: 1, 1: 2, 2: 3) |")
+    assert lines[3].startswith("| gspo | 0.5 [0.5, 0.5] (0: 0.5, 1: 0.5, 2: 0.5) | 0.3 [")
+    single = ab.table_markdown({"grpo": {"acc": [0.5], "clip": [0.1]}}, [7], metrics)
+    assert "| grpo | 0.5 (7: 0.5) | 0.1 (7: 0.1) |" in single
+
+
+def test_overrides_and_config_diff():
+    base = arithmetic_grpo.get_config()
+    changed = ab.apply_overrides(base, {"loss.clip_high": 0.28, "rl.optim.lr": 1e-4})
+    assert changed.loss.clip_high == 0.28 and changed.rl.optim.lr == 1e-4
+    assert base.loss.clip_high == 0.2  # the base is not changed
+    with pytest.raises(KeyError, match="unknown field"):
+        ab.apply_overrides(base, {"loss.clip_hihg": 0.28})
+    with pytest.raises(KeyError, match="no config section"):
+        ab.apply_overrides(base, {"los.clip_high": 0.28})
+    ppo, grpo = preference_rm_ppo.get_config("ppo"), preference_rm_ppo.get_config("grpo")
+    diff = ab.config_diff(ppo, grpo)
+    assert diff["rl.estimator"] == "grpo" and "task.name" not in diff
+    assert ab.apply_overrides(ppo, diff).to_dict() == grpo.to_dict()
+    assert ab.overrides_of_shared_stages(diff) == []
+    assert ab.overrides_of_shared_stages({"sft.steps": 3, "seed": 1, "loss.agg": "x"}) == [
+        "sft.steps", "seed"]
+
+
+@pytest.mark.parametrize("name", ["gspo", "rloo"])
+def test_ablation_files_build(name):
+    ablation = ab.load_ablation(str(ROOT / "configs" / "ablations" / f"{name}.py"))
+    assert len(ablation.seeds) >= 3 and ablation.claims
+    assert ab.shared_stages(ablation)  # every variant reuses SFT (and the RM)
+    for overrides in ablation.variants.values():
+        assert ab.overrides_of_shared_stages(overrides) == []
+    from rl_jax.trainers.rl import settings_from_config
+
+    for overrides in ablation.variants.values():
+        settings_from_config(ab.apply_overrides(ablation.base, overrides))
+
+
+TINY_ABLATION = '''
+from configs import arithmetic_grpo
+from rl_jax import ablation as ab
+
+TINY = {
+    "task.kwargs.min_value": 0, "task.kwargs.max_value": 4, "model.hidden_size": 32,
+    "model.intermediate_size": 64, "model.num_layers": 1, "model.max_len": 32,
+    "rollout.max_new_tokens": 4, "sft.steps": 6, "sft.batch_size": 16, "sft.eval_every": 3,
+    "rl.steps": 3, "rl.num_prompts": 4, "rl.group_size": 4, "eval.num_examples": 8,
+    "eval.every": 3, "eval.k": 0, "checkpoint.every": 10, "log.every": 1, "log.samples_every": 0,
+}
+
+
+def get_ablation():
+    return ab.Ablation(
+        claim="A test: clip-higher raises entropy (DAPO section 3.1, figure 2).",
+        base=ab.apply_overrides(arithmetic_grpo.get_config(), TINY),
+        variants={"symmetric": {}, "clip_higher": {"loss.clip_high": 0.28}},
+        seeds=(0,),
+        metrics={"entropy": ab.Metric("rl", "entropy", last_n=2),
+                 "gain": ab.Metric("rl", "eval/pass@1", baseline_stage="sft")},
+        claims=[ab.Claim("entropy of clip_higher > symmetric", "entropy", "symmetric",
+                         "clip_higher", ">")],
+    )
+'''
+
+
+def test_two_variant_sweep_end_to_end(tmp_path):
+    """2 variants x 1 seed of the tiny config: SFT runs once, in shared/; a rerun skips both."""
+    path = tmp_path / "tiny_ablation.py"
+    path.write_text(TINY_ABLATION)
+    workdir = tmp_path / "sweep"
+    ablation = ab.load_ablation(str(path))
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    from rl_jax.trainers.run import run
+
+    counts = ab.sweep(ablation, str(workdir), lambda c, d: run(c, d, mesh))
+    assert counts == {"done": 3, "skipped": 0}
+    results = ab.report(ablation, str(workdir))
+    assert results[0]["verdict"] == "inconclusive"  # one seed
+
+    def stages(directory):
+        lines = (workdir / directory / "metrics.jsonl").read_text().splitlines()
+        return {json.loads(line)["stage"] for line in lines}
+
+    assert stages("shared/seed0") == {"sft"}
+    for variant in ("symmetric", "clip_higher"):
+        assert stages(f"{variant}/seed0") == {"rl"}  # SFT restored from the copy, not trained
+        saved = json.loads((workdir / variant / "seed0" / "config.json").read_text())
+        assert saved["seed"] == 0 and saved["model"]["hidden_size"] == 32
+        info = json.loads((workdir / variant / "seed0" / "overrides.json").read_text())
+        assert info["shared_stages"] == ["sft"]
+    assert json.loads((workdir / "clip_higher/seed0/config.json").read_text())["loss"][
+        "clip_high"] == 0.28
+    table = (workdir / "table.md").read_text()
+    assert "| symmetric |" in table and "| clip_higher |" in table
+    assert (workdir / "curves.png").stat().st_size > 1000
+    verdict = json.loads((workdir / "verdict.json").read_text())
+    assert set(verdict["values"]) == {"symmetric", "clip_higher"}
+    assert verdict["claims"][0]["verdict"] == "inconclusive"
+
+    # The command itself, run again: everything is finished, nothing trains.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "ablate.py"), f"--ablation={path}",
+         f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ), check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "runs: 0 run, 3 already finished" in result.stdout
+    assert "INCONCLUSIVE: entropy of clip_higher > symmetric" in result.stdout
+    assert stages("symmetric/seed0") == {"rl"}
+
+    # A changed claim on the same workdir is refused: the verdict spec is fixed in advance.
+    changed = ab.Ablation(**{**ablation.__dict__, "claims": []})
+    with pytest.raises(ValueError, match="registered"):
+        ab.sweep(changed, str(workdir), lambda c, d: None)
+
+
+def test_variant_overriding_sft_fields_gets_its_own_sft(tmp_path, capsys):
+    ablation = ab.Ablation(
+        claim="test",
+        base=arithmetic_grpo.get_config(),
+        variants={"a": {}, "b": {"sft.steps": 5}},
+        metrics={"acc": ab.Metric("rl", "accuracy")},
+        claims=[],
+        seeds=(0,),
+    )
+    calls = []
+
+    def fake_train(config, directory):
+        calls.append((tuple(config.stages), os.path.relpath(directory, tmp_path)))
+        Path(directory, "summary.json").write_text("{}")
+
+    ab.sweep(ablation, str(tmp_path), fake_train)
+    assert calls == [(("sft",), "shared/seed0"), (("sft", "rl"), "a/seed0"),
+                     (("sft", "rl"), "b/seed0")]
+    assert "variant b: overrides ['sft.steps']" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b/seed0/overrides.json").read_text())["shared_from"] == ""
+    assert ab.sweep(ablation, str(tmp_path), fake_train) == {"done": 0, "skipped": 3}
+    # a finished row whose variant has since changed is not silently reused
+    edited = ab.Ablation(**{**ablation.__dict__, "variants": {"a": {"rl.steps": 7}, "b": {}}})
+    with pytest.raises(ValueError, match="another config"):
+        ab.sweep(edited, str(tmp_path), fake_train)
+    with pytest.raises(ValueError, match="unknown variants"):
+        ab.sweep(ablation, str(tmp_path), fake_train, variants=["c"])
+
+
+
+def test_interrupted_run_resumes_in_its_workdir(tmp_path):
+    """A run that dies is run again on the same directory (run() resumes there); the shared
+    checkpoints are copied once, and the finished rows are skipped."""
+    ablation = ab.Ablation(
+        claim="test",
+        base=preference_rm_ppo.get_config("ppo"),
+        variants={"ppo": {}, "rloo": {"rl.estimator": "rloo"}},
+        metrics={"acc": ab.Metric("rl", "accuracy")},
+        claims=[],
+        seeds=(3,),
+    )
+    assert ab.shared_stages(ablation) == ("sft", "rm")
+    calls = []
+
+    def flaky_train(config, directory):
+        calls.append(os.path.relpath(directory, tmp_path))
+        if directory.endswith("shared/seed3"):
+            for stage in ("sft", "rm", "tokenizer"):
+                Path(directory, stage, "1").mkdir(parents=True)
+        if directory.endswith("rloo/seed3") and calls.count("rloo/seed3") == 1:
+            Path(directory, "rl").mkdir()
+            raise KeyboardInterrupt  # killed mid-run
+        Path(directory, "summary.json").write_text("{}")
+
+    with pytest.raises(KeyboardInterrupt):
+        ab.sweep(ablation, str(tmp_path), flaky_train)
+    Path(tmp_path, "rloo/seed3/sft/1/marker").write_text("written by the run")
+    assert ab.sweep(ablation, str(tmp_path), flaky_train) == {"done": 1, "skipped": 2}
+    assert calls == ["shared/seed3", "ppo/seed3", "rloo/seed3", "rloo/seed3"]
+    assert (tmp_path / "rloo/seed3/sft/1/marker").exists()  # not copied over again
+    assert sorted(os.listdir(tmp_path / "rloo/seed3")) == [
+        "config.json", "overrides.json", "rl", "rm", "sft", "summary.json", "tokenizer"]
+    info = json.loads((tmp_path / "rloo/seed3/overrides.json").read_text())
+    assert info["shared_stages"] == ["sft", "rm"] and info["shared_from"] == "../../shared/seed3"
+    assert json.loads((tmp_path / "rloo/seed3/config.json").read_text())["seed"] == 3
