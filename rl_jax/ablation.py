@@ -349,8 +349,7 @@ def run_config(
     config = apply_overrides(base, {**overrides, "seed": seed})
     if stages is not None:
         config.stages = tuple(stages)
-    for section in ("sft", "rm", "rl"):
-        config[section].progress_bar = False
+    config.log.progress_bar = False
     return config
 
 

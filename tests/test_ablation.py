@@ -157,17 +157,17 @@ def test_overrides_and_config_diff():
         "sft.steps", "seed"]
 
 
-@pytest.mark.parametrize("name", ["gspo", "rloo"])
+@pytest.mark.parametrize("name", ["gspo", "rloo", "policy_losses"])
 def test_ablation_files_build(name):
     ablation = ab.load_ablation(str(ROOT / "configs" / "ablations" / f"{name}.py"))
     assert len(ablation.seeds) >= 3 and ablation.claims
     assert ab.shared_stages(ablation)  # every variant reuses SFT (and the RM)
     for overrides in ablation.variants.values():
         assert ab.overrides_of_shared_stages(overrides) == []
-    from rl_jax.trainers.rl import settings_from_config
+    from rl_jax.config import check_config
 
-    for overrides in ablation.variants.values():
-        settings_from_config(ab.apply_overrides(ablation.base, overrides))
+    for overrides in ablation.variants.values():  # the run's start-up validation passes
+        check_config(ab.apply_overrides(ablation.base, overrides), num_devices=8)
 
 
 TINY_ABLATION = '''
@@ -177,7 +177,7 @@ from rl_jax import ablation as ab
 TINY = {
     "task.kwargs.min_value": 0, "task.kwargs.max_value": 4, "model.hidden_size": 32,
     "model.intermediate_size": 64, "model.num_layers": 1, "model.max_len": 32,
-    "rollout.max_new_tokens": 4, "sft.steps": 6, "sft.batch_size": 16, "sft.eval_every": 3,
+    "rollout.max_new_tokens": 4, "sft.steps": 6, "sft.batch_size": 16,
     "rl.steps": 3, "rl.num_prompts": 4, "rl.group_size": 4, "eval.num_examples": 8,
     "eval.every": 3, "eval.k": 0, "checkpoint.every": 10, "log.every": 1, "log.samples_every": 0,
 }
