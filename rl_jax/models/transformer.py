@@ -179,6 +179,26 @@ class CausalLM(nnx.Module):
         h, cache = self.model(tokens, positions, key_mask, cache=cache, cache_index=cache_index)
         return self.logits(h), cache
 
+    def hidden_states(
+        self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array
+    ) -> jax.Array:
+        """Final (normed) hidden states [B, T, hidden] in the compute dtype, without the head.
+
+        For losses that apply the head themselves, e.g. in chunks (`rl_jax.chunked`).
+        """
+        return self.model(tokens, positions, key_mask)[0]
+
+    def head_weight(self) -> tuple[jax.Array, bool]:
+        """The LM head weight as stored, and whether it is vocab-major.
+
+        Tied: (the input embedding [vocab, hidden], True); untied: (the `lm_head` kernel
+        [hidden, vocab], False). `logits(h)` is `h @ weight.T` or `h @ weight` in float32,
+        bias-free; `rl_jax.chunked.head_logits` computes the same from this pair.
+        """
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.embedding[...], True
+        return self.lm_head.kernel[...], False
+
     def logits(self, h: jax.Array) -> jax.Array:
         """h: [B, T, hidden] -> logits [B, T, vocab] float32."""
         h = h.astype(jnp.float32)
@@ -255,6 +275,22 @@ def apply_lm(
     """
     model = nnx.merge(graphdef, state)
     return model(tokens, positions, key_mask, cache=cache, cache_index=cache_index)
+
+
+def apply_lm_hidden(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: jax.Array,
+    positions: jax.Array,
+    key_mask: jax.Array,
+) -> tuple[jax.Array, jax.Array, bool]:
+    """Pure `CausalLM.hidden_states` and `head_weight` on a split model; safe inside jax.jit.
+
+    Returns (hidden [B, T, hidden] compute dtype, head weight, vocab_major): the pieces of the
+    logits `apply_lm` would return, for losses that apply the head in chunks.
+    """
+    model = nnx.merge(graphdef, state)
+    return (model.hidden_states(tokens, positions, key_mask), *model.head_weight())
 
 
 def apply_model(

@@ -21,6 +21,7 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models
+from rl_jax.chunked import DEFAULT_CHUNK, chunked_token_stats
 from rl_jax.trainers.loop import TrainState, optimizer_step
 
 
@@ -61,6 +62,9 @@ class RLSettings:
     epochs: int = 1
     num_minibatches: int = 1
     seed: int = 0
+    # Response positions per LM-head chunk (rl_jax.chunked): the live logits are
+    # [batch, logits_chunk, vocab] float32. 0: the full [batch, P + R, vocab] logits at once.
+    logits_chunk: int = DEFAULT_CHUNK
 
     @property
     def single_pass(self) -> bool:
@@ -89,6 +93,46 @@ def policy_logits(graphdef: nnx.GraphDef, params, tokens, mask, response_len: in
     """``[batch, R, vocab]`` logits predicting each response token."""
     logits, _ = models.apply_lm(graphdef, params, tokens, models.positions_from_mask(mask), mask)
     return _response_part(logits, response_len)
+
+
+def policy_token_stats(
+    graphdef: nnx.GraphDef,
+    params,
+    tokens: jax.Array,
+    mask: jax.Array,
+    response_len: int,
+    *,
+    temperature: float,
+    logits_chunk: int,
+    with_entropy: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """``(logprobs, entropy)`` ``[batch, R]`` of the response tokens under ``softmax(logits / T)``.
+
+    With ``logits_chunk > 0`` only the ``R`` positions that predict the response go through the
+    LM head, ``logits_chunk`` of them at a time (``rl_jax.chunked``): no ``[batch, P + R, vocab]``
+    array exists, forward or backward. ``logits_chunk = 0`` takes the full logits
+    (``policy_logits``), equal numbers. The entropy (None unless ``with_entropy``) is a metric:
+    no gradient.
+    """
+    response_tokens = tokens[:, -response_len:]
+    if logits_chunk <= 0:
+        logits = policy_logits(graphdef, params, tokens, mask, response_len)
+        logprobs = rl_jax.token_logprobs(logits, response_tokens, temperature=temperature)
+        if not with_entropy:
+            return logprobs, None
+        return logprobs, rl_jax.entropy(jax.lax.stop_gradient(logits) / temperature)
+    hidden, head, vocab_major = models.apply_lm_hidden(
+        graphdef, params, tokens, models.positions_from_mask(mask), mask
+    )
+    return chunked_token_stats(
+        _response_part(hidden, response_len),
+        head,
+        response_tokens,
+        vocab_major=vocab_major,
+        temperature=temperature,
+        chunk_size=logits_chunk,
+        with_entropy=with_entropy,
+    )
 
 
 def critic_values(graphdef: nnx.GraphDef, params, tokens, mask, response_len: int) -> jax.Array:
@@ -147,19 +191,19 @@ def advantages_and_returns(
 
 
 def rollout_policy_metrics(
-    logits: jax.Array,
+    entropy: jax.Array,
     logprobs: jax.Array,
     sampler_logprobs: jax.Array,
     response_mask: jax.Array,
-    temperature: float,
 ) -> dict[str, jax.Array]:
     """Entropy of the tempered policy and its mismatch with the sampler, at the sampling weights.
 
-    logits: ``[batch, R, vocab]``; logprobs, sampler_logprobs, response_mask: ``[batch, R]``.
+    entropy (of ``softmax(logits / T)``, per token), logprobs, sampler_logprobs, response_mask:
+    ``[batch, R]``.
     """
-    logits, logprobs = jax.lax.stop_gradient((logits, logprobs))
+    entropy, logprobs = jax.lax.stop_gradient((entropy, logprobs))
     return {
-        "entropy": rl_jax.masked_mean(rl_jax.entropy(logits / temperature), response_mask),
+        "entropy": rl_jax.masked_mean(entropy, response_mask),
         "sampler_logprob_diff": rl_jax.masked_mean(
             jnp.abs(logprobs - sampler_logprobs), response_mask
         ),
@@ -180,28 +224,23 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
     def prepare(params, ref_params, batch, kl_coef):
         tokens, mask, response_mask = batch["tokens"], batch["mask"], batch["response_mask"]
         response_len = response_mask.shape[1]
-        response_tokens = tokens[:, -response_len:]
+        stats = dict(temperature=settings.temperature, logits_chunk=settings.logits_chunk)
         out, metrics = {}, {}
         # The policy's log-probs at the sampling weights (the sampler's, in a single pass).
         old_logprobs = batch["sampler_logprobs"]
         if not settings.single_pass:
-            logits = policy_logits(policy_graphdef, params["policy"], tokens, mask, response_len)
-            old_logprobs = rl_jax.token_logprobs(
-                logits, response_tokens, temperature=settings.temperature
+            old_logprobs, entropy = policy_token_stats(
+                policy_graphdef, params["policy"], tokens, mask, response_len,
+                with_entropy=True, **stats,
             )
             out["old_logprobs"] = old_logprobs
             metrics = rollout_policy_metrics(
-                logits,
-                old_logprobs,
-                batch["sampler_logprobs"],
-                response_mask,
-                settings.temperature,
+                entropy, old_logprobs, batch["sampler_logprobs"], response_mask
             )
         token_kl = None
         if ref_params is not None:
-            ref_logits = policy_logits(policy_graphdef, ref_params, tokens, mask, response_len)
-            ref_logprobs = rl_jax.token_logprobs(
-                ref_logits, response_tokens, temperature=settings.temperature
+            ref_logprobs, _ = policy_token_stats(
+                policy_graphdef, ref_params, tokens, mask, response_len, **stats
             )
             out["ref_logprobs"] = ref_logprobs
             token_kl = rl_jax.kl(old_logprobs, ref_logprobs, estimator="k1")
@@ -269,15 +308,16 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
     def loss_fn(params, mb):
         tokens, mask, response_mask = mb["tokens"], mb["mask"], mb["response_mask"]
         response_len = response_mask.shape[1]
-        logits = policy_logits(policy_graphdef, params["policy"], tokens, mask, response_len)
-        logprobs = rl_jax.token_logprobs(
-            logits, tokens[:, -response_len:], temperature=settings.temperature
+        logprobs, entropy = policy_token_stats(
+            policy_graphdef, params["policy"], tokens, mask, response_len,
+            temperature=settings.temperature, logits_chunk=settings.logits_chunk,
+            with_entropy=settings.single_pass,
         )
         metrics = {}
         if settings.single_pass:
             old_logprobs = jax.lax.stop_gradient(logprobs)
             metrics = rollout_policy_metrics(
-                logits, logprobs, mb["sampler_logprobs"], response_mask, settings.temperature
+                entropy, logprobs, mb["sampler_logprobs"], response_mask
             )
         else:
             old_logprobs = mb["old_logprobs"]

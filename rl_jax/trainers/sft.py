@@ -14,6 +14,7 @@ import numpy as np
 
 import rl_jax
 from rl_jax import models, parallel
+from rl_jax.chunked import DEFAULT_CHUNK, chunked_token_stats
 from rl_jax.optim import make_optimizer
 from rl_jax.rollout import right_pad
 from rl_jax.trainers.evaluation import evaluate
@@ -50,16 +51,29 @@ def sft_batch(ctx: Context, examples) -> dict[str, np.ndarray]:
     return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
 
-def make_sft_loss(graphdef):
+def make_sft_loss(graphdef, logits_chunk: int = DEFAULT_CHUNK):
     """``loss(params, batch) -> (loss, metrics)``: mean negative log-likelihood of the response
-    tokens."""
+    tokens.
+
+    ``logits_chunk`` positions go through the LM head at a time (``rl_jax.chunked``; every
+    position, since the target starts at a different place in each row); 0 takes the full
+    ``[batch, L, vocab]`` logits at once. Same numbers either way.
+    """
 
     def loss_fn(params, batch):
         tokens, mask = batch["tokens"], batch["mask"]
-        logits, _ = models.apply_lm(
-            graphdef, params["policy"], tokens, models.positions_from_mask(mask), mask
-        )
-        logprobs = rl_jax.token_logprobs(logits[:, :-1], tokens[:, 1:])
+        positions = models.positions_from_mask(mask)
+        if logits_chunk > 0:
+            hidden, head, vocab_major = models.apply_lm_hidden(
+                graphdef, params["policy"], tokens, positions, mask
+            )
+            logprobs, _ = chunked_token_stats(
+                hidden[:, :-1], head, tokens[:, 1:], vocab_major=vocab_major,
+                chunk_size=logits_chunk,
+            )
+        else:
+            logits, _ = models.apply_lm(graphdef, params["policy"], tokens, positions, mask)
+            logprobs = rl_jax.token_logprobs(logits[:, :-1], tokens[:, 1:])
         loss = -rl_jax.aggregate(logprobs, batch["loss_mask"][:, 1:], "token-mean")
         return loss, {"loss": loss}
 
