@@ -48,7 +48,7 @@ def chunked_token_stats(
     chunk_size: int = DEFAULT_CHUNK,
     with_entropy: bool = False,
 ) -> tuple[jax.Array, jax.Array | None]:
-    r"""Log-prob of each token and (optionally) the entropy, without ``[batch, time, vocab]`` logits.
+    r"""Log-prob of each token (and the entropy) without ``[batch, time, vocab]`` logits.
 
     With ``z = head_logits(hidden) / T`` at each position::
 
