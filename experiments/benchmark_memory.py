@@ -1,0 +1,93 @@
+r"""Compiled memory of the RL loss's gradient with the full logits and with the chunked LM head.
+
+    python experiments/benchmark_memory.py
+    python experiments/benchmark_memory.py --chunks=0,128 --batch=8 --response_len=1024
+
+A Qwen2.5-like vocabulary (151,936 tokens, tied embeddings) on a narrow model (hidden 64, 1 layer
+by default), so the logits dominate: for each ``logits_chunk`` (0 = the full
+``[batch, P + R, vocab]`` logits) it compiles ``jax.value_and_grad`` of the GRPO loss
+(``rl_step.make_loss``, single pass: the entropy metric included) and of ``make_prepare`` (old and
+reference log-probs, entropy), without running them, and prints XLA's temp (scratch) memory and
+the largest float32 array with a vocabulary axis in the compiled HLO. Parameters are abstract
+(``nnx.eval_shape``): nothing is allocated, so any size compiles on this CPU.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from rl_jax import models
+from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare
+
+_VOCAB = flags.DEFINE_integer("vocab", 151_936, "Vocabulary size (Qwen2.5: 151,936).")
+_HIDDEN = flags.DEFINE_integer("hidden", 64, "Hidden size.")
+_LAYERS = flags.DEFINE_integer("layers", 1, "Decoder layers.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Rows of the micro-batch.")
+_PROMPT = flags.DEFINE_integer("prompt_len", 256, "Prompt tokens P.")
+_RESPONSE = flags.DEFINE_integer("response_len", 1024, "Response tokens R.")
+_CHUNKS = flags.DEFINE_list("chunks", ["0", "512", "128", "32"], "logits_chunk values.")
+
+
+def _largest_vocab_array(hlo: str, vocab: int) -> str:
+    """The f32 array with a ``vocab`` axis of most elements in the HLO text, e.g. ``[4,1024,V]``."""
+    best, best_size = "none", 0
+    for dims in re.findall(r"f32\[([0-9,]+)\]", hlo):
+        shape = [int(d) for d in dims.split(",")]
+        if vocab in shape and int(np.prod(shape)) > best_size:
+            best, best_size = "[" + dims.replace(str(vocab), "V") + "]", int(np.prod(shape))
+    return best
+
+
+def main(argv):
+    del argv
+    config = models.tiny_config(
+        "qwen2", vocab_size=_VOCAB.value, hidden_size=_HIDDEN.value,
+        intermediate_size=4 * _HIDDEN.value, num_layers=_LAYERS.value, num_heads=4,
+        num_kv_heads=2, max_position_embeddings=_PROMPT.value + _RESPONSE.value,
+    )
+    graphdef, params = nnx.eval_shape(lambda: nnx.split(models.CausalLM(config,
+                                                                        rngs=nnx.Rngs(0))))
+    b, p, r, v = _BATCH.value, _PROMPT.value, _RESPONSE.value, _VOCAB.value
+    spec = jax.ShapeDtypeStruct
+    batch = {
+        "tokens": spec((b, p + r), jnp.int32),
+        "mask": spec((b, p + r), jnp.float32),
+        "response_mask": spec((b, r), jnp.float32),
+        "sampler_logprobs": spec((b, r), jnp.float32),
+        "advantages": spec((b, r), jnp.float32),
+        "scores": spec((b,), jnp.float32),
+    }
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    print(f"vocab {v}, hidden {_HIDDEN.value}, {_LAYERS.value} layer(s), {num_params / 1e6:.1f}M "
+          f"parameters; batch {b} x (prompt {p} + response {r}); one [B, P+R, V] f32 = "
+          f"{b * (p + r) * v * 4 / 2**20:.0f} MiB, [B, R, V] = {b * r * v * 4 / 2**20:.0f} MiB")
+    print(f"{'function':<16} {'logits_chunk':>12} {'temp MiB':>10} {'args MiB':>9}  largest f32 "
+          "array with a vocab axis")
+    for chunk in (int(c) for c in _CHUNKS.value):
+        settings = RLSettings(estimator="grpo", group_size=2, temperature=0.7, max_len=r,
+                              kl_loss_coef=0.0, logits_chunk=chunk)
+        # prepare as run with several minibatches (old log-probs and entropy) and a reference.
+        prepare_settings = RLSettings(**{**settings.__dict__, "num_minibatches": 2,
+                                         "kl_loss_coef": 0.04})
+        functions = {
+            "loss grad": (jax.value_and_grad(make_loss(settings, graphdef), has_aux=True),
+                          ({"policy": params}, batch)),
+            "prepare": (make_prepare(prepare_settings, graphdef),
+                        ({"policy": params}, params, batch, spec((), jnp.float32))),
+        }
+        for name, (fn, args) in functions.items():
+            compiled = jax.jit(fn).lower(*args).compile()
+            stats = compiled.memory_analysis()
+            print(f"{name:<16} {chunk:>12} {stats.temp_size_in_bytes / 2**20:>10.1f} "
+                  f"{stats.argument_size_in_bytes / 2**20:>9.1f}  "
+                  f"{_largest_vocab_array(compiled.as_text(), v)}")
+
+
+if __name__ == "__main__":
+    app.run(main)
