@@ -10,6 +10,7 @@ import transformers
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _SUPPORTED_DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("matmul", "xla", "cudnn")
 
 _HF_CONFIG_CLASSES = {
     "llama": transformers.LlamaConfig,
@@ -42,6 +43,10 @@ class ModelConfig:
     Logits are always float32. `remat` checkpoints each decoder layer in the no-cache forward.
     `attention_bias` puts biases on the q/k/v projections (Qwen2); `attention_out_bias` on the
     output projection too (Llama/Qwen3 with `attention_bias=True` in their HF config).
+    `attention_impl` is the training forward's attention (no cache): "matmul" (rl_jax's batched
+    matmuls, fastest on CPU), or `jax.nn.dot_product_attention` with implementation "xla" or
+    "cudnn" (cuDNN's fused flash attention; GPU, bfloat16/float16 only). Same numbers up to
+    rounding. Decoding with a cache always uses rl_jax's own kernels.
     """
 
     model_type: str
@@ -67,8 +72,15 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    attention_impl: str = "matmul"
 
     def __post_init__(self) -> None:
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
+            )
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError("attention_impl='cudnn' needs dtype='bfloat16' (cuDNN's kernels)")
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"unsupported model_type {self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}"

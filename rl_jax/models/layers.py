@@ -157,6 +157,12 @@ class Attention(nnx.Module):
         """
         c = self.config
         b, t, _, d = q.shape
+        if c.attention_impl != "matmul":
+            # [B, T, heads, D] x [B, S, kv_heads, D]: jax's layout, grouped queries included.
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask[:, None], implementation=c.attention_impl
+            )
+            return apply_2d(self.o_proj, out.reshape(b, t, c.num_heads * d))
         kv, g, s = c.num_kv_heads, c.num_groups, k.shape[1]
         # Batched matmuls over (batch, kv head), the groups' queries stacked: [B*K, G*T, D].
         # On CPU this is ~1.8x faster (forward + backward) than a 5-D einsum.
