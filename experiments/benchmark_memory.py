@@ -10,6 +10,18 @@ by default), so the logits dominate: for each ``logits_chunk`` (0 = the full
 reference log-probs, entropy), without running them, and prints XLA's temp (scratch) memory and
 the largest float32 array with a vocabulary axis in the compiled HLO. Parameters are abstract
 (``nnx.eval_shape``): nothing is allocated, so any size compiles on this CPU.
+
+Measured on this CPU (2026-12-02, jax 0.10.2), defaults (batch 4 x (256 + 1024), hidden 64):
+
+    logits_chunk   loss grad temp MiB   prepare temp MiB   largest vocab array
+    0 (full)                   8649.8            10683.1   [5120,V] / [4,1280,V]
+    512                        3903.0             3563.1   [4,512,V]
+    128 (default)              1231.9              892.3   [4,128,V]
+    32                          564.1              309.2   [4,32,V]
+
+The gradient holds about three ``[batch, chunk, vocab]`` buffers (one in the forward loop, two
+in the backward: the recomputed logits and their cotangent); a hand-written VJP measured the
+same. The rest (~340 MiB) is the backbone, attention scores included.
 """
 
 from __future__ import annotations
