@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import rl_jax
-from rl_jax import models
+from rl_jax import models, parallel
 from rl_jax.chunked import chunked_token_stats, head_logits
 from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare
 from rl_jax.trainers.sft import make_sft_loss
@@ -192,3 +192,27 @@ def test_chunked_rl_gradient_holds_no_batch_time_vocab_buffer():
     assert chunked_temp < head_bytes + 3 * chunk_bytes < full_bytes / 2
     assert chunked_temp < unchunked_temp / 5
     assert max(_vocab_arrays(chunked.as_text())) <= max(B * CHUNK, HIDDEN) < B * R
+
+
+def test_data_parallel_chunks_stay_split():
+    """Over 8 fake devices each holds [B / 8, CHUNK, V] chunks, and the gradient is the same."""
+    config = models.tiny_config("qwen2", vocab_size=BIG_VOCAB, hidden_size=HIDDEN,
+                                intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
+    graphdef, params = nnx.split(models.CausalLM(config, rngs=nnx.Rngs(0)))
+    settings = RLSettings(estimator="grpo", group_size=2, temperature=0.7, logits_chunk=CHUNK)
+    rows, rng = 8, np.random.default_rng(4)
+    mask = np.ones((rows, 4 + 6), np.float32)
+    mask[::2, :2] = 0
+    batch = {"tokens": (rng.integers(1, BIG_VOCAB, mask.shape) * mask).astype(np.int32),
+             "mask": mask, "response_mask": mask[:, 4:],
+             "sampler_logprobs": np.full((rows, 6), -12.0, np.float32),
+             "advantages": rng.normal(size=(rows, 6)).astype(np.float32)}
+    grad_fn = jax.jit(jax.value_and_grad(make_loss(settings, graphdef), has_aux=True))
+    want = grad_fn({"policy": params}, batch)
+    mesh = parallel.make_mesh()
+    sharded = parallel.shard_batch(batch, mesh)
+    params = jax.device_put({"policy": params}, parallel.replicated(mesh))
+    got = grad_fn(params, sharded)
+    _close(got, want, rtol=1e-5, atol=1e-7)
+    hlo = grad_fn.lower(params, sharded).compile().as_text()
+    assert max(_vocab_arrays(hlo)) <= max(rows // 8 * CHUNK, HIDDEN)
