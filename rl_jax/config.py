@@ -61,6 +61,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.init_std = 0.1  # of a fresh model (0.02, as in HF configs, trains slowly at width 64)
     c.model.dtype = "float32"
     c.model.remat = False
+    # Positions per chunk of the LM head in the losses: the live logits are [batch, chunk, vocab]
+    # float32, never [batch, time, vocab] (rl_jax.chunked); 0 = the whole sequence at once.
+    c.model.logits_chunk = 128
+    # The training forward's attention: matmul (rl_jax's) | xla | cudnn (both through
+    # jax.nn.dot_product_attention; cudnn needs a GPU and dtype=bfloat16). Fresh models only.
+    c.model.attention_impl = "matmul"
 
     c.rollout = ml_collections.ConfigDict()
     c.rollout.max_new_tokens = 8
@@ -209,6 +215,13 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     choice("task.name", sorted(data.TASKS))
     choice("model.model_type", SUPPORTED_MODEL_TYPES)
     choice("model.dtype", DTYPES)
+    choice("model.attention_impl", ("matmul", "xla", "cudnn"))
+    at_least("model.logits_chunk", 0)
+    if config.model.attention_impl != "matmul" and config.model.path:
+        bad("model.attention_impl", config.model.attention_impl, "'matmul' with model.path set "
+            "(the option applies to a fresh model only)")
+    if config.model.attention_impl == "cudnn" and config.model.dtype != "bfloat16":
+        bad("model.attention_impl", "cudnn", "dtype='bfloat16' for cuDNN's kernels")
     for field in ("seed", "checkpoint.every", "checkpoint.keep", "log.every"):
         at_least(field, 0 if field == "seed" else 1)
     at_least("log.samples_every", 0)

@@ -69,6 +69,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> RLSettings:
         epochs=rl.epochs,
         num_minibatches=rl.num_minibatches,
         seed=config.seed,
+        logits_chunk=config.model.logits_chunk,
     )
 
 

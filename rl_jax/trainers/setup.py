@@ -89,6 +89,7 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
         pad_token_id=tokenizer.pad_token_id,
         dtype=m.dtype,
         remat=m.remat,
+        attention_impl=m.attention_impl,
     )
     return models.CausalLM(model_config, rngs=nnx.Rngs(config.seed))
 

@@ -86,7 +86,7 @@ def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
     cfg = ctx.config.sft
     tx = make_optimizer(cfg.optim, cfg.steps)
     state, sharding = init_state({"policy": params}, tx, mesh)
-    train_step = make_train_step(make_sft_loss(ctx.graphdef), tx)
+    train_step = make_train_step(make_sft_loss(ctx.graphdef, ctx.config.model.logits_chunk), tx)
     step = parallel.data_parallel_step(train_step, mesh, sharding)
 
     def batch(step: int, state: TrainState, host: dict):
