@@ -149,6 +149,10 @@ BAD_CONFIGS = [
     ("rewards.model_weight", 1.0, "expected to include 'rm' for rewards.model_weight"),
     ("rl.overlong_buffer", 8, "config.rl.overlong_buffer = 8: expected < rollout.max_new_tokens"),
     ("rl.critic_init", "value", "config.rl.critic_init = 'value'"),
+    ("model.attention_impl", "flash", "config.model.attention_impl = 'flash': expected one of"),
+    ("model.logits_chunk", -1, "config.model.logits_chunk = -1: expected a number >= 0"),
+    ("loss.policy_loss", "ppo2", "config.loss.policy_loss = 'ppo2': expected one of 'ppo'"),
+    ("loss.is_correction", "tis", "config.loss.is_correction = 'tis': expected one of 'none'"),
 ]
 
 
