@@ -173,16 +173,18 @@ def data_parallel_step(
 _DOT = re.compile(r"= (\w+)\[([\d,]*)\]\S* dot\(")
 
 
-def compiled_work(lowered: jax.stages.Lowered) -> dict[str, Any]:
-    """What one device computes in a lowered function (``jax.jit(f).lower(*args)``), read from
-    the compiled (per-device) program.
+def compiled_work(compiled: jax.stages.Compiled | jax.stages.Lowered) -> dict[str, Any]:
+    """What one device computes in a compiled function (``jax.jit(f).lower(*args).compile()``,
+    which can then be called with ``args``; a ``Lowered`` is compiled here), read from the
+    per-device program.
 
     Returns ``largest_dot`` (the output shape of its largest dot, e.g. the LM head's
     ``[rows * time, vocab]``), ``dot_elements`` (that shape's size), ``temp_bytes`` (XLA's
     temporary buffers) and ``flops`` (XLA's cost analysis; a loop body counts once). A
     data-parallel function on ``d`` devices should show ``1/d`` of the one-device numbers.
     """
-    compiled = lowered.compile()
+    if isinstance(compiled, jax.stages.Lowered):
+        compiled = compiled.compile()
     shapes = [
         tuple(int(d) for d in dims.split(",") if d) for _, dims in _DOT.findall(compiled.as_text())
     ]
