@@ -331,6 +331,9 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     divides("rl.num_prompts", rows, "rl.num_prompts * rl.group_size")
     if rl.num_minibatches >= 1 and rows % rl.num_minibatches:
         bad("rl.num_minibatches", rl.num_minibatches, f"a divisor of the rollout batch {rows}")
+    elif rl.num_minibatches >= 1:  # each minibatch is split over the devices too
+        divides("rl.num_minibatches", rows // rl.num_minibatches,
+                "the rows of a minibatch, rl.num_prompts * rl.group_size / rl.num_minibatches,")
     if kl.in_reward and kl.coef > 0 and rl.estimator not in ("gae", "reinforce_pp"):
         bad("kl.in_reward", True, f"False with rl.estimator={rl.estimator!r} (a KL in the reward "
             "needs per-token rewards: gae or reinforce_pp; use a KL loss term instead)")

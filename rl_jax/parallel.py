@@ -8,12 +8,20 @@ the gradient all-reduce (what ``pmap`` + ``pmean`` did by hand). There is no ``s
 which avoids its trap: with ``check_vma=True`` the gradient of a replicated parameter is already
 summed over devices, and a ``pmean`` on top multiplies it by the device count.
 
+The work is split, not only the results: the batch arrays of a step are sharded, and every
+function that builds its own batch inside ``jit`` (a shuffle, a repeat) re-constrains it with
+``constrain_rows``; without that, XLA may gather a whole batch onto every device and run the model
+on all of it there (same results, ``devices`` times the work). Functions that take host arrays of
+any row count (the sampler, reward scoring) place them with ``place_rows``, which pads the rows to
+a multiple of the device count; the caller drops the padded rows of the result.
+
 Across hosts, call ``jax.distributed.initialize()`` first; ``jax.devices()`` then lists every
 host's devices and ``shard_batch`` takes each host's local part of the batch.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +58,44 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """The sharding of a batch array: leading dimension split over every device of the mesh."""
     return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def num_batch_devices(mesh: Mesh) -> int:
+    """How many ways a batch is split: every device of the mesh (both axes)."""
+    return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+
+def constrain_rows(tree: Any, mesh: Mesh, axis: int = 0) -> Any:
+    """``with_sharding_constraint``: dimension ``axis`` of every leaf split over all devices.
+
+    For use inside ``jit``, on batches built there (``x[perm]``, a reshape into minibatches):
+    each device then keeps, and computes on, only its share of the rows.
+    """
+    sharding = NamedSharding(mesh, P(*([None] * axis), BATCH_AXES))
+    return jax.lax.with_sharding_constraint(tree, jax.tree.map(lambda _: sharding, tree))
+
+
+def place_rows(arrays: Any, mesh: Mesh) -> tuple[Any, int]:
+    """Host arrays ``[rows, ...]`` of any row count, split over the mesh: ``(placed, rows)``.
+
+    The rows are padded to a multiple of the device count by repeating the last row (a valid
+    input for every model function); the caller drops rows ``rows:`` of the result. Every host
+    passes the same (global) arrays.
+    """
+    leaves = jax.tree.leaves(arrays)
+    rows = int(np.shape(leaves[0])[0])
+    pad = -rows % num_batch_devices(mesh)
+    sharding = batch_sharding(mesh)
+
+    def place(x):
+        x = np.asarray(x)
+        if x.shape[0] != rows:
+            raise ValueError(f"place_rows: leaves with {x.shape[0]} and {rows} rows")
+        if pad:
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(place, arrays), rows
 
 
 def _param_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
@@ -122,3 +168,32 @@ def data_parallel_step(
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,) if donate_state else (),
     )
+
+
+_DOT = re.compile(r"= (\w+)\[([\d,]*)\]\S* dot\(")
+
+
+def compiled_work(compiled: jax.stages.Compiled | jax.stages.Lowered) -> dict[str, Any]:
+    """What one device computes in a compiled function (``jax.jit(f).lower(*args).compile()``,
+    which can then be called with ``args``; a ``Lowered`` is compiled here), read from the
+    per-device program.
+
+    Returns ``largest_dot`` (the output shape of its largest dot, e.g. the LM head's
+    ``[rows * time, vocab]``), ``dot_elements`` (that shape's size), ``temp_bytes`` (XLA's
+    temporary buffers) and ``flops`` (XLA's cost analysis; a loop body counts once). A
+    data-parallel function on ``d`` devices should show ``1/d`` of the one-device numbers.
+    """
+    if isinstance(compiled, jax.stages.Lowered):
+        compiled = compiled.compile()
+    shapes = [
+        tuple(int(d) for d in dims.split(",") if d) for _, dims in _DOT.findall(compiled.as_text())
+    ]
+    largest = max(shapes, key=lambda s: int(np.prod(s, dtype=np.int64)), default=())
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return {
+        "largest_dot": largest,
+        "dot_elements": int(np.prod(largest, dtype=np.int64)),
+        "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+        "flops": float((cost or {}).get("flops", 0.0)),
+    }

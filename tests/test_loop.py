@@ -133,6 +133,8 @@ BAD_CONFIGS = [
     ("rl.group_size", 1, "config.rl.group_size = 1: expected >= 2 for the group estimator 'grpo'"),
     ("rl.num_prompts", 3, "rl.num_prompts * rl.group_size = 12 to be a multiple of the 8 devices"),
     ("rl.num_minibatches", 5, "config.rl.num_minibatches = 5: expected a divisor of the rollout"),
+    ("rl.num_minibatches", 4, "rl.num_minibatches = 4: expected the rows of a minibatch, "
+     "rl.num_prompts * rl.group_size / rl.num_minibatches, = 4 to be a multiple of the 8 devices"),
     ("rollout.top_p", 0.0, "config.rollout.top_p = 0.0: expected a number in (0, 1]"),
     ("rollout.top_p", 1.5, "config.rollout.top_p = 1.5"),
     ("rollout.temperature", 0.0, "config.rollout.temperature = 0.0: expected a number > 0"),

@@ -181,6 +181,7 @@ def decode(
     top_p: jax.Array,
     max_new_tokens: jax.Array,
     settings: DecodeSettings,
+    shard_rows: Callable[[jax.Array, int], jax.Array] | None = None,
 ) -> DecodeOutput:
     """Samples responses for a batch of left-padded prompts.
 
@@ -204,6 +205,9 @@ def decode(
       top_p: scalar in (0, 1], used if settings.use_top_p (traced).
       max_new_tokens: scalar int32 in [1, settings.max_new_tokens] (traced).
       settings: static DecodeSettings.
+      shard_rows: optional ``(array, batch axis) -> array``, applied to every array of the decode
+        loop's state after the cache is repeated (a sharding constraint that keeps the
+        ``num_prompts * num_samples`` rows split over devices; see ``Sampler.mesh``).
 
     Returns:
       DecodeOutput with B = num_prompts * num_samples rows.
@@ -235,6 +239,11 @@ def decode(
         logprobs=jnp.zeros((batch, num_new), jnp.float32),
         lengths=jnp.zeros((batch,), jnp.int32),
     )
+    if shard_rows is not None:
+        per_row = {name: shard_rows(x, 0) for name, x in state._asdict().items()
+                   if name not in ("step", "cache")}
+        state = state._replace(cache=jax.tree.map(shard_rows, state.cache, axes), **per_row)
+        key_mask, last_position = shard_rows(key_mask, 0), shard_rows(last_position, 0)
 
     def cond(s: _LoopState, end: int) -> jax.Array:
         return (s.step < jnp.minimum(max_new_tokens, end)) & ~jnp.all(s.done)
@@ -274,9 +283,10 @@ def decode(
     length_axes = cache_length_axes(init_cache_fn, batch)
     for stage, end in enumerate(ends):
         if stage:
-            state = state._replace(
-                cache=_grow_cache(state.cache, length_axes, end - ends[stage - 1])
-            )
+            cache = _grow_cache(state.cache, length_axes, end - ends[stage - 1])
+            if shard_rows is not None:
+                cache = jax.tree.map(shard_rows, cache, axes)
+            state = state._replace(cache=cache)
         state = jax.lax.while_loop(
             functools.partial(cond, end=end),
             functools.partial(body, stage_key_mask=key_mask[:, : prompt_len + end]),

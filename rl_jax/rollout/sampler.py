@@ -15,6 +15,15 @@ longest prompt varies between 4 and 60 tokens, at a fixed max_new_tokens, compil
 (prompt buckets 16, 32, 64), as measured by
 tests/test_sampler.py::test_hundred_batches_compile_once_per_bucket.
 `Sampler.num_compiles` counts the compilations of this sampler.
+
+Devices: with `sampler.mesh` set (a `rl_jax.parallel.make_mesh` mesh; the trainers set it), the
+prompts go in split over the mesh's devices and the decode loop's rows (`num_prompts * n`) are
+constrained to stay split, so each device decodes only its share; the parameters are read with
+the sharding they have (the trainer's own arrays: no copy). When `num_prompts * n` does not
+divide by the device count, copies of the last prompt are appended until it does, and their rows
+are dropped from the output (the kept rows are the same as without the padding). The prefill of
+the prompts is split too when `num_prompts` (after padding) divides by the device count, else
+it runs on every device (a small part of the work: one forward pass per prompt).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rl_jax import parallel
 from rl_jax.rollout.decode import ApplyFn, DecodeOutput, DecodeSettings, InitCacheFn, decode
 from rl_jax.rollout.padding import (
     check_prompt_lengths,
@@ -69,6 +79,8 @@ class Sampler:
     Attributes:
       params: the parameters passed to apply_fn; assign new ones (same structure, shapes and
         dtypes) to sample from updated weights without recompiling.
+      mesh: None (run where the params are, on one device: all rows everywhere), or a
+        `jax.sharding.Mesh` with the `rl_jax.parallel` batch axes: rows split over its devices.
     """
 
     def __init__(
@@ -100,6 +112,7 @@ class Sampler:
         if cache_stages < 1:
             raise ValueError(f"cache_stages must be >= 1, got {cache_stages}")
         self.params = params
+        self.mesh: jax.sharding.Mesh | None = None
         self.max_len = int(max_len)
         self.eos_ids = tuple(int(i) for i in eos_ids)
         self.pad_id = int(pad_id)
@@ -109,7 +122,7 @@ class Sampler:
         self._apply_fn = apply_fn
         self._init_cache_fn = init_cache_fn
         self._num_compiles = 0
-        self._decode = jax.jit(self._traced_decode, static_argnames=("settings",))
+        self._decode = jax.jit(self._traced_decode, static_argnames=("settings", "mesh"))
 
     @classmethod
     def from_model(
@@ -168,8 +181,12 @@ class Sampler:
         top_p: jax.Array,
         max_new_tokens: jax.Array,
         settings: DecodeSettings,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> DecodeOutput:
         self._num_compiles += 1  # runs only while tracing, i.e. once per compilation
+        shard_rows = None
+        if mesh is not None:
+            shard_rows = lambda x, axis: parallel.constrain_rows(x, mesh, axis)  # noqa: E731
         return decode(
             self._apply_fn,
             self._init_cache_fn,
@@ -181,6 +198,7 @@ class Sampler:
             top_p,
             max_new_tokens,
             settings,
+            shard_rows,
         )
 
     def prepare_prompts(
@@ -246,6 +264,44 @@ class Sampler:
         Returns:
           SampleOutput; logprobs are under the tempered unfiltered distribution.
         """
+        args, kwargs, (tokens, mask) = self._decode_call(
+            prompts, key, max_new_tokens=max_new_tokens, n=n, temperature=temperature,
+            top_k=top_k, top_p=top_p, greedy=greedy, prompt_mask=prompt_mask,
+        )
+        out = self._decode(*args, **kwargs)
+        rows = len(tokens) * n  # without the rows of padding prompts (see Sampler.mesh)
+        return SampleOutput(
+            prompt_tokens=jnp.asarray(np.repeat(tokens, n, axis=0)),
+            prompt_mask=jnp.asarray(np.repeat(mask, n, axis=0)),
+            response_tokens=out.response_tokens[:rows, :max_new_tokens],
+            response_mask=out.response_mask[:rows, :max_new_tokens],
+            response_logprobs=out.response_logprobs[:rows, :max_new_tokens],
+            response_lengths=out.response_lengths[:rows],
+            num_generated_tokens=jnp.sum(out.response_lengths[:rows]),
+            num_steps=out.num_steps,
+        )
+
+    def lower(self, prompts: Prompts, key: jax.Array, **options: Any) -> jax.stages.Lowered:
+        """The decode program `generate(prompts, key, **options)` runs, lowered (not run): to
+        inspect what each device computes (`rl_jax.parallel.compiled_work`)."""
+        args, kwargs, _ = self._decode_call(prompts, key, **options)
+        return self._decode.lower(*args, **kwargs)
+
+    def _decode_call(
+        self,
+        prompts: Prompts,
+        key: jax.Array,
+        *,
+        max_new_tokens: int,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        prompt_mask: Any = None,
+    ) -> tuple[tuple, dict, tuple[np.ndarray, np.ndarray]]:
+        """Checks `generate`'s options; the decode function's arguments, and the host prompts
+        ``(tokens, mask)`` ``[num_prompts, P]``."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not temperature > 0:
@@ -266,23 +322,28 @@ class Sampler:
             pad_id=self.pad_id,
             cache_stages=self.cache_stages,
         )
-        out = self._decode(
+        args = (
             self.params,
-            jnp.asarray(tokens),
-            jnp.asarray(mask),
+            *self._place_prompts(tokens, mask, n),
             key,
             jnp.float32(temperature),
             jnp.float32(top_p if use_top_p else 1.0),
             jnp.int32(max_new_tokens),
-            settings=settings,
         )
-        return SampleOutput(
-            prompt_tokens=jnp.asarray(np.repeat(tokens, n, axis=0)),
-            prompt_mask=jnp.asarray(np.repeat(mask, n, axis=0)),
-            response_tokens=out.response_tokens[:, :max_new_tokens],
-            response_mask=out.response_mask[:, :max_new_tokens],
-            response_logprobs=out.response_logprobs[:, :max_new_tokens],
-            response_lengths=out.response_lengths,
-            num_generated_tokens=jnp.sum(out.response_lengths),
-            num_steps=out.num_steps,
-        )
+        return args, {"settings": settings, "mesh": self.mesh}, (tokens, mask)
+
+    def _place_prompts(
+        self, tokens: np.ndarray, mask: np.ndarray, n: int
+    ) -> tuple[jax.Array, jax.Array]:
+        """The prompt arrays as the decode function takes them: as they are without a mesh;
+        with one, padded (copies of the last prompt) until ``prompts * n`` divides by the device
+        count, and split over the devices when the prompts themselves divide."""
+        if self.mesh is None:
+            return jnp.asarray(tokens), jnp.asarray(mask)
+        devices = parallel.num_batch_devices(self.mesh)
+        step = devices // np.gcd(n, devices)  # prompts * n divides iff prompts divides by this
+        pad = -len(tokens) % step
+        tokens, mask = (np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in (tokens, mask))
+        if len(tokens) % devices:
+            return tuple(jax.device_put(x, parallel.replicated(self.mesh)) for x in (tokens, mask))
+        return parallel.place_rows((tokens, mask), self.mesh)[0]

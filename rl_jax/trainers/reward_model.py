@@ -42,23 +42,47 @@ from rl_jax.trainers.setup import Context, stage_key
 
 @dataclasses.dataclass
 class LearnedReward:
-    """A trained reward model and its normalisation: ``score = (r - mean) / std``."""
+    """A trained reward model and its normalisation: ``score = (r - mean) / std``.
+
+    With ``mesh``, the rows to score go in split over its devices (padded to a multiple of the
+    device count with copies of the last row, whose scores are dropped) and the parameters are
+    read with the sharding they have; without, every device scores every row.
+    """
 
     graphdef: nnx.GraphDef
     params: Any
     mean: float
     std: float
+    mesh: jax.sharding.Mesh | None = None
 
     @functools.cached_property
     def _apply(self):
-        return jax.jit(functools.partial(models.apply_model, self.graphdef))
+        def apply(params, tokens, mask):
+            return models.apply_model(
+                self.graphdef, params, tokens, models.positions_from_mask(mask), mask
+            )
+
+        if self.mesh is None:
+            return jax.jit(apply)
+        return jax.jit(apply, out_shardings=parallel.batch_sharding(self.mesh))
+
+    def _inputs(self, tokens: np.ndarray, mask: np.ndarray) -> tuple[tuple, int]:
+        """The jitted scorer's arguments, and the number of real rows."""
+        arrays = (np.asarray(tokens), np.asarray(mask, np.int32))
+        if self.mesh is None:
+            return (self.params, *map(jnp.asarray, arrays)), len(arrays[0])
+        placed, rows = parallel.place_rows(arrays, self.mesh)
+        return (self.params, *placed), rows
+
+    def lower(self, tokens: np.ndarray, mask: np.ndarray) -> jax.stages.Lowered:
+        """The scoring program of ``raw(tokens, mask)``, lowered: for
+        ``rl_jax.parallel.compiled_work``."""
+        return self._apply.lower(*self._inputs(tokens, mask)[0])
 
     def raw(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``[batch]`` rewards of ``[batch, time]`` token rows (any padding) as the model gives."""
-        mask = jnp.asarray(mask, jnp.int32)
-        return np.asarray(
-            self._apply(self.params, jnp.asarray(tokens), models.positions_from_mask(mask), mask)
-        )
+        args, rows = self._inputs(tokens, mask)
+        return np.asarray(self._apply(*args))[:rows]
 
     def __call__(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``[batch]`` normalised rewards of ``[batch, time]`` token rows."""
@@ -321,6 +345,7 @@ def run_rm(
     state, sharding = init_state({"reward": params}, tx, mesh)
     loss_fn = make_rm_loss(graphdef, cfg.loss)
     step = parallel.data_parallel_step(make_train_step(loss_fn, tx), mesh, sharding)
+    ctx.sampler.mesh = mesh  # synthetic preferences: each device samples its share
 
     @functools.cache
     def prepared() -> tuple[data.FileDataset, list[EncodedPreference], int]:
@@ -347,7 +372,7 @@ def run_rm(
 
     def evaluate(number: int, state: TrainState) -> dict[str, float]:
         _, eval_items, k = prepared()
-        reward = LearnedReward(graphdef, state.params["reward"], 0.0, 1.0)
+        reward = LearnedReward(graphdef, state.params["reward"], 0.0, 1.0, mesh=mesh)
         return evaluate_rm(reward, eval_items, k, pad_id, max_len)
 
     stage = Stage(
@@ -359,5 +384,7 @@ def run_rm(
     last_eval = result.last_eval
     # The normalisation RL uses: held-out responses (for synthetic data, the policy's samples).
     std = max(last_eval["reward_std"], 1e-6)
-    reward = LearnedReward(graphdef, result.state.params["reward"], last_eval["reward_mean"], std)
+    reward = LearnedReward(
+        graphdef, result.state.params["reward"], last_eval["reward_mean"], std, mesh=mesh
+    )
     return reward, last_eval

@@ -321,10 +321,15 @@ def run_rl(
         ref_params = jax.device_put(
             jax.tree.map(jnp.copy, policy_params), parallel.param_sharding(policy_params, mesh)
         )
-    prepare = jax.jit(make_prepare(settings, ctx.graphdef, value_graphdef))
-    update = parallel.data_parallel_step(
-        make_update(settings, tx, make_loss(settings, ctx.graphdef, value_graphdef)), mesh, sharding
+    # Every part runs on each device's share of the rows: prepare and update take the batch split
+    # (update re-splits its shuffled minibatches), the sampler and reward model split theirs.
+    prepare = jax.jit(
+        make_prepare(settings, ctx.graphdef, value_graphdef),
+        out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)),
     )
+    loss_fn = make_loss(settings, ctx.graphdef, value_graphdef)
+    update = parallel.data_parallel_step(make_update(settings, tx, loss_fn, mesh), mesh, sharding)
+    ctx.sampler.mesh = mesh
     latest: list[Round] = []  # the last rollout batch, for the samples text
 
     def batch(step: int, state: TrainState, host: dict):

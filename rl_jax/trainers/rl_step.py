@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 import rl_jax
-from rl_jax import models
+from rl_jax import models, parallel
 from rl_jax.chunked import DEFAULT_CHUNK, chunked_token_stats
 from rl_jax.trainers.loop import TrainState, optimizer_step
 
@@ -356,21 +356,43 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
     return loss_fn
 
 
-def make_update(settings: RLSettings, tx: optax.GradientTransformation, loss_fn):
-    """``update(state, batch) -> (state, metrics)``: epochs x shuffled minibatches in one scan."""
+def make_update(
+    settings: RLSettings,
+    tx: optax.GradientTransformation,
+    loss_fn,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """``update(state, batch) -> (state, metrics)``: epochs x shuffled minibatches in one scan.
+
+    Each epoch draws a random permutation of the whole batch (``fold_in(key(seed), step)``, split
+    per epoch) and cuts it into ``num_minibatches`` equal minibatches: a random partition that
+    does not depend on the devices, so any mesh gives the one-device result.
+
+    With ``mesh``, the minibatches are constrained to stay split over all its devices (their rows
+    must divide by the device count; ``check_config`` asks for it). Without the constraint the
+    global shuffle ``x[perm]`` gathers the whole batch onto every device and each device runs the
+    forward and backward of every minibatch in full (equal results, ``devices`` times the work).
+    With it, only the (small) input arrays move between devices for the shuffle; the model runs
+    on each device's share of a minibatch and XLA all-reduces the gradient.
+    """
+
+    def constrain(tree, axis):
+        return tree if mesh is None else parallel.constrain_rows(tree, mesh, axis)
 
     def update(state: TrainState, batch):
         size = batch["tokens"].shape[0]
         key = jax.random.fold_in(jax.random.key(settings.seed), state.step)
 
         def minibatch_step(state: TrainState, mb):
-            return optimizer_step(loss_fn, tx, state, mb)
+            keys = {"loss_key": mb.pop("loss_key")} if "loss_key" in mb else {}
+            return optimizer_step(loss_fn, tx, state, constrain(mb, 0) | keys)
 
         def epoch_step(state: TrainState, epoch_key):
             perm = jax.random.permutation(epoch_key, size)
             minibatches = jax.tree.map(
                 lambda x: x[perm].reshape(settings.num_minibatches, -1, *x.shape[1:]), batch
             )
+            minibatches = constrain(minibatches, 1)  # [minibatch, rows, ...]: rows split
             if settings.policy_loss == "clip_cov":  # its random token choice, per minibatch
                 keys = jax.random.fold_in(epoch_key, 1)
                 minibatches["loss_key"] = jax.random.split(keys, settings.num_minibatches)
