@@ -117,6 +117,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.missing_eos_score = -1.0
     c.rl.critic_init = "policy"  # gae: the critic starts from the "policy" or the "reward_model"
     c.rl.optim = optim_config(lr=3e-4)
+    # Divergence guard: stop the run (before the step is checkpointed) when a step's approx_kl,
+    # the k3 estimate of KL(pi_old || pi) between the rollout policy and the policy being updated,
+    # averaged over the step's minibatch updates, exceeds this (nats/token; 0 = off). Healthy PPO
+    # steps stay near 1e-3..1e-2. Blind when rl.epochs * rl.num_minibatches == 1 (one update: it
+    # is measured before the update, always 0).
+    c.rl.max_approx_kl = 1.0
 
     c.loss = ml_collections.ConfigDict()
     # ppo (clipped ratio) | cispo (MiniMax-M1: clipped, stop-gradient weight on every token's
@@ -296,7 +302,7 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     choice("kl.estimator", typing.get_args(KLEstimator))
     for field in ("rl.steps", "rl.num_prompts", "rl.group_size", "rl.epochs", "rl.num_minibatches"):
         at_least(field, 1)
-    for field in ("rl.max_extra_rounds", "rl.overlong_buffer", "rl.overlong_penalty", "kl.coef",
+    for field in ("rl.max_approx_kl", "rl.max_extra_rounds", "rl.overlong_buffer", "rl.overlong_penalty", "kl.coef",
                   "kl.target", "loss.vf_coef", "loss.value_clip"):
         at_least(field, 0)
     at_least("kl.horizon", 1)
