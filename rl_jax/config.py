@@ -17,6 +17,7 @@ Fields shared by every stage (SFT, reward model, RL):
 
 from __future__ import annotations
 
+import os
 import typing
 
 import ml_collections
@@ -215,6 +216,12 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     choice("task.name", sorted(data.TASKS))
     choice("model.model_type", SUPPORTED_MODEL_TYPES)
     choice("model.dtype", DTYPES)
+    if config.model.path and not os.path.isdir(config.model.path):
+        bad("model.path", config.model.path, "an existing local Hugging Face model directory "
+            "(config.json, *.safetensors, tokenizer), or '' for a fresh model")
+    path = config.task.kwargs.get("path", "")
+    if path and not os.path.isfile(path):
+        bad("task.kwargs.path", path, "an existing data file")
     for field in ("seed", "checkpoint.every", "checkpoint.keep", "log.every"):
         at_least(field, 0 if field == "seed" else 1)
     at_least("log.samples_every", 0)
@@ -244,8 +251,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
         choice("rm.gold", names)
         at_least("rm.num_responses", 2)
         at_least("rm.label_noise", 0)
-        if config.rm.data != "synthetic" and not config.rm.path:
-            bad("rm.path", config.rm.path, f"a preference file for rm.data={config.rm.data!r}")
+        if config.rm.data != "synthetic" and not os.path.isfile(config.rm.path):
+            bad("rm.path", config.rm.path,
+                f"an existing preference file for rm.data={config.rm.data!r}")
         rm = config.rm
         if rm.loss == "pairwise" and rm.data == "synthetic" and rm.num_responses != 2:
             bad("rm.num_responses", config.rm.num_responses, "2 with rm.loss='pairwise'")
