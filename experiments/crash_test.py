@@ -137,7 +137,8 @@ def main() -> int:
     for i in range(args.trials):
         done, resumed, identical, duplicates, problems = trial(
             root / "reference", root / f"trial{i}", args.kills, rng, tuple(args.window))
-        totals.update(kills=done, resumed=resumed, identical=identical, duplicates=duplicates)
+        totals.update(kills=done, resumed=int(resumed), identical=int(identical),
+                      duplicates=duplicates)
         print(f"trial {i}: {done} kills, resumed {resumed}, bit-identical {identical}, "
               f"{duplicates} duplicate lines {problems or ''}", flush=True)
     print(f"kill -9 x {totals['kills']} over {args.trials} trials: {totals['resumed']} resumed, "

@@ -221,11 +221,19 @@ def test_damaged_sft_checkpoint_does_not_block_rl_with_its_own(tmp_path, capsys)
 
 
 def test_rl_step_that_destroys_the_policy_is_stopped(tmp_path):
-    config = tiny_config(**{"rl.steps": 3, "rl.optim.lr": 1e6})
-    config.stages = ("rl",)
+    """lr 1e6 is stopped at its first step; the usual lr of this task stays far below the limit."""
+    from tests.test_trainers import _digit_task_config
+
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    config = _digit_task_config()
+    config.rl.steps, config.checkpoint.every = 2, 1
+    run(config, str(tmp_path / "healthy"), mesh)
+    kls = [r["approx_kl"] for r in read_metrics(tmp_path / "healthy") if r["stage"] == "rl"]
+    assert max(kls) < 0.5 * config.rl.max_approx_kl, kls  # lr 1e-2: ~0.1 at the first step
+    config.rl.optim.lr = 1e6
     with pytest.raises(loop.DivergenceError, match=r"step 1: approx_kl = .* > rl.max_approx_kl"):
-        run(config, str(tmp_path), parallel.make_mesh(devices=jax.devices()[:1]))
-    assert not list((tmp_path / "rl").glob("[0-9]*"))
+        run(config, str(tmp_path / "lr1e6"), mesh)
+    assert not list((tmp_path / "lr1e6" / "rl").glob("[0-9]*"))
 
 
 def test_divergence_limit_is_validated():
