@@ -220,16 +220,23 @@ def test_damaged_sft_checkpoint_does_not_block_rl_with_its_own(tmp_path, capsys)
     assert "pass@1" in summary["rl_eval"]
 
 
-def test_rl_step_that_destroys_the_policy_is_stopped(tmp_path):
-    """lr 1e6 is stopped at its first step; the usual lr of this task stays far below the limit."""
+def test_rl_step_that_destroys_the_policy_is_stopped(tmp_path, monkeypatch):
+    """A peaked policy (init_std 1: entropy ~1.2 nats, like a policy after SFT) and random rewards
+    (every group has an advantage): lr 1e6 is stopped at its first step, before any checkpoint;
+    lr 3e-4 stays two orders of magnitude below the default limit."""
     from tests.test_trainers import _digit_task_config
+    from rl_jax.trainers import rl as rl_module
 
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(rl_module.rewards, "combine_rewards", lambda weights, completions,
+                        examples: (rng.random(len(completions)).astype(np.float32), {}))
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     config = _digit_task_config()
-    config.rl.steps, config.checkpoint.every = 2, 1
+    config.rl.steps, config.checkpoint.every, config.model.init_std = 2, 1, 1.0
+    config.rl.optim.lr = 3e-4
     run(config, str(tmp_path / "healthy"), mesh)
     kls = [r["approx_kl"] for r in read_metrics(tmp_path / "healthy") if r["stage"] == "rl"]
-    assert max(kls) < 0.5 * config.rl.max_approx_kl, kls  # lr 1e-2: ~0.1 at the first step
+    assert max(kls) < 0.01 * config.rl.max_approx_kl, kls
     config.rl.optim.lr = 1e6
     with pytest.raises(loop.DivergenceError, match=r"step 1: approx_kl = .* > rl.max_approx_kl"):
         run(config, str(tmp_path / "lr1e6"), mesh)
