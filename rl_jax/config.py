@@ -310,7 +310,8 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     choice("kl.estimator", typing.get_args(KLEstimator))
     for field in ("rl.steps", "rl.num_prompts", "rl.group_size", "rl.epochs", "rl.num_minibatches"):
         at_least(field, 1)
-    for field in ("rl.max_approx_kl", "rl.max_extra_rounds", "rl.overlong_buffer", "rl.overlong_penalty", "kl.coef",
+    for field in ("rl.max_approx_kl", "rl.max_extra_rounds", "rl.overlong_buffer",
+                  "rl.overlong_penalty", "kl.coef",
                   "kl.target", "loss.vf_coef", "loss.value_clip"):
         at_least(field, 0)
     at_least("kl.horizon", 1)

@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 from experiments import crash_test  # noqa: E402
 from tests.test_trainers import tiny_config  # noqa: E402
 
-
-# --- a toy stage: the shared loop without a model (seconds) -------------------------------------
+# --- a toy stage: the shared loop without a model (seconds) ---------------------------------------
 
 
 def _toy_config(every=1, keep=3):
@@ -203,7 +202,7 @@ def test_config_change_is_refused_unless_harmless_or_allowed(tmp_path, capsys):
     assert json.loads((tmp_path / "config.json").read_text())["model.hidden_size"] == 48
 
 
-# --- the full run ----------------------------------------------------------------------------------
+# --- the full run ---------------------------------------------------------------------------------
 
 
 def test_damaged_sft_checkpoint_does_not_block_rl_with_its_own(tmp_path, capsys):
@@ -224,8 +223,8 @@ def test_rl_step_that_destroys_the_policy_is_stopped(tmp_path, monkeypatch):
     """A peaked policy (init_std 1: entropy ~1.2 nats, like a policy after SFT) and random rewards
     (every group has an advantage): lr 1e6 is stopped at its first step, before any checkpoint;
     lr 3e-4 stays two orders of magnitude below the default limit."""
-    from tests.test_trainers import _digit_task_config
     from rl_jax.trainers import rl as rl_module
+    from tests.test_trainers import _digit_task_config
 
     rng = np.random.default_rng(0)
     monkeypatch.setattr(rl_module.rewards, "combine_rewards", lambda weights, completions,
@@ -293,7 +292,7 @@ def test_missing_config_file_is_named_before_ml_collections():
     assert "config_config" not in result.stderr
 
 
-# --- kill -9 at random moments ---------------------------------------------------------------------
+# --- kill -9 at random moments --------------------------------------------------------------------
 
 
 def test_kill9_at_random_moments_resumes_bit_identical(tmp_path):

@@ -47,7 +47,9 @@ class MetricWriter:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 records = _parse(f.read().splitlines(), path)
-            kept = [r for r in records if r.get("stage") != stage or r.get("step", 0) <= resume_step]
+            kept = [
+                r for r in records if r.get("stage") != stage or r.get("step", 0) <= resume_step
+            ]
             with open(path, "rb") as f:
                 partial = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and (
                     f.read(1) != b"\n"

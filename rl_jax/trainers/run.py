@@ -13,10 +13,9 @@ from flax import nnx
 from rl_jax import parallel
 from rl_jax.config import check_config
 from rl_jax.trainers import plots
+from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
 from rl_jax.trainers.reward_model import run_rm
-from rl_jax.trainers.rl import run_rl
-from rl_jax.trainers.checkpoint import Checkpointer, CheckpointDamagedError
-from rl_jax.trainers.rl import settings_from_config
+from rl_jax.trainers.rl import run_rl, settings_from_config
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
 from rl_jax.trainers.workdir import check_workdir_config, locked

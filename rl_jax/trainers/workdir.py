@@ -1,4 +1,4 @@
-"""A workdir belongs to one run: a lock file while a process uses it, and the config it started with.
+"""A workdir belongs to one run: a lock while a process uses it, and the config it started with.
 
 ``workdir/lock`` holds ``{"pid", "host"}`` of the process running in it; a second process is
 refused, naming the holder; a lock left by a process that is gone (same host) is taken over.
@@ -139,7 +139,8 @@ def check_workdir_config(
                 + "\nuse another --workdir, or pass --allow_config_change to continue anyway"
             )
         if changes:
-            print(f"{workdir}: continuing with a changed config (allowed):\n  " + "\n  ".join(changes))
+            print(f"{workdir}: continuing with a changed config (allowed):\n  "
+                  + "\n  ".join(changes))
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as f:
         json.dump(flat_config(config), f, indent=1, sort_keys=True)
