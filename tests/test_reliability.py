@@ -199,7 +199,7 @@ def test_config_change_is_refused_unless_harmless_or_allowed(tmp_path, capsys):
     assert "--allow_config_change" in message and "rl.steps" not in message
     check_workdir_config(workdir, other, allow_config_change=True)
     assert "continuing with a changed config" in capsys.readouterr().out
-    assert json.loads((tmp_path / "config.json").read_text())["model.hidden_size"] == 48
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["hidden_size"] == 48
 
 
 # --- the full run ---------------------------------------------------------------------------------

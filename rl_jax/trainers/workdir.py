@@ -85,9 +85,14 @@ def locked(workdir: str) -> Iterator[None]:
                     os.remove(path)
 
 
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as nested JSON (the format ``rl_jax.ablation`` writes too)."""
+    return json.loads(config.to_json_best_effort())
+
+
 def flat_config(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
     """``{"rl.optim.lr": 3e-4, ...}`` with JSON values (tuples become lists)."""
-    tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    tree = config_json(config) if isinstance(config, ml_collections.ConfigDict) else config
     out: dict[str, Any] = {}
 
     def visit(node, prefix):
@@ -104,7 +109,7 @@ def flat_config(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
 def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
     """The fields (not ``HARMLESS``) whose value differs: ``"field: saved -> now"``."""
     now = flat_config(config)
-    changes = []
+    saved, changes = flat_config(saved), []
     for field in sorted(set(saved) | set(now)):
         if any(field == h or (h.endswith(".") and field.startswith(h)) for h in HARMLESS):
             continue
@@ -143,5 +148,5 @@ def check_workdir_config(
                   + "\n  ".join(changes))
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(flat_config(config), f, indent=1, sort_keys=True)
+        json.dump(config_json(config), f, indent=1)
     os.replace(temporary, path)
