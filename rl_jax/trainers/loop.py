@@ -173,9 +173,6 @@ def check_record(
             )
 
 
-check_finite = check_record  # the earlier name
-
-
 class _StopSignals:
     """While active, SIGTERM and SIGINT only set ``signum`` (a second one interrupts at once);
     the previous handlers come back on exit. A no-op outside the main thread."""
