@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import json
 import os
 import random
@@ -99,8 +100,8 @@ def compare(reference, workdir) -> tuple[bool, int, list[str]]:
 
 def trial(reference, workdir, kills: int, rng: random.Random, window: tuple[float, float]):
     """Kills a run ``kills`` times at random moments, then lets it finish. ``(kills done,
-    resumed, bit-identical, duplicate lines, problems)``."""
-    done = 0
+    resumed, bit-identical, duplicate lines, problems, kills during a save)``."""
+    done = during_save = 0
     for _ in range(kills):
         process = start(workdir)
         time.sleep(rng.uniform(*window))
@@ -108,12 +109,14 @@ def trial(reference, workdir, kills: int, rng: random.Random, window: tuple[floa
             process.send_signal(signal.SIGKILL)
             done += 1
         process.communicate()
+        # Orbax writes a step into "<step>.orbax-checkpoint-tmp-*" and renames it when complete.
+        during_save += bool(glob.glob(f"{workdir}/*/*.orbax-checkpoint-tmp*"))
     final = train(workdir)
     if final.returncode != 0:
         return done, False, False, 0, [f"the restart failed ({final.returncode}):\n"
-                                       f"{final.stderr[-2000:]}"]
+                                       f"{final.stderr[-2000:]}"], during_save
     identical, duplicates, problems = compare(reference, workdir)
-    return done, True, identical, duplicates, problems
+    return done, True, identical, duplicates, problems, during_save
 
 
 def main() -> int:
@@ -135,14 +138,16 @@ def main() -> int:
         return 1
     totals = collections.Counter()
     for i in range(args.trials):
-        done, resumed, identical, duplicates, problems = trial(
+        done, resumed, identical, duplicates, problems, during_save = trial(
             root / "reference", root / f"trial{i}", args.kills, rng, tuple(args.window))
         totals.update(kills=done, resumed=int(resumed), identical=int(identical),
-                      duplicates=duplicates)
-        print(f"trial {i}: {done} kills, resumed {resumed}, bit-identical {identical}, "
-              f"{duplicates} duplicate lines {problems or ''}", flush=True)
-    print(f"kill -9 x {totals['kills']} over {args.trials} trials: {totals['resumed']} resumed, "
-          f"{totals['identical']} bit-identical, {totals['duplicates']} duplicate lines")
+                      duplicates=duplicates, during_save=during_save)
+        print(f"trial {i}: {done} kills ({during_save} during a save), resumed {resumed}, "
+              f"bit-identical {identical}, {duplicates} duplicate lines {problems or ''}",
+              flush=True)
+    print(f"kill -9 x {totals['kills']} over {args.trials} trials ({totals['during_save']} during "
+          f"a save): {totals['resumed']} resumed, {totals['identical']} bit-identical, "
+          f"{totals['duplicates']} duplicate lines")
     ok = totals["resumed"] == totals["identical"] == args.trials and not totals["duplicates"]
     return 0 if ok else 1
 

@@ -303,7 +303,7 @@ def test_kill9_at_random_moments_resumes_bit_identical(tmp_path):
     assert crash_test.train(reference).returncode == 0
     rng = random.Random(1)
     for i, kills in enumerate((1, 2)):
-        done, resumed, identical, duplicates, problems = crash_test.trial(
+        done, resumed, identical, duplicates, problems, _ = crash_test.trial(
             reference, tmp_path / f"trial{i}", kills, rng, (5.0, 45.0))
         assert resumed and identical and duplicates == 0 and not problems, problems
 
