@@ -17,6 +17,7 @@ Fields shared by every stage (SFT, reward model, RL):
 
 from __future__ import annotations
 
+import os
 import typing
 
 import ml_collections
@@ -123,6 +124,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.missing_eos_score = -1.0
     c.rl.critic_init = "policy"  # gae: the critic starts from the "policy" or the "reward_model"
     c.rl.optim = optim_config(lr=3e-4)
+    # Divergence guard: stop the run (before the step is checkpointed) when a step's approx_kl,
+    # the k3 estimate of KL(pi_old || pi) between the rollout policy and the policy being updated,
+    # averaged over the step's minibatch updates, exceeds this (nats/token; 0 = off). Healthy PPO
+    # steps stay near 1e-3..1e-2. Blind when rl.epochs * rl.num_minibatches == 1 (one update: it
+    # is measured before the update, always 0).
+    c.rl.max_approx_kl = 1.0
 
     c.loss = ml_collections.ConfigDict()
     # ppo (clipped ratio) | cispo (MiniMax-M1: clipped, stop-gradient weight on every token's
@@ -222,6 +229,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
             "(the option applies to a fresh model only)")
     if config.model.attention_impl == "cudnn" and config.model.dtype != "bfloat16":
         bad("model.attention_impl", "cudnn", "dtype='bfloat16' for cuDNN's kernels")
+    model_path = config.model.path
+    is_gguf_file = model_path.endswith(".gguf") and os.path.isfile(model_path)
+    if model_path and not (os.path.isdir(model_path) or is_gguf_file):
+        bad("model.path", model_path, "an existing local Hugging Face model directory "
+            "(config.json, *.safetensors, tokenizer), a .gguf file, or '' for a fresh model")
+    path = config.task.kwargs.get("path", "")
+    if path and not os.path.isfile(path):
+        bad("task.kwargs.path", path, "an existing data file")
     for field in ("seed", "checkpoint.every", "checkpoint.keep", "log.every"):
         at_least(field, 0 if field == "seed" else 1)
     at_least("log.samples_every", 0)
@@ -251,8 +266,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
         choice("rm.gold", names)
         at_least("rm.num_responses", 2)
         at_least("rm.label_noise", 0)
-        if config.rm.data != "synthetic" and not config.rm.path:
-            bad("rm.path", config.rm.path, f"a preference file for rm.data={config.rm.data!r}")
+        if config.rm.data != "synthetic" and not os.path.isfile(config.rm.path):
+            bad("rm.path", config.rm.path,
+                f"an existing preference file for rm.data={config.rm.data!r}")
         rm = config.rm
         if rm.loss == "pairwise" and rm.data == "synthetic" and rm.num_responses != 2:
             bad("rm.num_responses", config.rm.num_responses, "2 with rm.loss='pairwise'")
@@ -309,7 +325,8 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     choice("kl.estimator", typing.get_args(KLEstimator))
     for field in ("rl.steps", "rl.num_prompts", "rl.group_size", "rl.epochs", "rl.num_minibatches"):
         at_least(field, 1)
-    for field in ("rl.max_extra_rounds", "rl.overlong_buffer", "rl.overlong_penalty", "kl.coef",
+    for field in ("rl.max_approx_kl", "rl.max_extra_rounds", "rl.overlong_buffer",
+                  "rl.overlong_penalty", "kl.coef",
                   "kl.target", "loss.vf_coef", "loss.value_clip"):
         at_least(field, 0)
     at_least("kl.horizon", 1)

@@ -136,8 +136,10 @@ def test_checkpoint_of_another_model_shape_is_a_clear_error(tmp_path):
     run(config, str(tmp_path), mesh)
     config.model.hidden_size = 48
     config.rl.steps = 4
-    with pytest.raises(ValueError, match="does not match the model"):
+    with pytest.raises(ValueError, match="model.hidden_size: 32 -> 48"):  # config.json
         run(config, str(tmp_path), mesh)
+    with pytest.raises(ValueError, match="does not match the model"):  # asked to go on anyway
+        run(config, str(tmp_path), mesh, allow_config_change=True)
 
 
 def test_unknown_config_field_is_rejected(tmp_path):

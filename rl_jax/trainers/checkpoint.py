@@ -4,11 +4,19 @@ One ``CheckpointManager`` per stage directory, with two named items: ``state`` (
 restored against a template so optimizer containers and shardings come back as they were saved)
 and ``meta`` (step, data position, KL coefficient, whether the stage finished, ...). The PRNG state
 needs no item: every random draw of step ``s`` comes from ``fold_in(root_key, s)``.
+
+A checkpoint that cannot be read (a truncated data file, a missing manifest or item, an empty step
+directory) is reported in one line and moved aside to ``<stage dir>.damaged/<step>`` (never
+deleted), and the newest readable one is restored instead. A checkpoint of another model shape is
+not damage: it stays a ``CheckpointMismatchError``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -16,8 +24,29 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint whose arrays do not fit the model and optimizer of this config."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A checkpoint whose files cannot be read."""
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of ``error`` (TensorStore errors run to hundreds of lines)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shapes(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in leaves)
+
+
 class Checkpointer:
-    """Saves every ``every`` steps (and on demand), keeps the last ``keep``, restores the latest."""
+    """Saves every ``every`` steps (and on demand), keeps the last ``keep``, restores the newest
+    readable one."""
 
     def __init__(self, directory: str | os.PathLike, *, every: int, keep: int):
         if every < 1 or keep < 1:
@@ -27,10 +56,22 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Orbax's multi-host preemption sync point (JAX's coordination service caught a
+        SIGTERM on some host): every process sees it at the same ``step``. False in one process."""
+        return self._manager.reached_preemption(step)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves ``state`` and ``meta`` at ``step``; raises if any array is NaN or inf."""
@@ -52,30 +93,80 @@ class Checkpointer:
         )
         self._manager.wait_until_finished()
 
-    def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restores ``(state, meta)`` at ``step`` (default: latest) into ``template``'s structure.
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The ``meta`` item of ``step`` (JSON), without touching the arrays."""
+        path = os.path.join(self.directory, str(step), "meta", "metadata")
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as error:
+            raise CheckpointDamagedError(f"meta item: {_one_line(error)}") from error
 
-        Raises:
-          ValueError: naming the checkpoint when its arrays do not fit the template (a checkpoint
-            of another model shape or another algorithm).
-        """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    def _restore_step(self, template: Any, step: int) -> tuple[Any, dict[str, Any]]:
+        """``(state, meta)`` of ``step``, or CheckpointDamagedError / CheckpointMismatchError."""
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(step_dir) or not os.listdir(step_dir):
+            raise CheckpointDamagedError("the step directory is empty")
+        meta = self.read_meta(step)
+        try:
+            saved = self._manager.item_metadata(step)["state"]
+            saved_shapes = _shapes(saved.tree if hasattr(saved, "tree") else saved)
+        except Exception as error:  # noqa: BLE001 - any failure to read the metadata is damage
+            raise CheckpointDamagedError(f"state metadata: {_one_line(error)}") from error
+        if not saved_shapes:
+            raise CheckpointDamagedError("state metadata: no arrays")
+        wanted = _shapes(template)
+        if saved_shapes != wanted:
+            diff = sorted(set(saved_shapes) ^ set(wanted))[:3]
+            raise CheckpointMismatchError(
+                f"checkpoint {step_dir} does not match the model and optimizer of this config "
+                f"(another model shape or algorithm?): {len(saved_shapes)} saved arrays vs "
+                f"{len(wanted)} here; differing (shape, dtype): {diff}"
+            )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
             restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                ),
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(
-                f"checkpoint {self.directory} step {step} does not match the model and optimizer "
-                f"of this config (another model shape or algorithm?): {error}"
-            ) from error
-        return restored["state"], restored["meta"]
+        except Exception as error:  # noqa: BLE001 - shapes matched: what is left is damage
+            raise CheckpointDamagedError(f"state arrays: {_one_line(error)}") from error
+        return restored["state"], meta
+
+    def restore(
+        self, template: Any, step: int | None = None
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """Restores ``(state, meta)`` into ``template``'s structure: of ``step``, or of the newest
+        readable checkpoint (default). ``None`` when there is no readable checkpoint.
+
+        Each unreadable checkpoint is reported in one line and moved aside to
+        ``<directory>.damaged/<step>`` (so that the step can be saved again); nothing is deleted.
+
+        Raises:
+          CheckpointMismatchError: a readable checkpoint of another model shape or algorithm.
+          CheckpointDamagedError: ``step`` was given and cannot be read.
+        """
+        if step is not None:
+            return self._restore_step(template, step)
+        for candidate in reversed(self.all_steps()):
+            try:
+                return self._restore_step(template, candidate)
+            except CheckpointDamagedError as error:
+                moved = self._move_aside(candidate)
+                older = [s for s in self.all_steps() if s < candidate]
+                then = f"trying step {older[-1]}" if older else "no older checkpoint: starting over"
+                print(f"{self.directory}/{candidate}: cannot be read ({error}); moved to {moved}; "
+                      f"{then}")
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        target_dir = self.directory + ".damaged"
+        os.makedirs(target_dir, exist_ok=True)
+        target = os.path.join(target_dir, str(step))
+        if os.path.exists(target):
+            target = f"{target}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+        return target
 
     def close(self) -> None:
         self._manager.close()

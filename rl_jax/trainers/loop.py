@@ -3,12 +3,17 @@
 A stage is a ``Stage``: its initial state, a jitted step, the batch of step ``s``, its evaluation,
 its stop rule and the host state it checkpoints. ``run_stage`` owns everything else: resume (a
 finished stage only restores), the Orbax checkpoints, the metrics files, the progress bar, one
-"is it time" rule for eval / log / samples / checkpoint, the NaN/inf stop and the host syncs.
+"is it time" rule for eval / log / samples / checkpoint, the NaN/inf and divergence stops, the
+host syncs, and SIGTERM/SIGINT (finish the step, save it, raise ``StageInterrupted``).
 
 Host syncs: a step's metrics stay on the device until they are needed: at a logging, evaluation or
 checkpoint step (or the last step) every pending step's metrics come to the host in one transfer,
 are checked for NaN/inf, and written (one line per step). The device can therefore run ahead of
 the Python loop between those steps.
+
+Resume: the newest readable checkpoint is restored (an unreadable one is reported and set aside:
+``Checkpointer.restore``), and the metric files continue from the restored step: lines of this
+stage past it are dropped, so a resumed run has exactly one line per step.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -101,6 +108,8 @@ class Stage:
         ``step_time``).
       loss_names: the metrics checked for NaN/inf; log_names: the one-line summary's metrics.
       samples: ``samples() -> str``, written every ``log.samples_every`` steps.
+      limits: ``{metric: (largest allowed value, config field)}``, checked with the NaN/inf check
+        at every sync point, before anything is saved (e.g. RL's ``approx_kl``).
     """
 
     name: str
@@ -116,6 +125,7 @@ class Stage:
     loss_names: Sequence[str] = ("loss", "grad_norm")
     log_names: Sequence[str] = ("loss",)
     samples: Callable[[], str] | None = None
+    limits: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -128,30 +138,101 @@ class StageResult:
     trained: bool  # False when a finished stage was only restored
 
 
-def check_finite(metrics: Metrics, number: int, names: Sequence[str]) -> None:
-    """Stops the run (before anything is checkpointed) if a loss is NaN or inf."""
+class DivergenceError(RuntimeError):
+    """A step whose metrics exceed a stage's limit (e.g. a policy update far too large)."""
+
+
+class StageInterrupted(Exception):  # noqa: N818 - not an error: a requested stop
+    """SIGTERM or SIGINT during a stage: the running step was finished and checkpointed.
+
+    ``exit_code`` is the shell convention 128 + signal number (143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def check_record(
+    metrics: Metrics,
+    number: int,
+    names: Sequence[str],
+    limits: dict[str, tuple[float, str]] | None = None,
+) -> None:
+    """Stops the run (before anything is checkpointed) if a loss is NaN or inf
+    (FloatingPointError) or a metric exceeds its limit (DivergenceError)."""
     bad = {n: metrics[n] for n in names if n in metrics and not math.isfinite(metrics[n])}
     if bad:
         raise FloatingPointError(f"non-finite loss at step {number}: {bad}; nothing was saved")
+    for name, (limit, field) in (limits or {}).items():
+        if limit > 0 and name in metrics and not metrics[name] <= limit:
+            raise DivergenceError(
+                f"step {number}: {name} = {metrics[name]:.4g} > {field} = {limit:g}: the update "
+                f"moved the policy too far (learning rate too high?); stopped before step "
+                f"{number} was checkpointed (set {field}=0 to turn this check off)"
+            )
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT only set ``signum`` (a second one interrupts at once);
+    the previous handlers come back on exit. A no-op outside the main thread."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # asked twice: stop now, without saving
+            raise KeyboardInterrupt(f"signal {signum} received twice")
+        self.signum = signum
+        print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving "
+              "(send it again to stop at once, without saving)", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
 
 
 def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> StageResult:
     """Runs ``stage`` in ``workdir`` from its last checkpoint to ``stage.steps`` or its stop rule.
 
     A stage that finished (stopped by its rule, or at ``steps``) is only restored.
+
+    Raises:
+      StageInterrupted: after SIGTERM/SIGINT, once the running step is finished and saved.
+      FloatingPointError / DivergenceError: a step's metrics failed ``check_record`` (nothing of
+        that step is saved).
     """
     every, keep = config.checkpoint.every, config.checkpoint.keep
     checkpointer = Checkpointer(os.path.join(workdir, stage.name), every=every, keep=keep)
     state, host, last_eval = stage.state, dict(stage.host), {}
-    if checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(state)
+    restored = checkpointer.restore(state)
+    if restored is not None:
+        state, meta = restored
         host, last_eval = meta["host"], meta["eval"]
         print(f"{stage.name}: resumed from step {int(state.step)} of {checkpointer.directory}")
         if meta["stopped"] or int(state.step) >= stage.steps:
             checkpointer.close()
             return StageResult(state, host, last_eval, trained=False)
     state = jax.device_put(state, stage.sharding)
-    writer = MetricWriter(workdir, stage.name)
+    writer = MetricWriter(workdir, stage.name, resume_step=int(state.step))
+    try:
+        with _StopSignals() as signals:
+            return _train(stage, config, state, host, last_eval, checkpointer, writer, signals)
+    finally:
+        writer.close()
+        checkpointer.close()
+
+
+def _train(stage, config, state, host, last_eval, checkpointer, writer, signals) -> StageResult:
+    """The steps of ``run_stage`` after the restore."""
     log, steps = config.log, range(int(state.step), stage.steps)
     bar = tqdm.tqdm(steps, desc=stage.name, disable=not log.progress_bar)
     pending: list[tuple[int, Metrics, Metrics]] = []  # (number, device metrics, host metrics)
@@ -164,6 +245,10 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
         evaluate = stage.evaluate is not None and itstime(number, config.eval.every, stage.steps)
         save = itstime(number, checkpointer.every, stage.steps)
         show_samples = stage.samples is not None and itstime(number, log.samples_every, 0)
+        interrupted = signals.signum is not None or (
+            jax.process_count() > 1 and checkpointer.reached_preemption(number)
+        )
+        save = save or interrupted
         if not (evaluate or save or show_samples or itstime(number, log.every, stage.steps)):
             continue
         # A sync point: every pending step's metrics come to the host in one transfer.
@@ -172,7 +257,7 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
         records = []
         for (n, _, on_host), values in zip(pending, fetched, strict=True):
             record = {k: float(v) for k, v in values.items()} | on_host | {"step_time": step_time}
-            check_finite(record, n, stage.loss_names)
+            check_record(record, n, stage.loss_names, stage.limits)
             records.append((n, stage.finish_metrics(record)))
         pending.clear()
         stopped = False
@@ -194,6 +279,11 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
         since = time.perf_counter()
         if stopped:
             break
-    writer.close()
-    checkpointer.close()
+        if interrupted:
+            name = signal.Signals(signals.signum).name if signals.signum else "preemption"
+            raise StageInterrupted(
+                f"{stage.name}: stopped by {name} after step {number}; saved "
+                f"{checkpointer.directory}/{number}; run the same command again to resume",
+                signals.signum or signal.SIGTERM,
+            )
     return StageResult(state, host, last_eval, trained=True)

@@ -1,22 +1,67 @@
-"""Metrics out of a run: one compact stdout line a step, a JSONL file and TensorBoard events."""
+"""Metrics out of a run: one compact stdout line a step, a JSONL file and TensorBoard events.
+
+A resumed stage continues its metrics from the restored step: ``MetricWriter(resume_step=s)``
+drops the stage's JSONL lines past ``s`` (written after the last checkpoint, before a crash) and
+starts its TensorBoard run with ``purge_step=s + 1``, so readers see one value per step. A last
+line cut short (a full disk, a kill during the write) is dropped with a warning.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tensorboardX import SummaryWriter
 
 
-class MetricWriter:
-    """Writes ``{stage}/{name}`` scalars to ``workdir/metrics.jsonl`` and TensorBoard files."""
+def _parse(lines: list[str], path: str) -> list[dict[str, Any]]:
+    """The records of ``lines``; a line that is not a JSON object is skipped with a warning."""
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            warnings.warn(f"{path}:{number}: damaged metrics line dropped ({error}): "
+                          f"{line[:80]!r}", stacklevel=3)
+            continue
+        records.append(record)
+    return records
 
-    def __init__(self, workdir: str | os.PathLike, stage: str):
+
+class MetricWriter:
+    """Writes ``{stage}/{name}`` scalars to ``workdir/metrics.jsonl`` and TensorBoard files
+    (``workdir/tensorboard/<stage>``, one TensorBoard run per stage)."""
+
+    def __init__(self, workdir: str | os.PathLike, stage: str, resume_step: int = 0):
+        """``resume_step``: the step the stage continues from (0: the start); this stage's
+        records past it are removed."""
         self.stage = stage
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                records = _parse(f.read().splitlines(), path)
+            kept = [
+                r for r in records if r.get("stage") != stage or r.get("step", 0) <= resume_step
+            ]
+            with open(path, "rb") as f:
+                partial = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and (
+                    f.read(1) != b"\n"
+                )
+            if len(kept) != len(records) or partial:
+                temporary = path + ".tmp"
+                with open(temporary, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in kept)
+                os.replace(temporary, path)  # atomic: a crash leaves the old or the new file
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        purge = {"purge_step": resume_step + 1} if resume_step else {}
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", stage), **purge)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         record = {"stage": self.stage, "step": step, **metrics}
@@ -43,7 +88,10 @@ def summary_line(stage: str, step: int, metrics: Mapping[str, float], names: Seq
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of ``workdir/metrics.jsonl``, in order."""
+    """The records of ``workdir/metrics.jsonl``, one per (stage, step): a damaged line is skipped
+    with a warning, and of repeated (stage, step) lines (files of older versions) the last wins."""
     path = os.path.join(workdir, "metrics.jsonl")
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        records = _parse(f.read().splitlines(), path)
+    last = {(r.get("stage"), r.get("step")): i for i, r in enumerate(records)}
+    return [r for i, r in enumerate(records) if last[(r.get("stage"), r.get("step"))] == i]

@@ -386,5 +386,6 @@ def run_rl(
         log_names=("score", "accuracy", "eval/pass@1", "kl_ref", "entropy", "clip_frac_high",
                    "length", "tokens_per_second"),
         samples=samples,
+        limits={"approx_kl": (cfg.max_approx_kl, "rl.max_approx_kl")},
     )
     return run_stage(stage, config, ctx.workdir)

@@ -13,23 +13,70 @@ from flax import nnx
 from rl_jax import parallel
 from rl_jax.config import check_config
 from rl_jax.trainers import plots
+from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
 from rl_jax.trainers.reward_model import run_rm
-from rl_jax.trainers.rl import run_rl
+from rl_jax.trainers.rl import run_rl, settings_from_config
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
+from rl_jax.trainers.workdir import check_workdir_config, locked
+
+
+def _rl_resumes_without_sft(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Whether RL has a checkpoint (so SFT finished) and needs nothing of SFT's final params: no
+    KL reference, no reward-model stage (whose synthetic data come from the SFT policy). RL's
+    restore then only needs a template of the policy's structure: the fresh params serve."""
+    if "rl" not in config.stages or "rm" in config.stages:
+        return False
+    if settings_from_config(config).needs_reference:
+        return False
+    directory = os.path.join(workdir, "rl")
+    return os.path.isdir(directory) and any(
+        name.isdigit() and os.listdir(os.path.join(directory, name))
+        for name in os.listdir(directory)
+    )
+
+
+def _finished_eval(workdir: str, stage: str) -> dict:
+    """The last evaluation saved with ``stage``'s newest readable checkpoint ({} if none)."""
+    checkpointer = Checkpointer(os.path.join(workdir, stage), every=1, keep=1)
+    try:
+        for step in reversed(checkpointer.all_steps()):
+            try:
+                return checkpointer.read_meta(step)["eval"]
+            except (CheckpointDamagedError, KeyError) as error:
+                print(f"{checkpointer.directory}/{step}: cannot be read ({error})")
+        return {}
+    finally:
+        checkpointer.close()
 
 
 def run(
-    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mesh: jax.sharding.Mesh | None = None,
+    allow_config_change: bool = False,
 ) -> dict:
     """Runs ``config.stages`` in ``workdir`` over ``mesh`` (default: all devices, data-parallel).
 
     The whole config is checked first (``check_config``): a bad value fails before any file is
-    written or model built. Writes ``summary.json`` and ``curves.png``, prints the final table,
+    written or model built. The workdir is then locked for this process and its config compared
+    with the one it was started with (``rl_jax.trainers.workdir``; ``allow_config_change``
+    accepts a changed one). Writes ``summary.json`` and ``curves.png``, prints the final table,
     returns the summary (with the final policy ``params``).
+
+    Raises:
+      ConfigError, ConfigChangedError, WorkdirLockedError: before any training;
+      loop.StageInterrupted: SIGTERM/SIGINT, after saving the running step.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     check_config(config, num_devices=mesh.devices.size)
+    os.makedirs(workdir, exist_ok=True)
+    with locked(workdir):
+        check_workdir_config(workdir, config, allow_config_change)
+        return _run(config, workdir, mesh)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> dict:
     start = time.perf_counter()
     ctx = build_context(config, workdir)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ctx.policy)))
@@ -37,7 +84,10 @@ def run(
           f"policy: {num_params:,} parameters")
     params = nnx.state(ctx.policy)
     summary: dict = {}
-    if "sft" in config.stages:
+    if "sft" in config.stages and _rl_resumes_without_sft(config, workdir):
+        print("sft: finished (rl has a checkpoint and needs nothing of sft); not restored")
+        summary["sft_eval"] = _finished_eval(workdir, "sft")
+    elif "sft" in config.stages:
         result = run_sft(ctx, mesh, params)
         params, summary["sft_eval"] = result.state.params["policy"], result.last_eval
     reward_model = None

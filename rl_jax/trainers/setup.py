@@ -56,7 +56,15 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
     uses the same ids.
     """
     if config.model.path:
-        return transformers.AutoTokenizer.from_pretrained(config.model.path, local_files_only=True)
+        try:
+            return transformers.AutoTokenizer.from_pretrained(
+                config.model.path, local_files_only=True
+            )
+        except Exception as error:  # HF raises OSError, ValueError, TypeError, ...
+            raise ValueError(
+                f"config.model.path = {config.model.path!r}: cannot load its tokenizer "
+                f"({_one_line(error)}); expected a Hugging Face directory with tokenizer files"
+            ) from error
     saved = os.path.join(workdir, "tokenizer")
     if os.path.isdir(saved):
         return transformers.AutoTokenizer.from_pretrained(saved, local_files_only=True)
@@ -70,7 +78,13 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
     """The policy: a Hugging Face checkpoint (``model.path``) or a fresh model from the config."""
     m = config.model
     if m.path:
-        policy, _ = models.load_pretrained(m.path, dtype=m.dtype)
+        try:
+            policy, _ = models.load_pretrained(m.path, dtype=m.dtype)
+        except Exception as error:  # safetensors.SafetensorError, OSError, KeyError, ...
+            raise ValueError(
+                f"config.model.path = {m.path!r}: cannot load the model ({_one_line(error)}); "
+                "expected a Hugging Face directory with config.json and complete *.safetensors"
+            ) from error
         return policy
     # tiny_config sets the architectural flags of the model type (Qwen2 qkv bias, Qwen3 q/k norm).
     model_config = models.tiny_config(
@@ -94,8 +108,25 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
     return models.CausalLM(model_config, rngs=nnx.Rngs(config.seed))
 
 
+def _one_line(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {text}"
+
+
 def build_task(config: ml_collections.ConfigDict):
-    return data.make_task(config.task.name, seed=config.seed, **config.task.kwargs.to_dict())
+    """The task of ``config.task``; a data file (``task.kwargs.path``) must hold examples."""
+    path = config.task.kwargs.get("path", "")
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if not any(line.strip() for line in f):
+                raise ValueError(f"config.task.kwargs.path = {path!r}: the file is empty "
+                                 f"(expected the examples of task {config.task.name!r})")
+    try:
+        return data.make_task(config.task.name, seed=config.seed, **config.task.kwargs.to_dict())
+    except (ValueError, KeyError) as error:
+        if not path:
+            raise
+        raise ValueError(f"config.task.kwargs.path = {path!r}: {_one_line(error)}") from error
 
 
 def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
