@@ -36,6 +36,8 @@ setuptools.setup(
             "hypothesis>=6.100",
             # Test-only: reference outputs from transformers. 2.13.0 has a local CPU build here.
             "torch==2.13.0",
+            # Test-only: transformers needs it to read a GGUF file (the real-model reference).
+            "accelerate>=1.16.0",
         ],
     },
 )
