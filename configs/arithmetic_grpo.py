@@ -6,6 +6,11 @@ SFT stops when greedy held-out accuracy reaches ``sft.stop_accuracy`` (a start w
 GRPO), then GRPO trains on exact-match rewards. The answer is written reversed (least significant
 digit first), which makes addition learnable for a 2-layer model. Every field is documented in
 ``rl_jax/config.py``; override any, e.g. ``--config.rl.steps=100 --config.loss.clip_high=0.28``.
+
+``model.logits_chunk=0``: with a 259-token vocabulary the full logits are small, and the chunked
+LM head (the library default, for large vocabularies) changes float rounding; how soon SFT leaves
+its loss plateau depends on that rounding (measured: with chunk 128, seed 0 stayed at ~10% held-out
+accuracy for all 3,000 SFT steps; with the full logits it leaves at step ~1,300, reaching 49%).
 """
 
 import ml_collections
@@ -15,4 +20,6 @@ from rl_jax.config import default_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    return default_config()
+    c = default_config()
+    c.model.logits_chunk = 0
+    return c
