@@ -19,12 +19,17 @@ e.g. ``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)
     characters for countdown, ending in ``"#### <number>"`` for GSM8K).
   * ``"digits_gold"``: the hidden labeller of the digits task, ``digits_gold_score`` (mean digit
     value minus a length penalty; see ``rl_jax.data.digits``).
+
+Each reward also names the answer it reads in a completion (``extract_answers``), what maj@k votes
+over: GSM8K's number after the last ``"####"`` (a ``Decimal``, so ``"5"`` and ``"5.0"`` agree),
+countdown's expression without whitespace, and the stripped completion for the others; a
+completion without one (``None``: no ``"####"`` number, or nothing but whitespace) does not vote.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -140,6 +145,31 @@ REWARD_FNS: dict[str, RewardFn] = {
     "format": format_reward,
     "digits_gold": digits_gold_reward,
 }
+
+
+def _stripped_answer(completion: str) -> str | None:
+    return completion.strip() or None
+
+
+def _expression_answer(completion: str) -> str | None:
+    return "".join(completion.split()) or None
+
+
+# reward name -> the answer a completion gives under it (None: no answer); see extract_answers.
+ANSWER_FNS: dict[str, Callable[[str], Hashable | None]] = {
+    "exact_match": _stripped_answer,
+    "gsm8k": extract_gsm8k_answer,
+    "countdown": _expression_answer,
+    "format": _stripped_answer,
+    "digits_gold": _stripped_answer,
+}
+
+
+def extract_answers(name: str, completions: Sequence[str]) -> list[Hashable | None]:
+    """``[batch]`` the answer each completion gives as reward ``name`` reads it (module
+    docstring), ``None`` where it gives none: the classes maj@k votes over."""
+    get_reward_fn(name)  # an unknown name is the same error as for the reward itself
+    return [ANSWER_FNS[name](c) for c in completions]
 
 
 def get_reward_fn(name: str) -> RewardFn:

@@ -115,3 +115,135 @@ def test_real_smollm2_chat_template():
     assert tokenizer.decode(ids) == ("<|im_start|>system\nReply with a number.<|im_end|>\n"
                                      "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
                                      "<|im_start|>assistant\n")
+
+
+def test_eos_ids_are_the_union_of_every_source(tmp_path):
+    assert setup.resolve_eos_ids(2, (2, 5), [7, 2], (9,)) == (2, 5, 7, 9)
+    assert setup.resolve_eos_ids(None, None, 4) == (4,)
+    with pytest.raises(ValueError, match=r"config\.rollout\.extra_eos_ids = \(\)"):
+        setup.resolve_eos_ids(None, None, None, ())
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [151645, 151643]}')
+    assert setup.generation_config_eos_ids(str(tmp_path)) == (151645, 151643)
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": 3}')
+    assert setup.generation_config_eos_ids(str(tmp_path)) == (3,)
+    assert setup.generation_config_eos_ids("") == ()
+
+
+def test_pad_id_of_a_tokenizer_without_one_is_its_first_eos():
+    tokenizer = chat_tokenizer()
+    tokenizer.pad_token = None
+    assert tokenizer.pad_token_id is None
+    assert setup.resolve_pad_id(tokenizer, (2, 7)) == 2 and tokenizer.pad_token_id == 2
+    assert setup.resolve_pad_id(chat_tokenizer(), (2,)) == 0  # a pad token of its own stays
+
+
+def test_majority_votes_over_extracted_answers():
+    """Texts that all differ but give the same number agree; texts without one do not vote."""
+    from rl_jax import rewards
+    from rl_jax.trainers.evaluation import majority_correct
+
+    texts = ["So it is 7.\n#### 7", "5 apples\n#### 5", "#### 5.0", "I don't know", "I don't know"]
+    example = data.Example("q", "", "5")
+    correct = rewards.gsm8k_reward(texts, [example] * 5)
+    answers = rewards.extract_answers("gsm8k", texts)
+    assert answers[1] == answers[2] and answers[3] is None
+    assert majority_correct(answers, correct) == 1.0  # 5 (two votes) beats 7 (one)
+    # A vote over whole texts would pick "I don't know" (two copies), which is wrong.
+    assert majority_correct(texts, correct) == 0.0
+    assert majority_correct(answers[:1] + answers[3:] + answers[1:2], correct[[0, 3, 4, 1]]) == 0.0
+    assert majority_correct([None, None], np.ones(2)) == 0.0  # no answer: wrong
+    spaced = rewards.extract_answers("countdown", ["(1 + 2) * 3", "(1+2)*3", "  "])
+    assert spaced == ["(1+2)*3", "(1+2)*3", None]
+
+
+def _tiny_checkpoint(path, tokenizer):
+    from flax import nnx
+
+    config = models.tiny_config("llama", vocab_size=len(tokenizer), hidden_size=16,
+                                intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+    model = models.CausalLM(config, rngs=nnx.Rngs(0))
+    models.save_pretrained(model, tokenizer, path)
+    return model
+
+
+def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
+    """A tokenizer without a pad token and a generation config with two EOS ids: the sampler pads
+    with the first EOS, stops at each EOS id, and RL counts a response ending in any as finished;
+    chunked evaluation gives the metrics of one call."""
+    import jax
+    import jax.numpy as jnp
+
+    from rl_jax.trainers import evaluation, rl
+
+    tokenizer = chat_tokenizer()
+    tokenizer.pad_token = None
+    model = _tiny_checkpoint(tmp_path / "hf", tokenizer)
+    examples = data.make_task("addition", min_value=0, max_value=99, seed=0).batch(0, 2)
+    # The first token the model picks after each prompt (one forward each): make those EOS ids.
+    first = []
+    for ex in examples:
+        ids = jnp.asarray([setup.chat_prompt_ids(tokenizer, ex.prompt)])
+        logits = model(ids, jnp.arange(ids.shape[1])[None], jnp.ones_like(ids))[0]
+        first.append(int(jnp.argmax(logits[0, -1])))
+    (tmp_path / "hf" / "generation_config.json").write_text(
+        f'{{"eos_token_id": [2, {first[0]}]}}')
+    config = default_config()
+    config.stages = ("rl",)
+    config.model.path = str(tmp_path / "hf")
+    config.task.chat_template = True
+    config.task.kwargs.max_value = 99
+    config.task.kwargs.min_value = 0
+    config.rollout.extra_eos_ids = (first[1],)
+    config.rollout.max_new_tokens = 6
+    config.rollout.temperature = 1e-4  # as good as greedy
+    config.rl.num_prompts, config.rl.group_size = 2, 2
+    config.rl.eos_trick = True  # a response without EOS would score rl.missing_eos_score = -1
+    config.eval.num_examples = 8
+    check_config(config)
+    ctx = setup.build_context(config, str(tmp_path / "work"))
+    eos = tuple(dict.fromkeys((2, *first)))
+    assert ctx.eos_ids == eos and ctx.sampler.eos_ids == eos
+    assert ctx.tokenizer.pad_token_id == 2 and ctx.sampler.pad_id == 2
+    round_, _ = rl.sample_round(ctx, 0, jax.random.key(1))
+    assert round_.response_mask.sum(1).tolist() == [1, 1, 1, 1]  # each stopped at its EOS id
+    assert round_.texts == [""] * 4  # the EOS is not in the text the rewards read
+    assert round_.scores.tolist() == [0.0] * 4  # finished: the missing-EOS score is not applied
+
+    # Chunked evaluation, rl.num_prompts * rl.group_size = 4 rows a sampler call, against one call.
+    params = ctx.sampler.params
+    calls = []
+    generate = ctx.sampler.generate
+
+    def counted(prompts, *args, **kwargs):
+        calls.append(len(prompts) * kwargs.get("n", 1))
+        return generate(prompts, *args, **kwargs)
+
+    ctx.sampler.generate = counted
+    greedy = []
+    for part in evaluation.eval_chunks(8, 4):
+        out = counted(ctx.encode_prompts(ctx.eval_examples[part]), jax.random.key(0),
+                      max_new_tokens=6, greedy=True)
+        greedy += ctx.decode_responses(out.response_tokens, out.response_mask)
+    # Half the answers are the greedy texts, so the metrics are not all 0 (nor all 1).
+    ctx.eval_examples = [data.Example(ex.prompt, "", text.strip() if i % 2 == 0 else "no")
+                         for i, (ex, text) in enumerate(zip(ctx.eval_examples, greedy, strict=True))]
+    calls.clear()
+    chunked = evaluation.evaluate(ctx, params, jax.random.key(2), k=2)
+    assert calls == [4, 4] + [4] * 4  # greedy 4 + 4 prompts, then 2 prompts x 2 samples, 4 times
+    # Samples at temperature 1e-4 are the greedy texts; empty ones have no answer and no vote.
+    voted = np.mean([i % 2 == 0 and text.strip() != "" for i, text in enumerate(greedy)])
+    assert 0 < voted < 0.5, greedy  # some even rows vote, some do not
+    assert chunked == pytest.approx({"pass@1": 0.5, "pass@2": 0.5, "maj@2": voted,
+                                     "length": chunked["length"], "reward/exact_match": 0.5})
+    ctx.config.rl.num_prompts = 64
+    assert evaluation.evaluate(ctx, params, jax.random.key(2)) == {
+        k: v for k, v in chunked.items() if "@2" not in k}
+    assert calls[6:] == [8]  # one call
+
+
+def test_eval_chunks():
+    from rl_jax.trainers.evaluation import eval_chunks
+
+    assert eval_chunks(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert eval_chunks(3, 8) == [slice(0, 3)]

@@ -15,7 +15,7 @@ from rl_jax.data.countdown import (
     load_countdown,
     solve_countdown,
 )
-from rl_jax.data.dataset import FileDataset
+from rl_jax.data.dataset import EvalSizeError, FileDataset
 from rl_jax.data.digits import DigitsTask, digits_gold_score
 from rl_jax.data.example import EVAL_STREAM, Example, GeneratedTask, Task, eval_rng, train_rng
 from rl_jax.data.gsm8k import GSM8K_FORMAT, GSM8K_TEMPLATE, load_gsm8k, strip_annotations
@@ -48,6 +48,7 @@ __all__ = [
     "CountdownTask",
     "DigitsTask",
     "Example",
+    "EvalSizeError",
     "FileDataset",
     "GeneratedTask",
     "Preference",

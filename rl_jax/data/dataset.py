@@ -9,6 +9,14 @@ import numpy as np
 from rl_jax.data.example import Example, check_batch_args, eval_rng
 
 
+class EvalSizeError(ValueError):
+    """``eval_size`` rows cannot be held out of a file of ``num_examples`` rows."""
+
+    def __init__(self, eval_size: int, num_examples: int) -> None:
+        super().__init__(f"need 0 <= eval_size < len(examples) = {num_examples}, got {eval_size}")
+        self.eval_size, self.num_examples = eval_size, num_examples
+
+
 class FileDataset:
     """Training batches from a fixed list of examples, reshuffled every epoch from the seed.
 
@@ -33,9 +41,7 @@ class FileDataset:
         if eval_examples is not None and eval_size:
             raise ValueError("give eval_examples or eval_size, not both")
         if not 0 <= eval_size < len(examples):
-            raise ValueError(
-                f"need 0 <= eval_size < len(examples) = {len(examples)}, got {eval_size}"
-            )
+            raise EvalSizeError(eval_size, len(examples))
         self.seed = seed
         order = eval_rng(seed).permutation(len(examples)) if eval_size else np.arange(0)
         held_out = {int(i) for i in order[:eval_size]}

@@ -158,6 +158,9 @@ def build_task(config: ml_collections.ConfigDict):
                                  f"(expected the examples of task {config.task.name!r})")
     try:
         return data.make_task(config.task.name, seed=config.seed, **config.task.kwargs.to_dict())
+    except data.EvalSizeError as error:
+        raise ValueError(f"config.task.kwargs.eval_size = {error.eval_size}: expected < "
+                         f"{error.num_examples} rows in {path}") from error
     except (ValueError, KeyError) as error:
         if not path:
             raise
@@ -172,6 +175,12 @@ def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
     """
     os.makedirs(workdir, exist_ok=True)
     task = build_task(config)
+    try:
+        eval_examples = task.eval_set(config.eval.num_examples)
+    except ValueError as error:
+        raise ValueError(f"config.eval.num_examples = {config.eval.num_examples}: "
+                         f"{_one_line(error)} (a file task holds out task.kwargs.eval_size rows "
+                         "or the rows of task.kwargs.eval_path)") from error
     tokenizer = build_tokenizer(config, task, workdir)
     if config.task.chat_template:
         check_chat_template(tokenizer, f"config.model.path = {config.model.path!r}")
@@ -197,7 +206,7 @@ def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
         workdir=workdir,
         tokenizer=tokenizer,
         task=task,
-        eval_examples=task.eval_set(config.eval.num_examples),
+        eval_examples=eval_examples,
         policy=policy,
         graphdef=graphdef,
         sampler=sampler,
