@@ -1,4 +1,4 @@
-r"""GSM8K with GRPO from a pretrained model (a local directory or .gguf file; nothing is downloaded).
+r"""GSM8K with GRPO from a pretrained model (a local directory or .gguf file; nothing downloads).
 
     python experiments/train.py --config=configs/gsm8k_grpo.py --workdir=/tmp/gsm8k \
         --config.model.path=/path/to/Qwen2.5-0.5B-Instruct \

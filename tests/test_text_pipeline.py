@@ -226,8 +226,9 @@ def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
                       max_new_tokens=6, greedy=True)
         greedy += ctx.decode_responses(out.response_tokens, out.response_mask)
     # Half the answers are the greedy texts, so the metrics are not all 0 (nor all 1).
+    pairs = enumerate(zip(ctx.eval_examples, greedy, strict=True))
     ctx.eval_examples = [data.Example(ex.prompt, "", text.strip() if i % 2 == 0 else "no")
-                         for i, (ex, text) in enumerate(zip(ctx.eval_examples, greedy, strict=True))]
+                         for i, (ex, text) in pairs]
     calls.clear()
     chunked = evaluation.evaluate(ctx, params, jax.random.key(2), k=2)
     assert calls == [4, 4] + [4] * 4  # greedy 4 + 4 prompts, then 2 prompts x 2 samples, 4 times
@@ -247,3 +248,26 @@ def test_eval_chunks():
 
     assert eval_chunks(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
     assert eval_chunks(3, 8) == [slice(0, 3)]
+
+
+def test_gsm8k_grpo_defaults_fit_the_fixture_and_errors_name_the_field(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs import gsm8k_grpo
+
+    config = gsm8k_grpo.get_config()
+    task = setup.build_task(config)  # the shipped 200-question fixture
+    question = task.eval_set(config.eval.num_examples)[0].prompt
+    assert config.task.chat_template and "####" in config.task.system_prompt
+    assert not question.startswith("Question:")  # the user's turn is the question alone
+    plain = gsm8k_grpo.get_config("plain")
+    assert not plain.task.chat_template and not plain.task.system_prompt
+    assert setup.build_task(plain).eval_set(1)[0].prompt == f"Question: {question}\nAnswer:\n"
+    config.task.kwargs.eval_size = 256
+    with pytest.raises(ValueError, match=r"^config\.task\.kwargs\.eval_size = 256: expected < "
+                       r"200 rows in .*gsm8k_200\.jsonl$"):
+        setup.build_task(config)
+    plain.eval.num_examples = 51
+    with pytest.raises(ValueError, match=r"^config\.eval\.num_examples = 51: .*<= 50 held-out"):
+        setup.build_context(plain, str(tmp_path))

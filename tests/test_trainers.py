@@ -179,7 +179,8 @@ def test_config_files_build(name):
 
 
 def test_gsm8k_grpo_from_a_tiny_hugging_face_checkpoint(tmp_path):
-    """configs/gsm8k_grpo.py on a tiny random Qwen2 saved by transformers, with a BPE tokenizer."""
+    """configs/gsm8k_grpo.py on a tiny random Qwen2 saved by transformers, with a BPE tokenizer
+    that has a chat template (the config's prompts go through it)."""
     import torch
     import transformers
 
@@ -188,6 +189,11 @@ def test_gsm8k_grpo_from_a_tiny_hugging_face_checkpoint(tmp_path):
     fixture = ROOT / "tests" / "fixtures" / "gsm8k_200.jsonl"
     texts = [ex.prompt + ex.target for ex in data.load_gsm8k(fixture)]
     tokenizer = models.train_bpe_tokenizer(texts, 400)
+    tokenizer.chat_template = (  # ChatML with <bos> / <eos> as <|im_start|> / <|im_end|>
+        "{% for m in messages %}{{ bos_token + m['role'] + '\n' + m['content'] + eos_token + "
+        "'\n' }}{% endfor %}{% if add_generation_prompt %}{{ bos_token + 'assistant\n' }}"
+        "{% endif %}"
+    )
     torch.manual_seed(0)
     hf_config = transformers.Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
