@@ -113,6 +113,7 @@ def measure_update() -> list[dict]:
     runs = {}
     for name, model in (("full", base), ("lora", lora)):
         graphdef, params = nnx.split(model)
+        params = jax.tree.map(jnp.copy, params)  # the two share the base; updates donate it
         state, sharding = init_state({"policy": params}, tx, mesh)
         update = parallel.data_parallel_step(
             make_update(settings, tx, make_loss(settings, graphdef)), mesh, sharding
