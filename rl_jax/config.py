@@ -25,7 +25,7 @@ import ml_collections
 from rl_jax import data, rewards
 from rl_jax.kl import KLEstimator
 from rl_jax.losses import AGG_MODES
-from rl_jax.models import SUPPORTED_MODEL_TYPES
+from rl_jax.models import LORA_TARGETS, SUPPORTED_MODEL_TYPES
 from rl_jax.optim import SCHEDULES, optim_config
 
 STAGES = ("sft", "rm", "rl")
@@ -37,6 +37,7 @@ GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 RM_LOSSES = ("pairwise", "ranking", "listwise")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
 DTYPES = ("float32", "bfloat16", "float16")
+PARAM_DTYPES = ("float32", "bfloat16")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -64,8 +65,19 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.num_kv_heads = 2
     c.model.max_len = 64  # context of a fresh model
     c.model.init_std = 0.1  # of a fresh model (0.02, as in HF configs, trains slowly at width 64)
+    # Compute dtype of activations (bfloat16: each layer casts the weights at use); log-probs,
+    # softmax and losses are float32 whatever it is.
     c.model.dtype = "float32"
+    # Storage dtype of the parameters, hence of the optimizer state: float32 master weights.
+    # bfloat16 storage rounds small updates away (AdamW at lr 1e-6 moves few bf16 weights).
+    c.model.param_dtype = "float32"
     c.model.remat = False
+    # LoRA (rl_jax.models.lora): adapters W + (alpha / rank) A B on the named projections; only
+    # they train (the base is frozen: the reference policy with the adapters off). rank 0 = off.
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0
+    c.model.lora.alpha = 16.0
+    c.model.lora.targets = LORA_TARGETS  # a non-empty subset of LORA_TARGETS (HF module names)
     # Positions per chunk of the LM head in the losses: the live logits are [batch, chunk, vocab]
     # float32, never [batch, time, vocab] (rl_jax.chunked); 0 = the whole sequence at once.
     c.model.logits_chunk = 128
@@ -229,6 +241,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     choice("task.name", sorted(data.TASKS))
     choice("model.model_type", SUPPORTED_MODEL_TYPES)
     choice("model.dtype", DTYPES)
+    choice("model.param_dtype", PARAM_DTYPES)
+    _check_lora(config, bad)
     choice("model.attention_impl", ("matmul", "xla", "cudnn"))
     at_least("model.logits_chunk", 0)
     if config.model.attention_impl != "matmul" and config.model.path:
@@ -295,6 +309,25 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
         _check_rl(config, stages, choice, at_least, divides, bad)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_lora(config, bad) -> None:
+    """``model.lora``: an integer rank >= 0; with rank > 0, alpha > 0 and known targets."""
+    lora = config.model.lora
+    if isinstance(lora.rank, bool) or not isinstance(lora.rank, int) or lora.rank < 0:
+        bad("model.lora.rank", lora.rank, "an integer >= 0 (0 = no adapters)")
+        return
+    if lora.rank == 0:
+        return
+    if isinstance(lora.alpha, bool) or not isinstance(lora.alpha, (int, float)) or not (
+        lora.alpha > 0
+    ):
+        bad("model.lora.alpha", lora.alpha, "a number > 0 (the adapter scale is alpha / rank)")
+    targets = lora.targets
+    if isinstance(targets, str) or not targets or any(t not in LORA_TARGETS for t in targets):
+        bad("model.lora.targets", targets, f"a non-empty tuple of {LORA_TARGETS}")
+    elif len(set(targets)) != len(targets):
+        bad("model.lora.targets", targets, "each projection once")
 
 
 def _check_stage(config, name: str, at_least, divides, bad) -> None:

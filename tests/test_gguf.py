@@ -227,6 +227,8 @@ def test_directory_dispatch_and_config(tmp_path):
         config, dtype="bfloat16"
     )
     bf16 = models.load_causal_lm(tmp_path, dtype="bfloat16")
+    assert bf16.model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.float32  # master weights
+    bf16 = models.load_causal_lm(tmp_path, dtype="bfloat16", param_dtype="bfloat16")
     assert bf16.model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
     (tmp_path / "other.gguf").write_bytes((tmp_path / "model.gguf").read_bytes())
     with pytest.raises(ValueError, match=r"holds 2 \.gguf files.*model\.gguf.*other\.gguf"):

@@ -141,7 +141,11 @@ def test_bf16_checkpoint_loads(tmp_path):
     tokens, mask = padded_batch([6, 12], 12, "left", seed=2)
     expected = hf_logits(reference, tokens, mask)
     assert max_err_at_real(jax_logits(model, tokens, mask), expected, mask) < PARITY_TOL
+    # bf16 compute keeps float32 master weights unless param_dtype says otherwise.
     bf16_model, _ = models.load_pretrained(tmp_path, dtype="bfloat16")
+    assert bf16_model.model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.float32
+    assert max_err_at_real(jax_logits(bf16_model, tokens, mask), expected, mask) < 0.1
+    bf16_model, _ = models.load_pretrained(tmp_path, dtype="bfloat16", param_dtype="bfloat16")
     assert bf16_model.model.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
     assert max_err_at_real(jax_logits(bf16_model, tokens, mask), expected, mask) < 0.1
 

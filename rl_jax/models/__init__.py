@@ -1,6 +1,12 @@
 """Decoder-only transformers (Llama, Qwen2, Qwen3) in Flax NNX, with Hugging Face load/save."""
 
-from rl_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, RopeScaling, tiny_config
+from rl_jax.models.config import (
+    LORA_TARGETS,
+    SUPPORTED_MODEL_TYPES,
+    ModelConfig,
+    RopeScaling,
+    tiny_config,
+)
 from rl_jax.models.gguf import (
     SUPPORTED_GGUF_ARCHITECTURES,
     find_gguf_file,
@@ -21,6 +27,14 @@ from rl_jax.models.hf_io import (
     save_pretrained,
     to_hf_tensors,
 )
+from rl_jax.models.lora import (
+    adapters_off,
+    add_adapters,
+    fold_adapters,
+    has_adapters,
+    merge_adapters,
+    save_merged,
+)
 from rl_jax.models.tokenizer import train_bpe_tokenizer
 from rl_jax.models.transformer import (
     CausalLM,
@@ -38,6 +52,7 @@ from rl_jax.models.transformer import (
 )
 
 __all__ = [
+    "LORA_TARGETS",
     "SUPPORTED_GGUF_ARCHITECTURES",
     "SUPPORTED_MODEL_TYPES",
     "CausalLM",
@@ -47,11 +62,15 @@ __all__ = [
     "RopeScaling",
     "Transformer",
     "ValueModel",
+    "adapters_off",
+    "add_adapters",
     "apply_lm",
     "apply_lm_hidden",
     "apply_model",
     "attention_mask",
     "find_gguf_file",
+    "fold_adapters",
+    "has_adapters",
     "init_decode_cache",
     "is_gguf",
     "last_token_index",
@@ -62,10 +81,12 @@ __all__ = [
     "load_gguf_config",
     "load_gguf_tokenizer",
     "load_pretrained",
+    "merge_adapters",
     "params_from_hf",
     "positions_from_mask",
     "read_gguf_tensors",
     "read_hf_tensors",
+    "save_merged",
     "save_pretrained",
     "tiny_config",
     "to_hf_tensors",

@@ -11,6 +11,8 @@ import transformers
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _SUPPORTED_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("matmul", "xla", "cudnn")
+# The projections a LoRA adapter can sit on (one adapter per HF module name, see `LoRALinear`).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 _HF_CONFIG_CLASSES = {
     "llama": transformers.LlamaConfig,
@@ -47,6 +49,8 @@ class ModelConfig:
     matmuls, fastest on CPU), or `jax.nn.dot_product_attention` with implementation "xla" or
     "cudnn" (cuDNN's fused flash attention; GPU, bfloat16/float16 only). Same numbers up to
     rounding. Decoding with a cache always uses rl_jax's own kernels.
+    `lora_rank` > 0 puts a low-rank adapter W + (alpha / rank) A B on each projection named in
+    `lora_targets` (of `LORA_TARGETS`; see `layers.LoRALinear` and `rl_jax.models.lora`).
     """
 
     model_type: str
@@ -73,8 +77,19 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool = False
     attention_impl: str = "matmul"
+    lora_rank: int = 0  # 0 = no adapters
+    lora_alpha: float = 16.0  # adapter scale alpha / rank (PEFT's convention)
+    lora_targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if unknown:
+            raise ValueError(f"lora_targets {unknown} are not projections; known: {LORA_TARGETS}")
+        if self.lora_rank > 0 and not self.lora_targets:
+            raise ValueError(f"lora_rank = {self.lora_rank} needs lora_targets (of {LORA_TARGETS})")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"

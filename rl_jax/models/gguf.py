@@ -240,14 +240,15 @@ def read_gguf_tensors(
 
 
 def load_gguf_causal_lm(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None
+    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
 ) -> CausalLM:
     """A CausalLM from a llama GGUF file (or a directory holding one); no torch involved.
 
-    Quantised weights are dequantised and cast to `param_dtype` (default: `dtype`).
+    Quantised weights are dequantised and cast to `param_dtype` (float32 master weights by
+    default); `dtype` is the compute dtype.
     """
     file = find_gguf_file(path)
-    return _model_from_reader(gguf.GGUFReader(file), file, dtype, param_dtype or dtype)
+    return _model_from_reader(gguf.GGUFReader(file), file, dtype, param_dtype)
 
 
 def _model_from_reader(
@@ -258,13 +259,13 @@ def _model_from_reader(
 
 
 def load_gguf(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None
+    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
 ) -> tuple[CausalLM, transformers.PreTrainedTokenizerFast]:
     """(CausalLM, tokenizer) from a GGUF file, parsing its metadata once (what load_pretrained
     calls for a .gguf path); see `load_gguf_causal_lm` and `load_gguf_tokenizer`."""
     file = find_gguf_file(path)
     reader = gguf.GGUFReader(file)  # parsing the metadata of a 49k-token vocabulary takes seconds
-    model = _model_from_reader(reader, file, dtype, param_dtype or dtype)
+    model = _model_from_reader(reader, file, dtype, param_dtype)
     return model, _tokenizer_from_reader(reader, file)
 
 

@@ -69,7 +69,15 @@ def _unflatten(flat: FlatParams) -> dict:
 
 
 def to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
-    """The model's parameters as checkpoint tensors {name: array in HF layout}."""
+    """The model's parameters as checkpoint tensors {name: array in HF layout}.
+
+    A model with LoRA adapters has no HF layout: fold them in first (`lora.merge_adapters`).
+    """
+    if model.config.lora_rank:
+        raise ValueError(
+            "the model has LoRA adapters, which a Hugging Face checkpoint cannot hold: save "
+            "rl_jax.models.merge_adapters(model) (or call rl_jax.models.save_merged)"
+        )
     tensors = {}
     for path, value in _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))):
         array = np.asarray(value)
@@ -138,6 +146,11 @@ def params_from_hf(
     Raises ValueError naming the tensor (and its file, from `files`, or else `source`) for a
     missing tensor, a wrong shape or an unexpected one.
     """
+    if config.lora_rank:
+        raise ValueError(
+            f"{source}: a checkpoint holds no LoRA adapters; load the base model (lora_rank=0) "
+            "and add them with rl_jax.models.add_adapters"
+        )
     files = files or {}
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
@@ -170,29 +183,34 @@ def params_from_hf(
 
 
 def load_causal_lm(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None
+    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
 ) -> CausalLM:
     """A CausalLM from a local HF checkpoint directory (config.json + safetensors), or from a
-    llama.cpp .gguf file (or a directory holding one and no config.json)."""
+    llama.cpp .gguf file (or a directory holding one and no config.json).
+
+    `dtype` is the compute dtype, `param_dtype` the storage dtype (see `load_pretrained`)."""
     from rl_jax.models import gguf as gguf_io  # imports this module
 
     if gguf_io.is_gguf(path):
         return gguf_io.load_gguf_causal_lm(path, dtype=dtype, param_dtype=param_dtype)
     directory = Path(path)
-    config = load_config(directory, dtype=dtype, param_dtype=param_dtype or dtype)
+    config = load_config(directory, dtype=dtype, param_dtype=param_dtype)
     tensors, files = read_hf_tensors(directory)
     return params_from_hf(config, tensors, files, source=str(directory))
 
 
 def load_pretrained(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None
+    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
 ) -> tuple[CausalLM, transformers.PreTrainedTokenizerBase]:
     """(CausalLM, tokenizer) from a local HF checkpoint directory; never touches the hub.
 
     `path` may also be a llama.cpp .gguf file, or a directory holding exactly one and no
     config.json: the weights are dequantised and the tokenizer and chat template come from the
     GGUF metadata (see rl_jax.models.gguf; no torch involved).
-    `dtype` is the compute dtype; `param_dtype` defaults to it. bf16 checkpoints load (cast).
+    `dtype` is the compute dtype (activations; each layer casts its float32 weights to it at
+    use); `param_dtype` the storage dtype of the parameters, float32 by default whatever `dtype`
+    is: the master weights an optimizer updates. In bfloat16 storage an AdamW step of lr 1e-6
+    rounds away on most weights (see tests/test_mixed_precision.py). bf16 checkpoints load (cast).
     """
     from rl_jax.models import gguf as gguf_io  # imports this module
 

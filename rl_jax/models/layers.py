@@ -23,16 +23,53 @@ def param_init(config: ModelConfig):
     return nnx.initializers.normal(stddev=config.initializer_range)
 
 
-def _dense(config: ModelConfig, d_in: int, d_out: int, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
-        d_in,
-        d_out,
+class LoRALinear(nnx.LoRALinear):
+    """``nnx.LoRALinear`` with PEFT's scaling: y = x W + b + (alpha / rank) (x A) B.
+
+    ``kernel`` W [in, out] and ``bias`` are the (frozen) base weights at the paths of a plain
+    ``nnx.Linear``; ``lora.lora_a`` A [in, rank] and ``lora.lora_b`` B [rank, out] are
+    ``nnx.LoRAParam`` leaves. B starts at zero, so a fresh adapter leaves the layer unchanged; A
+    starts as PEFT's (kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))). Everything
+    is computed in the layer's compute dtype (the weights are cast at use). No dropout.
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, rank: int, alpha: float, **kwargs):
+        super().__init__(
+            d_in,
+            d_out,
+            lora_rank=rank,
+            lora_dtype=kwargs.get("dtype"),
+            lora_param_dtype=kwargs.get("param_dtype", jnp.float32),
+            a_initializer=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+            **kwargs,
+        )
+        self.scale = alpha / rank
+
+    def delta(self, x: jax.Array) -> jax.Array:
+        """The adapter's output (alpha / rank) (x A) B: x [..., in] -> [..., out]."""
+        a = self.lora.lora_a[...].astype(self.dtype)
+        b = self.lora.lora_b[...].astype(self.dtype)
+        return (x.astype(self.dtype) @ a @ b) * jnp.asarray(self.scale, self.dtype)
+
+    def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
+        return nnx.Linear.__call__(self, x, out_sharding=out_sharding) + self.delta(x)
+
+
+def _dense(
+    config: ModelConfig, name: str, d_in: int, d_out: int, bias: bool, rngs: nnx.Rngs
+) -> nnx.Linear:
+    """The projection ``name`` (e.g. "q_proj"): a LoRALinear if it is one of the config's
+    ``lora_targets`` (with ``lora_rank`` > 0), else an nnx.Linear."""
+    kwargs = dict(
         use_bias=bias,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
         kernel_init=param_init(config),
         rngs=rngs,
     )
+    if config.lora_rank > 0 and name in config.lora_targets:
+        return LoRALinear(d_in, d_out, rank=config.lora_rank, alpha=config.lora_alpha, **kwargs)
+    return nnx.Linear(d_in, d_out, **kwargs)
 
 
 def apply_fused_2d(layers: tuple[nnx.Linear, ...], x: jax.Array) -> tuple[jax.Array, ...]:
@@ -40,7 +77,8 @@ def apply_fused_2d(layers: tuple[nnx.Linear, ...], x: jax.Array) -> tuple[jax.Ar
     concatenated along the output axis; returns each layer's output [..., d_out_i].
 
     Same math as calling each layer; faster on CPU, where XLA runs a [64, 256] x [256, 256]
-    matmul on one core but splits a wider one over all cores.
+    matmul on one core but splits a wider one over all cores. A `LoRALinear` among them adds its
+    adapter's output to its part (the base kernels stay fused, the adapters are per projection).
     """
     first = layers[0]
     if any((layer.bias is None) != (first.bias is None) for layer in layers):
@@ -52,7 +90,11 @@ def apply_fused_2d(layers: tuple[nnx.Linear, ...], x: jax.Array) -> tuple[jax.Ar
     if first.bias is not None:
         y = y + jnp.concatenate([layer.bias[...].astype(dtype) for layer in layers])
     sizes = np.cumsum([layer.out_features for layer in layers])[:-1]
-    return tuple(part.reshape(*x.shape[:-1], -1) for part in jnp.split(y, sizes, axis=1))
+    parts = [
+        part + layer.delta(flat) if isinstance(layer, LoRALinear) else part
+        for layer, part in zip(layers, jnp.split(y, sizes, axis=1), strict=True)
+    ]
+    return tuple(part.reshape(*x.shape[:-1], -1) for part in parts)
 
 
 def apply_2d(layer: nnx.Linear, x: jax.Array) -> jax.Array:
@@ -127,10 +169,11 @@ class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         h, d = config.hidden_size, config.head_dim
         self.config = config
-        self.q_proj = _dense(config, h, config.num_heads * d, config.attention_bias, rngs)
-        self.k_proj = _dense(config, h, config.num_kv_heads * d, config.attention_bias, rngs)
-        self.v_proj = _dense(config, h, config.num_kv_heads * d, config.attention_bias, rngs)
-        self.o_proj = _dense(config, config.num_heads * d, h, config.attention_out_bias, rngs)
+        q_size, kv_size, bias = config.num_heads * d, config.num_kv_heads * d, config.attention_bias
+        self.q_proj = _dense(config, "q_proj", h, q_size, bias, rngs)
+        self.k_proj = _dense(config, "k_proj", h, kv_size, bias, rngs)
+        self.v_proj = _dense(config, "v_proj", h, kv_size, bias, rngs)
+        self.o_proj = _dense(config, "o_proj", q_size, h, config.attention_out_bias, rngs)
         if config.qk_norm:
             self.q_norm = RMSNorm(d, config.rms_norm_eps, config)
             self.k_norm = RMSNorm(d, config.rms_norm_eps, config)
@@ -223,9 +266,9 @@ class MLP(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         h, m = config.hidden_size, config.intermediate_size
-        self.gate_proj = _dense(config, h, m, False, rngs)
-        self.up_proj = _dense(config, h, m, False, rngs)
-        self.down_proj = _dense(config, m, h, False, rngs)
+        self.gate_proj = _dense(config, "gate_proj", h, m, False, rngs)
+        self.up_proj = _dense(config, "up_proj", h, m, False, rngs)
+        self.down_proj = _dense(config, "down_proj", m, h, False, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., hidden] -> [..., hidden]."""

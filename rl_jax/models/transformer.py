@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -233,9 +234,15 @@ class _ScalarHeadModel(nnx.Module):
 
     @classmethod
     def from_policy(cls, policy: CausalLM, *, rngs: nnx.Rngs) -> _ScalarHeadModel:
-        """A new model whose backbone starts from a copy of `policy.model`; fresh head."""
-        new = cls(policy.config, rngs=rngs)
-        nnx.update(new.model, jax.tree.map(jnp.copy, nnx.state(policy.model)))
+        """A new model whose backbone starts from a copy of `policy.model`; fresh head.
+
+        A LoRA policy's adapters are not copied: the new model is its base, without adapters
+        (a critic or reward model trains in full).
+        """
+        config = dataclasses.replace(policy.config, lora_rank=0, lora_targets=())
+        new = cls(config, rngs=rngs)
+        base = nnx.split_state(nnx.state(policy.model), nnx.LoRAParam, ...)[1]
+        nnx.update(new.model, jax.tree.map(jnp.copy, base))
         return new
 
 

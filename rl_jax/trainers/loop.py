@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import tqdm
+from flax import nnx
 
-from rl_jax import parallel
+from rl_jax import models, parallel
 from rl_jax.trainers.checkpoint import Checkpointer
 from rl_jax.trainers.metrics import MetricWriter, summary_line
 
@@ -41,11 +42,38 @@ Metrics = dict[str, Any]
 
 
 class TrainState(NamedTuple):
-    """What a stage trains: ``params`` (a dict of named models), their optimizer state, a step."""
+    """What a stage trains: ``params`` (a dict of named models), their optimizer state, a step.
+
+    ``opt_state`` is the optimizer's state of the trainable part of ``params`` only (see
+    ``split_trainable``): with LoRA, of the adapters.
+    """
 
     step: jax.Array  # int32 scalar: steps done (an RL step is epochs x minibatches updates)
     params: dict[str, Any]  # {"policy": ...}, {"reward": ...} or {"policy": ..., "value": ...}
     opt_state: Any
+
+
+def split_trainable(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(trainable, frozen)`` parts of ``{name: model state}``.
+
+    A model state with LoRA adapters (``nnx.LoRAParam`` leaves) trains only them: its base
+    weights go to ``frozen``. Any other model trains every leaf. ``merge_trainable`` undoes it.
+    """
+    trainable, frozen = {}, {}
+    for name, state in params.items():
+        if isinstance(state, nnx.State) and models.has_adapters(state):
+            trainable[name], frozen[name] = nnx.split_state(state, nnx.LoRAParam, ...)
+        else:
+            trainable[name] = state
+    return trainable, frozen
+
+
+def merge_trainable(trainable: dict[str, Any], frozen: dict[str, Any]) -> dict[str, Any]:
+    """The ``params`` that ``split_trainable`` split (the same tree structure)."""
+    return {
+        name: nnx.merge_state(state, frozen[name]) if name in frozen else state
+        for name, state in trainable.items()
+    }
 
 
 def optimizer_step(
@@ -57,19 +85,25 @@ def optimizer_step(
     """One gradient update of ``state.params`` on ``batch`` (``state.step`` is left as it is).
 
     ``loss_fn(params, batch) -> (loss, metrics)``; ``grad_norm`` (before clipping) is added to
-    the metrics.
+    the metrics. Only the trainable part (``split_trainable``) is differentiated and updated: the
+    frozen base of a LoRA model gets no weight gradient and comes back bit-identical.
     """
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    trainable, frozen = split_trainable(state.params)
+
+    def trainable_loss(trainable, batch):
+        return loss_fn(merge_trainable(trainable, frozen), batch)
+
+    (_, metrics), grads = jax.value_and_grad(trainable_loss, has_aux=True)(trainable, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    params = merge_trainable(optax.apply_updates(trainable, updates), frozen)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step, params, opt_state), metrics
 
 
 def init_state(params: dict[str, Any], tx: optax.GradientTransformation, mesh):
-    """``(state, shardings)``: step 0 of ``params`` with a fresh optimizer state, and the state's
-    shardings over ``mesh``."""
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    """``(state, shardings)``: step 0 of ``params`` with a fresh optimizer state (of the
+    trainable part, ``split_trainable``), and the state's shardings over ``mesh``."""
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(split_trainable(params)[0]))
     return state, parallel.param_sharding(state, mesh)
 
 

@@ -323,7 +323,10 @@ def init_reward_model(ctx: Context, policy_params: Any) -> models.RewardModel:
     """A reward model from ``rm.init_path`` (a Hugging Face directory) or the policy."""
     rngs = nnx.Rngs(ctx.config.seed + 2)
     if ctx.config.rm.init_path:
-        policy, _ = models.load_pretrained(ctx.config.rm.init_path, dtype=ctx.config.model.dtype)
+        policy, _ = models.load_pretrained(
+            ctx.config.rm.init_path, dtype=ctx.config.model.dtype,
+            param_dtype=ctx.config.model.param_dtype,
+        )
     else:
         policy = nnx.merge(ctx.graphdef, policy_params)
     return models.RewardModel.from_policy(policy, rngs=rngs)

@@ -309,15 +309,24 @@ def run_rl(
     reward_model: LearnedReward | None = None,
 ) -> StageResult:
     """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
-    functions and ``reward_model`` in ``workdir/rl`` (resumed, or only restored when finished)."""
+    functions and ``reward_model`` in ``workdir/rl`` (resumed, or only restored when finished).
+
+    With LoRA adapters in ``policy_params`` the reference is the policy with its adapters off
+    (``models.adapters_off``: the frozen base, no second copy of the weights). Adapters trained
+    by an earlier stage (SFT) are first folded into the base, so the reference is the policy RL
+    starts from.
+    """
     config = ctx.config
     cfg = config.rl
     settings = settings_from_config(config)
+    lora = models.has_adapters(policy_params)
+    if lora and "sft" in config.stages:
+        policy_params = models.fold_adapters(ctx.graphdef, policy_params)
     tx = make_optimizer(cfg.optim, cfg.steps * cfg.epochs * cfg.num_minibatches)
     params, value_graphdef = init_params(ctx, policy_params, settings, reward_model)
     state, sharding = init_state(params, tx, mesh)
     ref_params = None
-    if settings.needs_reference:
+    if settings.needs_reference and not lora:
         ref_params = jax.device_put(
             jax.tree.map(jnp.copy, policy_params), parallel.param_sharding(policy_params, mesh)
         )
@@ -342,7 +351,10 @@ def run_rl(
         latest[:] = [rollout]
         arrays = parallel.shard_batch(device_batch(rollout), mesh)
         kl_coef = host["kl_coef"]
-        extra, prep_metrics = prepare(state.params, ref_params, arrays, jnp.float32(kl_coef))
+        reference = ref_params
+        if settings.needs_reference and lora:
+            reference = models.adapters_off(state.params["policy"])
+        extra, prep_metrics = prepare(state.params, reference, arrays, jnp.float32(kl_coef))
         if settings.kl_in_reward and config.kl.target > 0:  # needs this step's KL on the host
             kl_coef = float(
                 rl_jax.adaptive_kl_update(

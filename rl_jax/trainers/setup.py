@@ -110,11 +110,24 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
 
 
 def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalLM:
-    """The policy: a Hugging Face checkpoint (``model.path``) or a fresh model from the config."""
+    """The policy: a Hugging Face checkpoint (``model.path``) or a fresh model from the config,
+    computing in ``model.dtype`` with parameters stored in ``model.param_dtype``; with
+    ``model.lora.rank`` > 0, fresh LoRA adapters (B = 0) on ``model.lora.targets``."""
+    policy = _build_base_policy(config, tokenizer)
+    lora = config.model.lora
+    if lora.rank == 0:
+        return policy
+    return models.add_adapters(
+        policy, rank=lora.rank, alpha=lora.alpha, targets=tuple(lora.targets),
+        rngs=nnx.Rngs(config.seed + 7),
+    )
+
+
+def _build_base_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalLM:
     m = config.model
     if m.path:
         try:
-            policy, _ = models.load_pretrained(m.path, dtype=m.dtype)
+            policy, _ = models.load_pretrained(m.path, dtype=m.dtype, param_dtype=m.param_dtype)
         except Exception as error:  # safetensors.SafetensorError, OSError, KeyError, ...
             raise ValueError(
                 f"config.model.path = {m.path!r}: cannot load the model ({_one_line(error)}); "
@@ -137,6 +150,7 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         dtype=m.dtype,
+        param_dtype=m.param_dtype,
         remat=m.remat,
         attention_impl=m.attention_impl,
     )
