@@ -171,16 +171,21 @@ def test_all_pairs_shuffled_equal_the_ranking_loss_over_the_full_batch():
     pairs = data.expand_pairs(RANKINGS)
     assert len(pairs) == 6 + 6 + 5
     paired, _ = rm.encode_preferences(ctx, pairs, 64, truncate_prompts=False)
-    reference, ref_grads, _ = loss_and_grads(graphdef, params, rm.rm_batch(grouped, 4, pad, 64),
-                                             "ranking")
-    for loss in ("pairwise", "ranking"):
-        value, grads, _ = loss_and_grads(graphdef, params, rm.rm_batch(paired, 2, pad, 64), loss)
-        np.testing.assert_allclose(value, reference, rtol=1e-6, err_msg=loss)
-        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
-            # float32 sums in another order: differences of ~1e-7 on gradients of ~0.05
-            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6, err_msg=loss)
+
+    def value_and_grad(loss):  # jitted: one compile, not one per primitive (seconds on CPU)
+        return jax.jit(jax.value_and_grad(rm.make_rm_loss(graphdef, loss), has_aux=True))
+
+    (reference, _), ref_grads = value_and_grad("ranking")({"reward": params},
+                                                          rm.rm_batch(grouped, 4, pad, 64))
+    pairwise = value_and_grad("pairwise")
+    (value, _), grads = pairwise({"reward": params}, rm.rm_batch(paired, 2, pad, 64))
+    np.testing.assert_allclose(value, reference, rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        # float32 sums in another order: differences of ~1e-7 on gradients of ~0.05
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    # A negative control: one pair turned around changes the loss.
     flipped = [dataclasses.replace(p, ranks=(1, 0)) if i == 0 else p for i, p in enumerate(paired)]
-    value, _, _ = loss_and_grads(graphdef, params, rm.rm_batch(flipped, 2, pad, 64), "pairwise")
+    (value, _), _ = pairwise({"reward": params}, rm.rm_batch(flipped, 2, pad, 64))
     assert abs(float(value) - float(reference)) > 1e-4
 
 
