@@ -19,21 +19,26 @@ asked, and any answer of 6 or more characters is cut: the policy can trade trunc
 gold labeller's length penalty, and the learned reward scores cut responses (which the reward
 model, trained on ``response + EOS`` rows, never saw without their EOS) at their last token.
 
-Size: the RLOO sweep's PPO (80 RL steps, reward model 200 steps) took about 50 s a run on a quiet
-machine; here 100 RL steps (the config's) and 2 variants, so 3 seeds take ~10 min quiet and up to
-~20 min on this shared CPU.
+Size, set for time on this shared CPU: a first sweep with the config's sizes (reward model on
+2048 prompts for 200 steps, 100 PPO steps of 64 prompts x 4) ran 2 of its 9 runs in 26 min at a
+load average of ~20 on the 2 cores (the shared SFT + RM 10.5 min, a PPO run 15 min) and was
+stopped; so the reward model here learns from 512 prompts in 100 steps and PPO runs 40 steps of
+32 prompts x 4 (half the batch; the RLOO sweep's PPO had reached most of its gold reward gain by
+step 15). The claims and metrics are those of the first sweep.
 """
 
 from configs import preference_rm_ppo
 from rl_jax import ablation as ab
 
-LAST = 20  # RL steps (each logged) averaged for "final" metrics
+RL_STEPS = 40
+LAST = 10  # RL steps (each logged) averaged for "final" metrics
 
 
 def get_ablation() -> ab.Ablation:
     base = ab.apply_overrides(
         preference_rm_ppo.get_config("ppo"),
-        {"rollout.max_new_tokens": 6, "rm.steps": 200, "rl.steps": 100},
+        {"rollout.max_new_tokens": 6, "rm.num_prompts": 512, "rm.steps": 100,
+         "rl.steps": RL_STEPS, "rl.num_prompts": 32},
     )
     return ab.Ablation(
         claim=(
