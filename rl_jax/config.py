@@ -35,6 +35,7 @@ IS_CORRECTIONS = ("none", "token_tis", "seq_tis", "token_mis", "seq_mis", "seq_m
 # Estimators with a baseline from the other responses of a prompt.
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 RM_LOSSES = ("pairwise", "ranking", "listwise")
+RM_COMPARISONS = ("grouped", "shuffled_pairs")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
 DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -117,6 +118,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rm.gold = "digits_gold"  # synthetic: the reward function that plays the labeller
     c.rm.label_noise = 0.0  # synthetic: Gumbel scale of the labeller's noise (0 = noiseless)
     c.rm.loss = "ranking"  # pairwise (K = 2, with margins) | ranking (InstructGPT) | listwise (PL)
+    # grouped: a batch element is a prompt with all its K responses (InstructGPT) | shuffled_pairs:
+    # each ranking expanded into its K(K-1)/2 pairs, shuffled across the data, batches of pairs
+    c.rm.comparisons = "grouped"
     c.rm.init_path = ""  # a Hugging Face directory to start from ("" = the policy after SFT)
     c.rm.steps = 500
     c.rm.batch_size = 32  # prompts a step, each with all its responses
@@ -296,6 +300,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
         _check_stage(config, "rm", at_least, divides, bad)
         choice("rm.data", RM_DATA)
         choice("rm.loss", RM_LOSSES)
+        choice("rm.comparisons", RM_COMPARISONS)
         choice("rm.gold", names)
         at_least("rm.num_responses", 2)
         at_least("rm.label_noise", 0)

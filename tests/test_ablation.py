@@ -157,13 +157,18 @@ def test_overrides_and_config_diff():
         "sft.steps", "seed"]
 
 
-@pytest.mark.parametrize("name", ["gspo", "rloo", "policy_losses"])
+@pytest.mark.parametrize(
+    "name", ["gspo", "rloo", "policy_losses", "eos_trick", "instructgpt_rm"]
+)
 def test_ablation_files_build(name):
     ablation = ab.load_ablation(str(ROOT / "configs" / "ablations" / f"{name}.py"))
     assert len(ablation.seeds) >= 3 and ablation.claims
-    assert ab.shared_stages(ablation)  # every variant reuses SFT (and the RM)
-    for overrides in ablation.variants.values():
-        assert ab.overrides_of_shared_stages(overrides) == []
+    if "rl" in ablation.base.stages:  # an RL ablation: every variant reuses SFT (and the RM)
+        assert ab.shared_stages(ablation)
+        for overrides in ablation.variants.values():
+            assert ab.overrides_of_shared_stages(overrides) == []
+    else:  # a reward-model ablation (instructgpt_rm): its variants are the stage itself
+        assert ab.shared_stages(ablation) == ()
     from rl_jax.config import check_config
 
     for overrides in ablation.variants.values():  # the run's start-up validation passes

@@ -183,10 +183,12 @@ def test_rm_fields_are_checked_when_the_rm_stage_runs():
     config = _rm_config(2)
     config.rm.loss = "bt"
     config.rm.data = "csv"
+    config.rm.comparisons = "pairs"
     with pytest.raises(ConfigError) as error:
         check_config(config)
     assert "config.rm.loss = 'bt'" in str(error.value)
     assert "config.rm.data = 'csv'" in str(error.value)
+    assert "config.rm.comparisons = 'pairs': expected one of 'grouped'" in str(error.value)
     config = _rm_config(2)
     config.loss.agg = "token_mean"  # an RL field: not read by an rm-only run
     check_config(config)

@@ -160,3 +160,36 @@ def test_hh_rlhf_task_uses_chosen_as_target():
     prefs, _ = data.load_preferences(data.HH_RLHF_PATH, "hh_rlhf")
     targets = {(p.prompt, p.responses[0]) for p in prefs}
     assert all((ex.prompt, ex.target) in targets for ex in task.batch(0, 20))
+
+
+def test_expand_pairs_hand_made():
+    """Every pair of a ranking once, better response first, ties giving no pair, in order."""
+    ranking = data.Preference("p", ("a", "b", "c", "d"), (2, 0, 3, 1))  # best to worst: b d a c
+    tied = data.Preference("q", ("x", "y", "z"), (0, 0, 1), margin=0.5)
+    pairs = data.expand_pairs([ranking, tied])
+    P = data.Preference  # noqa: N806
+    assert pairs == [
+        P("p", ("b", "a"), (0, 1)),  # (0, 1): rank 2 vs 0
+        P("p", ("a", "c"), (0, 1)),  # (0, 2): 2 vs 3
+        P("p", ("d", "a"), (0, 1)),  # (0, 3): 2 vs 1
+        P("p", ("b", "c"), (0, 1)),
+        P("p", ("b", "d"), (0, 1)),
+        P("p", ("d", "c"), (0, 1)),  # (2, 3): 3 vs 1
+        P("q", ("x", "z"), (0, 1), 0.5),  # x ~ y tie: no pair
+        P("q", ("y", "z"), (0, 1), 0.5),
+    ]
+    assert data.expand_pairs([P("r", ("u", "v"), (1, 0))]) == [P("r", ("v", "u"), (0, 1))]
+
+
+def test_shuffled_pairs_stream_is_seeded_and_mixes_prompts():
+    """The training stream over expanded pairs: an epoch holds every pair once, the order is a
+    function of the seed, and a ranking's pairs are spread over the epoch (not one block)."""
+    prefs = [data.Preference(f"p{i}", ("a", "b", "c", "d"), (0, 1, 2, 3)) for i in range(16)]
+    pairs = data.expand_pairs(prefs)
+    assert len(pairs) == 16 * 6
+    epoch = data.FileDataset(pairs, seed=3).batch(0, len(pairs))
+    assert sorted(epoch, key=repr) == sorted(pairs, key=repr)
+    assert epoch == data.FileDataset(pairs, seed=3).batch(0, len(pairs))
+    assert epoch != data.FileDataset(pairs, seed=4).batch(0, len(pairs))
+    positions = [i for i, p in enumerate(epoch) if p.prompt == "p0"]
+    assert max(positions) - min(positions) > 6  # grouped, they would be 6 in a row

@@ -1,7 +1,9 @@
 """Reward-model training: batching, the pair/ranking/listwise losses on a real model, the synthetic
 RLHF pipeline (SFT -> reward model -> PPO on the learned reward), the HH data path."""
 
+import dataclasses
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -148,6 +150,99 @@ def test_too_long_preference_is_an_error_unless_truncated():
         ctx, [long_response, pref], 16, truncate_prompts=True, skip_too_long=True
     )
     assert (len(items), skipped) == (1, 1)
+
+
+RANKINGS = [
+    data.Preference("Name a colour", ("red", "blue", "green", "a shade"), (1, 0, 3, 2)),
+    data.Preference("Say hi", ("hi", "hello there", "go away", "bye"), (0, 1, 3, 2)),
+    data.Preference("What is 2+2?", ("4", "5", "four", "22"), (0, 3, 0, 2)),  # a tie: 5 pairs
+]
+
+
+def test_all_pairs_shuffled_equal_the_ranking_loss_over_the_full_batch():
+    """The same comparisons batched two ways: the grouped ranking loss over every prompt equals
+    the pairwise loss over every expanded pair (value and gradients), and a pair in the wrong
+    orientation would change it."""
+    ctx = tokenizer_ctx()
+    pad = ctx.tokenizer.pad_token_id
+    model = tiny_reward_model(ctx.tokenizer, seed=3)
+    graphdef, params = nnx.split(model)
+    grouped, _ = rm.encode_preferences(ctx, RANKINGS, 64, truncate_prompts=False)
+    pairs = data.expand_pairs(RANKINGS)
+    assert len(pairs) == 6 + 6 + 5
+    paired, _ = rm.encode_preferences(ctx, pairs, 64, truncate_prompts=False)
+
+    def value_and_grad(loss):  # jitted: one compile, not one per primitive (seconds on CPU)
+        return jax.jit(jax.value_and_grad(rm.make_rm_loss(graphdef, loss), has_aux=True))
+
+    (reference, _), ref_grads = value_and_grad("ranking")({"reward": params},
+                                                          rm.rm_batch(grouped, 4, pad, 64))
+    pairwise = value_and_grad("pairwise")
+    (value, _), grads = pairwise({"reward": params}, rm.rm_batch(paired, 2, pad, 64))
+    np.testing.assert_allclose(value, reference, rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        # float32 sums in another order: differences of ~1e-7 on gradients of ~0.05
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    # A negative control: one pair turned around changes the loss.
+    flipped = [dataclasses.replace(p, ranks=(1, 0)) if i == 0 else p for i, p in enumerate(paired)]
+    (value, _), _ = pairwise({"reward": params}, rm.rm_batch(flipped, 2, pad, 64))
+    assert abs(float(value) - float(reference)) > 1e-4
+
+
+def test_pairs_per_step_matches_the_grouped_comparisons():
+    # 16 prompts a step of 128 with 760 pairs: 16 * 760 / 128 = 95 pairs; on 8 devices 96.
+    assert rm.pairs_per_step(16, 128, 760) == 95
+    assert rm.pairs_per_step(16, 128, 760, multiple=8) == 96
+    assert rm.pairs_per_step(2, 10, 3, multiple=8) == 8  # at least one a device
+    assert rm.pairs_per_step(32, 64, 64 * 6) == 32 * 6  # K = 4, no ties: K(K-1)/2 a prompt
+
+
+def test_evaluate_rm_loss_matches_a_loop_over_pairs():
+    """Held-out loss: the mean over every ordered pair of -log sigmoid(r_better - r_worse)."""
+    ctx = tokenizer_ctx()
+    items, _ = rm.encode_preferences(ctx, RANKINGS, 64, truncate_prompts=False)
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(len(RANKINGS), 4))
+
+    class Fixed:  # scores by row position, like LearnedReward.raw
+        def raw(self, tokens, mask):
+            return table.reshape(-1)[: len(tokens)]
+
+    result = rm.evaluate_rm(Fixed(), items, 4, ctx.tokenizer.pad_token_id, 64)
+    losses = [np.log1p(np.exp(-(table[p, i] - table[p, j])))
+              for p, pref in enumerate(RANKINGS) for i in range(4) for j in range(4)
+              if pref.ranks[i] < pref.ranks[j]]
+    assert len(losses) == 17
+    assert result["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_shuffled_pairs_stage_runs_with_the_grouped_steps(tmp_path, capsys):
+    """rm.comparisons='shuffled_pairs' end to end on a rankings file: a step takes the pairs of
+    batch_size prompts, and held-out evaluation (pair accuracy and loss) is the grouped one."""
+    rows = [{"prompt": f"{p.prompt} {i}", "responses": list(p.responses), "ranks": list(p.ranks)}
+            for i in range(4) for p in RANKINGS]
+    config = hh_rm.get_config()
+    config.rm.data = "rankings"
+    config.rm.path = str(write_jsonl(tmp_path / "ranks.jsonl", rows))
+    config.rm.comparisons = "shuffled_pairs"
+    config.rm.loss = "ranking"
+    config.rm.eval_size = 4
+    config.rm.batch_size = 8
+    config.rm.steps = 2
+    config.eval.every = 2
+    config.model.vocab_size = 512
+    config.log.progress_bar = False
+    summary = run(config, str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    found = re.search(r"rm: (\d+) rankings -> (\d+) shuffled pairs, (\d+) a step", out)
+    assert found, out
+    prompts, pairs, per_step = map(int, found.groups())
+    # 8 training rankings, 6 pairs each or 5 (the tie); all 8 prompts' pairs a step, rounded up
+    # to the 8 devices.
+    assert prompts == 8 and 40 <= pairs <= 48
+    assert per_step == rm.pairs_per_step(8, 8, pairs, 8) and per_step % 8 == 0
+    ev = summary["rm_eval"]
+    assert 0.0 <= ev["pair_accuracy"] <= 1.0 and np.isfinite(ev["loss"])
 
 
 def test_pair_accuracy_matches_loop():

@@ -264,3 +264,14 @@ def test_grpo_reward_rises_and_shuffled_rewards_do_not(tmp_path, monkeypatch):
     records = read_metrics(tmp_path / "shuffled")
     control = [r["reward/format"] for r in records if r["stage"] == "rl"]
     assert np.mean(control[-5:]) < 0.3, control
+
+
+def test_missing_eos_marks_responses_that_hit_the_budget():
+    """Hand-made rows (EOS = 2, 9; pad 0; mask covers the EOS): ended by either EOS, cut at the
+    budget, cut with an EOS earlier in the row (not its end), and empty."""
+    from rl_jax.trainers.rl import missing_eos
+
+    tokens = np.array([[5, 2, 0, 0], [5, 6, 7, 8], [5, 9, 0, 0], [2, 5, 6, 7], [0, 0, 0, 0]])
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(missing_eos(tokens, mask, (2, 9)),
+                                  [False, True, False, True, True])

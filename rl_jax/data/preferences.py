@@ -185,3 +185,26 @@ def preferences_from_responses(
         for prompt, resp, rank in zip(prompts, responses, ranks, strict=True)
         if len(set(rank.tolist())) > 1
     ]
+
+
+def expand_pairs(prefs: Sequence[Preference]) -> list[Preference]:
+    """Every comparison of ``prefs`` as its own pair: the ``rankings -> shuffled pairs`` data.
+
+    A preference with ``K`` responses gives one ``K = 2`` preference ``(better, worse)`` with ranks
+    ``(0, 1)`` for each pair ``i < j`` of response indices whose ranks differ (``K(K-1)/2`` for a
+    ranking without ties; tied responses form no pair), oriented so the first response is the
+    better one, with the preference's prompt and margin. Pairs come in order: preference by
+    preference, then ``(i, j)`` lexicographically; shuffling them across the dataset is the
+    training stream's seeded permutation (``rl_jax.data.FileDataset``).
+    """
+    out = []
+    for pref in prefs:
+        k = len(pref.responses)
+        for i in range(k):
+            for j in range(i + 1, k):
+                if pref.ranks[i] == pref.ranks[j]:
+                    continue
+                better, worse = (i, j) if pref.ranks[i] < pref.ranks[j] else (j, i)
+                out.append(Preference(pref.prompt, (pref.responses[better], pref.responses[worse]),
+                                      (0, 1), pref.margin))
+    return out

@@ -10,6 +10,12 @@ right-padded ``prompt + response + EOS`` rows) and applies one of the losses of
   * ``"ranking"``: InstructGPT's mean over all ``K(K-1)/2`` ordered pairs of a prompt;
   * ``"listwise"``: the Plackett-Luce likelihood of each ranking.
 
+With ``rm.comparisons="shuffled_pairs"`` the training rankings are first expanded into their
+``K(K-1)/2`` pairs (``data.expand_pairs``), which the seeded training stream shuffles across the
+dataset, and a step takes as many pairs as ``batch_size`` prompts hold (``pairs_per_step``); on
+``K = 2`` rows all three losses are the Bradley-Terry pairwise loss. Held-out evaluation is the
+same either way: every prompt with all its responses.
+
 The data is a preference file (``rl_jax.data.preferences``) or synthetic: ``num_responses``
 samples of the policy per prompt, ranked by a hidden gold reward function with optional label
 noise. Held-out pair accuracy (against the gold function without noise, for synthetic data) and the
@@ -302,8 +308,10 @@ def preference_data(
 def evaluate_rm(
     reward: LearnedReward, items: Sequence[EncodedPreference], k: int, pad_id: int, max_len: int
 ) -> dict[str, float]:
-    """Held-out pair accuracy and the mean/std of the rewards of the held-out responses (scored
-    in batches of 64 prompts)."""
+    """Held-out pair accuracy, loss (the mean over every held-out ordered pair of
+    ``-log sigmoid(r_better - r_worse)``: ``ranking_loss`` over the whole set, whatever loss
+    trained the model) and the mean/std of the rewards of the held-out responses (scored in
+    batches of 64 prompts)."""
     scores, ranks, present = [], [], []
     for start in range(0, len(items), 64):
         batch = rm_batch(items[start : start + 64], k, pad_id, max_len)
@@ -314,9 +322,19 @@ def evaluate_rm(
     live = scores[present > 0]
     return {
         "pair_accuracy": float(pair_accuracy(scores, ranks, present)),
+        "loss": float(rl_jax.ranking_loss(scores, ranks, present)),
         "reward_mean": float(live.mean()),
         "reward_std": float(live.std()),
     }
+
+
+def pairs_per_step(batch_size: int, num_prompts: int, num_pairs: int, multiple: int = 1) -> int:
+    """The batch of ``rm.comparisons="shuffled_pairs"``: as many comparisons a step as
+    ``batch_size`` prompts of the grouped data hold on average, ``round(batch_size * num_pairs /
+    num_prompts)`` (so an epoch has the same steps and comparisons), rounded up to a multiple of
+    ``multiple`` (the devices that split a batch), at least ``multiple``."""
+    pairs = round(batch_size * num_pairs / num_prompts)
+    return max(multiple, -(-pairs // multiple) * multiple)
 
 
 def init_reward_model(ctx: Context, policy_params: Any) -> models.RewardModel:
@@ -351,30 +369,41 @@ def run_rm(
     ctx.sampler.mesh = mesh  # synthetic preferences: each device samples its share
 
     @functools.cache
-    def prepared() -> tuple[data.FileDataset, list[EncodedPreference], int]:
-        """The encoded training stream, held-out items and K: built on first use only, so a
-        finished stage that is only restored samples and encodes nothing."""
+    def prepared() -> tuple[data.FileDataset, list[EncodedPreference], int, int, int]:
+        """The encoded training stream, held-out items, their K, the training items' K and the
+        items a step: built on first use only, so a finished stage that is only restored samples
+        and encodes nothing."""
         start_time = time.perf_counter()
         train, held_out = preference_data(ctx, policy_params)
-        k = max(len(p.responses) for p in train + held_out)
-        if cfg.loss == "pairwise" and k != 2:
-            raise ValueError(f"rm.loss='pairwise' needs pairs (K = 2); the data has K = {k}")
+        k = max(len(p.responses) for p in train + held_out)  # the held-out batches' K
+        train_k, per_step = k, cfg.batch_size
+        if cfg.comparisons == "shuffled_pairs":  # each comparison its own batch element
+            pairs = data.expand_pairs(train)
+            per_step = pairs_per_step(cfg.batch_size, len(train), len(pairs),
+                                      len(mesh.local_devices))
+            print(f"rm: {len(train)} rankings -> {len(pairs)} shuffled pairs, {per_step} a step")
+            train, train_k = pairs, 2
+        if cfg.loss == "pairwise" and train_k != 2:
+            raise ValueError(
+                f"rm.loss='pairwise' needs pairs (K = 2); the data has K = {train_k}")
         options = dict(truncate_prompts=cfg.truncate_prompts, skip_too_long=cfg.skip_invalid)
         train_items, train_skipped = encode_preferences(ctx, train, max_len, **options)
         eval_items, eval_skipped = encode_preferences(ctx, held_out, max_len, **options)
-        print(f"rm: {len(train_items)} training and {len(eval_items)} held-out prompts, K = {k} "
+        print(f"rm: {len(train_items)} training and {len(eval_items)} held-out items, K = {k} "
               f"({train_skipped + eval_skipped} skipped: a response longer than the context; "
               f"{time.perf_counter() - start_time:.1f}s to build)")
-        # The training stream: seeded epoch permutations, a pure function of the step.
-        return data.FileDataset(train_items, seed=config.seed), eval_items, k
+        # The training stream: seeded epoch permutations, a pure function of the step (for
+        # shuffled pairs, this is what spreads a ranking's pairs across the dataset).
+        stream = data.FileDataset(train_items, seed=config.seed)
+        return stream, eval_items, k, train_k, per_step
 
     def batch(step: int, state: TrainState, host: dict):
-        stream, _, k = prepared()
-        arrays = rm_batch(stream.batch(step, cfg.batch_size), k, pad_id, max_len)
+        stream, _, _, train_k, per_step = prepared()
+        arrays = rm_batch(stream.batch(step, per_step), train_k, pad_id, max_len)
         return parallel.shard_batch(arrays, mesh), {}, host
 
     def evaluate(number: int, state: TrainState) -> dict[str, float]:
-        _, eval_items, k = prepared()
+        _, eval_items, k, _, _ = prepared()
         reward = LearnedReward(graphdef, state.params["reward"], 0.0, 1.0, mesh=mesh)
         return evaluate_rm(reward, eval_items, k, pad_id, max_len)
 

@@ -85,6 +85,7 @@ class Round:
     scores: np.ndarray  # shaped reward used for training
     rewards: dict[str, np.ndarray]  # per reward function, unshaped
     correct: np.ndarray
+    truncated: np.ndarray  # [rows] bool: no EOS (hit max_new_tokens), see missing_eos
     texts: list[str]
 
     def rows(self, index: np.ndarray) -> Round:
@@ -94,6 +95,14 @@ class Round:
             return [x[i] for i in index] if isinstance(x, list) else x[index]
 
         return Round(**{f.name: take(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def missing_eos(response_tokens: np.ndarray, response_mask: np.ndarray, eos_ids) -> np.ndarray:
+    """``[batch]`` True where a response does not end with EOS (it hit ``max_new_tokens``, or is
+    empty): ``response_tokens``, ``response_mask`` ``[batch, time]``, the mask covering the EOS."""
+    lengths = np.asarray(response_mask).sum(1).astype(np.int64)
+    last = np.asarray(response_tokens)[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    return ~np.isin(last, np.asarray(eos_ids)) | (lengths == 0)
 
 
 def shape_scores(cfg: ml_collections.ConfigDict, scores, lengths, truncated) -> np.ndarray:
@@ -156,8 +165,7 @@ def sample_round(
     total, per_fn = score_responses(ctx, out, texts, repeated, reward_model)
     correct = rewards.combine_rewards({cfg.rewards.correctness: 1.0}, texts, repeated)[0]
     lengths = response_mask.sum(1)
-    last = np.asarray(out.response_tokens)[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
-    truncated = ~np.isin(last, ctx.eos_ids) | (lengths == 0)
+    truncated = missing_eos(out.response_tokens, response_mask, ctx.eos_ids)
     scoring_seconds = time.perf_counter() - start
     round_ = Round(
         prompt_tokens=np.asarray(out.prompt_tokens),
@@ -168,6 +176,7 @@ def sample_round(
         scores=shape_scores(cfg, total, lengths, truncated),
         rewards=per_fn,
         correct=np.asarray(correct, np.float32),
+        truncated=truncated,
         texts=texts,
     )
     return round_, scoring_seconds
@@ -245,7 +254,8 @@ def collect(
 
 
 def rollout_metrics(batch: Round) -> dict[str, float]:
-    """Reward, accuracy and response length (all, correct, incorrect) of a sampling round."""
+    """Reward, accuracy, response length (all, correct, incorrect) and the share of responses
+    without EOS (``truncated``) of a sampling round."""
     lengths = batch.response_mask.sum(1).astype(np.float32)
     correct = batch.correct > 0
 
@@ -258,6 +268,7 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
         "length": mean(lengths),
         "length_correct": mean(lengths[correct]),
         "length_incorrect": mean(lengths[~correct]),
+        "truncated": mean(batch.truncated.astype(np.float32)),
     }
     metrics.update({f"reward/{k}": mean(v) for k, v in batch.rewards.items()})
     return metrics

@@ -1,0 +1,68 @@
+r"""The EOS trick (Huang et al. 2024, "The N+ implementation details of RLHF with PPO"): fewer
+truncated responses.
+
+    python experiments/ablate.py --ablation=configs/ablations/eos_trick.py --workdir=/tmp/ablate_eos
+
+``configs/preference_rm_ppo.py`` (SFT, a reward model from a hidden gold labeller's rankings, then
+PPO on the learned reward), with and without ``rl.eos_trick``: a response that ends without EOS
+(it hit ``rollout.max_new_tokens``) scores ``rl.missing_eos_score = -1`` instead of its learned
+reward (the RL score is the reward normalised by its mean and std on the SFT policy's samples, so
+-1 is one standard deviation below the SFT policy's average). SFT and the reward model are shared
+by both variants of a seed; only RL differs.
+
+One change to the base, for a stated reason and decided before any run: with the config's
+``max_new_tokens = 8`` the longest well-formed answer (6 digits + EOS = 7 tokens; the task's BPE
+writes a digit per token) always fits, and the README's PPO runs keep a mean length of ~5.5 tokens
+with no response cut: the trick would have nothing to act on. With ``max_new_tokens = 6`` an
+answer to ``"6 digits:"`` (a quarter of the prompts) cannot end with EOS unless it is shorter than
+asked, and any answer of 6 or more characters is cut: the policy can trade truncation against the
+gold labeller's length penalty, and the learned reward scores cut responses (which the reward
+model, trained on ``response + EOS`` rows, never saw without their EOS) at their last token.
+
+Size, set for time on this shared CPU: a first sweep with the config's sizes (reward model on
+2048 prompts for 200 steps, 100 PPO steps of 64 prompts x 4) ran 2 of its 9 runs in 26 min at a
+load average of ~20 on the 2 cores (the shared SFT + RM 10.5 min, a PPO run 15 min) and was
+stopped; so the reward model here learns from 512 prompts in 100 steps and PPO runs 40 steps of
+32 prompts x 4 (half the batch; the RLOO sweep's PPO had reached most of its gold reward gain by
+step 15). The claims and metrics are those of the first sweep.
+"""
+
+from configs import preference_rm_ppo
+from rl_jax import ablation as ab
+
+RL_STEPS = 40
+LAST = 10  # RL steps (each logged) averaged for "final" metrics
+
+
+def get_ablation() -> ab.Ablation:
+    base = ab.apply_overrides(
+        preference_rm_ppo.get_config("ppo"),
+        {"rollout.max_new_tokens": 6, "rm.num_prompts": 512, "rm.steps": 100,
+         "rl.steps": RL_STEPS, "rl.num_prompts": 32},
+    )
+    return ab.Ablation(
+        claim=(
+            "Huang et al. 2024, 'The N+ Implementation Details of RLHF with PPO: A Case Study on "
+            "TL;DR Summarization' (arXiv:2403.17031), the EOS trick: replacing the reward of a "
+            "response that does not end with EOS by a fixed -1 keeps PPO on a learned reward from "
+            "producing truncated responses and from lengthening them (section not checked here)."
+        ),
+        base=base,
+        variants={"no_trick": {}, "eos_trick": {"rl.eos_trick": True}},
+        seeds=(0, 1, 2),
+        metrics={
+            "truncated": ab.Metric("rl", "truncated", last_n=LAST),
+            "length": ab.Metric("rl", "length", last_n=LAST),
+            "gold_reward": ab.Metric("rl", "reward/digits_gold", last_n=LAST),
+            "learned_reward": ab.Metric("rl", "reward/model", last_n=LAST),
+            "well_formed": ab.Metric("rl", "accuracy", last_n=LAST),
+            "kl_ref": ab.Metric("rl", "kl_ref", last_n=LAST),
+        },
+        claims=[
+            ab.Claim("with the EOS trick, a smaller share of responses is truncated (no EOS)",
+                     "truncated", a="no_trick", b="eos_trick", direction="<", margin=0.0),
+            # "not longer": at most 0.1 token longer on average (non-inferiority)
+            ab.Claim("with the EOS trick, responses are not longer (margin 0.1 token)",
+                     "length", a="no_trick", b="eos_trick", direction="<", margin=0.1),
+        ],
+    )
