@@ -157,7 +157,7 @@ def test_overrides_and_config_diff():
         "sft.steps", "seed"]
 
 
-@pytest.mark.parametrize("name", ["gspo", "rloo", "policy_losses"])
+@pytest.mark.parametrize("name", ["gspo", "rloo", "policy_losses", "dapo", "dr_grpo"])
 def test_ablation_files_build(name):
     ablation = ab.load_ablation(str(ROOT / "configs" / "ablations" / f"{name}.py"))
     assert len(ablation.seeds) >= 3 and ablation.claims
