@@ -12,24 +12,34 @@ Each row reports its final greedy held-out accuracy (the paper's AIME avg@32: 30
 policy's entropy (of the sampling distribution, over all sampled tokens, truncated ones included)
 averaged over the second half of RL is higher with clip-higher than in the row before it.
 
-The base is the default addition task (SFT to 30% held-out accuracy, shared by the six rows of a
-seed), with two changes stated before any result:
+The base is the default addition task's setup (model, SFT to 30% held-out accuracy shared by the
+six rows of a seed, GRPO settings) with three changes, stated before any result of these rows:
 
-* ``rollout.max_new_tokens = 6`` (default 8): every correct answer is at most 5 tokens (4 digits
-  and EOS; the tokenizer has one token per character), so 6 leaves correct answers untouched while
-  a response of 6 or more digits is cut: truncation has something to act on, as in DAPO where
-  ``L_max`` is a budget that some responses exceed. The soft overlong punishment's buffer is 1
-  token (DAPO: 4,096 of 20,480, a fifth): only a 6-token response, which is never correct, is
-  punished (by up to ``overlong_penalty = 1``).
-* ``RL_STEPS`` RL steps of 32 prompts x 8 responses, 4 minibatches a rollout (the clip acts only
-  off-policy), sized so the 18 runs fit in about 25 minutes on this shared 2-core CPU (one run was
-  timed first, below); held-out evaluation every 20 steps, greedy only (``eval.k = 0``).
+* The task is ``addition_scratchpad`` (``rl_jax/data/scratchpad.py``, also the Dr. GRPO
+  ablation's): the same 3-digit additions, answer reversed, but a response may first write up to
+  three working notes (``"15,12>521"``) and the reward (``final_answer``) reads only the answer
+  after ``">"``. Why: overlong filtering and the overlong punishment need responses of varying
+  length, some of which exceed the budget. The default task's answers have a fixed length (3-4
+  digits and EOS): measured on seed 0 with a budget of 6 tokens (``--variants=dynamic_sampling
+  --seeds=0``, 60 RL steps), 0.0-0.4% of the responses of a step were truncated, so overlong
+  filtering had nothing to act on, and a budget of 4 or 5 would truncate or punish correct
+  answers wholesale.
+* ``rollout.max_new_tokens = 12``: of the SFT targets (+ EOS), 8.8% are 13 or 14 tokens long (a
+  full scratchpad with a 4-digit answer), so a policy that imitates them has some responses cut,
+  as DAPO's long reasoning traces are: a cut response loses its answer and scores 0 (DAPO's
+  "reward noise" that overlong filtering removes from the loss). The soft overlong punishment's
+  buffer is 2 tokens (DAPO: 4,096 of 20,480, a fifth): lengths 11 and 12 lose 0.5 and 1.
+* 50 RL steps of 16 prompts x 8 responses (the default: 32 prompts), 4 minibatches a rollout
+  (the clip acts only off-policy): 18 runs on this 2-core CPU, shared with other jobs at a load
+  average of ~15, where one RL step of the scratchpad task took 1.1-1.6 s at 32 prompts and SFT
+  to 30% took ~6 min (the Dr. GRPO sweep's first run); held-out evaluation every 25 steps,
+  greedy only (``eval.k = 0``).
 """
 
 from configs import arithmetic_grpo
 from rl_jax import ablation as ab
 
-RL_STEPS = 60
+RL_STEPS = 50
 LOG_EVERY = 5
 HALF = RL_STEPS // 2  # the steps of the second half of RL (every step has a record)
 
@@ -37,15 +47,18 @@ HALF = RL_STEPS // 2  # the steps of the second half of RL (every step has a rec
 def get_ablation() -> ab.Ablation:
     base = ab.apply_overrides(
         arithmetic_grpo.get_config(),
-        {"rl.steps": RL_STEPS, "rollout.max_new_tokens": 6, "loss.agg": "seq-mean-token-mean",
-         "loss.clip_low": 0.2, "loss.clip_high": 0.2, "eval.every": 20, "eval.k": 0,
+        {"task.name": "addition_scratchpad", "rewards.correctness": "final_answer",
+         "rl.steps": RL_STEPS, "rl.num_prompts": 16, "rollout.max_new_tokens": 12,
+         "loss.agg": "seq-mean-token-mean", "loss.clip_low": 0.2, "loss.clip_high": 0.2,
+         "eval.every": 25, "eval.k": 0,
          "log.every": LOG_EVERY, "log.samples_every": 0, "checkpoint.every": 100},
     )
+    base.rewards.weights = {"final_answer": 1.0}
     rows = {"grpo": {}}
     steps = [
         ("overlong_filter", {"rl.overlong_filter": True}),
         ("clip_higher", {"loss.clip_high": 0.28}),
-        ("soft_overlong", {"rl.overlong_buffer": 1, "rl.overlong_penalty": 1.0}),
+        ("soft_overlong", {"rl.overlong_buffer": 2, "rl.overlong_penalty": 1.0}),
         ("token_level", {"loss.agg": "token-mean"}),
         ("dynamic_sampling", {"rl.dynamic_sampling": True, "rl.max_extra_rounds": 2}),
     ]
