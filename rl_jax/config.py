@@ -142,6 +142,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.dynamic_sampling = False  # DAPO: drop groups with equal rewards and sample more
     c.rl.max_extra_rounds = 2  # cap on the extra sampling rounds of dynamic sampling
     c.rl.overlong_buffer = 0  # DAPO soft overlong punishment over the last N tokens (0 = off)
+    # DAPO overlong filtering: responses without EOS within max_new_tokens count in no loss term
+    # (their group still sets the advantage baseline; see rl_step.overlong_filter_mask)
+    c.rl.overlong_filter = False
     c.rl.overlong_penalty = 1.0
     c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
     c.rl.missing_eos_score = -1.0
@@ -363,6 +366,7 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     rl, loss, kl = config.rl, config.loss, config.kl
     choice("rl.estimator", ESTIMATORS)
     choice("rl.critic_init", ("policy", "reward_model"))
+    choice("rl.overlong_filter", (False, True))
     choice("loss.agg", AGG_MODES)
     choice("loss.ratio_level", ("token", "sequence", "sequence-token"))
     choice("loss.policy_loss", POLICY_LOSSES)

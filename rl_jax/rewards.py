@@ -9,6 +9,8 @@ Every reward function has one signature::
 e.g. ``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)``.
 
   * ``"exact_match"``: ``completion.strip() == example.answer`` (arithmetic, sorting).
+  * ``"final_answer"``: the text after the completion's last ``">"`` (all of it when there is
+    none), stripped, equals ``example.answer``: the scratchpad task, whose working is not scored.
   * ``"gsm8k"``: the number after the last ``"####"`` equals ``example.answer`` as a decimal
     (commas dropped, ``"3.0" == "3"``); no ``"####"`` or no number after it scores 0.
   * ``"countdown"``: the stripped completion is an expression over the example's
@@ -38,6 +40,7 @@ import numpy as np
 from rl_jax.data.countdown import is_countdown_solution
 from rl_jax.data.digits import digits_gold_score
 from rl_jax.data.example import Example
+from rl_jax.data.scratchpad import final_answer
 
 RewardFn = Callable[[Sequence[str], Sequence[Example]], np.ndarray]
 
@@ -69,6 +72,14 @@ def exact_match_reward(completions: Sequence[str], examples: Sequence[Example]) 
     """``[batch]`` 1.0 where ``completion.strip() == example.answer``, else 0.0."""
     _check_batch(completions, examples)
     return _scores([c.strip() == ex.answer for c, ex in zip(completions, examples, strict=True)])
+
+
+def final_answer_reward(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
+    """``[batch]`` 1.0 where the text after the last ``">"`` equals ``example.answer``, else 0.0."""
+    _check_batch(completions, examples)
+    return _scores(
+        [final_answer(c) == ex.answer for c, ex in zip(completions, examples, strict=True)]
+    )
 
 
 def extract_gsm8k_answer(completion: str) -> Decimal | None:
@@ -140,6 +151,7 @@ def digits_gold_reward(completions: Sequence[str], examples: Sequence[Example]) 
 
 REWARD_FNS: dict[str, RewardFn] = {
     "exact_match": exact_match_reward,
+    "final_answer": final_answer_reward,
     "gsm8k": gsm8k_reward,
     "countdown": countdown_reward,
     "format": format_reward,

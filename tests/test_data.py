@@ -283,7 +283,9 @@ def test_make_task():
     assert len(gsm8k) == 180 and len(gsm8k.eval_set(20)) == 20
     with_eval_file = make_task("gsm8k", path=GSM8K_200, eval_path=GSM8K_200)
     assert len(with_eval_file.eval_set(200)) == 200
-    known = "addition, countdown, digits, gsm8k, hh_rlhf, multiplication, sorting"
+    known = (
+        "addition, addition_scratchpad, countdown, digits, gsm8k, hh_rlhf, multiplication, sorting"
+    )
     with pytest.raises(ValueError, match=known):
         make_task("subtraction")
     with pytest.raises(TypeError):

@@ -32,6 +32,12 @@ from rl_jax.data.preferences import (
     split_hh_dialogue,
 )
 from rl_jax.data.registry import TASKS, make_task
+from rl_jax.data.scratchpad import (
+    SCRATCHPAD_FORMAT,
+    ScratchpadAdditionTask,
+    column_notes,
+    final_answer,
+)
 from rl_jax.data.sorting import SORTING_FORMAT, SortingTask
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "GSM8K_TEMPLATE",
     "HH_RLHF_PATH",
     "PREFERENCE_FORMATS",
+    "SCRATCHPAD_FORMAT",
     "SORTING_FORMAT",
     "TASKS",
     "ArithmeticTask",
@@ -53,15 +60,18 @@ __all__ = [
     "FileDataset",
     "GeneratedTask",
     "Preference",
+    "ScratchpadAdditionTask",
     "SortingTask",
     "Task",
     "check_preference",
+    "column_notes",
     "countdown_prompt",
     "digits_gold_score",
     "eval_rng",
     "expand_pairs",
     "gold_ranks",
     "evaluate_expression",
+    "final_answer",
     "is_countdown_solution",
     "load_countdown",
     "load_gsm8k",

@@ -56,6 +56,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> RLSettings:
         vf_coef=loss.vf_coef,
         value_clip=loss.value_clip or None,
         count_empty_rows=loss.count_empty_rows,
+        overlong_filter=rl.overlong_filter,
         policy_loss=loss.policy_loss,
         gmpo_clip=loss.gmpo_clip,
         cov_ratio=loss.cov_ratio,
@@ -254,8 +255,11 @@ def collect(
 
 
 def rollout_metrics(batch: Round) -> dict[str, float]:
-    """Reward, accuracy, response length (all, correct, incorrect) and the share of responses
-    without EOS (``truncated``) of a sampling round."""
+    """Reward, accuracy, response length (all, correct, incorrect) and truncated share of a round.
+
+    ``length_incorrect``: the mean response length (tokens, EOS included) of the rows with
+    ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise.
+    """
     lengths = batch.response_mask.sum(1).astype(np.float32)
     correct = batch.correct > 0
 
@@ -275,13 +279,14 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
 
 
 def device_batch(batch: Round) -> dict[str, np.ndarray]:
-    """The arrays ``prepare`` reads: tokens and masks, scores, sampler log-probs."""
+    """The arrays ``prepare`` reads: tokens and masks, scores, sampler log-probs, truncation."""
     return {
         "tokens": np.concatenate([batch.prompt_tokens, batch.response_tokens], 1).astype(np.int32),
         "mask": np.concatenate([batch.prompt_mask, batch.response_mask], 1).astype(np.float32),
         "response_mask": batch.response_mask.astype(np.float32),
         "sampler_logprobs": batch.sampler_logprobs.astype(np.float32),
         "scores": batch.scores.astype(np.float32),
+        "truncated": batch.truncated.astype(np.float32),  # read by rl.overlong_filter
     }
 
 

@@ -49,6 +49,7 @@ class RLSettings:
     vf_coef: float = 0.1
     value_clip: float | None = 0.2
     count_empty_rows: bool = False  # TRL: empty responses count in sequence-mean denominators
+    overlong_filter: bool = False  # DAPO: truncated responses count in no loss term
     policy_loss: str = "ppo"  # ppo | cispo | gmpo | clip_cov | kl_cov
     gmpo_clip: float = 0.4  # GMPO's clip of the token log-ratio (log space)
     cov_ratio: float = 2e-4  # Clip-Cov: share of tokens detached; KL-Cov: share penalised
@@ -213,6 +214,21 @@ def rollout_policy_metrics(
     }
 
 
+def overlong_filter_mask(response_mask: jax.Array, truncated: jax.Array) -> jax.Array:
+    """DAPO's overlong filtering: the loss mask ``[batch, R]`` without the truncated responses.
+
+    ``loss_mask[b, t] = response_mask[b, t] * (1 - truncated[b])``, with ``truncated`` ``[batch]``
+    1.0 for a response that has no EOS within ``max_new_tokens``. Every loss term (policy, KL,
+    value) aggregates over ``loss_mask``, so a truncated row adds nothing to the loss or its
+    gradient and, by ``aggregate_terms``' rule for rows without real tokens, nothing to any
+    normaliser: ``token-mean`` divides by the tokens of the kept rows, the ``seq-mean-*`` modes by
+    the number of kept non-empty rows (with ``count_empty_rows=True`` a filtered row counts in
+    that number, as an empty response does). The advantages are computed before the filter:
+    truncated responses still count in their group's mean and std, as in DAPO (verl).
+    """
+    return response_mask * (1.0 - truncated.astype(response_mask.dtype))[:, None]
+
+
 def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
     """``prepare(params, ref_params, batch, kl_coef) -> (batch additions, metrics)``, to jit.
 
@@ -258,6 +274,12 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
             )
             adv = adv * weights
             metrics.update(is_metrics)
+        if settings.overlong_filter:
+            loss_mask = overlong_filter_mask(response_mask, batch["truncated"])
+            out["loss_mask"] = loss_mask
+            if "policy_mask" in out:
+                out["policy_mask"] = out["policy_mask"] * loss_mask
+            metrics["overlong_filtered"] = jnp.mean(batch["truncated"])
         out["advantages"] = adv
         if returns is not None:
             out["returns"] = returns
@@ -321,7 +343,8 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
             )
         else:
             old_logprobs = mb["old_logprobs"]
-        policy_mask = mb.get("policy_mask", response_mask)  # a mismatch correction's mask
+        loss_mask = mb.get("loss_mask", response_mask)  # overlong filtering's mask
+        policy_mask = mb.get("policy_mask", loss_mask)  # a mismatch correction's mask
         pg_loss, pg_metrics = policy_objective(
             settings, logprobs, old_logprobs, mb["advantages"], policy_mask, mb.get("loss_key")
         )
@@ -330,7 +353,7 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
         if settings.kl_loss_coef > 0:
             kl_term = rl_jax.aggregate(
                 rl_jax.kl(logprobs, mb["ref_logprobs"], estimator=settings.kl_estimator),
-                response_mask,
+                loss_mask,
                 settings.agg,
                 max_len=settings.max_len,
                 count_empty_rows=settings.count_empty_rows,
@@ -343,7 +366,7 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
                 values,
                 mb["old_values"],
                 mb["returns"],
-                response_mask,
+                loss_mask,
                 clip=settings.value_clip,
                 agg=settings.agg,
                 max_len=settings.max_len,

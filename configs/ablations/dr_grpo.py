@@ -1,0 +1,71 @@
+r"""Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", §3): GRPO's length bias.
+
+    python experiments/ablate.py --ablation=configs/ablations/dr_grpo.py \
+        --workdir=/tmp/ablate_drgrpo
+
+The claim (§3.1, Figure 5): GRPO divides each response's summed token loss by its own length
+``|o_i|`` and its advantages by the group's reward std; a wrong response (negative advantage) is
+then penalised less per token the longer it is, so wrong responses grow longer during training.
+Dr. GRPO removes both (a constant normaliser, the generation budget, and advantages
+``r - mean(r)``) and the growth of wrong responses stops. Here: GRPO (``estimator=grpo``,
+``loss.agg=seq-mean-token-mean``) against Dr. GRPO (``estimator=dr_grpo``,
+``loss.agg=seq-mean-token-sum-norm`` with ``max_len = rollout.max_new_tokens``).
+
+The task must let the policy choose its length, so the default addition task (whose answers have a
+fixed length) is replaced by ``addition_scratchpad`` (``rl_jax/data/scratchpad.py``): the same
+3-digit additions, answer reversed, but a response may first write up to one working note per
+column (the column's digit sum with the carry, e.g. ``"15,12>521"`` for 58+67), and the reward
+(``final_answer``) reads only the text after the last ``">"``. The notes are real working (a
+note's tens digit is the next carry) but never scored, so a response of 4 tokens and one of 14
+can both be right: length is the policy's own choice, as a reasoning trace's is. SFT targets carry
+0 to 3 notes (uniform), so RL starts from a policy with a spread of lengths; the budget of 20 new
+tokens (a full scratchpad is at most 14, EOS included) leaves room to grow.
+
+Metric: ``length_incorrect``, the mean length (tokens, EOS included) of the responses that the
+``final_answer`` reward scores 0, in each step's rollout; the claim's value is its mean over the
+last quarter of RL. Both variants of a seed start from the same SFT weights and sample their first
+rollout with the same key, so their first-step values are identical and the paired difference of
+the end values is the difference of their growth (the start, step 1, is in the curves and in each
+run's ``metrics.jsonl``).
+"""
+
+from configs import arithmetic_grpo
+from rl_jax import ablation as ab
+
+RL_STEPS = 100
+LOG_EVERY = 5
+QUARTER = RL_STEPS // 4  # the steps of the last quarter of RL (every step has a record)
+
+
+def get_ablation() -> ab.Ablation:
+    base = ab.apply_overrides(
+        arithmetic_grpo.get_config(),
+        {"task.name": "addition_scratchpad", "rewards.correctness": "final_answer",
+         "rollout.max_new_tokens": 20, "rl.steps": RL_STEPS, "eval.every": 25, "eval.k": 0,
+         "log.every": LOG_EVERY, "log.samples_every": 0, "checkpoint.every": 100},
+    )
+    base.rewards.weights = {"final_answer": 1.0}
+    return ab.Ablation(
+        claim=(
+            "Dr. GRPO (Liu et al. 2025), §3.1 and Figure 5: with GRPO's per-response 1/|o| "
+            "normalisation and std scaling, incorrect responses grow longer during training than "
+            "with Dr. GRPO (constant normaliser, no std scaling)."
+        ),
+        base=base,
+        variants={
+            "grpo": {"rl.estimator": "grpo", "loss.agg": "seq-mean-token-mean"},
+            "dr_grpo": {"rl.estimator": "dr_grpo", "loss.agg": "seq-mean-token-sum-norm"},
+        },
+        seeds=(0, 1, 2),
+        metrics={
+            "length_incorrect": ab.Metric("rl", "length_incorrect", last_n=QUARTER),
+            "length_correct": ab.Metric("rl", "length_correct", last_n=QUARTER),
+            "heldout_accuracy": ab.Metric("rl", "eval/pass@1"),
+            "heldout_gain": ab.Metric("rl", "eval/pass@1", baseline_stage="sft"),
+            "train_reward": ab.Metric("rl", "score", last_n=QUARTER),
+        },
+        claims=[
+            ab.Claim("incorrect responses end longer under GRPO than under Dr. GRPO (same start)",
+                     "length_incorrect", a="dr_grpo", b="grpo", direction=">", margin=0.0),
+        ],
+    )

@@ -1,0 +1,81 @@
+"""Addition with an optional scratchpad: the response's length is the policy's own choice.
+
+Prompt ``"58+67="``; the answer is the sum written least significant digit first (``"521"``), as
+in ``ArithmeticTask``. Before it, a response may write up to one note per column, the column's
+digit sum with the carry in (least significant column first), then ``">"``::
+
+    "521"          no working
+    "15>521"       the first column: 8 + 7 = 15
+    "15,12>521"    both columns: 8 + 7 = 15, then 5 + 6 + 1 = 12
+
+All three are correct: the ``final_answer`` reward reads only the text after the last ``">"``
+(the whole response when there is none). The notes are true working (a note's tens digit is the
+next column's carry), so a longer response may be a more accurate one, but nothing in the reward
+asks for any length: how much to write is the policy's choice. SFT targets draw the number of
+notes uniformly from 0 to the number of columns, so the policy starts with a spread of lengths
+for RL to move (Dr. GRPO, Liu et al. 2025, §3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rl_jax.data.example import Example, GeneratedTask
+
+SCRATCHPAD_SEPARATOR = ">"
+# Notes (comma-separated column sums) then ">", optional; then the reversed sum.
+SCRATCHPAD_FORMAT = r"([0-9]+(,[0-9]+)*>)?[0-9]+"
+
+
+def column_notes(a: int, b: int) -> list[str]:
+    """The digit sum of each column of ``a + b`` with the carry in, least significant first.
+
+    ``column_notes(58, 67) == ["15", "12"]``: ``8 + 7 = 15``, then ``5 + 6 + 1 = 12``; a final
+    carry is not a column (``"521"`` already ends in it).
+    """
+    if a < 0 or b < 0:
+        raise ValueError(f"operands must be >= 0, got {a}, {b}")
+    notes, carry = [], 0
+    for i in range(max(len(str(a)), len(str(b)))):
+        total = (a // 10**i) % 10 + (b // 10**i) % 10 + carry
+        notes.append(str(total))
+        carry = total // 10
+    return notes
+
+
+def final_answer(completion: str) -> str:
+    """The text after the last ``">"`` of the stripped completion (all of it when there is none)."""
+    return completion.strip().rsplit(SCRATCHPAD_SEPARATOR, 1)[-1].strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScratchpadAdditionTask(GeneratedTask):
+    """``a + b`` with both operands uniform in ``[min_value, max_value]``; SFT targets carry
+    ``k`` notes, ``k`` uniform in ``[0, columns]``.
+
+    ``answer`` is the reversed sum alone; ``target`` is ``",".join(notes[:k]) + ">" + answer``
+    (just ``answer`` when ``k = 0``). ``info`` holds ``operands``, ``notes`` (all columns) and
+    ``format``.
+    """
+
+    min_value: int = 10
+    max_value: int = 999
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_value <= self.max_value:
+            raise ValueError(
+                f"need 0 <= min_value <= max_value, got {self.min_value}, {self.max_value}"
+            )
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        """Draw one problem, and the number of notes of its SFT target, from ``rng``."""
+        a, b = (int(x) for x in rng.integers(self.min_value, self.max_value, size=2, endpoint=True))
+        answer = str(a + b)[::-1]
+        notes = column_notes(a, b)
+        k = int(rng.integers(0, len(notes), endpoint=True))
+        target = ",".join(notes[:k]) + SCRATCHPAD_SEPARATOR + answer if k else answer
+        info = {"operands": (a, b), "notes": tuple(notes), "format": SCRATCHPAD_FORMAT}
+        return Example(prompt=f"{a}+{b}=", target=target, answer=answer, info=info)
