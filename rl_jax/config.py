@@ -26,6 +26,7 @@ from rl_jax import data, rewards
 from rl_jax.kl import KLEstimator
 from rl_jax.losses import AGG_MODES
 from rl_jax.models import SUPPORTED_MODEL_TYPES
+from rl_jax.models.config import REMAT_POLICIES
 from rl_jax.optim import SCHEDULES, optim_config
 
 STAGES = ("sft", "rm", "rl")
@@ -61,7 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.max_len = 64  # context of a fresh model
     c.model.init_std = 0.1  # of a fresh model (0.02, as in HF configs, trains slowly at width 64)
     c.model.dtype = "float32"
-    c.model.remat = False
+    # Per-layer activation checkpointing (jax.checkpoint policy): none | full (recompute each
+    # layer in the backward) | dots_saveable | dots_with_no_batch_dims_saveable (keep matmuls)
+    c.model.remat = "none"
+    # Decoder layers stacked ([num_layers, ...] params) and run in one lax.scan (MaxText's
+    # scan_layers): one compiled layer body; HF/GGUF files are converted when loaded and saved.
+    c.model.scan_layers = False
     # Positions per chunk of the LM head in the losses: the live logits are [batch, chunk, vocab]
     # float32, never [batch, time, vocab] (rl_jax.chunked); 0 = the whole sequence at once.
     c.model.logits_chunk = 128
@@ -223,6 +229,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     choice("model.model_type", SUPPORTED_MODEL_TYPES)
     choice("model.dtype", DTYPES)
     choice("model.attention_impl", ("matmul", "xla", "cudnn"))
+    choice("model.remat", REMAT_POLICIES)
+    choice("model.scan_layers", (False, True))
     at_least("model.logits_chunk", 0)
     if config.model.attention_impl != "matmul" and config.model.path:
         bad("model.attention_impl", config.model.attention_impl, "'matmul' with model.path set "

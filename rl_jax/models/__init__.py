@@ -35,6 +35,7 @@ from rl_jax.models.transformer import (
     init_decode_cache,
     last_token_index,
     positions_from_mask,
+    reconfigure,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "positions_from_mask",
     "read_gguf_tensors",
     "read_hf_tensors",
+    "reconfigure",
     "save_pretrained",
     "tiny_config",
     "to_hf_tensors",

@@ -85,7 +85,8 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
                 f"config.model.path = {m.path!r}: cannot load the model ({_one_line(error)}); "
                 "expected a Hugging Face directory with config.json and complete *.safetensors"
             ) from error
-        return policy
+        # The file holds one tensor per layer: the config's layout and remat policy go on here.
+        return models.reconfigure(policy, remat=m.remat, scan_layers=m.scan_layers)
     # tiny_config sets the architectural flags of the model type (Qwen2 qkv bias, Qwen3 q/k norm).
     model_config = models.tiny_config(
         m.model_type,
@@ -103,6 +104,7 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
         pad_token_id=tokenizer.pad_token_id,
         dtype=m.dtype,
         remat=m.remat,
+        scan_layers=m.scan_layers,
         attention_impl=m.attention_impl,
     )
     return models.CausalLM(model_config, rngs=nnx.Rngs(config.seed))
