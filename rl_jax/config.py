@@ -175,6 +175,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.every = 50  # every stage's evaluation cadence (0 = only at a stage's last step)
     c.eval.k = 4  # pass@k and maj@k with k samples (0 = greedy pass@1 only)
 
+    c.memory = ml_collections.ConfigDict()  # the start-up estimate (rl_jax.memory)
+    # GiB a device may use; 0 = the device's own bytes_limit (none on CPU: then nothing is checked)
+    c.memory.device_gb = 0.0
+    c.memory.check = True  # raise before compiling when the estimate exceeds it (False: print only)
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 100
     c.checkpoint.keep = 2
@@ -248,6 +253,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     for field in ("seed", "checkpoint.every", "checkpoint.keep", "log.every"):
         at_least(field, 0 if field == "seed" else 1)
     at_least("log.samples_every", 0)
+    at_least("memory.device_gb", 0)
+    choice("memory.check", (False, True))
     at_least("eval.every", 0)
     if "rl" in stages or "sft" in stages:
         at_least("rollout.max_new_tokens", 1)
