@@ -269,7 +269,7 @@ def format_table(est: dict[str, int], limit: int | None = None) -> str:
     peak = max(PHASES, key=lambda p: est[f"phase/{p}"])
     lines.append(f"  {'total':<10} {est['total'] / GIB:>9.3f}  (persistent + {peak})")
     if limit:
-        lines.append(f"  {'device':<10} {limit / GIB:>9.3f}  (limit)")
+        lines.append(f"  {'device':<10} {limit / GIB:>9.3f}  (the limit it is checked against)")
     return "\n".join(lines)
 
 
@@ -283,16 +283,16 @@ def device_limit(config: ml_collections.ConfigDict) -> int | None:
 
 
 def check_fits(est: dict[str, int], limit: int | None) -> None:
-    """Raises ``MemoryError`` when ``est["total"] > limit``, naming the largest items and the config
-    fields that reduce them. ``limit`` None: nothing to check against."""
+    """Raises ``MemoryError`` when ``est["total"] > limit``, naming every item, largest first, and
+    the config fields that reduce it. ``limit`` None: nothing to check against."""
     if limit is None or est["total"] <= limit:
         return
     items = [k for k in REMEDIES if est.get(k, 0)]
     items.sort(key=lambda k: -est[k])
-    advice = "\n".join(f"  {k} ({est[k] / GIB:.2f} GiB): {REMEDIES[k]}" for k in items[:6])
+    advice = "\n".join(f"  {k} ({est[k] / GIB:.3g} GiB): {REMEDIES[k]}" for k in items)
     raise MemoryError(
-        f"the run needs an estimated {est['total'] / GIB:.2f} GiB per device, more than the "
-        f"{limit / GIB:.2f} GiB available (memory.device_gb or the device's bytes_limit). "
+        f"the run needs an estimated {est['total'] / GIB:.3g} GiB per device, more than the "
+        f"{limit / GIB:.3g} GiB available (memory.device_gb or the device's bytes_limit). "
         f"The largest items and the config fields that reduce them:\n{advice}\n"
         "memory.check = False runs anyway (the estimate is approximate)."
     )
