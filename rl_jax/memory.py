@@ -33,8 +33,10 @@ Sampling (the rollout batch, ``R_s = ceil(num_prompts * group_size / D)`` rows p
   * evaluation samples every held-out prompt at once, ``eval.k`` times (greedy once when k = 0):
     the same items for ``ceil(eval.num_examples x max(k, 1) / D)`` rows (``eval_*``).
 
-Prepare (forward only, the whole rollout batch ``R_s`` rows; when the old log-probs, the reference
-or the values are computed): two layers' activations (``layer_bytes`` below) and the logits
+Prepare (forward only, each device's whole share of the rollout batch, ``R_s`` rows, at once;
+when the old log-probs, the reference or the values are computed): one layer's forward peak
+(``R_s x T x (b 2H + 8H + max(attention, MLP))``, attention ``b (3 n_q d + 4 n_kv d) + n_q T
+(4 + b)``, MLP ``3 I b``) and the logits
 (``2 x R_s x T x V x 4`` full, or ``2 x R_s x c x V x 4`` chunked with ``c = model.logits_chunk``).
 
 Update (one minibatch, ``R_u = ceil(num_prompts * group_size / num_minibatches / D)`` rows):
@@ -99,10 +101,13 @@ REMEDIES = {
     "kv_cache": "rl.num_prompts, rl.group_size, rollout.max_new_tokens, more devices",
     "eval_kv_cache": "eval.num_examples, eval.k, rollout.max_new_tokens",
     "activations": "rl.num_minibatches (more, smaller minibatches), model.remat='full', "
-                   "model.scan_layers=True",
+                   "model.scan_layers=True, model.attention_impl='cudnn' (GPU)",
     "logits": "model.logits_chunk (e.g. 128; 0 = the full [rows, T, vocab] logits), "
               "rl.num_minibatches",
     "prepare_logits": "model.logits_chunk, more devices",
+    "prepare_activations": "rl.num_prompts or rl.group_size (prepare runs each device's whole "
+                           "rollout share at once), model.attention_impl='cudnn' (GPU), "
+                           "more devices",
     "weights_workspace": "model.scan_layers=True",
     "sft_activations": "sft.batch_size, model.remat='full', model.scan_layers=True",
     "sft_logits": "model.logits_chunk, sft.batch_size",
@@ -129,13 +134,17 @@ def sharded_elements(shapes: list[tuple[int, ...]], fsdp: int) -> int:
     return total
 
 
-def layer_bytes(c: ModelConfig, time: int, compute_bytes: int, remat: str) -> tuple[int, int]:
-    """``(saved, full)``: bytes per row and token that one layer keeps for the backward under
-    ``remat``, and all it holds without remat (see the module docstring)."""
+def layer_bytes(c: ModelConfig, time: int, compute_bytes: int, remat: str) -> tuple[int, int, int]:
+    """``(saved, full, forward_peak)`` bytes per row and token of one layer: what it keeps for
+    the backward under ``remat``, all it holds without remat, and the most a forward-only pass
+    holds at once (the residual stream and its norm, plus the larger of the attention and MLP
+    intermediates). See the module docstring."""
     b, h, i, d = compute_bytes, c.hidden_size, c.intermediate_size, c.head_dim
     nq, nkv = c.num_heads, c.num_kv_heads
-    attention = 0 if c.attention_impl == "cudnn" else nq * time * (4 + b)
-    full = b * (4 * h + 3 * nq * d + 4 * nkv * d + 3 * i) + 8 * h + attention
+    scores = 0 if c.attention_impl == "cudnn" else nq * time * (4 + b)
+    attention = b * (3 * nq * d + 4 * nkv * d) + scores
+    mlp = 3 * i * b
+    full = b * 4 * h + 8 * h + attention + mlp
     dots_no_batch = b * (2 * h + (nq + 2 * nkv) * d + 2 * i)
     saved = {
         "none": full,
@@ -143,15 +152,15 @@ def layer_bytes(c: ModelConfig, time: int, compute_bytes: int, remat: str) -> tu
         "dots_saveable": dots_no_batch + b * (nq * time + nq * d),
         "dots_with_no_batch_dims_saveable": dots_no_batch,
     }[remat]
-    return saved, full
+    return saved, full, 2 * h * b + 8 * h + max(attention, mlp)
 
 
 def activation_bytes(c: ModelConfig, rows: int, time: int, *, backward: bool) -> int:
     """Activations of the decoder on ``[rows, time]`` tokens: with ``backward`` what every layer
-    saves (``L x saved``) plus one layer recomputed; without, two layers' worth (forward only)."""
-    saved, full = layer_bytes(c, time, _bytes(c.dtype), c.remat)
+    saves (``L x saved``) plus one layer recomputed; without, one layer's forward peak."""
+    saved, full, forward_peak = layer_bytes(c, time, _bytes(c.dtype), c.remat)
     if not backward:
-        return 2 * rows * time * full
+        return rows * time * forward_peak
     extra = full if c.remat != "none" else 0
     return rows * time * (c.num_layers * saved + extra)
 
@@ -251,8 +260,9 @@ def estimate(
         out["sft_activations"] = activation_bytes(c, r, length, backward=True)
         out["sft_logits"] = logits_bytes(r, length, length, c.vocab_size,
                                          config.model.logits_chunk, 3)
-    for phase, items in PHASES.items():
-        out[f"phase/{phase}"] = sum(out[k] for k in items)
+    for phase, items in PHASES.items():  # the shared workspace counts only in a phase that runs
+        own = sum(out[k] for k in items if k != "weights_workspace")
+        out[f"phase/{phase}"] = own + out["weights_workspace"] if own else 0
     out["persistent"] = sum(out[k] for k in PERSISTENT)
     out["total"] = out["persistent"] + max(out[f"phase/{p}"] for p in PHASES)
     return out
@@ -264,7 +274,7 @@ def format_table(est: dict[str, int], limit: int | None = None) -> str:
     for group, items in [("persistent", PERSISTENT), *PHASES.items()]:
         parts = [f"{k} {est[k] / GIB:.3g}" for k in items if est[k]]
         total = est["persistent" if group == "persistent" else f"phase/{group}"]
-        if parts:
+        if parts and total:
             lines.append(f"  {group:<10} {total / GIB:>9.3f}  ({', '.join(parts)})")
     peak = max(PHASES, key=lambda p: est[f"phase/{p}"])
     lines.append(f"  {'total':<10} {est['total'] / GIB:>9.3f}  (persistent + {peak})")
