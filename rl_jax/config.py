@@ -26,6 +26,7 @@ from rl_jax import data, rewards
 from rl_jax.kl import KLEstimator
 from rl_jax.losses import AGG_MODES
 from rl_jax.models import LORA_TARGETS, SUPPORTED_MODEL_TYPES
+from rl_jax.models.config import REMAT_POLICIES
 from rl_jax.optim import SCHEDULES, optim_config
 
 STAGES = ("sft", "rm", "rl")
@@ -72,13 +73,18 @@ def default_config() -> ml_collections.ConfigDict:
     # Storage dtype of the parameters, hence of the optimizer state: float32 master weights.
     # bfloat16 storage rounds small updates away (AdamW at lr 1e-6 moves few bf16 weights).
     c.model.param_dtype = "float32"
-    c.model.remat = False
     # LoRA (rl_jax.models.lora): adapters W + (alpha / rank) A B on the named projections; only
     # they train (the base is frozen: the reference policy with the adapters off). rank 0 = off.
     c.model.lora = ml_collections.ConfigDict()
     c.model.lora.rank = 0
     c.model.lora.alpha = 16.0
     c.model.lora.targets = LORA_TARGETS  # a non-empty subset of LORA_TARGETS (HF module names)
+    # Per-layer activation checkpointing (jax.checkpoint policy): none | full (recompute each
+    # layer in the backward) | dots_saveable | dots_with_no_batch_dims_saveable (keep matmuls)
+    c.model.remat = "none"
+    # Decoder layers stacked ([num_layers, ...] params) and run in one lax.scan (MaxText's
+    # scan_layers): one compiled layer body; HF/GGUF files are converted when loaded and saved.
+    c.model.scan_layers = False
     # Positions per chunk of the LM head in the losses: the live logits are [batch, chunk, vocab]
     # float32, never [batch, time, vocab] (rl_jax.chunked); 0 = the whole sequence at once.
     c.model.logits_chunk = 128
@@ -195,6 +201,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.every = 50  # every stage's evaluation cadence (0 = only at a stage's last step)
     c.eval.k = 4  # pass@k and maj@k with k samples (0 = greedy pass@1 only)
 
+    c.memory = ml_collections.ConfigDict()  # the start-up estimate (rl_jax.memory)
+    # GiB a device may use; 0 = the device's own bytes_limit (none on CPU: then nothing is checked)
+    c.memory.device_gb = 0.0
+    c.memory.check = True  # raise before compiling when the estimate exceeds it (False: print only)
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 100
     c.checkpoint.keep = 2
@@ -251,6 +262,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     choice("model.param_dtype", PARAM_DTYPES)
     _check_lora(config, bad)
     choice("model.attention_impl", ("matmul", "xla", "cudnn"))
+    choice("model.remat", REMAT_POLICIES)
+    choice("model.scan_layers", (False, True))
     at_least("model.logits_chunk", 0)
     if config.model.attention_impl != "matmul" and config.model.path:
         bad("model.attention_impl", config.model.attention_impl, "'matmul' with model.path set "
@@ -280,6 +293,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     for field in ("seed", "checkpoint.every", "checkpoint.keep", "log.every"):
         at_least(field, 0 if field == "seed" else 1)
     at_least("log.samples_every", 0)
+    at_least("memory.device_gb", 0)
+    choice("memory.check", (False, True))
     at_least("eval.every", 0)
     if "rl" in stages or "sft" in stages:
         at_least("rollout.max_new_tokens", 1)
@@ -327,6 +342,9 @@ def _check_lora(config, bad) -> None:
         return
     if lora.rank == 0:
         return
+    if config.model.scan_layers:
+        bad("model.scan_layers", True, "False with model.lora.rank > 0 (adapters are added to "
+            "listed layers only)")
     if isinstance(lora.alpha, bool) or not isinstance(lora.alpha, (int, float)) or not (
         lora.alpha > 0
     ):

@@ -153,6 +153,8 @@ BAD_CONFIGS = [
     ("rl.critic_init", "value", "config.rl.critic_init = 'value'"),
     ("model.attention_impl", "flash", "config.model.attention_impl = 'flash': expected one of"),
     ("model.logits_chunk", -1, "config.model.logits_chunk = -1: expected a number >= 0"),
+    ("model.remat", "some", "config.model.remat = 'some': expected one of 'none', 'full'"),
+    ("memory.device_gb", -1.0, "config.memory.device_gb = -1.0: expected a number >= 0"),
     ("loss.policy_loss", "ppo2", "config.loss.policy_loss = 'ppo2': expected one of 'ppo'"),
     ("loss.is_correction", "tis", "config.loss.is_correction = 'tis': expected one of 'none'"),
 ]

@@ -49,6 +49,7 @@ from rl_jax.models.transformer import (
     init_decode_cache,
     last_token_index,
     positions_from_mask,
+    reconfigure,
 )
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "positions_from_mask",
     "read_gguf_tensors",
     "read_hf_tensors",
+    "reconfigure",
     "save_merged",
     "save_pretrained",
     "tiny_config",

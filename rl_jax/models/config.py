@@ -13,6 +13,11 @@ _SUPPORTED_DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("matmul", "xla", "cudnn")
 # The projections a LoRA adapter can sit on (one adapter per HF module name, see `LoRALinear`).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# What each decoder layer keeps for the backward pass (jax.checkpoint policies; see
+# rl_jax.models.transformer.remat_policy): everything ("none": no remat), only its input
+# ("full": all else recomputed), or matmul outputs (jax's dots_saveable, or
+# dots_with_no_batch_dims_saveable: the weight matmuls' outputs, attention's recomputed).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 _HF_CONFIG_CLASSES = {
     "llama": transformers.LlamaConfig,
@@ -42,7 +47,14 @@ class ModelConfig:
 
     `dtype` is the compute dtype of activations; `param_dtype` the storage dtype of parameters.
     `eos_token_id` may be a tuple when the checkpoint lists several (Llama 3 instruct).
-    Logits are always float32. `remat` checkpoints each decoder layer in the no-cache forward.
+    Logits are always float32. `remat` is the checkpoint policy of each decoder layer in the
+    no-cache forward, one of `REMAT_POLICIES` ("none" keeps every activation for the backward;
+    True / False are read as "full" / "none"). `scan_layers` stores the decoder layers' parameters
+    stacked with a leading [num_layers] axis and runs them in one `lax.scan` (MaxText's
+    scan_layers): one compiled layer body instead of num_layers copies; the KV cache is then
+    stacked too (see `init_decode_cache`). `rl_jax.models.reconfigure` converts a
+    model between the two layouts; the HF/GGUF loaders and `save_pretrained` do it at the file
+    boundary.
     `attention_bias` puts biases on the q/k/v projections (Qwen2); `attention_out_bias` on the
     output projection too (Llama/Qwen3 with `attention_bias=True` in their HF config).
     `attention_impl` is the training forward's attention (no cache): "matmul" (rl_jax's batched
@@ -75,11 +87,12 @@ class ModelConfig:
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"
     attention_impl: str = "matmul"
     lora_rank: int = 0  # 0 = no adapters
     lora_alpha: float = 16.0  # adapter scale alpha / rank (PEFT's convention)
     lora_targets: tuple[str, ...] = ()
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -90,6 +103,10 @@ class ModelConfig:
             raise ValueError(f"lora_targets {unknown} are not projections; known: {LORA_TARGETS}")
         if self.lora_rank > 0 and not self.lora_targets:
             raise ValueError(f"lora_rank = {self.lora_rank} needs lora_targets (of {LORA_TARGETS})")
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
@@ -132,7 +149,7 @@ class ModelConfig:
 
         A dict goes through the matching transformers config class first, so both the old
         (`rope_theta` + `rope_scaling`) and the new (`rope_parameters`) layouts are understood.
-        `overrides` replace fields after conversion (e.g. dtype="bfloat16", remat=True).
+        `overrides` replace fields after conversion (e.g. dtype="bfloat16", remat="full").
         """
         if isinstance(hf_config, Mapping):
             model_type = hf_config.get("model_type")

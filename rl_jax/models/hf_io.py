@@ -10,6 +10,7 @@ Only local directories are read: nothing is ever fetched from the hub.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import transformers
 from flax import nnx
 
 from rl_jax.models.config import ModelConfig
-from rl_jax.models.transformer import CausalLM
+from rl_jax.models.transformer import CausalLM, reconfigure
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -79,6 +80,7 @@ def to_hf_tensors(model: CausalLM) -> dict[str, np.ndarray]:
             "rl_jax.models.merge_adapters(model) (or call rl_jax.models.save_merged)"
         )
     tensors = {}
+    model = reconfigure(model, scan_layers=False)  # checkpoints hold one tensor per layer
     for path, value in _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))):
         array = np.asarray(value)
         tensors[hf_name(path)] = np.ascontiguousarray(array.T if _is_transposed(path) else array)
@@ -144,13 +146,17 @@ def params_from_hf(
     """A CausalLM whose parameters are `tensors` (HF names and layout), cast to param_dtype.
 
     Raises ValueError naming the tensor (and its file, from `files`, or else `source`) for a
-    missing tensor, a wrong shape or an unexpected one.
+    missing tensor, a wrong shape or an unexpected one. With `config.scan_layers` the layers
+    are loaded one by one, then stacked (`reconfigure`).
     """
     if config.lora_rank:
         raise ValueError(
             f"{source}: a checkpoint holds no LoRA adapters; load the base model (lora_rank=0) "
             "and add them with rl_jax.models.add_adapters"
         )
+    if config.scan_layers:
+        unscanned = dataclasses.replace(config, scan_layers=False)
+        return reconfigure(params_from_hf(unscanned, tensors, files, source), scan_layers=True)
     files = files or {}
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -18,16 +19,22 @@ class DecodeCache(NamedTuple):
 
     k: tuple of num_layers arrays [batch, num_kv_heads, head_dim, max_len] (keys transposed).
     v: tuple of num_layers arrays [batch, num_kv_heads, max_len, head_dim].
+    With `scan_layers` each is one stacked array instead: k [num_layers, batch, num_kv_heads,
+    head_dim, max_len], v [num_layers, batch, num_kv_heads, max_len, head_dim] (`k[i]` and `v[i]`
+    are layer i's buffers in both layouts).
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...] | jax.Array
+    v: tuple[jax.Array, ...] | jax.Array
 
 
 def init_decode_cache(
     config: ModelConfig, batch: int, max_len: int, dtype: Any = None
 ) -> DecodeCache:
     """A zero `DecodeCache`; `dtype` defaults to the compute dtype of `config`.
+
+    With `config.scan_layers` the layers' buffers are stacked into one array each (see
+    `DecodeCache`), read and written in place by the scanned layers.
 
     One key and one value buffer per layer, keys transposed: a decode step's attention is then
     two batched matmuls that read each layer's buffers in place (see
@@ -38,6 +45,11 @@ def init_decode_cache(
     dtype = jnp.dtype(config.dtype if dtype is None else dtype)
     b, kv, d = batch, config.num_kv_heads, config.head_dim
     layers = range(config.num_layers)
+    if config.scan_layers:
+        n = config.num_layers
+        return DecodeCache(
+            k=jnp.zeros((n, b, kv, d, max_len), dtype), v=jnp.zeros((n, b, kv, max_len, d), dtype)
+        )
     return DecodeCache(
         k=tuple(jnp.zeros((b, kv, d, max_len), dtype) for _ in layers),
         v=tuple(jnp.zeros((b, kv, max_len, d), dtype) for _ in layers),
@@ -77,6 +89,70 @@ def _layer_forward(
     return layer(h, cos, sin, mask)
 
 
+def remat_policy(name: str) -> Any:
+    """The `jax.checkpoint` policy of a `ModelConfig.remat` name (not for "none": no checkpoint).
+
+    "full": nothing is saved inside a layer (its input is, as the checkpoint's argument); the
+    backward recomputes the layer's forward. "dots_saveable": the outputs of every matmul are
+    saved, elementwise ops (norms, rotary, silu, softmax) recomputed.
+    "dots_with_no_batch_dims_saveable": only matmuls without batch dimensions (the weight
+    projections) are saved; attention's batched score and value matmuls are recomputed.
+    """
+    policies = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots_saveable": jax.checkpoint_policies.dots_saveable,
+        "dots_with_no_batch_dims_saveable": (
+            jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        ),
+    }
+    if name not in policies:
+        raise ValueError(f"remat policy {name!r}: expected one of {sorted(policies)}")
+    return policies[name]
+
+
+def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
+    """One module of `modules[0]`'s structure whose every array is the stack of the modules'
+    arrays along a new leading axis: leaves [len(modules), ...]. For `lax.scan` over layers."""
+    graphdef, _ = nnx.split(modules[0])
+    states = [nnx.state(m) for m in modules]
+    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+
+# Config fields a built model can change without touching its weights.
+RECONFIGURABLE = ("remat", "scan_layers", "attention_impl")
+
+
+def reconfigure(model: nnx.Module, **changes: Any) -> nnx.Module:
+    """`model` (a CausalLM, ValueModel or RewardModel) with config fields of `RECONFIGURABLE`
+    changed: the same class and weights. `scan_layers` converts the decoder layers between the
+    list and the stacked ([num_layers, ...] leaves) layouts (a copy); other changes reuse the
+    arrays. Returns `model` itself when nothing changes.
+
+    Raises:
+      ValueError: for a field outside `RECONFIGURABLE` (it would change the weights' shapes).
+    """
+    unknown = sorted(set(changes) - set(RECONFIGURABLE))
+    if unknown:
+        raise ValueError(f"reconfigure: {unknown} cannot change; expected fields of "
+                         f"{RECONFIGURABLE}")
+    config = model.config
+    new_config = dataclasses.replace(config, **changes)
+    if new_config == config:
+        return model
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: type(model)(new_config, rngs=nnx.Rngs(0))))
+    pure = nnx.to_pure_dict(nnx.state(model))
+    layers = pure["model"]["layers"]
+    if new_config.scan_layers and not config.scan_layers:  # {0: tree, ...} -> [L, ...] leaves
+        per_layer = [layers[i] for i in range(config.num_layers)]
+        pure["model"]["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    elif config.scan_layers and not new_config.scan_layers:
+        pure["model"]["layers"] = {
+            i: jax.tree.map(lambda x, i=i: x[i], layers) for i in range(config.num_layers)
+        }
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+
 class Transformer(nnx.Module):
     """Embedding, decoder layers and final norm: tokens -> hidden states.
 
@@ -94,7 +170,9 @@ class Transformer(nnx.Module):
             embedding_init=param_init(config),
             rngs=rngs,
         )
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        layers = [DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)]
+        # Scanned: one DecoderLayer whose arrays are [num_layers, ...] (the same initial weights).
+        self.layers = stack_modules(layers) if config.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config)
 
     def __call__(
@@ -120,7 +198,11 @@ class Transformer(nnx.Module):
                     f"got {key_mask.shape}"
                 )
             mask = attention_mask(key_mask, tokens.shape[1])
-            forward = nnx.remat(_layer_forward) if self.config.remat else _layer_forward
+            if self.config.scan_layers:
+                return self.norm(self._scan_forward(h, cos, sin, mask)), None
+            forward = _layer_forward
+            if self.config.remat != "none":
+                forward = nnx.remat(_layer_forward, policy=remat_policy(self.config.remat))
             for layer in self.layers:
                 h = forward(layer, h, cos, sin, mask)
             return self.norm(h), None
@@ -132,12 +214,61 @@ class Transformer(nnx.Module):
             )
         cache_index = jnp.asarray(cache_index, jnp.int32)
         mask = attention_mask(key_mask, tokens.shape[1], cache_index)
+        if self.config.scan_layers:
+            h, cache = self._scan_decode(h, cos, sin, mask, cache, cache_index)
+            return self.norm(h), cache
         keys_t, values = list(cache.k), list(cache.v)
         for i, layer in enumerate(self.layers):
             h, keys_t[i], values[i] = layer.decode_in_place(
                 h, cos, sin, mask, keys_t[i], values[i], cache_index
             )
         return self.norm(h), DecodeCache(tuple(keys_t), tuple(values))
+
+    def _scan_forward(
+        self, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array
+    ) -> jax.Array:
+        """The stacked layers over h [B, T, hidden] in one `lax.scan` (each step under
+        `jax.checkpoint` with the configured remat policy)."""
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(h, layer_state):
+            return nnx.merge(graphdef, layer_state)(h, cos, sin, mask), None
+
+        if self.config.remat != "none":
+            body = jax.checkpoint(body, policy=remat_policy(self.config.remat))
+        return jax.lax.scan(body, h, stacked)[0]
+
+    def _scan_decode(
+        self, h: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+        cache: DecodeCache, cache_index: jax.Array,
+    ) -> tuple[jax.Array, DecodeCache]:
+        """`DecoderLayer.decode_in_place` of every stacked layer in one `lax.scan`.
+
+        The stacked cache (k [L, B, K, D, S], v [L, B, K, S, D]) is carried through the scan and
+        only the new tokens' slots of layer i are written (a dynamic-update-slice of
+        [1, B, K, D, T]), so the cache is updated in place, never copied per step.
+        """
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(carry, xs):
+            h, keys_t, values = carry
+            layer_state, i = xs
+            layer = nnx.merge(graphdef, layer_state)
+            attn = layer.self_attn
+            q, k, v = attn.project_qkv(layer.input_layernorm(h), cos, sin)
+            k_t = k.transpose(0, 2, 3, 1)[None].astype(keys_t.dtype)  # [1, B, K, D, T]
+            v_t = v.transpose(0, 2, 1, 3)[None].astype(values.dtype)  # [1, B, K, T, D]
+            keys_t = jax.lax.dynamic_update_slice(keys_t, k_t, (i, 0, 0, 0, cache_index))
+            values = jax.lax.dynamic_update_slice(values, v_t, (i, 0, 0, cache_index, 0))
+            h = h + attn.attend_transposed(q, keys_t[i], values[i], mask)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            return (h, keys_t, values), None
+
+        layer_ids = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        (h, keys_t, values), _ = jax.lax.scan(
+            body, (h, cache.k, cache.v), (stacked, layer_ids)
+        )
+        return h, DecodeCache(keys_t, values)
 
 
 class CausalLM(nnx.Module):

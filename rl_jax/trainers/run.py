@@ -10,7 +10,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from rl_jax import parallel
+from rl_jax import memory, parallel
 from rl_jax.config import check_config
 from rl_jax.trainers import plots
 from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
@@ -66,6 +66,8 @@ def run(
 
     Raises:
       ConfigError, ConfigChangedError, WorkdirLockedError: before any training;
+      MemoryError: the per-device memory estimate (printed) exceeds the device's
+        (``rl_jax.memory``), before anything is compiled;
       loop.StageInterrupted: SIGTERM/SIGINT, after saving the running step.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
@@ -82,6 +84,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mes
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ctx.policy)))
     print(f"devices: {mesh.devices.size} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}; "
           f"policy: {num_params:,} parameters")
+    memory.startup_check(config, ctx, mesh)  # MemoryError here, before anything is compiled
     params = nnx.state(ctx.policy)
     summary: dict = {}
     if "sft" in config.stages and _rl_resumes_without_sft(config, workdir):

@@ -133,7 +133,8 @@ def _build_base_policy(config: ml_collections.ConfigDict, tokenizer) -> models.C
                 f"config.model.path = {m.path!r}: cannot load the model ({_one_line(error)}); "
                 "expected a Hugging Face directory with config.json and complete *.safetensors"
             ) from error
-        return policy
+        # The file holds one tensor per layer: the config's layout and remat policy go on here.
+        return models.reconfigure(policy, remat=m.remat, scan_layers=m.scan_layers)
     # tiny_config sets the architectural flags of the model type (Qwen2 qkv bias, Qwen3 q/k norm).
     model_config = models.tiny_config(
         m.model_type,
@@ -152,6 +153,7 @@ def _build_base_policy(config: ml_collections.ConfigDict, tokenizer) -> models.C
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat=m.remat,
+        scan_layers=m.scan_layers,
         attention_impl=m.attention_impl,
     )
     return models.CausalLM(model_config, rngs=nnx.Rngs(config.seed))
