@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from rl_jax import rewards
+from rl_jax.parallel import to_host
 
 
 def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, float]:
@@ -25,11 +26,12 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
     ctx.sampler.params = params
     prompts = ctx.encode_prompts(examples)
     out = ctx.sampler.generate(prompts, key, max_new_tokens=cfg.rollout.max_new_tokens, greedy=True)
-    texts = ctx.decode_responses(out.response_tokens, out.response_mask)
+    # The whole output on every process (an all-gather when the mesh spans processes).
+    texts = ctx.decode_responses(to_host(out.response_tokens), to_host(out.response_mask))
     correct = rewards.combine_rewards({correctness: 1.0}, texts, examples)[0]
     result = {
         "pass@1": float(np.mean(correct)),
-        "length": float(np.mean(np.asarray(out.response_lengths))),
+        "length": float(np.mean(to_host(out.response_lengths))),
     }
     if len(cfg.rewards.weights):
         per_fn = rewards.combine_rewards(cfg.rewards.weights.to_dict(), texts, examples)[1]
@@ -42,7 +44,7 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
             max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature,
         )
-        texts = ctx.decode_responses(out.response_tokens, out.response_mask)
+        texts = ctx.decode_responses(to_host(out.response_tokens), to_host(out.response_mask))
         repeated = [ex for ex in examples for _ in range(k)]
         sample_correct = rewards.combine_rewards({correctness: 1.0}, texts, repeated)[0]
         sample_correct = sample_correct.reshape(len(examples), k)
