@@ -25,6 +25,7 @@ import threading
 import time
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+ROOT = os.path.dirname(os.path.dirname(TRAIN))
 
 
 def free_port() -> int:
@@ -45,6 +46,8 @@ def process_env(devices_per_process: int, platform: str) -> dict[str, str]:
         )
         env["JAX_PLATFORMS"] = "cpu"
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # This checkout's rl_jax first (train.py's own folder is what Python puts on the path).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH", "")]))
     return env
 
 
@@ -76,9 +79,10 @@ def launch(
     platform: str = "cpu",
     timeout: float = 600.0,
     out=sys.stdout,
-    python: str = sys.executable,
+    script: str = TRAIN,
 ) -> int:
-    """Runs ``train.py train_args`` as ``num_processes`` processes of one distributed run.
+    """Runs ``script train_args`` (default: ``train.py``) as ``num_processes`` processes of one
+    distributed run (each also gets the ``--distributed ...`` flags).
 
     Returns 0 when all succeed, else the exit status of the first process that failed (124: the
     timeout passed, all were stopped).
@@ -87,7 +91,7 @@ def launch(
     env = process_env(devices_per_process, platform)
     processes, relays = [], []
     for index in range(num_processes):
-        command = [python, TRAIN, *train_args, "--distributed", f"--coordinator_address={address}",
+        command = [sys.executable, script, *train_args, "--distributed", f"--coordinator_address={address}",
                    f"--num_processes={num_processes}", f"--process_id={index}"]
         p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
