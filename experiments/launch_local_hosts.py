@@ -91,8 +91,9 @@ def launch(
     env = process_env(devices_per_process, platform)
     processes, relays = [], []
     for index in range(num_processes):
-        command = [sys.executable, script, *train_args, "--distributed", f"--coordinator_address={address}",
-                   f"--num_processes={num_processes}", f"--process_id={index}"]
+        command = [sys.executable, script, *train_args, "--distributed",
+                   f"--coordinator_address={address}", f"--num_processes={num_processes}",
+                   f"--process_id={index}"]
         p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
         processes.append(p)

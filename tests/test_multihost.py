@@ -30,15 +30,19 @@ from experiments import launch_local_hosts  # noqa: E402
 from tests.fixtures.tiny_config import get_config  # noqa: E402
 
 CONFIG = ROOT / "tests" / "fixtures" / "tiny_config.py"
-OVERRIDES = {"sft.steps": 2, "rl.num_minibatches": 2, "eval.every": 2}
+# PPO with a critic (GAE): the tiny task's reward is 0 at first, and a group baseline would leave
+# nothing to learn; the critic's values give every step a non-zero update to compare.
+OVERRIDES = {"sft.steps": 2, "rl.num_minibatches": 2, "rl.estimator": "gae", "eval.every": 2}
 # Host-side timings differ run to run; everything else must match.
 TIMINGS = ("step_time", "time_sampling", "time_scoring", "time_update", "tokens_per_second")
-# gloo sums the gradient across processes in another order than XLA within one: float32 rounding.
-RTOL, ATOL = 1e-4, 1e-6
+# gloo sums the gradient across processes in another order than XLA within one: float32 rounding
+# (measured: 5e-7 on metrics of size ~5, 1.5e-8 on parameters).
+RTOL, ATOL = 1e-5, 1e-6
 
 
 def _launch(workdir, rl_steps: int, out) -> int:
     overrides = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "rl.steps": rl_steps}.items()]
+    # Wrong values fail with messages naming them; a run on this shared CPU takes minutes.
     return launch_local_hosts.launch(
         [f"--config={CONFIG}", f"--workdir={workdir}", "--fsdp=4", *overrides],
         num_processes=2, devices_per_process=2, timeout=600, out=out,
@@ -51,12 +55,20 @@ def _lines(workdir) -> list[dict]:
 
 
 def _arrays(directory: Path) -> list[np.ndarray]:
-    step = max(int(p.name) for p in directory.glob("[0-9]*"))
-    tree = ocp.StandardCheckpointer().restore(directory / str(step) / "state")
-    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+    """The arrays of the newest checkpoint in ``directory``, read onto one device (a checkpoint
+    saved over another set of devices needs such a target)."""
+    path = directory / str(max(int(p.name) for p in directory.glob("[0-9]*"))) / "state"
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(path, target))]
 
 
-def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path):
+def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypatch):
+    # The second launch compiles what the first did: read it from a compilation cache.
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     log_path = tmp_path / "processes.log"
     hosts = tmp_path / "hosts"
     with open(log_path, "w", encoding="utf-8") as log:
@@ -74,6 +86,7 @@ def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path):
     run(config, str(single), parallel.make_mesh(fsdp=4, devices=jax.devices()[:4]))
 
     lines, reference = _lines(hosts), _lines(single)
+    assert all(r["grad_norm"] > 0 for r in reference if r["stage"] == "rl")  # RL does learn
     steps = [(r["stage"], r["step"]) for r in lines]
     assert steps == [("sft", 1), ("sft", 2), ("rl", 1), ("rl", 2), ("rl", 3)]  # one line a step
     assert steps == [(r["stage"], r["step"]) for r in reference]
