@@ -42,7 +42,6 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def _launch(workdir, rl_steps: int, out) -> int:
     overrides = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "rl.steps": rl_steps}.items()]
-    # Wrong values fail with messages naming them; a run on this shared CPU takes minutes.
     return launch_local_hosts.launch(
         [f"--config={CONFIG}", f"--workdir={workdir}", "--fsdp=4", *overrides],
         num_processes=2, devices_per_process=2, timeout=600, out=out,
