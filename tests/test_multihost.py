@@ -36,8 +36,9 @@ OVERRIDES = {"sft.steps": 2, "rl.num_minibatches": 2, "rl.estimator": "gae", "ev
 # Host-side timings differ run to run; everything else must match.
 TIMINGS = ("step_time", "time_sampling", "time_scoring", "time_update", "tokens_per_second")
 # gloo sums the gradient across processes in another order than XLA within one: float32 rounding
-# (measured: 5e-7 on metrics of size ~5, 1.5e-8 on parameters).
-RTOL, ATOL = 1e-5, 1e-6
+# (measured: at most 7.6e-6 on a metric of size 57, 1.1e-6 on a parameter; 0.5 of rtol 1e-5 +
+# atol 1e-6 on the worst parameter, so atol is 1e-5).
+RTOL, ATOL = 1e-5, 1e-5
 
 
 def _launch(workdir, rl_steps: int, out) -> int:
