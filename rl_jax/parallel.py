@@ -15,8 +15,12 @@ on all of it there (same results, ``devices`` times the work). Functions that ta
 any row count (the sampler, reward scoring) place them with ``place_rows``, which pads the rows to
 a multiple of the device count; the caller drops the padded rows of the result.
 
-Across hosts, call ``jax.distributed.initialize()`` first; ``jax.devices()`` then lists every
-host's devices and ``shard_batch`` takes each host's local part of the batch.
+Across hosts (processes), call ``jax.distributed.initialize()`` first; ``jax.devices()`` then
+lists every process's devices. Each process holds a contiguous block of a batch's rows,
+``process_rows``: it loads only those examples (``process_share``), ``shard_batch`` assembles the
+global batch from every process's block, ``local_rows`` brings a global array's block to the host,
+``to_host`` the whole array (an all-gather), and ``process_max`` agrees on a padded width.
+``np.asarray`` of an array that spans other processes' devices fails: use these instead.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = "data"
@@ -38,6 +43,12 @@ BATCH_AXES = (DATA, FSDP)
 def make_mesh(*, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ``("data", "fsdp")`` mesh over ``devices`` (default: all devices of all hosts).
 
+    ``jax.make_mesh`` orders the devices by the physical topology (TPU torus, GPU NVLink
+    islands within a host), so an FSDP group, which all-gathers parameters every layer, is made
+    of neighbouring devices; the data axis, which all-reduces once per step, spans the slower
+    links. The axes are ``Auto`` (XLA propagates the shardings; ``make_mesh``'s own default
+    would be ``Explicit``).
+
     Args:
       fsdp: how many devices share (shard) one copy of the parameters; ``data = len(devices) //
         fsdp`` copies exist.
@@ -46,8 +57,9 @@ def make_mesh(*, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> 
     devices = list(jax.devices() if devices is None else devices)
     if fsdp < 1 or len(devices) % fsdp:
         raise ValueError(f"fsdp={fsdp} must be >= 1 and divide the device count {len(devices)}.")
-    grid = np.asarray(devices, dtype=object).reshape(len(devices) // fsdp, fsdp)
-    return Mesh(grid, BATCH_AXES)
+    return jax.make_mesh(
+        (len(devices) // fsdp, fsdp), BATCH_AXES, (AxisType.Auto, AxisType.Auto), devices=devices
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -96,6 +108,87 @@ def place_rows(arrays: Any, mesh: Mesh) -> tuple[Any, int]:
         return jax.device_put(x, sharding)
 
     return jax.tree.map(place, arrays), rows
+
+
+def process_rows(mesh: Mesh, rows: int) -> slice:
+    """The rows ``[start, stop)`` of a ``rows``-row batch that this process's devices hold.
+
+    A batch is split over the mesh's devices in mesh order; ``make_mesh`` keeps each process's
+    devices together, so this is one block (process ``p`` of ``n`` equal ones: ``[p * rows / n,
+    (p + 1) * rows / n)``). One process: every row.
+
+    Raises:
+      ValueError: ``rows`` does not divide by the device count, or this process's rows are not
+        one block (a hand-made mesh that interleaves processes).
+    """
+    devices = num_batch_devices(mesh)
+    if rows % devices:
+        raise ValueError(f"a batch of {rows} rows does not split over the {devices} devices")
+    indices = batch_sharding(mesh).addressable_devices_indices_map((rows,)).values()
+    bounds = sorted((index[0].start or 0, index[0].stop or rows) for index in indices)
+    start, stop = bounds[0][0], bounds[-1][1]
+    if stop - start != rows // devices * len(bounds):
+        raise ValueError(f"process {jax.process_index()}'s rows of the mesh are not one block: "
+                         f"{bounds}; build the mesh with make_mesh")
+    return slice(start, stop)
+
+
+def process_share(items: Sequence[Any], mesh: Mesh) -> list[Any]:
+    """This process's block of a global batch ``items`` (``process_rows``): what it loads."""
+    return list(items[process_rows(mesh, len(items))])
+
+
+def local_rows(x: Any, mesh: Mesh) -> np.ndarray:
+    """This process's rows (``process_rows``) of ``x`` ``[rows, ...]``, as a host array.
+
+    ``x`` may be a host array, a global ``jax.Array`` split over the batch axes (its own shards
+    are read: no transfer between processes), or any other global array (then gathered first).
+    """
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        host = np.asarray(x if not isinstance(x, jax.Array) or x.is_fully_addressable
+                          else x.addressable_data(0))
+        return host[process_rows(mesh, host.shape[0])]
+    rows = process_rows(mesh, x.shape[0])
+    blocks = {}
+    for shard in x.addressable_shards:
+        index = shard.index
+        full = all(i == slice(None) or (i.start in (None, 0) and i.stop in (None, d))
+                   for i, d in zip(index[1:], x.shape[1:], strict=True))
+        if full:
+            blocks[index[0].start or 0] = shard
+    parts, at = [], rows.start
+    while at < rows.stop and at in blocks:
+        part = np.asarray(blocks[at].data)
+        parts.append(part)
+        at += part.shape[0]
+    if at != rows.stop:  # not split over the batch axes as expected: gather it
+        return to_host(x)[rows]
+    return np.concatenate(parts)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """The whole of ``x`` as a host array, on every process (an all-gather across processes when
+    ``x`` spans other processes' devices; every process must call it)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x if not isinstance(x, jax.Array) or x.is_fully_addressable
+                          else x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_rows(x: np.ndarray) -> np.ndarray:
+    """Every process's host block ``[rows, ...]``, concatenated in process order (the global
+    batch; equal shapes on every process). One process: ``x`` itself."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def process_max(value: int) -> int:
+    """The largest ``value`` over processes (e.g. the padded width of a batch whose rows each
+    process encodes itself, so that every block has one shape)."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.int64(value))))
 
 
 def _param_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:

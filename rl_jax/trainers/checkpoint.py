@@ -5,6 +5,12 @@ restored against a template so optimizer containers and shardings come back as t
 and ``meta`` (step, data position, KL coefficient, whether the stage finished, ...). The PRNG state
 needs no item: every random draw of step ``s`` comes from ``fold_in(root_key, s)``.
 
+Saves are asynchronous: ``save`` returns once the arrays are copied off the devices, and Orbax
+writes them in a background thread while training goes on; the next save, a restore and
+``close`` wait for it. Across processes each one writes its own shards (Orbax's process 0 the
+metadata); the NaN/inf check runs on the devices, and a restore reads into the shardings the
+state will have, so no process ever needs an array it does not hold.
+
 A checkpoint that cannot be read (a truncated data file, a missing manifest or item, an empty step
 directory) is reported in one line and moved aside to ``<stage dir>.damaged/<step>`` (never
 deleted), and the newest readable one is restored instead. A checkpoint of another model shape is
@@ -20,8 +26,10 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class CheckpointMismatchError(ValueError):
@@ -75,11 +83,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves ``state`` and ``meta`` at ``step``; raises if any array is NaN or inf."""
-        bad = [
-            jax.tree_util.keystr(path)
-            for path, x in jax.tree_util.tree_leaves_with_path(state)
-            if np.issubdtype(np.dtype(x.dtype), np.floating) and not bool(np.isfinite(x).all())
-        ]
+        bad = nonfinite_leaves(state)
         if bad:
             raise FloatingPointError(
                 f"not saving step {step} to {self.directory}: non-finite values in {bad[:5]}"
@@ -91,6 +95,9 @@ class Checkpointer:
             ),
             force=True,
         )
+
+    def wait(self) -> None:
+        """Blocks until the running asynchronous save (if any) is on disk."""
         self._manager.wait_until_finished()
 
     def read_meta(self, step: int) -> dict[str, Any]:
@@ -102,7 +109,9 @@ class Checkpointer:
         except (OSError, ValueError) as error:
             raise CheckpointDamagedError(f"meta item: {_one_line(error)}") from error
 
-    def _restore_step(self, template: Any, step: int) -> tuple[Any, dict[str, Any]]:
+    def _restore_step(
+        self, template: Any, step: int, shardings: Any = None
+    ) -> tuple[Any, dict[str, Any]]:
         """``(state, meta)`` of ``step``, or CheckpointDamagedError / CheckpointMismatchError."""
         step_dir = os.path.join(self.directory, str(step))
         if not os.path.isdir(step_dir) or not os.listdir(step_dir):
@@ -124,6 +133,11 @@ class Checkpointer:
                 f"{len(wanted)} here; differing (shape, dtype): {diff}"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        if shardings is not None:  # each process reads only its own shards
+            abstract = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                abstract, shardings,
+            )
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
@@ -133,10 +147,14 @@ class Checkpointer:
         return restored["state"], meta
 
     def restore(
-        self, template: Any, step: int | None = None
+        self, template: Any, step: int | None = None, shardings: Any = None
     ) -> tuple[Any, dict[str, Any]] | None:
         """Restores ``(state, meta)`` into ``template``'s structure: of ``step``, or of the newest
         readable checkpoint (default). ``None`` when there is no readable checkpoint.
+
+        ``shardings`` (a tree of ``template``'s structure): the arrays come back placed so, each
+        process reading its own shards (needed when the state spans processes); default: as
+        ``template``'s arrays are placed.
 
         Each unreadable checkpoint is reported in one line and moved aside to
         ``<directory>.damaged/<step>`` (so that the step can be saved again); nothing is deleted.
@@ -145,11 +163,12 @@ class Checkpointer:
           CheckpointMismatchError: a readable checkpoint of another model shape or algorithm.
           CheckpointDamagedError: ``step`` was given and cannot be read.
         """
+        self.wait()
         if step is not None:
-            return self._restore_step(template, step)
+            return self._restore_step(template, step, shardings)
         for candidate in reversed(self.all_steps()):
             try:
-                return self._restore_step(template, candidate)
+                return self._restore_step(template, candidate, shardings)
             except CheckpointDamagedError as error:
                 moved = self._move_aside(candidate)
                 older = [s for s in self.all_steps() if s < candidate]
@@ -160,13 +179,36 @@ class Checkpointer:
 
     def _move_aside(self, step: int) -> str:
         target_dir = self.directory + ".damaged"
-        os.makedirs(target_dir, exist_ok=True)
         target = os.path.join(target_dir, str(step))
-        if os.path.exists(target):
-            target = f"{target}-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_index() == 0:  # one process moves it; the others wait for that
+            os.makedirs(target_dir, exist_ok=True)
+            if os.path.exists(target):
+                target = f"{target}-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint moved aside: {step}")
         self._manager.reload()
         return target
 
     def close(self) -> None:
+        """Waits for the running save, then releases the manager."""
+        self._manager.wait_until_finished()
         self._manager.close()
+
+
+@jax.jit
+def _nonfinite(state: Any) -> Any:
+    """Per floating leaf, whether any element is NaN or inf (a replicated scalar: computed where
+    the shards are, so it works on arrays that span processes)."""
+    return jax.tree.map(
+        lambda x: ~jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.floating)
+        else jnp.zeros((), bool),
+        state,
+    )
+
+
+def nonfinite_leaves(state: Any) -> list[str]:
+    """The paths of ``state``'s floating leaves holding a NaN or inf."""
+    flags = jax.device_get(_nonfinite(state))
+    return [jax.tree_util.keystr(path) for path, bad in jax.tree_util.tree_leaves_with_path(flags)
+            if bool(bad)]

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from rl_jax import rewards
+from rl_jax.parallel import to_host
 
 
 def eval_chunks(num_prompts: int, prompts_per_call: int) -> list[slice]:
@@ -64,8 +65,9 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
     for part in eval_chunks(len(prompts), rows_per_call):
         out = ctx.sampler.generate(prompts[part], key, max_new_tokens=cfg.rollout.max_new_tokens,
                                    greedy=True)
-        texts += ctx.decode_responses(out.response_tokens, out.response_mask)
-        lengths.append(np.asarray(out.response_lengths))
+        # The whole output on every process (an all-gather when the mesh spans processes).
+        texts += ctx.decode_responses(to_host(out.response_tokens), to_host(out.response_mask))
+        lengths.append(to_host(out.response_lengths))
     correct = rewards.combine_rewards({correctness: 1.0}, texts, examples)[0]
     result = {
         "pass@1": float(np.mean(correct)),
@@ -85,7 +87,7 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
                 max_new_tokens=cfg.rollout.max_new_tokens,
                 temperature=cfg.rollout.temperature,
             )
-            texts += ctx.decode_responses(out.response_tokens, out.response_mask)
+            texts += ctx.decode_responses(to_host(out.response_tokens), to_host(out.response_mask))
         repeated = [ex for ex in examples for _ in range(k)]
         sample_correct = rewards.combine_rewards({correctness: 1.0}, texts, repeated)[0]
         sample_correct = sample_correct.reshape(len(examples), k)

@@ -11,6 +11,10 @@ checkpoint step (or the last step) every pending step's metrics come to the host
 are checked for NaN/inf, and written (one line per step). The device can therefore run ahead of
 the Python loop between those steps.
 
+Many processes: every process runs the same steps; the step's device metrics are means over the
+global batch (replicated), the stage's host metrics are reduced over processes where they are
+computed; only process 0 prints, writes metric files and moves a damaged checkpoint aside.
+
 Resume: the newest readable checkpoint is restored (an unreadable one is reported and set aside:
 ``Checkpointer.restore``), and the metric files continue from the restored step: lines of this
 stage past it are dropped, so a resumed run has exactly one line per step.
@@ -247,7 +251,7 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
     every, keep = config.checkpoint.every, config.checkpoint.keep
     checkpointer = Checkpointer(os.path.join(workdir, stage.name), every=every, keep=keep)
     state, host, last_eval = stage.state, dict(stage.host), {}
-    restored = checkpointer.restore(state)
+    restored = checkpointer.restore(state, shardings=stage.sharding)
     if restored is not None:
         state, meta = restored
         host, last_eval = meta["host"], meta["eval"]
@@ -256,7 +260,8 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
             checkpointer.close()
             return StageResult(state, host, last_eval, trained=False)
     state = jax.device_put(state, stage.sharding)
-    writer = MetricWriter(workdir, stage.name, resume_step=int(state.step))
+    writer = MetricWriter(workdir, stage.name, resume_step=int(state.step),
+                          enabled=jax.process_index() == 0)  # one process writes the files
     try:
         with _StopSignals() as signals:
             return _train(stage, config, state, host, last_eval, checkpointer, writer, signals)
@@ -268,7 +273,8 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
 def _train(stage, config, state, host, last_eval, checkpointer, writer, signals) -> StageResult:
     """The steps of ``run_stage`` after the restore."""
     log, steps = config.log, range(int(state.step), stage.steps)
-    bar = tqdm.tqdm(steps, desc=stage.name, disable=not log.progress_bar)
+    first = jax.process_index() == 0  # only process 0 prints and writes
+    bar = tqdm.tqdm(steps, desc=stage.name, disable=not (log.progress_bar and first))
     pending: list[tuple[int, Metrics, Metrics]] = []  # (number, device metrics, host metrics)
     since = time.perf_counter()
     for step in bar:
@@ -301,9 +307,9 @@ def _train(stage, config, state, host, last_eval, checkpointer, writer, signals)
             stopped = stage.stop(number, last_eval)
         for n, record in records:
             writer.write(n, record)
-        if itstime(number, log.every, stage.steps) or stopped:
+        if first and (itstime(number, log.every, stage.steps) or stopped):
             bar.write(summary_line(stage.name, number, records[-1][1], stage.log_names))
-        if show_samples:
+        if show_samples and first:
             text = stage.samples()
             bar.write(f"{stage.name} {number} samples:\n{text}")
             writer.write_text(number, "samples", text)

@@ -39,10 +39,16 @@ class MetricWriter:
     """Writes ``{stage}/{name}`` scalars to ``workdir/metrics.jsonl`` and TensorBoard files
     (``workdir/tensorboard/<stage>``, one TensorBoard run per stage)."""
 
-    def __init__(self, workdir: str | os.PathLike, stage: str, resume_step: int = 0):
+    def __init__(
+        self, workdir: str | os.PathLike, stage: str, resume_step: int = 0, enabled: bool = True
+    ):
         """``resume_step``: the step the stage continues from (0: the start); this stage's
-        records past it are removed."""
+        records past it are removed. ``enabled=False`` (every process but the first of a
+        multi-process run) touches no file: ``write`` and ``close`` do nothing."""
         self.stage = stage
+        self.enabled = enabled
+        if not enabled:
+            return
         path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
@@ -64,6 +70,8 @@ class MetricWriter:
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", stage), **purge)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
         record = {"stage": self.stage, "step": step, **metrics}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -71,9 +79,13 @@ class MetricWriter:
             self._tb.add_scalar(f"{self.stage}/{name}", value, step)
 
     def write_text(self, step: int, name: str, text: str) -> None:
+        if not self.enabled:
+            return
         self._tb.add_text(f"{self.stage}/{name}", text, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._jsonl.close()
         self._tb.close()
 

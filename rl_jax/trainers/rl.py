@@ -159,10 +159,18 @@ def sample_round(
         top_k=cfg.rollout.top_k or None,
         top_p=cfg.rollout.top_p,
     )
+    # Every process passed every prompt (one decode program, one prompt width); from here on each
+    # keeps its own block of the rows (parallel.process_rows): its responses, texts and rewards.
+    mesh = ctx.sampler.mesh
+    share = slice(None) if mesh is None else parallel.process_rows(mesh, len(examples) * n)
+    out = out._replace(**{
+        name: np.asarray(x) if mesh is None else parallel.local_rows(x, mesh)
+        for name, x in out._asdict().items() if np.ndim(x) > 0
+    })
     response_mask = np.asarray(out.response_mask)
     start = time.perf_counter()
     texts = ctx.decode_responses(out.response_tokens, response_mask)
-    repeated = [ex for ex in examples for _ in range(n)]
+    repeated = [ex for ex in examples for _ in range(n)][share]
     total, per_fn = score_responses(ctx, out, texts, repeated, reward_model)
     correct = rewards.combine_rewards({cfg.rewards.correctness: 1.0}, texts, repeated)[0]
     lengths = response_mask.sum(1)
@@ -243,38 +251,41 @@ def collect(
         filler.response_mask = np.zeros_like(filler.response_mask)
         kept.append(filler)
     out = _concat(kept, ctx.tokenizer.pad_token_id)
-    grouped = first.scores.reshape(-1, n)
-    # Rollout statistics of the first round: the policy's own performance, before any filtering.
+    grouped = parallel.gather_rows(first.scores).reshape(-1, n)
+    # Rollout statistics of the first round: the policy's own performance, before any filtering;
+    # over the global batch (every process's rows).
     metrics = rollout_metrics(first) | {
         "zero_adv_groups": float(np.mean(grouped.max(1) == grouped.min(1))),
         "sampling_rounds": float(rounds),
-        "generated_tokens": generated,
+        "generated_tokens": float(parallel.gather_rows(np.float64([generated])).sum()),
         "time_scoring": scoring,
     }
     return out, position, metrics
 
 
 def rollout_metrics(batch: Round) -> dict[str, float]:
-    """Reward, accuracy, response length (all, correct, incorrect) and truncated share of a round.
+    """Reward, accuracy, response length (all, correct, incorrect) and truncated share of a round,
+    over every process's rows of it (``parallel.gather_rows``).
 
     ``length_incorrect``: the mean response length (tokens, EOS included) of the rows with
     ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise.
     """
-    lengths = batch.response_mask.sum(1).astype(np.float32)
-    correct = batch.correct > 0
+    lengths = parallel.gather_rows(batch.response_mask.sum(1).astype(np.float32))
+    correct_values = parallel.gather_rows(batch.correct)
+    correct = correct_values > 0
 
     def mean(x):
         return float(np.mean(x)) if len(x) else 0.0
 
     metrics = {
-        "score": mean(batch.scores),
-        "accuracy": mean(batch.correct),
+        "score": mean(parallel.gather_rows(batch.scores)),
+        "accuracy": mean(correct_values),
         "length": mean(lengths),
         "length_correct": mean(lengths[correct]),
         "length_incorrect": mean(lengths[~correct]),
-        "truncated": mean(batch.truncated.astype(np.float32)),
+        "truncated": mean(parallel.gather_rows(batch.truncated.astype(np.float32))),
     }
-    metrics.update({f"reward/{k}": mean(v) for k, v in batch.rewards.items()})
+    metrics.update({f"reward/{k}": mean(parallel.gather_rows(v)) for k, v in batch.rewards.items()})
     return metrics
 
 

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rl_jax import memory, parallel
-from rl_jax.config import check_config
+from rl_jax.config import ConfigError, check_config
 from rl_jax.trainers import plots
 from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
 from rl_jax.trainers.reward_model import run_rm
 from rl_jax.trainers.rl import run_rl, settings_from_config
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
-from rl_jax.trainers.workdir import check_workdir_config, locked
+from rl_jax.trainers.workdir import ConfigChangedError, check_workdir_config, locked
 
 
 def _rl_resumes_without_sft(config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -72,17 +75,56 @@ def run(
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     check_config(config, num_devices=mesh.devices.size)
+    check_processes(config)
     os.makedirs(workdir, exist_ok=True)
-    with locked(workdir):
-        check_workdir_config(workdir, config, allow_config_change)
+    if jax.process_count() == 1:
+        with locked(workdir):
+            check_workdir_config(workdir, config, allow_config_change)
+            return _run(config, workdir, mesh)
+    # Many processes: process 0 holds the lock and checks (and writes) config.json; the others
+    # learn its verdict, so that all stop together.
+    with locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        error = None
+        if jax.process_index() == 0:
+            try:
+                check_workdir_config(workdir, config, allow_config_change)
+            except ConfigChangedError as caught:
+                error = caught
+        if multihost_utils.broadcast_one_to_all(np.int32(error is not None)):
+            raise error or ConfigChangedError(
+                f"workdir {workdir}: process 0 refused its config.json (see process 0's output)"
+            )
         return _run(config, workdir, mesh)
+
+
+def check_processes(config: ml_collections.ConfigDict) -> None:
+    """The options that do not run across processes yet (``jax.process_count() > 1``).
+
+    Raises:
+      ConfigError: naming each such field.
+    """
+    if jax.process_count() == 1:
+        return
+    why = f"one process (this run has jax.process_count() = {jax.process_count()})"
+    errors = []
+    if "rm" in config.stages:
+        errors.append(f"config.stages = {tuple(config.stages)!r}: expected no 'rm' stage with more "
+                      f"than {why}")
+    if config.rewards.model_weight:
+        errors.append(f"config.rewards.model_weight = {config.rewards.model_weight!r}: expected 0 "
+                      f"with more than {why}")
+    if config.rl.dynamic_sampling:
+        errors.append(f"config.rl.dynamic_sampling = True: expected False with more than {why}")
+    if errors:
+        raise ConfigError("\n".join(errors))
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> dict:
     start = time.perf_counter()
     ctx = build_context(config, workdir)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ctx.policy)))
-    print(f"devices: {mesh.devices.size} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}; "
+    print(f"devices: {mesh.devices.size} ({jax.devices()[0].platform}) in "
+          f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
           f"policy: {num_params:,} parameters")
     memory.startup_check(config, ctx, mesh)  # MemoryError here, before anything is compiled
     params = nnx.state(ctx.policy)
@@ -100,10 +142,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mes
         result = run_rl(ctx, mesh, params, reward_model)
         params, summary["rl_eval"] = result.state.params["policy"], result.last_eval
     summary["wall_time_s"] = time.perf_counter() - start
-    summary.update(plots.final_metrics(workdir))
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    plots.plot_curves(workdir)
-    print(plots.final_table(summary))
+    if jax.process_index() == 0:  # the files of the run: written once
+        summary.update(plots.final_metrics(workdir))
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        plots.plot_curves(workdir)
+        print(plots.final_table(summary))
     summary["params"] = params
     return summary

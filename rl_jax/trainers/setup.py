@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import transformers
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rl_jax import data, models
 from rl_jax.rollout import Sampler
@@ -101,11 +102,20 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
                 f"({_one_line(error)}); expected a Hugging Face directory with tokenizer files"
             ) from error
     saved = os.path.join(workdir, "tokenizer")
-    if os.path.isdir(saved):
+    found = os.path.isdir(saved)
+    if jax.process_count() > 1:  # every process has looked before process 0 may write it
+        multihost_utils.sync_global_devices("tokenizer looked up")
+    if found:
         return transformers.AutoTokenizer.from_pretrained(saved, local_files_only=True)
-    texts = [ex.prompt + ex.target for ex in task.batch(0, 2000)]
-    tokenizer = models.train_bpe_tokenizer(texts, config.model.vocab_size)
-    tokenizer.save_pretrained(saved)
+    tokenizer = None
+    if jax.process_index() == 0:  # one process trains and writes it; the others read it
+        texts = [ex.prompt + ex.target for ex in task.batch(0, 2000)]
+        tokenizer = models.train_bpe_tokenizer(texts, config.model.vocab_size)
+        tokenizer.save_pretrained(saved)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("tokenizer written")
+    if tokenizer is None:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(saved, local_files_only=True)
     return tokenizer
 
 

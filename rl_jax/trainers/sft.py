@@ -29,10 +29,13 @@ from rl_jax.trainers.loop import (
 from rl_jax.trainers.setup import Context, stage_key
 
 
-def sft_batch(ctx: Context, examples) -> dict[str, np.ndarray]:
+def sft_batch(ctx: Context, examples, *, mesh: jax.sharding.Mesh | None = None
+              ) -> dict[str, np.ndarray]:
     """Right-padded ``prompt + target + EOS`` sequences, ``[batch, L]`` with ``L`` bucketed.
 
-    ``loss_mask`` is 1 on the target and EOS tokens (the tokens the loss predicts).
+    ``loss_mask`` is 1 on the target and EOS tokens (the tokens the loss predicts). With a
+    ``mesh`` spanning several processes, ``examples`` is this process's share and ``L`` is the
+    bucket of the longest row over all processes (every block of the global batch has one shape).
     """
     prompts = ctx.encode_prompts(examples)
     eos = ctx.tokenizer.eos_token_id
@@ -45,8 +48,13 @@ def sft_batch(ctx: Context, examples) -> dict[str, np.ndarray]:
     max_len = ctx.policy.config.max_position_embeddings
     if longest > max_len:
         raise ValueError(f"an SFT sequence has {longest} tokens > the model's context {max_len}")
+    if mesh is not None and jax.process_count() > 1:
+        longest = parallel.process_max(longest)
+        rows.append([ctx.tokenizer.pad_token_id] * longest)  # sets the width; dropped below
+        loss_rows.append([0] * longest)
     tokens, mask = right_pad(rows, ctx.tokenizer.pad_token_id, max_len)
     loss_mask = right_pad(loss_rows, 0, max_len)[0]
+    tokens, mask, loss_mask = (x[: len(examples)] for x in (tokens, mask, loss_mask))
     mask, loss_mask = mask.astype(np.float32), loss_mask.astype(np.float32)
     return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
@@ -91,7 +99,8 @@ def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
     ctx.sampler.mesh = mesh  # evaluation decodes each device's share of the prompts
 
     def batch(step: int, state: TrainState, host: dict):
-        arrays = sft_batch(ctx, ctx.task.batch(step, cfg.batch_size))
+        examples = parallel.process_share(ctx.task.batch(step, cfg.batch_size), mesh)
+        arrays = sft_batch(ctx, examples, mesh=mesh)
         return parallel.shard_batch(arrays, mesh), {}, host
 
     def evaluate_policy(number: int, state: TrainState) -> dict[str, float]:
