@@ -288,7 +288,7 @@ def device_limit(config: ml_collections.ConfigDict) -> int | None:
     ``memory_stats()["bytes_limit"]``; None when neither is known (CPUs report none)."""
     if config.memory.device_gb > 0:
         return int(config.memory.device_gb * GIB)
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}  # addressable on every process
     return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
 
 
