@@ -32,6 +32,7 @@ from rl_jax.data.preferences import (
 )
 from rl_jax.data.registry import TASKS, make_task
 from rl_jax.data.sorting import SORTING_FORMAT, SortingTask
+from rl_jax.data.word_arithmetic import WORD_ARITHMETIC_FORMAT, WordArithmeticTask
 
 __all__ = [
     "ARITHMETIC_FORMAT",
@@ -44,6 +45,7 @@ __all__ = [
     "PREFERENCE_FORMATS",
     "SORTING_FORMAT",
     "TASKS",
+    "WORD_ARITHMETIC_FORMAT",
     "ArithmeticTask",
     "CountdownTask",
     "DigitsTask",
@@ -53,6 +55,7 @@ __all__ = [
     "Preference",
     "SortingTask",
     "Task",
+    "WordArithmeticTask",
     "check_preference",
     "countdown_prompt",
     "digits_gold_score",
