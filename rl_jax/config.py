@@ -48,6 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict()
     c.task.name = "addition"  # rl_jax.data.make_task name
     c.task.kwargs = ml_collections.ConfigDict(dict(min_value=10, max_value=999))
+    # Prompts as the user's turn of the tokenizer's chat template (instruct models; needs
+    # model.path), ending with the assistant's header; the rewards read the reply only.
+    c.task.chat_template = False
+    c.task.system_prompt = ""  # with chat_template: a system message first ("" = none)
 
     c.model = ml_collections.ConfigDict()
     c.model.path = ""  # a local Hugging Face directory, or "" for a fresh model trained here
@@ -74,6 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rollout.temperature = 1.0
     c.rollout.top_k = 0  # 0 = off
     c.rollout.top_p = 1.0  # 1.0 = off
+    # More ids that end a response (e.g. Llama 3's <|eot_id|>), added to the tokenizer's, the
+    # model config's and generation_config.json's EOS ids (rl_jax.trainers.setup.resolve_eos_ids).
+    c.rollout.extra_eos_ids = ()
 
     c.rewards = ml_collections.ConfigDict()
     c.rewards.weights = ml_collections.ConfigDict(dict(exact_match=1.0))  # name -> weight
@@ -237,6 +244,18 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     if model_path and not (os.path.isdir(model_path) or is_gguf_file):
         bad("model.path", model_path, "an existing local Hugging Face model directory "
             "(config.json, *.safetensors, tokenizer), a .gguf file, or '' for a fresh model")
+    # (ConfigDict keeps each field's type: chat_template is a bool, system_prompt a str.)
+    if config.task.chat_template and not model_path:
+        bad("task.chat_template", True, "False without model.path (a tokenizer trained here has "
+            "no chat template)")
+    if config.task.system_prompt and not config.task.chat_template:
+        bad("task.system_prompt", config.task.system_prompt, "'' with task.chat_template=False "
+            "(a system message exists only in a chat template)")
+    extra_eos = config.rollout.extra_eos_ids
+    if not isinstance(extra_eos, tuple | list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in extra_eos
+    ):
+        bad("rollout.extra_eos_ids", extra_eos, "a tuple of token ids (ints >= 0)")
     path = config.task.kwargs.get("path", "")
     if path and not os.path.isfile(path):
         bad("task.kwargs.path", path, "an existing data file")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -29,9 +31,16 @@ class Context:
     policy: models.CausalLM  # initial weights (pretrained or fresh)
     graphdef: nnx.GraphDef
     sampler: Sampler
+    eos_ids: tuple[int, ...]  # every id that ends a response (``resolve_eos_ids``)
 
     def encode_prompts(self, examples: Sequence[data.Example]) -> list[list[int]]:
-        """Prompt token ids, with the BOS token first when the tokenizer has one."""
+        """Prompt token ids: with ``task.chat_template``, each prompt as the user's turn of the
+        tokenizer's chat template (``chat_prompt_ids``); else the BOS token (when the tokenizer
+        has one) and the prompt's tokens."""
+        task = self.config.task
+        if task.chat_template:
+            return [chat_prompt_ids(self.tokenizer, ex.prompt, task.system_prompt)
+                    for ex in examples]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return [bos + self.tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in examples]
 
@@ -44,19 +53,45 @@ class Context:
         ]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=False)
 
-    @property
-    def eos_ids(self) -> tuple[int, ...]:
-        return (int(self.tokenizer.eos_token_id),)
+
+def check_chat_template(tokenizer: transformers.PreTrainedTokenizerBase, source: str) -> None:
+    """ValueError naming ``config.task.chat_template`` unless ``tokenizer`` has a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"config.task.chat_template = True: the tokenizer of {source} has no chat template; "
+            "expected a tokenizer with one (an instruct model's), or task.chat_template=False"
+        )
+
+
+def chat_prompt_ids(
+    tokenizer: transformers.PreTrainedTokenizerBase, prompt: str, system_prompt: str = ""
+) -> list[int]:
+    """Token ids of ``prompt`` as the user's turn of a chat, ending with the assistant's header.
+
+    ``messages = [{"role": "system", "content": system_prompt}] (only if non-empty)
+    + [{"role": "user", "content": prompt}]``, rendered by the tokenizer's chat template with
+    ``add_generation_prompt=True`` and encoded with ``add_special_tokens=False``: the template
+    writes its own BOS (if any), so none is added twice. The same ids as
+    ``tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)``.
+    """
+    check_chat_template(tokenizer, "this run")
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": prompt})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
-    """The tokenizer: from ``model.path``, or a byte-level BPE trained on the task's text.
+    """The tokenizer: from ``model.path`` (a Hugging Face directory or a GGUF file's metadata), or
+    a byte-level BPE trained on the task's text.
 
     A trained tokenizer is saved in ``workdir/tokenizer`` and reloaded on resume, so a resumed run
     uses the same ids.
     """
     if config.model.path:
         try:
+            if models.is_gguf(config.model.path):  # vocabulary and chat template in its metadata
+                return models.load_gguf_tokenizer(config.model.path)
             return transformers.AutoTokenizer.from_pretrained(
                 config.model.path, local_files_only=True
             )
@@ -130,14 +165,33 @@ def build_task(config: ml_collections.ConfigDict):
 
 
 def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
+    """Task, tokenizer (checked against ``task.chat_template``), policy and sampler.
+
+    The sampler stops at every id of ``resolve_eos_ids``; a tokenizer without a pad token gets
+    one (``resolve_pad_id``), said once here.
+    """
     os.makedirs(workdir, exist_ok=True)
     task = build_task(config)
     tokenizer = build_tokenizer(config, task, workdir)
+    if config.task.chat_template:
+        check_chat_template(tokenizer, f"config.model.path = {config.model.path!r}")
     policy = build_policy(config, tokenizer)
-    graphdef, _ = nnx.split(policy)
-    sampler = Sampler.from_model(
-        policy, eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id
+    eos_ids = resolve_eos_ids(
+        tokenizer.eos_token_id,
+        policy.config.eos_token_id,
+        generation_config_eos_ids(config.model.path),
+        tuple(config.rollout.extra_eos_ids),
     )
+    vocab = policy.config.vocab_size
+    if any(not 0 <= i < vocab for i in config.rollout.extra_eos_ids):
+        raise ValueError(f"config.rollout.extra_eos_ids = {tuple(config.rollout.extra_eos_ids)}: "
+                         f"expected ids of the model's vocabulary [0, {vocab})")
+    if tokenizer.pad_token_id is None:
+        pad_id = resolve_pad_id(tokenizer, eos_ids)
+        print(f"tokenizer: no pad token; padding with the first EOS id {pad_id} "
+              f"({tokenizer.convert_ids_to_tokens(pad_id)!r}; padding is always masked)")
+    graphdef, _ = nnx.split(policy)
+    sampler = Sampler.from_model(policy, eos_ids=eos_ids, pad_id=tokenizer.pad_token_id)
     return Context(
         config=config,
         workdir=workdir,
@@ -147,7 +201,63 @@ def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
         policy=policy,
         graphdef=graphdef,
         sampler=sampler,
+        eos_ids=eos_ids,
     )
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    """``None`` -> ``()``, an int -> ``(int,)``, a list -> its ints (HF writes eos both ways)."""
+    if value is None:
+        return ()
+    if isinstance(value, int | np.integer):
+        return (int(value),)
+    return tuple(int(v) for v in value)
+
+
+def generation_config_eos_ids(model_path: str) -> tuple[int, ...]:
+    """``eos_token_id`` of ``<model_path>/generation_config.json`` (an int or a list; Qwen lists
+    two), or ``()`` when there is no such file (a fresh model, a GGUF file)."""
+    if not model_path or not os.path.isdir(model_path):
+        return ()
+    file = Path(model_path) / "generation_config.json"
+    if not file.is_file():
+        return ()
+    try:
+        return _ids(json.loads(file.read_text()).get("eos_token_id"))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{file}: eos_token_id is not an id or a list of ids "
+                         f"({_one_line(error)})") from error
+
+
+def resolve_eos_ids(tokenizer_eos: Any, model_eos: Any, generation_eos: Any,
+                    extra: Sequence[int] = ()) -> tuple[int, ...]:
+    """Every id that ends a response: the union, in this order without repeats, of the
+    tokenizer's ``eos_token_id``, the model config's (``config.json`` or the GGUF metadata),
+    ``generation_config.json``'s and ``rollout.extra_eos_ids``. Each argument is None, an id or a
+    list of ids. The sampler stops at any of them, RL counts a response ending in one as finished,
+    and ``decode_responses`` drops them from the text the rewards read.
+
+    Raises:
+      ValueError: when there is none, naming ``config.rollout.extra_eos_ids``.
+    """
+    ids = dict.fromkeys(_ids(tokenizer_eos) + _ids(model_eos) + _ids(generation_eos) + _ids(extra))
+    if not ids:
+        raise ValueError("config.rollout.extra_eos_ids = (): the tokenizer, the model config and "
+                         "generation_config.json give no EOS id; expected at least one id there")
+    return tuple(ids)
+
+
+def resolve_pad_id(tokenizer: transformers.PreTrainedTokenizerBase,
+                   eos_ids: Sequence[int]) -> int:
+    """The pad id of a tokenizer that has none (Llama 3's): its first EOS id, ``eos_ids[0]``, as
+    transformers' ``generate`` does; set as ``tokenizer.pad_token`` so every stage reads it.
+
+    Padding positions are masked everywhere (attention, losses, rewards), so the value only needs
+    to be a valid id. Returns the tokenizer's own pad id when it has one.
+    """
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(eos_ids[0]))
+    return int(tokenizer.pad_token_id)
 
 
 STREAMS = {"sft": 1, "rl": 2, "eval/sft": 3, "rm": 4, "eval/rl": 5, "eval/rm": 6}
