@@ -45,6 +45,20 @@ def test_word_arithmetic_answers_are_the_operations_results():
     assert len(held_out) > 40  # a different stream from training batches, mostly distinct
 
 
+def test_word_arithmetic_eval_fraction_keeps_held_out_questions_out_of_training():
+    from rl_jax.data.word_arithmetic import held_out_unit
+
+    task = data.make_task("word_arithmetic", min_value=0, max_value=9, eval_fraction=0.3, seed=1)
+    held_out = {(a, b) for a in range(10) for b in range(10) if held_out_unit(a, "+", b) < 0.3}
+    assert 15 < len(held_out) < 45  # about 30% of the 100 questions
+    trained = {ex.info["operands"] for step in range(40) for ex in task.batch(step, 16)}
+    evaluated = {ex.info["operands"] for ex in task.eval_set(200)}
+    assert evaluated == held_out  # 200 draws reach every one of them
+    assert trained == {(a, b) for a in range(10) for b in range(10)} - held_out
+    assert task.eval_set(50) == task.eval_set(200)[:50]
+    assert held_out_unit(3, "+", 4) == held_out_unit(3, "+", 4) != held_out_unit(4, "+", 3)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -52,6 +66,7 @@ def test_word_arithmetic_answers_are_the_operations_results():
         (dict(ops=()), "ops must be"),
         (dict(min_value=5, max_value=2), "min_value <= max_value"),
         (dict(template="What is {a} plus {b}?"), "must contain {op}"),
+        (dict(eval_fraction=1.0), "eval_fraction must be in"),
     ],
 )
 def test_word_arithmetic_rejects_bad_arguments(kwargs, message):
