@@ -40,25 +40,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.chat_template = True
     c.model.path = str(SMOLLM2_GGUF)
     c.model.dtype = "float32"
+    c.model.logits_chunk = 32  # live logits [rows, 32, 49152] float32: the vocabulary is large
     c.rollout.max_new_tokens = 32
     c.rollout.temperature = 1.0
     c.rewards.weights = ml_collections.ConfigDict(dict(last_number=1.0))
     c.rewards.correctness = "last_number"
     c.rl.steps = 40
-    c.rl.num_prompts = 8
+    c.rl.num_prompts = 4
     c.rl.group_size = 8
-    c.rl.num_minibatches = 4  # 4 AdamW updates of 16 responses a step
+    c.rl.num_minibatches = 2  # 2 AdamW updates of 16 responses a step
     c.rl.optim.lr = 1e-5
     c.rl.optim.warmup_steps = 0
     c.rl.shuffle_rewards = arg == "shuffled"
     c.kl.coef = 0.0
     c.loss.agg = "token-mean"
     c.eval.num_examples = 128
-    c.eval.every = 4
+    c.eval.every = 3
     c.eval.k = 0  # greedy pass@1 only (sampling k answers per prompt costs k rollouts here)
-    c.checkpoint.every = 4
+    c.checkpoint.every = 3
     c.log.every = 1
-    c.log.samples_every = 4
+    c.log.samples_every = 3
     if arg == "ppo":
         c.rl.estimator = "gae"
         c.rl.group_size = 1
