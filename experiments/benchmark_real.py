@@ -140,7 +140,15 @@ def load_hf():
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return model.eval(), tokenizer
+    # A GGUF-loaded model counts as quantised, and transformers' Trainer refuses to train one:
+    # copy its (dequantised, float32) weights into a plain model of the same config.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain.eval(), tokenizer
 
 
 def hf_sample(model, tokenizer, prompts, new_tokens: int):
