@@ -146,6 +146,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.whiten_advantages = False
     c.rl.whiten_rewards = False  # scale each batch's scores to unit variance (PPO-RLHF)
     c.rl.dynamic_sampling = False  # DAPO: drop groups with equal rewards and sample more
+    # Control run: permute the training scores across the batch (seeded), so they carry no signal;
+    # accuracy and reward metrics still report the true scores.
+    c.rl.shuffle_rewards = False
     c.rl.max_extra_rounds = 2  # cap on the extra sampling rounds of dynamic sampling
     c.rl.overlong_buffer = 0  # DAPO soft overlong punishment over the last N tokens (0 = off)
     # DAPO overlong filtering: responses without EOS within max_new_tokens count in no loss term
@@ -299,6 +302,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
     if "rl" in stages or "sft" in stages:
         at_least("rollout.max_new_tokens", 1)
         at_least("eval.num_examples", 1)
+    if not isinstance(config.rl.shuffle_rewards, bool):
+        bad("rl.shuffle_rewards", config.rl.shuffle_rewards, "True or False")
     rollout = config.rollout
     if not rollout.temperature > 0:
         bad("rollout.temperature", rollout.temperature, "a number > 0")

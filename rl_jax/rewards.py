@@ -19,6 +19,10 @@ e.g. ``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)
   * ``"format"``: the stripped completion fully matches the regex ``example.info["format"]``
     that every task puts there (digits for arithmetic, ``"1,2,3"`` for sorting, expression
     characters for countdown, ending in ``"#### <number>"`` for GSM8K).
+  * ``"last_number"``: the last number in the completion (``extract_last_number``: commas in
+    thousands groups dropped, a ``-`` counts only when no digit is right before it) equals
+    ``example.answer`` as a decimal; no number scores 0. Lenient, for chat replies such as
+    ``"7 + 5 = 12."`` (word arithmetic).
   * ``"digits_gold"``: the hidden labeller of the digits task, ``digits_gold_score`` (mean digit
     value minus a length penalty; see ``rl_jax.data.digits``).
 
@@ -45,6 +49,9 @@ from rl_jax.data.scratchpad import final_answer
 RewardFn = Callable[[Sequence[str], Sequence[Example]], np.ndarray]
 
 _GSM8K_NUMBER = re.compile(r"\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
+# A number in free text: a sign unless a digit is right before it (then it is an operator),
+# thousands groups, decimals; never starting in the middle of another number.
+_NUMBER = re.compile(r"(?<![0-9])-?[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
 
 
 def _check_batch(completions: Sequence[str], examples: Sequence[Example]) -> None:
@@ -137,6 +144,27 @@ def format_reward(completions: Sequence[str], examples: Sequence[Example]) -> np
     )
 
 
+def extract_last_number(completion: str) -> Decimal | None:
+    """The last number in ``completion`` as a Decimal, or None if it has none.
+
+    ``"7 + 5 = 12."`` -> 12; ``"1,234"`` -> 1234; ``"3.50"`` -> 3.50; ``"9 - 4 = -5"`` -> -5;
+    in ``"9-4"`` the minus is an operator, so -> 4.
+    """
+    numbers = _NUMBER.findall(completion)
+    return Decimal(numbers[-1].replace(",", "")) if numbers else None
+
+
+def last_number_reward(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
+    """``[batch]`` 1.0 where the completion's last number (``extract_last_number``) equals
+    ``example.answer`` numerically (``"12.0" == "12"``), else 0.0."""
+    _check_batch(completions, examples)
+    scores = []
+    for completion, example in zip(completions, examples, strict=True):
+        predicted = extract_last_number(completion)
+        scores.append(predicted is not None and predicted == _decimal_answer(example.answer))
+    return _scores(scores)
+
+
 def digits_gold_reward(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
     """``[batch]`` gold scores of the digits task (``info["num_digits"]``)."""
     _check_batch(completions, examples)
@@ -156,6 +184,7 @@ REWARD_FNS: dict[str, RewardFn] = {
     "countdown": countdown_reward,
     "format": format_reward,
     "digits_gold": digits_gold_reward,
+    "last_number": last_number_reward,
 }
 
 

@@ -39,6 +39,7 @@ from rl_jax.data.scratchpad import (
     final_answer,
 )
 from rl_jax.data.sorting import SORTING_FORMAT, SortingTask
+from rl_jax.data.word_arithmetic import WORD_ARITHMETIC_FORMAT, WordArithmeticTask
 
 __all__ = [
     "ARITHMETIC_FORMAT",
@@ -52,6 +53,7 @@ __all__ = [
     "SCRATCHPAD_FORMAT",
     "SORTING_FORMAT",
     "TASKS",
+    "WORD_ARITHMETIC_FORMAT",
     "ArithmeticTask",
     "CountdownTask",
     "DigitsTask",
@@ -63,6 +65,7 @@ __all__ = [
     "ScratchpadAdditionTask",
     "SortingTask",
     "Task",
+    "WordArithmeticTask",
     "check_preference",
     "column_notes",
     "countdown_prompt",

@@ -14,6 +14,7 @@ from rl_jax.data.gsm8k import GSM8K_TEMPLATE, load_gsm8k
 from rl_jax.data.preferences import HH_RLHF_PATH, load_preferences
 from rl_jax.data.scratchpad import ScratchpadAdditionTask
 from rl_jax.data.sorting import SortingTask
+from rl_jax.data.word_arithmetic import WordArithmeticTask
 
 
 def _addition(**kwargs) -> ArithmeticTask:
@@ -59,6 +60,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "gsm8k": _gsm8k,
     "digits": DigitsTask,
     "hh_rlhf": _hh_rlhf,
+    "word_arithmetic": WordArithmeticTask,
 }
 
 
@@ -70,7 +72,7 @@ def make_task(name: str, **kwargs) -> Task:
     ``ScratchpadAdditionTask``'s, ``"sorting"`` ``SortingTask``'s; ``"gsm8k"`` needs
     ``path`` and takes ``eval_path``, ``eval_size``, ``seed`` and ``template``; ``"digits"`` takes
     ``DigitsTask``'s fields; ``"hh_rlhf"`` takes ``path`` (default: the shipped fixture),
-    ``eval_size`` and ``seed``.
+    ``eval_size`` and ``seed``; ``"word_arithmetic"`` ``WordArithmeticTask``'s.
 
     Raises:
       ValueError: for an unknown name, listing the known ones.

@@ -123,6 +123,21 @@ def shape_scores(cfg: ml_collections.ConfigDict, scores, lengths, truncated) -> 
     return scores
 
 
+# Third word of the reward-shuffle generator's seed ("shuf" in ASCII): apart from the data streams.
+SHUFFLE_STREAM = 0x73687566
+
+
+def shuffle_scores(scores: np.ndarray, seed: int, position: int) -> np.ndarray:
+    """The shuffled-reward control: ``scores[perm]``, ``[batch]``, with ``perm`` a permutation of
+    the whole batch (across groups) drawn from ``default_rng([seed, position, SHUFFLE_STREAM])``.
+
+    Keeps the batch's multiset of scores (so reward scale and the share of informative groups stay
+    about the same) but unties each score from its response.
+    """
+    perm = np.random.default_rng([seed, position, SHUFFLE_STREAM]).permutation(len(scores))
+    return scores[perm]
+
+
 def score_responses(
     ctx: Context, out, texts: list[str], examples: list, reward_model: LearnedReward | None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -175,6 +190,9 @@ def sample_round(
     correct = rewards.combine_rewards({cfg.rewards.correctness: 1.0}, texts, repeated)[0]
     lengths = response_mask.sum(1)
     truncated = missing_eos(out.response_tokens, response_mask, ctx.eos_ids)
+    scores = shape_scores(cfg, total, lengths, truncated)
+    if cfg.rl.shuffle_rewards:
+        scores = shuffle_scores(scores, cfg.seed, position)
     scoring_seconds = time.perf_counter() - start
     round_ = Round(
         prompt_tokens=np.asarray(out.prompt_tokens),
@@ -182,7 +200,7 @@ def sample_round(
         response_tokens=np.asarray(out.response_tokens),
         response_mask=response_mask,
         sampler_logprobs=np.asarray(out.response_logprobs),
-        scores=shape_scores(cfg, total, lengths, truncated),
+        scores=scores,
         rewards=per_fn,
         correct=np.asarray(correct, np.float32),
         truncated=truncated,
