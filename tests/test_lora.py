@@ -179,6 +179,14 @@ def test_bad_lora_config_fails_at_start(field, value, message):
         check_config(config)
 
 
+def test_lora_with_scanned_layers_fails_at_start():
+    config = default_config()
+    config.model.lora.rank = 8
+    config.model.scan_layers = True
+    with pytest.raises(ConfigError, match=r"config.model.scan_layers = True: expected False"):
+        check_config(config)
+
+
 def test_model_config_rejects_bad_lora():
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):
         models.tiny_config(lora_rank=-1)
