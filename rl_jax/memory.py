@@ -325,7 +325,7 @@ def startup_check(config: ml_collections.ConfigDict, ctx: Any, mesh: jax.shardin
         sft_len = sft_batch(ctx, ctx.task.batch(0, config.sft.batch_size))["tokens"].shape[1]
     est = estimate(
         config, ctx.policy.config, num_devices=mesh.devices.size, fsdp=mesh.shape[parallel.FSDP],
-        prompt_len=max(len(p) for p in prompts), sft_len=sft_len,
+        prompt_len=max((len(p) for p in prompts), default=0), sft_len=sft_len,
     )
     limit = device_limit(config)
     print(format_table(est, limit))
