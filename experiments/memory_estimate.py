@@ -33,8 +33,11 @@ HARDWARE = {"8 x 80 GB GPU": (8, 80.0, "cudnn"), "TPU v5e-16": (16, 16.0, "matmu
 PROMPT_LEN = 256
 
 
-def grpo_config(logits_chunk: int):
+def grpo_config(logits_chunk: int, loaded: bool):
+    """``loaded``: the policy comes from a checkpoint (``model.path``, only read for its truth
+    here): its initial weights are placed shard by shard; before that change they were whole."""
     config = default_config()
+    config.model.path = "<a pretrained checkpoint>" if loaded else ""
     config.stages = ("rl",)
     config.rl.estimator = "grpo"
     config.rl.num_prompts, config.rl.group_size, config.rl.num_minibatches = 64, 8, 8
@@ -54,15 +57,15 @@ def main() -> None:
     header = (f"{'model':<13} {'hardware':<14} {'setting':<7} "
               + " ".join(f"{c.split('/')[-1]:>10}" for c in columns)
               + f" {'fits':>5} {'w/o init':>9}")
-    print("GiB per device; 'w/o init': the total without ctx.policy's initial weights (kept whole")
-    print("on the first device by trainers.setup today)")
+    print("GiB per device; 'w/o init': the total without ctx.policy's initial weights (before:")
+    print("kept whole on the first device; after: loaded shard by shard, split like the policy)")
     print(header)
     details = []
     for name, model in MODELS.items():
         for hardware, (devices, gb, attention) in HARDWARE.items():
             settings = {
-                "before": (grpo_config(0), dataclasses.replace(model), 1),
-                "after": (grpo_config(128), dataclasses.replace(
+                "before": (grpo_config(0, loaded=False), dataclasses.replace(model), 1),
+                "after": (grpo_config(128, loaded=True), dataclasses.replace(
                     model, dtype="bfloat16", param_dtype="float32", remat="full",
                     scan_layers=True, attention_impl=attention), devices),
             }

@@ -22,16 +22,21 @@ Persistent (whole run):
   * ``critic``: GAE's value model (the policy's backbone + a scalar head) with its optimizer
     state and gradient: 4x its parameters.
   * ``reward_model``: the learned reward's backbone when ``rewards.model_weight != 0``.
-  * ``initial_weights``: ``ctx.policy``, the model as built or loaded, stays alive for the run,
-    unsharded on the first device (``trainers.setup.build_context``): counted whole.
+  * ``initial_weights``: ``ctx.policy``, the model as built or loaded, stays alive for the run
+    (``trainers.setup.build_context``): a loaded model (``model.path``) is placed shard by shard
+    in the policy's layout, so it counts like ``policy``; a fresh model is built on the first
+    device and counts whole.
 
 Sampling (the rollout batch, ``R_s = ceil(num_prompts * group_size / D)`` rows per device):
   * ``kv_cache = L x 2 x R_s x (P + N_b) x n_kv x d x b`` (keys and values; ``N_b`` the new-token
     bucket), plus ``kv_cache_grow``: the cache of the previous stage, alive while the sampler grows
     it (4 stages: ``P + 3 N_b / 4`` slots).
   * ``sampling_logits = 4 x R_s x V x 4``: the step's float32 logits and the top-k/top-p sorts.
-  * evaluation samples every held-out prompt at once, ``eval.k`` times (greedy once when k = 0):
-    the same items for ``ceil(eval.num_examples x max(k, 1) / D)`` rows (``eval_*``).
+  * evaluation samples the held-out prompts in calls of at most the rollout batch
+    (``trainers.evaluation.eval_chunks``): greedy ``min(eval.num_examples, num_prompts x
+    group_size)`` rows a call, and with ``eval.k > 1`` ``min(eval.num_examples, max(1,
+    num_prompts x group_size // k)) x k``; the same items for the larger, split over ``D``
+    (``eval_*``).
 
 Prepare (forward only, each device's whole share of the rollout batch, ``R_s`` rows, at once;
 when the old log-probs, the reference or the values are computed): one layer's forward peak
@@ -94,12 +99,13 @@ PHASES = {
 # The fields that reduce each item, named in the error.
 REMEDIES = {
     "policy": "fsdp > 1 (a mesh with an fsdp axis)",
-    "initial_weights": "(ctx.policy keeps the weights as built; not configurable)",
+    "initial_weights": "a loaded model (model.path) is split like the policy: fsdp > 1",
     "optimizer": "fsdp > 1 (a mesh with an fsdp axis), rl.optim.grad_accum_steps = 1",
     "reference": "kl.coef = 0 (no reference model), fsdp > 1",
     "critic": "rl.estimator other than 'gae' (no critic), fsdp > 1",
     "kv_cache": "rl.num_prompts, rl.group_size, rollout.max_new_tokens, more devices",
-    "eval_kv_cache": "eval.num_examples, eval.k, rollout.max_new_tokens",
+    "eval_kv_cache": "rl.num_prompts x rl.group_size (rows per evaluation call), eval.k, "
+                     "rollout.max_new_tokens",
     "activations": "rl.num_minibatches (more, smaller minibatches), model.remat='full', "
                    "model.scan_layers=True, model.attention_impl='cudnn' (GPU)",
     "logits": "model.logits_chunk (e.g. 128; 0 = the full [rows, T, vocab] logits), "
@@ -208,7 +214,7 @@ def estimate(
     out["policy"] = per_device
     accum = 1 if config.rl.optim.grad_accum_steps > 1 else 0
     out["optimizer"] = (2 + accum) * per_device
-    out["initial_weights"] = n_params * p_bytes
+    out["initial_weights"] = per_device if config.model.path else n_params * p_bytes
     if is_rl:
         if config.kl.coef > 0:
             out["reference"] = per_device
@@ -235,7 +241,11 @@ def estimate(
         return kv * (prompt + new_bucket), grow, 4 * rows_per_device * c.vocab_size * 4
 
     if "rl" in stages or "sft" in stages:  # both evaluate by sampling
-        eval_rows = config.eval.num_examples * max(config.eval.k, 1)
+        per_call = rl.num_prompts * rl.group_size
+        eval_rows = min(config.eval.num_examples, per_call)
+        if config.eval.k > 1:
+            prompts = min(config.eval.num_examples, max(1, per_call // config.eval.k))
+            eval_rows = max(eval_rows, prompts * config.eval.k)
         eval_items = sampling(math.ceil(eval_rows / num_devices))
         out["eval_kv_cache"], out["eval_kv_cache_grow"], out["eval_sampling_logits"] = eval_items
     if is_rl:

@@ -203,6 +203,8 @@ ANSWER_FNS: dict[str, Callable[[str], Hashable | None]] = {
     "countdown": _expression_answer,
     "format": _stripped_answer,
     "digits_gold": _stripped_answer,
+    "final_answer": lambda completion: final_answer(completion) or None,
+    "last_number": extract_last_number,
 }
 
 

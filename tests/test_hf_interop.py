@@ -299,3 +299,29 @@ def test_save_refuses_to_overwrite(loaded, tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     models.save_pretrained(loaded["llama"], None, tmp_path, overwrite=True)
     assert models.load_config(tmp_path) == loaded["llama"].config
+
+
+def test_load_with_mesh_places_each_parameter_shard_by_shard(checkpoints, loaded):
+    """``load_pretrained(mesh=...)``: every parameter arrives in ``parallel.param_sharding``'s
+    FSDP layout (each device holds 1/fsdp of a split array, never the whole), with the values of
+    the unsharded load (exact: the same host tensors are sliced), and gives the same logits."""
+    from rl_jax import parallel
+
+    mesh = parallel.make_mesh(fsdp=4)
+    model, _ = models.load_pretrained(checkpoints["llama"][1], mesh=mesh)
+    whole = nnx.state(loaded["llama"], nnx.Param)
+    split = 0
+    for got, want in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(whole),
+                         strict=True):
+        expected = parallel.param_sharding(want, mesh)
+        assert got.sharding.is_equivalent_to(expected, got.ndim)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        shard_shape = got.addressable_shards[0].data.shape
+        if not got.sharding.is_fully_replicated:
+            split += 1
+            assert np.prod(shard_shape) * 4 == got.size, (got.shape, shard_shape)
+            assert {s.data.shape for s in got.addressable_shards} == {shard_shape}
+    assert split >= 2  # the tiny model has two arrays of >= 2**14 elements (param_sharding)
+    tokens, mask = padded_batch([3, 10], 10, "right", seed=5)
+    np.testing.assert_allclose(jax_logits(model, tokens, mask),
+                               jax_logits(loaded["llama"], tokens, mask), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rl_jax import data, models
+from rl_jax import data, models, rewards
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.trainers import setup
 
@@ -291,3 +291,11 @@ def test_sft_examples_are_the_templated_prompt_then_target_and_eos():
     assert batch["tokens"][0, :length].tolist() == prompt + target
     assert batch["loss_mask"][0].tolist() == [0] * len(prompt) + [1] * len(target) + [0] * (
         batch["tokens"].shape[1] - length)
+
+
+def test_every_reward_has_an_answer_for_majority_voting():
+    """maj@k votes over ``extract_answers``: each reward must name what a completion answers."""
+    assert set(rewards.ANSWER_FNS) == set(rewards.REWARD_FNS)
+    answers = rewards.extract_answers("last_number", ["13 + 8 = 21", "It is 21.0", "none"])
+    assert answers[0] == answers[1] and answers[2] is None  # numeric, as the reward compares
+    assert rewards.extract_answers("final_answer", ["3+4>7", "7", ">"]) == ["7", "7", None]

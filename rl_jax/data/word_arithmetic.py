@@ -3,7 +3,7 @@ only."`` -> ``"12"``.
 
 Made for RL from a small pretrained instruct model (SmolLM2-135M-Instruct), which answers such
 questions right often enough, but not always, for GRPO's groups to carry signal. The reward
-``last_integer`` (``rl_jax.rewards``) reads the model's reply leniently: the last integer in it
+``last_number`` (``rl_jax.rewards``) reads the model's reply leniently: the last integer in it
 must equal ``answer``, so ``"7 + 5 = 12."`` counts as right.
 """
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import gguf
 import gguf.quants
+import jax
 import numpy as np
 import transformers
 
@@ -240,32 +241,41 @@ def read_gguf_tensors(
 
 
 def load_gguf_causal_lm(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> CausalLM:
     """A CausalLM from a llama GGUF file (or a directory holding one); no torch involved.
 
     Quantised weights are dequantised and cast to `param_dtype` (float32 master weights by
-    default); `dtype` is the compute dtype.
+    default); `dtype` is the compute dtype; with a `mesh` each is placed shard by shard
+    (`hf_io.params_from_hf`).
     """
     file = find_gguf_file(path)
-    return _model_from_reader(gguf.GGUFReader(file), file, dtype, param_dtype)
+    return _model_from_reader(gguf.GGUFReader(file), file, dtype, param_dtype, mesh)
 
 
 def _model_from_reader(
-    reader: gguf.GGUFReader, file: Path, dtype: str, param_dtype: str
+    reader: gguf.GGUFReader, file: Path, dtype: str, param_dtype: str, mesh=None
 ) -> CausalLM:
     config = _config_from_reader(reader, file, dtype=dtype, param_dtype=param_dtype)
-    return params_from_hf(config, _read_tensors(reader, file, config), source=str(file))
+    return params_from_hf(config, _read_tensors(reader, file, config), source=str(file), mesh=mesh)
 
 
 def load_gguf(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[CausalLM, transformers.PreTrainedTokenizerFast]:
     """(CausalLM, tokenizer) from a GGUF file, parsing its metadata once (what load_pretrained
     calls for a .gguf path); see `load_gguf_causal_lm` and `load_gguf_tokenizer`."""
     file = find_gguf_file(path)
     reader = gguf.GGUFReader(file)  # parsing the metadata of a 49k-token vocabulary takes seconds
-    model = _model_from_reader(reader, file, dtype, param_dtype)
+    model = _model_from_reader(reader, file, dtype, param_dtype, mesh)
     return model, _tokenizer_from_reader(reader, file)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, needed to read bf16 safetensors)
 import numpy as np
@@ -25,6 +26,7 @@ import safetensors.numpy
 import transformers
 from flax import nnx
 
+from rl_jax import parallel
 from rl_jax.models.config import ModelConfig
 from rl_jax.models.transformer import CausalLM, reconfigure
 
@@ -142,8 +144,14 @@ def params_from_hf(
     tensors: dict[str, np.ndarray],
     files: dict[str, str] | None = None,
     source: str = "checkpoint",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> CausalLM:
     """A CausalLM whose parameters are `tensors` (HF names and layout), cast to param_dtype.
+
+    With a `mesh`, each parameter is placed shard by shard with `parallel.param_sharding`'s
+    layout (FSDP over the mesh's "fsdp" axis): every device receives only its slice of the host
+    tensor (`jax.make_array_from_callback`), so no device ever holds a whole model it does not
+    keep. Without one, the arrays go to the default device whole.
 
     Raises ValueError naming the tensor (and its file, from `files`, or else `source`) for a
     missing tensor, a wrong shape or an unexpected one. With `config.scan_layers` the layers
@@ -156,7 +164,8 @@ def params_from_hf(
         )
     if config.scan_layers:
         unscanned = dataclasses.replace(config, scan_layers=False)
-        return reconfigure(params_from_hf(unscanned, tensors, files, source), scan_layers=True)
+        return reconfigure(params_from_hf(unscanned, tensors, files, source, mesh),
+                           scan_layers=True)
     files = files or {}
     abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
@@ -175,7 +184,8 @@ def params_from_hf(
                 f"expected {expected}"
             )
         used.add(name)
-        flat[path] = jnp.asarray(array.T if _is_transposed(path) else array, dtype=param_dtype)
+        host = array.T if _is_transposed(path) else array
+        flat[path] = _place(host, param_dtype, mesh)
     unexpected = sorted(
         name for name in tensors
         if name not in used
@@ -188,25 +198,45 @@ def params_from_hf(
     return nnx.merge(graphdef, state)
 
 
+def _place(host: np.ndarray, dtype: jnp.dtype, mesh: jax.sharding.Mesh | None) -> jax.Array:
+    """``host`` as a ``dtype`` array: whole on the default device, or with ``mesh`` split as
+    ``parallel.param_sharding`` splits it, each device's slice cast and copied on its own."""
+    if mesh is None:
+        return jnp.asarray(host, dtype=dtype)
+    sharding = parallel.param_sharding(jax.ShapeDtypeStruct(host.shape, dtype), mesh)
+    return jax.make_array_from_callback(
+        host.shape, sharding, lambda index: np.asarray(host[index], dtype=dtype)
+    )
+
+
 def load_causal_lm(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> CausalLM:
     """A CausalLM from a local HF checkpoint directory (config.json + safetensors), or from a
     llama.cpp .gguf file (or a directory holding one and no config.json).
 
-    `dtype` is the compute dtype, `param_dtype` the storage dtype (see `load_pretrained`)."""
+    `dtype` is the compute dtype, `param_dtype` the storage dtype, `mesh` where the parameters
+    go, shard by shard (see `load_pretrained`)."""
     from rl_jax.models import gguf as gguf_io  # imports this module
 
     if gguf_io.is_gguf(path):
-        return gguf_io.load_gguf_causal_lm(path, dtype=dtype, param_dtype=param_dtype)
+        return gguf_io.load_gguf_causal_lm(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
     directory = Path(path)
     config = load_config(directory, dtype=dtype, param_dtype=param_dtype)
     tensors, files = read_hf_tensors(directory)
-    return params_from_hf(config, tensors, files, source=str(directory))
+    return params_from_hf(config, tensors, files, source=str(directory), mesh=mesh)
 
 
 def load_pretrained(
-    path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32"
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[CausalLM, transformers.PreTrainedTokenizerBase]:
     """(CausalLM, tokenizer) from a local HF checkpoint directory; never touches the hub.
 
@@ -217,12 +247,13 @@ def load_pretrained(
     use); `param_dtype` the storage dtype of the parameters, float32 by default whatever `dtype`
     is: the master weights an optimizer updates. In bfloat16 storage an AdamW step of lr 1e-6
     rounds away on most weights (see tests/test_mixed_precision.py). bf16 checkpoints load (cast).
+    With a `mesh`, every parameter is placed shard by shard over it (see `params_from_hf`).
     """
     from rl_jax.models import gguf as gguf_io  # imports this module
 
     if gguf_io.is_gguf(path):
-        return gguf_io.load_gguf(path, dtype=dtype, param_dtype=param_dtype)
-    model = load_causal_lm(path, dtype=dtype, param_dtype=param_dtype)
+        return gguf_io.load_gguf(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
+    model = load_causal_lm(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
     if not any((Path(path) / name).is_file() for name in _TOKENIZER_FILES):
         raise FileNotFoundError(
             f"no tokenizer in {path} (none of {_TOKENIZER_FILES}); "

@@ -121,7 +121,7 @@ def check_processes(config: ml_collections.ConfigDict) -> None:
 
 def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> dict:
     start = time.perf_counter()
-    ctx = build_context(config, workdir)
+    ctx = build_context(config, workdir, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ctx.policy)))
     print(f"devices: {mesh.devices.size} ({jax.devices()[0].platform}) in "
           f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}; "

@@ -119,11 +119,17 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
     return tokenizer
 
 
-def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalLM:
+def build_policy(
+    config: ml_collections.ConfigDict, tokenizer, mesh: jax.sharding.Mesh | None = None
+) -> models.CausalLM:
     """The policy: a Hugging Face checkpoint (``model.path``) or a fresh model from the config,
     computing in ``model.dtype`` with parameters stored in ``model.param_dtype``; with
-    ``model.lora.rank`` > 0, fresh LoRA adapters (B = 0) on ``model.lora.targets``."""
-    policy = _build_base_policy(config, tokenizer)
+    ``model.lora.rank`` > 0, fresh LoRA adapters (B = 0) on ``model.lora.targets``.
+
+    With a ``mesh``, loaded parameters are placed shard by shard in the training layout
+    (``parallel.param_sharding``): no device receives the whole checkpoint. A fresh model is
+    built on the default device (the models built from a config are small)."""
+    policy = _build_base_policy(config, tokenizer, mesh)
     lora = config.model.lora
     if lora.rank == 0:
         return policy
@@ -133,11 +139,15 @@ def build_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalL
     )
 
 
-def _build_base_policy(config: ml_collections.ConfigDict, tokenizer) -> models.CausalLM:
+def _build_base_policy(
+    config: ml_collections.ConfigDict, tokenizer, mesh: jax.sharding.Mesh | None
+) -> models.CausalLM:
     m = config.model
     if m.path:
         try:
-            policy, _ = models.load_pretrained(m.path, dtype=m.dtype, param_dtype=m.param_dtype)
+            policy, _ = models.load_pretrained(
+                m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh
+            )
         except Exception as error:  # safetensors.SafetensorError, OSError, KeyError, ...
             raise ValueError(
                 f"config.model.path = {m.path!r}: cannot load the model ({_one_line(error)}); "
@@ -193,8 +203,12 @@ def build_task(config: ml_collections.ConfigDict):
         raise ValueError(f"config.task.kwargs.path = {path!r}: {_one_line(error)}") from error
 
 
-def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
+def build_context(
+    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None
+) -> Context:
     """Task, tokenizer (checked against ``task.chat_template``), policy and sampler.
+
+    ``mesh``: where a loaded policy's parameters are placed, shard by shard (``build_policy``).
 
     The sampler stops at every id of ``resolve_eos_ids``; a tokenizer without a pad token gets
     one (``resolve_pad_id``), said once here.
@@ -210,7 +224,7 @@ def build_context(config: ml_collections.ConfigDict, workdir: str) -> Context:
     tokenizer = build_tokenizer(config, task, workdir)
     if config.task.chat_template:
         check_chat_template(tokenizer, f"config.model.path = {config.model.path!r}")
-    policy = build_policy(config, tokenizer)
+    policy = build_policy(config, tokenizer, mesh)
     eos_ids = resolve_eos_ids(
         tokenizer.eos_token_id,
         policy.config.eos_token_id,
