@@ -34,6 +34,8 @@ setuptools.setup(
         "test": [
             "pytest>=8.0",
             "hypothesis>=6.100",
+            # The README's test command runs the tests in 2 worker processes (-n 2).
+            "pytest-xdist>=3.5",
             # Test-only: reference outputs from transformers. 2.13.0 has a local CPU build here.
             "torch==2.13.0",
             # Test-only: transformers needs it to read a GGUF file (the real-model reference).
