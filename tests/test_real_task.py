@@ -56,7 +56,25 @@ def test_word_arithmetic_eval_fraction_keeps_held_out_questions_out_of_training(
     assert evaluated == held_out  # 200 draws reach every one of them
     assert trained == {(a, b) for a in range(10) for b in range(10)} - held_out
     assert task.eval_set(50) == task.eval_set(200)[:50]
-    assert held_out_unit(3, "+", 4) == held_out_unit(3, "+", 4) != held_out_unit(4, "+", 3)
+    assert held_out_unit(3, "+", 4) == held_out_unit(4, "+", 3)  # commuted: one question
+    assert held_out_unit(3, "-", 4) != held_out_unit(4, "-", 3)
+
+
+@pytest.mark.parametrize("ops", [("+",), ("+", "-", "*")])
+def test_word_arithmetic_no_held_out_question_is_trained_in_its_commuted_form(ops):
+    from rl_jax.data.word_arithmetic import COMMUTATIVE_OPS
+
+    task = data.make_task("word_arithmetic", ops=ops, min_value=0, max_value=20,
+                          eval_fraction=0.25, seed=0)
+    def key(ex):
+        a, b = ex.info["operands"]
+        op = ex.info["op"]
+        return (op, frozenset((a, b))) if op in COMMUTATIVE_OPS else (op, a, b)
+
+    trained = {key(ex) for step in range(100) for ex in task.batch(step, 32)}
+    evaluated = {key(ex) for ex in task.eval_set(256)}
+    assert evaluated and trained
+    assert not trained & evaluated
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,8 @@ class WordArithmeticTask(GeneratedTask):
     ``eval_fraction > 0`` makes the held-out set disjoint from training: the questions
     ``(a, op, b)`` with ``held_out_unit(a, op, b) < eval_fraction`` (a fixed hash, about that share
     of them) are drawn only by ``eval_set``, all others only by ``batch`` (rejection sampling).
+    For a commutative ``op`` the hash is of the unordered pair, so ``b op a`` (same answer) is
+    held out with ``a op b``.
     """
 
     ops: tuple[str, ...] = ("+",)
@@ -91,8 +93,14 @@ class WordArithmeticTask(GeneratedTask):
         return [self.sample(rng, held_out) for _ in range(n)]
 
 
+COMMUTATIVE_OPS = ("+", "*")
+
+
 def held_out_unit(a: int, op: str, b: int) -> float:
     """A fixed pseudo-random number in [0, 1) for the question ``a op b`` (from its MD5), the same
-    in every process and Python version."""
+    in every process and Python version. For a commutative ``op`` it depends on ``{a, b}`` only,
+    so ``a op b`` and ``b op a`` fall on the same side of the held-out split."""
+    if op in COMMUTATIVE_OPS:
+        a, b = min(a, b), max(a, b)
     digest = hashlib.md5(f"{a}{op}{b}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
