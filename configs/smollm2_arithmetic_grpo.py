@@ -7,12 +7,12 @@ r"""GRPO from the pretrained SmolLM2-135M-Instruct on arithmetic questions in wo
 
 Prompts ``"What is 13 + 8? Answer with the number only."`` (operands 0..20) go through the model's
 chat template (the GGUF's ChatML, with its default system prompt); the reward is 1 when the last
-number of the reply equals the sum (``last_number``: lenient, so ``"13 + 8 = 21"`` counts). A
-quarter of the 441 questions (by a fixed hash) are held out: evaluation draws only from them,
-training never sees them. The base model is between its one-digit (55% greedy, 22% sampled at
-temperature 1) and two-digit (20%, 2%) accuracy here (experiments/results/smollm2/), so groups of 8
+number of the reply equals the sum (``last_number``: lenient, so ``"13 + 8 = 21"`` counts). About
+a quarter of the 441 questions are held out by a fixed hash of the unordered pair, so a held-out
+``a + b`` is never trained on in either order; evaluation draws only from the held-out questions.
+The base model answers some of these questions and misses others (docs/results.md), so groups of 8
 samples carry signal. No SFT stage and no reference model (kl.coef = 0); everything in float32
-(bf16 is slower than float32 on this CPU). ``:ppo`` swaps GRPO for PPO with a critic (GAE).
+(bf16 is slower than float32 on a CPU). ``:ppo`` swaps GRPO for PPO with a critic (GAE).
 Another model or location: ``--config.model.path=FILE.gguf`` (or a Hugging Face directory).
 """
 

@@ -20,20 +20,16 @@ six rows of a seed, GRPO settings) with three changes, stated before any result 
   three working notes (``"15,12>521"``) and the reward (``final_answer``) reads only the answer
   after ``">"``. Why: overlong filtering and the overlong punishment need responses of varying
   length, some of which exceed the budget. The default task's answers have a fixed length (3-4
-  digits and EOS): measured on seed 0 with a budget of 6 tokens (``--variants=dynamic_sampling
-  --seeds=0``, 60 RL steps), 0.0-0.4% of the responses of a step were truncated, so overlong
-  filtering had nothing to act on, and a budget of 4 or 5 would truncate or punish correct
-  answers wholesale.
+  digits and EOS), so almost none is truncated (docs/results.md), and a smaller budget would
+  truncate or punish correct answers wholesale.
 * ``rollout.max_new_tokens = 12``: of the SFT targets (+ EOS), 8.8% are 13 or 14 tokens long (a
   full scratchpad with a 4-digit answer), so a policy that imitates them has some responses cut,
   as DAPO's long reasoning traces are: a cut response loses its answer and scores 0 (DAPO's
   "reward noise" that overlong filtering removes from the loss). The soft overlong punishment's
   buffer is 2 tokens (DAPO: 4,096 of 20,480, a fifth): lengths 11 and 12 lose 0.5 and 1.
-* 50 RL steps of 16 prompts x 8 responses (the default: 32 prompts), 4 minibatches a rollout
-  (the clip acts only off-policy): 18 runs on this 2-core CPU, shared with other jobs at a load
-  average of ~15, where one RL step of the scratchpad task took 1.1-1.6 s at 32 prompts and SFT
-  to 30% took ~6 min (the Dr. GRPO sweep's first run); held-out evaluation every 25 steps,
-  greedy only (``eval.k = 0``).
+* 50 RL steps of 16 prompts x 8 responses (the default: 32 prompts), so that the 18 runs fit a
+  CPU; 4 minibatches a rollout (the clip acts only off-policy); held-out evaluation every 25
+  steps, greedy only (``eval.k = 0``).
 """
 
 from configs import arithmetic_grpo

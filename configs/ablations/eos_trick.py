@@ -10,21 +10,17 @@ reward (the RL score is the reward normalised by its mean and std on the SFT pol
 -1 is one standard deviation below the SFT policy's average). SFT and the reward model are shared
 by both variants of a seed; only RL differs.
 
-One change to the base, for a stated reason and decided before any run: with the config's
-``max_new_tokens = 8`` the longest well-formed answer (6 digits + EOS = 7 tokens; the task's BPE
-writes a digit per token) always fits, and the README's PPO runs keep a mean length of ~5.5 tokens
-with no response cut: the trick would have nothing to act on. With ``max_new_tokens = 6`` an
+One change to the base, for a stated reason: with the config's ``max_new_tokens = 8`` the longest
+well-formed answer (6 digits + EOS = 7 tokens; the task's BPE writes a digit per token) always
+fits, so no response is cut and the trick would have nothing to act on. With ``max_new_tokens = 6`` an
 answer to ``"6 digits:"`` (a quarter of the prompts) cannot end with EOS unless it is shorter than
 asked, and any answer of 6 or more characters is cut: the policy can trade truncation against the
 gold labeller's length penalty, and the learned reward scores cut responses (which the reward
 model, trained on ``response + EOS`` rows, never saw without their EOS) at their last token.
 
-Size, set for time on this shared CPU: a first sweep with the config's sizes (reward model on
-2048 prompts for 200 steps, 100 PPO steps of 64 prompts x 4) ran 2 of its 9 runs in 26 min at a
-load average of ~20 on the 2 cores (the shared SFT + RM 10.5 min, a PPO run 15 min) and was
-stopped; so the reward model here learns from 512 prompts in 100 steps and PPO runs 40 steps of
-32 prompts x 4 (half the batch; the RLOO sweep's PPO had reached most of its gold reward gain by
-step 15). The claims and metrics are those of the first sweep.
+Size, set so that the 9 runs fit a CPU: the reward model learns from 512 prompts in 100 steps
+and PPO runs 40 steps of 32 prompts x 4 (half the config's batch); PPO on this task reaches most
+of its gold-reward gain in the first 15 steps.
 """
 
 from configs import preference_rm_ppo

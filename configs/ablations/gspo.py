@@ -8,10 +8,8 @@ sequence-mean aggregation in both variants, so the ratio level and the clip rang
 differences: GRPO token-level ratios clipped at 0.2 / 0.27, GSPO sequence-level ratios
 ``exp(mean_t log rho_t)`` clipped at 3e-4 / 4e-4, the ranges of the paper.
 
-Size: one timing run (the GSPO variant with ``--config.rl.steps=30``) on this 2-core CPU shared with
-other jobs (load average 9) took 172 s: SFT 110 s (1,350 steps to 30% held-out accuracy; the
-step count varies by seed), RL 32 s to compile then about 0.5 s a step. With 300 RL steps a seed is
-about 110 s + 2 x (35 + 150 + evals) s, so 3 seeds take about 25-30 min under that load.
+Size: 300 RL steps a variant, so that 3 seeds of both variants fit in well under an hour on a
+2-core CPU (an RL step of this task takes about 0.5 s there).
 """
 
 from configs import arithmetic_grpo

@@ -26,8 +26,8 @@ is InstructGPT's other argument for grouping.
 Setup choices, stated before any run: label noise 0.15 (a Gumbel scale; on this task's SFT samples
 it flips about 26% of the pairs, simulated with uniform random digits, near the ~27% disagreement
 between InstructGPT's labellers): with noiseless labels of a simple rule there is little to
-overfit. 96 prompts and 16 epochs: small enough to memorise, within the time of a sweep on this
-shared 2-core CPU (a run is SFT ~50 steps then 96 reward-model steps; ~2-3 min under load).
+overfit. 96 prompts and 16 epochs: small enough to memorise, and a run (SFT ~50 steps, then 96
+reward-model steps) takes minutes on a CPU.
 """
 
 from configs import preference_rm_ppo
