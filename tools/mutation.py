@@ -116,7 +116,8 @@ def _mutations(node: ast.AST, parent_fn: ast.AST | None):
         c = node.value
         out.append(("number", f"{c!r} -> {c + 1!r}", lambda n, f: setattr(n, "value", n.value + 1)))
         if c != 0:
-            out.append(("number", f"{c!r} -> 0", lambda n, f: setattr(n, "value", type(n.value)(0))))
+            out.append(("number", f"{c!r} -> 0",
+                        lambda n, f: setattr(n, "value", type(n.value)(0))))
     elif isinstance(node, ast.Constant) and isinstance(node.value, bool):
         out.append(("bool", f"{node.value} -> {not node.value}",
                     lambda n, f: setattr(n, "value", not n.value)))
