@@ -496,8 +496,9 @@ def _overlong_reference(buffer, penalty, budget=8):
 
 
 SHAPING_OPTIONS = {  # every field of cfg.rl that shape_scores reads, and the test of it
-    "overlong_buffer": lambda: _assert_close(_shape(**{"rl.overlong_buffer": 4}),
-                                             _overlong_reference(4, 1.0)),
+    "overlong_buffer": lambda: [  # a buffer of one token is on too
+        _assert_close(_shape(**{"rl.overlong_buffer": b}), _overlong_reference(b, 1.0))
+        for b in (4, 1)],
     "overlong_penalty": lambda: _assert_close(
         _shape(**{"rl.overlong_buffer": 3, "rl.overlong_penalty": 0.5}),
         _overlong_reference(3, 0.5)),
