@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from rl_jax import ablation as ablation_lib  # noqa: E402
 from rl_jax import parallel  # noqa: E402
+from rl_jax.config import ConfigError, check_config  # noqa: E402
 from rl_jax.trainers.run import run  # noqa: E402
 
 _ABLATION = flags.DEFINE_string("ablation", None, "Ablation file (configs/ablations/*.py).")
@@ -35,6 +36,27 @@ _FSDP = flags.DEFINE_integer("fsdp", 1, "Devices that shard one copy of the para
 flags.mark_flags_as_required(["ablation", "workdir"])
 
 
+def check_runs(ablation, seeds, variants, num_devices: int) -> None:
+    """``check_config`` of every (variant, seed) of the sweep, before its first run: one
+    ``ConfigError`` naming each bad variant and all its bad fields (a variant that is not in the
+    ablation is left to ``sweep``, which names it)."""
+    problems = []
+    for name in ablation.variants if variants is None else variants:
+        if name not in ablation.variants:
+            continue
+        errors: list[str] = []
+        for seed in ablation.seeds if seeds is None else seeds:
+            config = ablation_lib.run_config(ablation.base, ablation.variants[name], seed)
+            try:
+                check_config(config, num_devices=num_devices)
+            except ConfigError as error:
+                errors += [e for e in str(error).splitlines()[1:] if e not in errors]
+        if errors:
+            problems.append(f"variant {name}:\n" + "\n".join(errors))
+    if problems:
+        raise ConfigError("invalid variants, nothing was run:\n" + "\n".join(problems))
+
+
 def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # keep library INFO logs (Orbax) off stdout
@@ -43,7 +65,12 @@ def main(argv):
     ablation = ablation_lib.load_ablation(_ABLATION.value)
     seeds = None if _SEEDS.value is None else [int(s) for s in _SEEDS.value]
     print(f"claim: {ablation.claim}")
-    train = functools.partial(run, mesh=parallel.make_mesh(fsdp=_FSDP.value))
+    mesh = parallel.make_mesh(fsdp=_FSDP.value)
+    try:
+        check_runs(ablation, seeds, _VARIANTS.value, mesh.devices.size)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    train = functools.partial(run, mesh=mesh)
     counts = ablation_lib.sweep(
         ablation, _WORKDIR.value, train, seeds=seeds, variants=_VARIANTS.value,
         progress=tqdm.tqdm,

@@ -2,11 +2,14 @@ r"""Speed of one GRPO step: completion tokens/s and the time split (sampling / s
 
     python experiments/benchmark_rl_step.py
 
-The model and batch of TRL's reference measurement on this CPU: a random Qwen2-shaped model (hidden
-256, 4 layers, 4 heads, 2 KV heads, vocab 1024, tied embeddings, ~3.4M parameters), 8 prompts x 8
-samples x 64 new tokens (EOS never ends a response early), float32. A step is exactly the RL loop's:
-sample with the jitted KV-cache sampler, score on the host, ``prepare`` (old and reference
-log-probs, advantages) and ``update`` (one clipped GRPO update with the k3 KL term), all jitted.
+A random Qwen2-shaped model (hidden 256, 4 layers, 4 heads, 2 KV heads, vocab 1024, tied
+embeddings, ~3.4M parameters), 8 prompts x 8 samples x 64 new tokens (EOS never ends a response
+early), float32. A step is exactly the RL loop's: sample with the jitted KV-cache sampler, score on
+the host, ``prepare`` (old and reference log-probs, advantages) and ``update`` (one clipped GRPO
+update with the k3 KL term), all jitted.
+
+rl_jax's figures only: no ratio to another library. A comparison with TRL's ``GRPOTrainer``,
+measured in the same process on the same model and prompts, is ``experiments/benchmark_real.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def main(argv):
     policy = models.CausalLM(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(policy)
     num_params = sum(x.size for x in jax.tree.leaves(params))
-    # eos_ids=(): every response is max_new_tokens long, as in the TRL measurement.
+    # eos_ids=(): every response is max_new_tokens long (a fixed token count a step).
     sampler = Sampler.from_model(policy, eos_ids=(), pad_id=0)
     settings = RLSettings(
         estimator="grpo",
@@ -122,10 +125,6 @@ def main(argv):
         ("update (fwd+bwd+adamw)", upd),
     ]:
         print(f"  {name:<24} {t:.3f} s  {100 * t / total:5.1f}%")
-    print(
-        "TRL 1.16 GRPOTrainer, same model and batch on this CPU: ~2.85 s a step, ~1,400 "
-        f"tokens/s -> ratio {tokens / total / 1400:.2f}x"
-    )
 
 
 if __name__ == "__main__":

@@ -335,6 +335,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
             bad("rm.num_responses", config.rm.num_responses, "2 with rm.loss='pairwise'")
     if "rl" in stages:
         _check_rl(config, stages, choice, at_least, divides, bad)
+    _check_ignored(config, stages, bad)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -446,6 +447,83 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     if not len(config.rewards.weights) and not config.rewards.model_weight:
         bad("rewards.weights", {}, "at least one reward (or rewards.model_weight > 0)")
     _check_optim(config, "rl.optim", at_least, bad)
+
+
+# Fields of a fresh model's architecture: a model file (``model.path``) brings its own.
+FRESH_MODEL_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                      "num_layers", "num_heads", "num_kv_heads", "max_len", "init_std")
+
+
+def _check_ignored(config, stages, bad) -> None:
+    """Fields moved from their default where the rest of the config leaves them unread: refused,
+    so that a run trains what its config says (a default value always passes)."""
+    default = default_config()
+
+    def unused(field: str, ignored: bool, why: str) -> None:
+        value, usual = _get(config, field), _get(default, field)
+        same = tuple(value) == tuple(usual) if isinstance(usual, tuple | list) else value == usual
+        if ignored and not same:
+            bad(field, value, f"{usual!r} (the default) {why}")
+
+    if config.model.path:
+        for name in FRESH_MODEL_FIELDS:
+            unused(f"model.{name}", True, "with model.path set (the model file sets it)")
+    lora = config.model.lora
+    for name in ("alpha", "targets"):
+        unused(f"model.lora.{name}", lora.rank == 0, "with model.lora.rank = 0 (no adapters)")
+    if "rm" in stages:
+        data = config.rm.data
+        unused("rm.path", data == "synthetic", "with rm.data='synthetic' (sampled preferences)")
+        for name in ("num_prompts", "num_responses", "gold", "label_noise"):
+            unused(f"rm.{name}", data != "synthetic", f"with rm.data={data!r} (it sets the "
+                   "synthetic preferences)")
+    if "rl" not in stages:
+        return
+    rl, loss, kl = config.rl, config.loss, config.kl
+    critic = rl.estimator == "gae"
+    kl_in_reward = kl.in_reward and kl.coef > 0
+    kl_loss = kl.coef > 0 and not kl.in_reward
+    policy_loss = loss.policy_loss
+    unused("kl.in_reward", kl.coef == 0, "with kl.coef = 0 (no KL penalty to put in the reward)")
+    unused("kl.target", not kl_in_reward, "without kl.in_reward=True and kl.coef > 0 (the "
+           "adaptive controller only sets the coefficient of the KL in the reward)")
+    unused("kl.horizon", not (kl_in_reward and kl.target > 0), "without an adaptive KL "
+           "coefficient (kl.target > 0, kl.in_reward=True, kl.coef > 0)")
+    unused("kl.estimator", not kl_loss, "without a KL loss term (kl.coef > 0 with "
+           "kl.in_reward=False; the KL in the reward is k1)")
+    gmpo_only = policy_loss == "gmpo" and not kl_loss and not critic
+    unused("loss.agg", gmpo_only, "with loss.policy_loss='gmpo' and no KL loss term or critic "
+           "(GMPO's geometric mean over each response replaces the aggregation)")
+    unused("loss.count_empty_rows", policy_loss != "gmpo" and loss.agg == "token-mean",
+           "with loss.agg='token-mean' (it changes the seq-mean-* denominators and GMPO's)")
+    for field in ("loss.clip_low", "loss.clip_high"):
+        unused(field, policy_loss in ("gmpo", "kl_cov"), f"with loss.policy_loss="
+               f"{policy_loss!r} (gmpo clips with loss.gmpo_clip; kl_cov does not clip)")
+    unused("loss.gmpo_clip", policy_loss != "gmpo", "without loss.policy_loss='gmpo'")
+    unused("loss.cov_ratio", policy_loss not in ("clip_cov", "kl_cov"),
+           "without loss.policy_loss='clip_cov' or 'kl_cov'")
+    for field in ("loss.cov_lower", "loss.cov_upper"):
+        unused(field, policy_loss != "clip_cov", "without loss.policy_loss='clip_cov'")
+    unused("loss.kl_cov_coef", policy_loss != "kl_cov", "without loss.policy_loss='kl_cov'")
+    correction = loss.is_correction
+    unused("loss.is_cap", correction not in ("token_tis", "seq_tis"),
+           "without loss.is_correction='token_tis' or 'seq_tis'")
+    for field in ("loss.is_low", "loss.is_high"):
+        unused(field, correction not in ("token_mis", "seq_mis", "seq_mis_geo"),
+               "without loss.is_correction='token_mis', 'seq_mis' or 'seq_mis_geo'")
+    for field in ("loss.vf_coef", "loss.value_clip", "rl.lam", "rl.critic_init"):
+        unused(field, not critic, f"with rl.estimator={rl.estimator!r} (no critic: only 'gae' "
+               "has one)")
+    unused("rl.gamma", rl.estimator not in ("gae", "reinforce_pp"), f"with rl.estimator="
+           f"{rl.estimator!r} (only 'gae' and 'reinforce_pp' discount)")
+    unused("rl.whiten_advantages", rl.estimator in ("reinforce_pp", "reinforce_pp_baseline"),
+           f"with rl.estimator={rl.estimator!r} (its advantages are always whitened)")
+    unused("rl.max_extra_rounds", not rl.dynamic_sampling, "without rl.dynamic_sampling=True")
+    unused("rl.overlong_penalty", rl.overlong_buffer == 0, "with rl.overlong_buffer = 0")
+    unused("rl.missing_eos_score", not rl.eos_trick, "without rl.eos_trick=True")
+    unused("rl.max_approx_kl", rl.max_approx_kl > 0 and rl.epochs * rl.num_minibatches == 1,
+           "or 0 with one update a rollout (rl.epochs * rl.num_minibatches = 1: approx_kl is "
+           "measured before that update, always 0)")
 
 
 def _get(config: ml_collections.ConfigDict, field: str):

@@ -236,11 +236,13 @@ def test_two_variant_sweep_end_to_end(tmp_path):
     assert set(verdict["values"]) == {"symmetric", "clip_higher"}
     assert verdict["claims"][0]["verdict"] == "inconclusive"
 
-    # The command itself, run again: everything is finished, nothing trains.
+    # The command itself, run again: everything is finished, nothing trains. One device, as the
+    # sweep above (ablate.py checks every run's config for the devices it has first).
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "ablate.py"), f"--ablation={path}",
          f"--workdir={workdir}"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ), check=False,
+        capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "runs: 0 run, 3 already finished" in result.stdout
@@ -251,6 +253,33 @@ def test_two_variant_sweep_end_to_end(tmp_path):
     changed = ab.Ablation(**{**ablation.__dict__, "claims": []})
     with pytest.raises(ValueError, match="registered"):
         ab.sweep(changed, str(workdir), lambda c, d: None)
+
+
+def test_sweep_with_a_bad_variant_stops_before_any_run(tmp_path):
+    """ablate.py checks every variant's config first and lists every bad field of each."""
+    bad = TINY_ABLATION.replace(
+        '{"symmetric": {}, "clip_higher": {"loss.clip_high": 0.28}}',
+        '{"symmetric": {}, "gmpo": {"loss.policy_loss": "gmpo", "loss.agg": "seq-mean-token-mean"},'
+        ' "ppo_terms": {"kl.target": 0.5, "rl.lam": 0.9}}').replace('"clip_higher", ">"',
+                                                                   '"gmpo", ">"')
+    assert '"ppo_terms"' in bad
+    path = tmp_path / "bad_ablation.py"
+    path.write_text(bad)
+    workdir = tmp_path / "sweep"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")  # the tiny batch's devices
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "ablate.py"), f"--ablation={path}",
+         f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    message = result.stderr
+    assert "invalid variants, nothing was run" in message, message[-3000:]
+    assert "variant gmpo:\n  config.loss.agg = 'seq-mean-token-mean': expected" in message
+    assert "variant ppo_terms:\n  config.kl.target = 0.5" in message
+    assert "config.rl.lam = 0.9" in message and "variant symmetric" not in message
+    assert not workdir.exists()  # not even the registered claims
 
 
 def test_variant_overriding_sft_fields_gets_its_own_sft(tmp_path, capsys):

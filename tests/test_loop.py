@@ -208,3 +208,142 @@ def test_every_config_file_passes_the_check(tmp_path):
                 check_config(config, num_devices=8)
             config.model.path = str(tmp_path)
         check_config(config, num_devices=8)
+
+
+# Every config file with each of its arguments, and every variant of every ablation file.
+CONFIG_ARGS = {"gsm8k_grpo": (None, "chat", "plain"), "preference_rm_ppo": (None, "grpo", "rloo"),
+               "smollm2_arithmetic_grpo": (None, "shuffled", "ppo")}
+
+
+def test_every_config_and_ablation_variant_passes_the_check(tmp_path):
+    import importlib
+
+    from rl_jax import ablation as ab
+
+    names = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+    assert len(names) >= 7 and set(CONFIG_ARGS) <= set(names)
+    for name in names:
+        for arg in CONFIG_ARGS.get(name, (None,)):
+            config = importlib.import_module(f"configs.{name}").get_config(arg)
+            if config.task.chat_template and not config.model.path:  # needs a model directory
+                config.model.path = str(tmp_path)
+            check_config(config, num_devices=8)
+    files = sorted((ROOT / "configs" / "ablations").glob("*.py"))
+    assert len(files) >= 7
+    for path in files:
+        ablation = ab.load_ablation(str(path))
+        for name, overrides in ablation.variants.items():
+            try:
+                check_config(ab.apply_overrides(ablation.base, overrides), num_devices=8)
+            except ConfigError as error:
+                raise AssertionError(f"{path.name} variant {name}: {error}") from error
+
+
+# Values moved from their default where the rest of the config leaves them unread: (overrides on
+# tiny_config, GRPO without a KL term, 4 minibatches; a piece of the message).
+IGNORED = [
+    ({"kl.target": 0.5}, "config.kl.target = 0.5: expected 0.0 (the default) without "
+     "kl.in_reward=True and kl.coef > 0"),
+    ({"rl.estimator": "gae", "kl.coef": 0.05, "kl.target": 0.5}, "config.kl.target = 0.5"),
+    ({"kl.in_reward": True}, "config.kl.in_reward = True: expected False (the default) with "
+     "kl.coef = 0"),
+    ({"kl.horizon": 500}, "config.kl.horizon = 500: expected 10000 (the default) without an "
+     "adaptive"),
+    ({"kl.estimator": "k1"}, "config.kl.estimator = 'k1': expected 'k3' (the default) without a "
+     "KL loss term"),
+    ({"rl.estimator": "gae", "kl.coef": 0.05, "kl.in_reward": True, "kl.estimator": "k2"},
+     "config.kl.estimator = 'k2'"),
+    ({"loss.policy_loss": "gmpo", "loss.agg": "seq-mean-token-mean"},
+     "config.loss.agg = 'seq-mean-token-mean': expected 'token-mean' (the default) with "
+     "loss.policy_loss='gmpo'"),
+    ({"loss.count_empty_rows": True}, "config.loss.count_empty_rows = True: expected False (the "
+     "default) with loss.agg='token-mean'"),
+    ({"loss.policy_loss": "gmpo", "loss.clip_high": 0.28}, "config.loss.clip_high = 0.28: "
+     "expected 0.2 (the default) with loss.policy_loss='gmpo'"),
+    ({"loss.policy_loss": "kl_cov", "loss.clip_low": 0.1}, "config.loss.clip_low = 0.1"),
+    ({"loss.gmpo_clip": 0.3}, "config.loss.gmpo_clip = 0.3: expected 0.4 (the default) without "
+     "loss.policy_loss='gmpo'"),
+    ({"loss.policy_loss": "cispo", "loss.cov_ratio": 1e-3}, "config.loss.cov_ratio = 0.001"),
+    ({"loss.policy_loss": "kl_cov", "loss.cov_upper": 6.0}, "config.loss.cov_upper = 6.0"),
+    ({"loss.cov_lower": 0.5}, "config.loss.cov_lower = 0.5"),
+    ({"loss.policy_loss": "clip_cov", "loss.kl_cov_coef": 2.0}, "config.loss.kl_cov_coef = 2.0"),
+    ({"loss.is_cap": 3.0}, "config.loss.is_cap = 3.0: expected 2.0 (the default) without "
+     "loss.is_correction='token_tis' or 'seq_tis'"),
+    ({"loss.is_correction": "token_tis", "loss.is_low": 0.3}, "config.loss.is_low = 0.3"),
+    ({"loss.is_correction": "seq_tis", "loss.is_high": 3.0}, "config.loss.is_high = 3.0"),
+    ({"loss.vf_coef": 0.5}, "config.loss.vf_coef = 0.5: expected 0.1 (the default) with "
+     "rl.estimator='grpo' (no critic"),
+    ({"rl.estimator": "rloo", "loss.value_clip": 0.0}, "config.loss.value_clip = 0.0"),
+    ({"rl.lam": 0.9}, "config.rl.lam = 0.9"),
+    ({"rl.critic_init": "reward_model"}, "config.rl.critic_init = 'reward_model': expected "
+     "'policy' (the default)"),
+    ({"rl.estimator": "reinforce_pp_baseline", "rl.gamma": 0.9}, "config.rl.gamma = 0.9"),
+    ({"rl.estimator": "reinforce_pp", "rl.whiten_advantages": True},
+     "config.rl.whiten_advantages = True: expected False (the default) with "
+     "rl.estimator='reinforce_pp' (its advantages are always whitened)"),
+    ({"rl.max_extra_rounds": 4}, "config.rl.max_extra_rounds = 4: expected 2 (the default) "
+     "without rl.dynamic_sampling=True"),
+    ({"rl.overlong_penalty": 0.5}, "config.rl.overlong_penalty = 0.5"),
+    ({"rl.missing_eos_score": -2.0}, "config.rl.missing_eos_score = -2.0"),
+    ({"rl.num_minibatches": 1, "rl.max_approx_kl": 0.5}, "config.rl.max_approx_kl = 0.5: "
+     "expected 1.0 (the default) or 0 with one update a rollout"),
+    ({"model.lora.alpha": 32.0}, "config.model.lora.alpha = 32.0: expected 16.0 (the default) "
+     "with model.lora.rank = 0"),
+    ({"model.lora.targets": ("q_proj",)}, "config.model.lora.targets = ('q_proj',)"),
+    ({"model.path": "TMP"}, "config.model.hidden_size = 32: expected 64 (the default) with "
+     "model.path set"),
+]
+# The same fields where they are read: accepted.
+READ = [
+    {"rl.estimator": "gae", "kl.coef": 0.05, "kl.in_reward": True, "kl.target": 0.5,
+     "kl.horizon": 500, "loss.vf_coef": 0.5, "loss.value_clip": 0.0, "rl.lam": 0.9,
+     "rl.gamma": 0.99},
+    {"kl.coef": 0.05, "kl.estimator": "k1"},
+    {"loss.policy_loss": "gmpo", "loss.gmpo_clip": 0.3, "loss.count_empty_rows": True},
+    {"loss.policy_loss": "gmpo", "kl.coef": 0.05, "loss.agg": "seq-mean-token-mean"},
+    {"loss.agg": "seq-mean-token-mean", "loss.count_empty_rows": True},
+    {"loss.policy_loss": "clip_cov", "loss.cov_ratio": 1e-3, "loss.cov_lower": 0.5,
+     "loss.cov_upper": 6.0, "loss.clip_high": 0.28},
+    {"loss.policy_loss": "kl_cov", "loss.cov_ratio": 1e-3, "loss.kl_cov_coef": 2.0},
+    {"loss.is_correction": "token_tis", "loss.is_cap": 3.0},
+    {"loss.is_correction": "seq_mis_geo", "loss.is_low": 0.3, "loss.is_high": 3.0},
+    {"rl.estimator": "reinforce_pp", "rl.gamma": 0.9},
+    {"rl.dynamic_sampling": True, "rl.max_extra_rounds": 4},
+    {"rl.overlong_buffer": 2, "rl.overlong_penalty": 0.5},
+    {"rl.eos_trick": True, "rl.missing_eos_score": -2.0},
+    {"rl.num_minibatches": 1, "rl.max_approx_kl": 0.0},
+    {"model.lora.rank": 4, "model.lora.alpha": 32.0, "model.lora.targets": ("q_proj",)},
+]
+
+
+def _overridden(overrides, tmp_path):
+    config = tiny_config()
+    for field, value in overrides.items():
+        _set(config, field, str(tmp_path) if value == "TMP" else value)
+    return config
+
+
+@pytest.mark.parametrize(("overrides", "message"), IGNORED)
+def test_a_value_that_would_be_ignored_is_refused(tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        check_config(_overridden(overrides, tmp_path))
+    assert message in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("overrides", READ)
+def test_the_same_values_where_they_are_read_pass(tmp_path, overrides):
+    check_config(_overridden(overrides, tmp_path))
+
+
+def test_rm_fields_of_the_other_data_source_are_refused(tmp_path):
+    config = _rm_config(2)  # hh_rlhf preferences from a file
+    config.rm.num_responses, config.rm.label_noise = 2, 0.5
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    assert "config.rm.num_responses = 2: expected 4 (the default) with rm.data='hh_rlhf'" in str(
+        error.value) and "config.rm.label_noise = 0.5" in str(error.value)
+    config = _rm_config(2)
+    config.rm.data, config.rm.path = "synthetic", str(tmp_path / "prefs.jsonl")
+    with pytest.raises(ConfigError, match=r"config.rm.path = '.*prefs.jsonl': expected '' \(the "
+                       r"default\) with rm.data='synthetic'"):
+        check_config(config)

@@ -2,9 +2,11 @@
 SIGTERM/SIGINT, damaged checkpoints and metric files, a divergence guard, a second process or
 another config on a workdir, and bad inputs that name what is wrong."""
 
+import dataclasses
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -295,17 +297,65 @@ def test_missing_config_file_is_named_before_ml_collections():
 # --- kill -9 at random moments --------------------------------------------------------------------
 
 
-def test_kill9_at_random_moments_resumes_bit_identical(tmp_path):
-    """The short version of experiments/crash_test.py: 2 trials of 1-2 kills each."""
-    import random
-
-    reference = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def crash_reference(tmp_path_factory):
+    """The uninterrupted tiny run the kill -9 trials are compared with."""
+    reference = tmp_path_factory.mktemp("crash") / "reference"
     assert crash_test.train(reference).returncode == 0
+    return reference
+
+
+def test_kill9_at_random_moments_resumes_bit_identical(tmp_path, crash_reference):
+    """The short version of experiments/crash_test.py: 2 trials of 1-2 kills each; every kill
+    lands on a live process after a checkpoint of its own and the next start restores it."""
     rng = random.Random(1)
     for i, kills in enumerate((1, 2)):
-        done, resumed, identical, duplicates, problems, _ = crash_test.trial(
-            reference, tmp_path / f"trial{i}", kills, rng, (5.0, 45.0))
-        assert resumed and identical and duplicates == 0 and not problems, problems
+        result = crash_test.trial(crash_reference, tmp_path / f"trial{i}", kills, rng)
+        assert crash_test.check_trial(result, kills) == [], result
+        assert [k.returncode for k in result.kills] == [-signal.SIGKILL] * kills
+        for kill in result.kills:
+            stage = max(kill.newest, key=crash_test.STAGES.index)
+            assert kill.resumed[stage] == kill.newest[stage] >= 1
+
+
+def test_kill9_trial_without_kills_fails_the_check(tmp_path, crash_reference):
+    """The negative control: with kills disabled the run finishes by itself, and the trial is
+    rejected (no SIGKILL landed) though the result equals the uninterrupted run."""
+    result = crash_test.trial(crash_reference, tmp_path, 1, random.Random(1), kill=False)
+    problems = crash_test.check_trial(result, 1)
+    assert result.identical and result.kills[0].returncode == 0
+    assert any("no SIGKILL reached a live process" in p for p in problems), problems
+    assert any("return code 0, expected -9" in p for p in problems), problems
+
+
+def _landed(**changes) -> crash_test.Kill:
+    kill = crash_test.Kill(pid=7, target="sft/2", reached=True, sent=True, alive=True,
+                           seconds=20.0, returncode=-9, newest={"sft": 2}, resumed={"sft": 2})
+    return dataclasses.replace(kill, **changes)
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"sent": False, "returncode": 0}, "kill 1: no SIGKILL reached a live process"),
+    ({"alive": False}, "kill 1: no SIGKILL reached a live process"),
+    ({"returncode": 0}, "kill 1: return code 0, expected -9"),
+    ({"reached": False}, "kill 1: the process wrote no checkpoint (sft/2) before it"),
+    ({"resumed": {}}, "kill 1: the next start restored nothing, expected sft step 2"),
+    ({"resumed": {"sft": 1}}, "expected sft step 2"),
+    ({"newest": {"sft": 6, "rl": 1}, "resumed": {"sft": 6}}, "expected rl step 1"),
+])
+def test_kill9_checker_rejects_a_kill_that_proves_nothing(changes, why):
+    assert crash_test.check_trial(crash_test.Trial([_landed()], 0, identical=True), 1) == []
+    problems = crash_test.check_trial(crash_test.Trial([_landed(**changes)], 0, identical=True), 1)
+    assert any(why in p for p in problems), problems
+
+
+def test_kill9_checker_rejects_missing_kills_and_a_different_result():
+    assert "0 starts to kill, expected 1" in crash_test.check_trial(
+        crash_test.Trial([], 0, identical=True), 1)
+    assert any("not equal to the uninterrupted run" in p for p in crash_test.check_trial(
+        crash_test.Trial([_landed()], 0, identical=False), 1))
+    assert "the last start exited with 1" in crash_test.check_trial(
+        crash_test.Trial([_landed()], 1), 1)
 
 
 def test_sigterm_to_train_py_exits_143_naming_the_checkpoint(tmp_path):
