@@ -1,7 +1,6 @@
 """The shared stage loop: every stage resumes exactly and a finished stage only restores; the
 whole config is checked before any work starts."""
 
-import sys
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import hh_rm
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config
 from rl_jax.trainers.loop import itstime
@@ -19,11 +19,9 @@ from rl_jax.trainers.rl import run_rl
 from rl_jax.trainers.run import run
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
+from tests.test_trainers import flat, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import hh_rm  # noqa: E402
-from tests.test_trainers import flat, tiny_config  # noqa: E402
 
 
 def test_itstime():

@@ -10,7 +10,6 @@ processes). It must give the metrics and parameters of one uninterrupted 4-devic
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,15 +18,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from experiments import launch_local_hosts
 from rl_jax import parallel
 from rl_jax.config import ConfigError
 from rl_jax.trainers import run as run_module
 from rl_jax.trainers.run import run
+from tests.fixtures.tiny_config import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from experiments import launch_local_hosts  # noqa: E402
-from tests.fixtures.tiny_config import get_config  # noqa: E402
 
 CONFIG = ROOT / "tests" / "fixtures" / "tiny_config.py"
 # PPO with a critic (GAE): the tiny task's reward is 0 at first, and a group baseline would leave

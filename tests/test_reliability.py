@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import crash_test
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.trainers import loop
@@ -30,11 +31,9 @@ from rl_jax.trainers.workdir import (
     check_workdir_config,
     locked,
 )
+from tests.test_trainers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from experiments import crash_test  # noqa: E402
-from tests.test_trainers import tiny_config  # noqa: E402
 
 # --- a toy stage: the shared loop without a model (seconds) ---------------------------------------
 

@@ -4,7 +4,6 @@ RLHF pipeline (SFT -> reward model -> PPO on the learned reward), the HH data pa
 import dataclasses
 import json
 import re
-import sys
 import types
 from pathlib import Path
 
@@ -14,14 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import hh_rm, preference_rm_ppo
 from rl_jax import data, models
 from rl_jax.trainers import reward_model as rm
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import hh_rm, preference_rm_ppo  # noqa: E402
 
 PAIRS = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "margin": 1.0},

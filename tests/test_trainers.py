@@ -11,13 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+from configs import arithmetic_grpo
 from rl_jax import parallel
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import arithmetic_grpo  # noqa: E402
 
 
 def tiny_config(**rl_overrides):
