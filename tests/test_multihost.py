@@ -23,7 +23,7 @@ from rl_jax import parallel
 from rl_jax.config import ConfigError
 from rl_jax.trainers import run as run_module
 from rl_jax.trainers.run import run
-from tests.fixtures.tiny_config import get_config
+from tests.testing_utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,10 +76,7 @@ def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypa
     assert (first, second) == (0, 0), f"a launch failed ({first}, {second}):\n{output[-6000:]}"
     assert "[0] rl: resumed from step 2" in output and "[1] rl: resumed from step 2" in output
 
-    config = get_config()
-    for field, value in {**OVERRIDES, "rl.steps": 3}.items():
-        section, name = field.split(".")
-        config[section][name] = value
+    config = tiny_config(**{**OVERRIDES, "rl.steps": 3})
     single = tmp_path / "single"
     run(config, str(single), parallel.make_mesh(fsdp=4, devices=jax.devices()[:4]))
 
@@ -104,7 +101,7 @@ def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypa
 
 
 def test_options_that_do_not_run_across_processes_are_refused(monkeypatch):
-    config = get_config()
+    config = tiny_config()
     config.rl.dynamic_sampling = True
     run_module.check_processes(config)  # one process: allowed
     monkeypatch.setattr(jax, "process_count", lambda: 2)

@@ -31,7 +31,7 @@ from rl_jax.trainers.workdir import (
     check_workdir_config,
     locked,
 )
-from tests.test_trainers import tiny_config
+from tests.testing_utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

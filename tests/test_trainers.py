@@ -11,42 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import arithmetic_grpo
 from rl_jax import parallel
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.run import run
+from tests.testing_utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**rl_overrides):
-    """Single-digit addition, a 1-layer width-32 model, a few steps of everything."""
-    c = arithmetic_grpo.get_config()
-    c.task.kwargs.min_value = 0
-    c.task.kwargs.max_value = 4
-    c.model.hidden_size = 32
-    c.model.intermediate_size = 64
-    c.model.num_layers = 1
-    c.model.max_len = 32
-    c.rollout.max_new_tokens = 4
-    c.sft.steps = 6
-    c.sft.batch_size = 16
-    c.rl.steps = 3
-    c.rl.num_prompts = 4
-    c.rl.group_size = 4
-    c.eval.num_examples = 8
-    c.eval.every = 3
-    c.eval.k = 2
-    c.checkpoint.every = 2
-    c.log.every = 1
-    c.log.samples_every = 0
-    for key, value in rl_overrides.items():
-        *sections, name = key.split(".")
-        node = c
-        for section in sections:
-            node = getattr(node, section)
-        setattr(node, name, value)
-    return c
 
 
 def flat(params):
@@ -68,7 +38,8 @@ def flat(params):
     ids=["grpo", "ppo", "rloo-dapo", "reinforce_pp-gspo"],
 )
 def test_sft_then_rl_runs_and_trains(tmp_path, overrides):
-    config = tiny_config(**overrides)
+    config = tiny_config(**{"model.logits_chunk": 0, "sft.stop_accuracy": 0.3,
+                            "checkpoint.every": 2, "rl.steps": 3, **overrides})
     summary = run(config, str(tmp_path), parallel.make_mesh(devices=jax.devices()[:1]))
     records = read_metrics(tmp_path)
     sft = [r for r in records if r["stage"] == "sft"]
@@ -90,7 +61,8 @@ def test_sft_then_rl_runs_and_trains(tmp_path, overrides):
 def test_rl_changes_the_policy_and_resume_is_exact(tmp_path):
     """2k steps straight == k steps, restart, k more (float32 CPU, within 1e-6)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    config = tiny_config(**{"rl.steps": 4, "kl.coef": 0.04})
+    config = tiny_config(**{"rl.steps": 4, "kl.coef": 0.04, "model.logits_chunk": 0,
+                            "checkpoint.every": 2})
     config.stages = ("rl",)
     straight = run(config, str(tmp_path / "straight"), mesh)["params"]
     config.rl.steps = 2
@@ -102,7 +74,7 @@ def test_rl_changes_the_policy_and_resume_is_exact(tmp_path):
 
 
 def test_four_devices_give_the_result_of_one(tmp_path):
-    config = tiny_config(**{"rl.steps": 2, "kl.coef": 0.04})
+    config = tiny_config(**{"rl.steps": 2, "kl.coef": 0.04, "model.logits_chunk": 0})
     config.stages = ("rl",)
     # Adam divides by sqrt(v) + eps: with eps = 1e-8, float32 noise in a near-zero gradient can
     # flip the sign of a whole lr-sized update. A larger eps keeps the comparison well-conditioned.
@@ -130,7 +102,7 @@ def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
 
 def test_checkpoint_of_another_model_shape_is_a_clear_error(tmp_path):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    config = tiny_config(**{"rl.steps": 2})
+    config = tiny_config(**{"rl.steps": 2, "checkpoint.every": 2})
     config.stages = ("rl",)
     run(config, str(tmp_path), mesh)
     config.model.hidden_size = 48
@@ -225,7 +197,8 @@ def test_gsm8k_grpo_from_a_tiny_hugging_face_checkpoint(tmp_path):
 
 def _digit_task_config():
     """From scratch, one new token, reward 1 if it is a digit: ~4% of random tokens are."""
-    config = tiny_config(**{"rl.steps": 30, "rl.num_prompts": 8, "rl.group_size": 8})
+    config = tiny_config(**{"rl.steps": 30, "rl.num_prompts": 8, "rl.group_size": 8,
+                            "model.logits_chunk": 0})
     config.stages = ("rl",)
     config.rollout.max_new_tokens = 1
     config.rewards.weights = {"format": 1.0}
