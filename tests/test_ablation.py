@@ -201,6 +201,7 @@ def get_ablation():
 '''
 
 
+@pytest.mark.slow
 def test_two_variant_sweep_end_to_end(tmp_path):
     """2 variants x 1 seed of the tiny config: SFT runs once, in shared/; a rerun skips both."""
     path = tmp_path / "tiny_ablation.py"

@@ -71,6 +71,7 @@ def _rm_config(steps):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "rm", "rl"])
 def test_stage_restarted_at_k_equals_a_straight_2k_run(tmp_path, stage):
     """k steps, a new process-like restart (everything rebuilt from the config), k more: the same
@@ -98,6 +99,7 @@ def test_stage_restarted_at_k_equals_a_straight_2k_run(tmp_path, stage):
     assert _stage_lines(tmp_path / "resumed", stage) == list(range(1, 2 * k + 1))
 
 
+@pytest.mark.slow
 def test_sft_stopped_by_its_rule_only_restores_even_with_more_steps(tmp_path):
     config = tiny_config(**{"sft.steps": 6, "sft.stop_accuracy": 0.0, "model.logits_chunk": 0,
                             "checkpoint.every": 2})

@@ -195,6 +195,7 @@ def test_model_config_rejects_bad_lora():
         models.tiny_config(lora_rank=2, lora_targets=("qkv",))
 
 
+@pytest.mark.slow
 def test_lora_rl_run_freezes_the_base_uses_it_as_reference_and_resumes(tmp_path):
     """GRPO with a KL term, rank-4 adapters on q/v/down: the reference (adapters off) is the
     starting policy, so step 1's KL is exactly 0 and step 2's is not; the base stays

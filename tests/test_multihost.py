@@ -63,6 +63,7 @@ def _arrays(directory: Path) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(path, target))]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypatch):
     # The second launch compiles what the first did: read it from a compilation cache.
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))

@@ -204,6 +204,7 @@ def test_config_change_is_refused_unless_harmless_or_allowed(tmp_path, capsys):
 # --- the full run ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_sft_checkpoint_does_not_block_rl_with_its_own(tmp_path, capsys):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     config = tiny_config(**{"sft.steps": 2, "sft.stop_accuracy": 1.01, "rl.steps": 2})
@@ -218,6 +219,7 @@ def test_damaged_sft_checkpoint_does_not_block_rl_with_its_own(tmp_path, capsys)
     assert "pass@1" in summary["rl_eval"]
 
 
+@pytest.mark.slow
 def test_rl_step_that_destroys_the_policy_is_stopped(tmp_path, monkeypatch):
     """A peaked policy (init_std 1: entropy ~1.2 nats, like a policy after SFT) and random rewards
     (every group has an advantage): lr 1e6 is stopped at its first step, before any checkpoint;
@@ -294,6 +296,7 @@ def test_missing_config_file_is_named_before_ml_collections():
 # --- kill -9 at random moments --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill9_at_random_moments_resumes_bit_identical(tmp_path):
     """The short version of experiments/crash_test.py: 2 trials of 1-2 kills each."""
     import random
@@ -307,6 +310,7 @@ def test_kill9_at_random_moments_resumes_bit_identical(tmp_path):
         assert resumed and identical and duplicates == 0 and not problems, problems
 
 
+@pytest.mark.slow
 def test_sigterm_to_train_py_exits_143_naming_the_checkpoint(tmp_path):
     process = crash_test.start(tmp_path, "--config.checkpoint.every=100")
     for line in process.stdout:  # wait for the second SFT step

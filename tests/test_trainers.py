@@ -23,6 +23,7 @@ def flat(params):
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -58,6 +59,7 @@ def test_sft_then_rl_runs_and_trains(tmp_path, overrides):
     assert os.listdir(tmp_path / "tensorboard")
 
 
+@pytest.mark.slow
 def test_rl_changes_the_policy_and_resume_is_exact(tmp_path):
     """2k steps straight == k steps, restart, k more (float32 CPU, within 1e-6)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
@@ -73,6 +75,7 @@ def test_rl_changes_the_policy_and_resume_is_exact(tmp_path):
     np.testing.assert_allclose(flat(resumed), flat(straight), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_result_of_one(tmp_path):
     config = tiny_config(**{"rl.steps": 2, "kl.coef": 0.04, "model.logits_chunk": 0})
     config.stages = ("rl",)
@@ -84,6 +87,7 @@ def test_four_devices_give_the_result_of_one(tmp_path):
     np.testing.assert_allclose(flat(four["params"]), flat(one["params"]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(**{"rl.steps": 3})
     config.stages = ("rl",)
@@ -100,6 +104,7 @@ def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
     assert not list((tmp_path / "rl").glob("[0-9]*"))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_shape_is_a_clear_error(tmp_path):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     config = tiny_config(**{"rl.steps": 2, "checkpoint.every": 2})
@@ -149,6 +154,7 @@ def test_config_files_build(name):
         assert len(build_task(config).batch(0, 2)) == 2
 
 
+@pytest.mark.slow
 def test_gsm8k_grpo_from_a_tiny_hugging_face_checkpoint(tmp_path):
     """configs/gsm8k_grpo.py on a tiny random Qwen2 saved by transformers, with a BPE tokenizer
     that has a chat template (the config's prompts go through it)."""
@@ -212,6 +218,7 @@ def _scores(workdir):
     return np.array([r["score"] for r in read_metrics(workdir) if r["stage"] == "rl"])
 
 
+@pytest.mark.slow
 def test_grpo_reward_rises_and_shuffled_rewards_do_not(tmp_path, monkeypatch):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     run(_digit_task_config(), str(tmp_path / "real"), mesh)
