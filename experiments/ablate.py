@@ -14,19 +14,32 @@ To rerun one row alone, delete its directory and pass ``--variants=NAME --seeds=
 from __future__ import annotations
 
 import functools
-import os
+import importlib.util
 import sys
 import time
+from pathlib import Path
 
 import tqdm
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
+from rl_jax import ablation as ablation_lib
+from rl_jax import parallel
+from rl_jax.config import ConfigError, check_config
+from rl_jax.trainers.run import run
 
-from rl_jax import ablation as ablation_lib  # noqa: E402
-from rl_jax import parallel  # noqa: E402
-from rl_jax.config import ConfigError, check_config  # noqa: E402
-from rl_jax.trainers.run import run  # noqa: E402
+
+def _load_ablation(path: str) -> ablation_lib.Ablation:
+    """The ablation file at ``path``, with the repository's ``configs/`` package loaded from its
+    path first, so that the file's ``from configs import ...`` resolves without the repository
+    root on sys.path (``python experiments/ablate.py`` puts only experiments/ there)."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    spec = importlib.util.spec_from_file_location(
+        "configs", configs / "__init__.py", submodule_search_locations=[str(configs)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["configs"] = module
+    spec.loader.exec_module(module)
+    return ablation_lib.load_ablation(path)
+
 
 _ABLATION = flags.DEFINE_string("ablation", None, "Ablation file (configs/ablations/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (created, or resumed).")
@@ -62,7 +75,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # keep library INFO logs (Orbax) off stdout
         logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
-    ablation = ablation_lib.load_ablation(_ABLATION.value)
+    ablation = _load_ablation(_ABLATION.value)
     seeds = None if _SEEDS.value is None else [int(s) for s in _SEEDS.value]
     print(f"claim: {ablation.claim}")
     mesh = parallel.make_mesh(fsdp=_FSDP.value)

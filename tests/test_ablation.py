@@ -12,12 +12,11 @@ from pathlib import Path
 import jax
 import pytest
 
+from configs import arithmetic_grpo, preference_rm_ppo
 from rl_jax import ablation as ab
 from rl_jax import parallel
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import arithmetic_grpo, preference_rm_ppo  # noqa: E402
 
 
 def test_t_quantile_matches_scipy():
@@ -202,6 +201,7 @@ def get_ablation():
 '''
 
 
+@pytest.mark.slow
 def test_two_variant_sweep_end_to_end(tmp_path):
     """2 variants x 1 seed of the tiny config: SFT runs once, in shared/; a rerun skips both."""
     path = tmp_path / "tiny_ablation.py"

@@ -1,7 +1,6 @@
 """The shared stage loop: every stage resumes exactly and a finished stage only restores; the
 whole config is checked before any work starts."""
 
-import sys
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import hh_rm
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config
 from rl_jax.trainers.loop import itstime
@@ -19,11 +19,10 @@ from rl_jax.trainers.rl import run_rl
 from rl_jax.trainers.run import run
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
+from tests.test_trainers import flat
+from tests.testing_utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import hh_rm  # noqa: E402
-from tests.test_trainers import flat, tiny_config  # noqa: E402
 
 
 def test_itstime():
@@ -72,16 +71,20 @@ def _rm_config(steps):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "rm", "rl"])
 def test_stage_restarted_at_k_equals_a_straight_2k_run(tmp_path, stage):
     """k steps, a new process-like restart (everything rebuilt from the config), k more: the same
     parameters as 2k steps straight; then a restart of the finished stage only restores it."""
     k = 2
     if stage == "sft":
-        make = lambda steps: tiny_config(**{"sft.steps": steps, "sft.stop_accuracy": 1.01})  # noqa: E731
+        make = lambda steps: tiny_config(**{  # noqa: E731
+            "sft.steps": steps, "sft.stop_accuracy": 1.01, "model.logits_chunk": 0,
+            "checkpoint.every": 2})
         train = lambda c, w: _sft(c, w).state.params  # noqa: E731
     elif stage == "rl":
-        make = lambda steps: tiny_config(**{"rl.steps": steps, "kl.coef": 0.04})  # noqa: E731
+        make = lambda steps: tiny_config(**{  # noqa: E731
+            "rl.steps": steps, "kl.coef": 0.04, "model.logits_chunk": 0, "checkpoint.every": 2})
         train = lambda c, w: _rl(c, w).state.params  # noqa: E731
     else:
         make, train = _rm_config, lambda c, w: _rm(c, w).params
@@ -96,8 +99,10 @@ def test_stage_restarted_at_k_equals_a_straight_2k_run(tmp_path, stage):
     assert _stage_lines(tmp_path / "resumed", stage) == list(range(1, 2 * k + 1))
 
 
+@pytest.mark.slow
 def test_sft_stopped_by_its_rule_only_restores_even_with_more_steps(tmp_path):
-    config = tiny_config(**{"sft.steps": 6, "sft.stop_accuracy": 0.0})
+    config = tiny_config(**{"sft.steps": 6, "sft.stop_accuracy": 0.0, "model.logits_chunk": 0,
+                            "checkpoint.every": 2})
     config.eval.every = 2
     result = _sft(config, tmp_path)
     assert int(result.state.step) == 2 and result.trained  # stopped at the first evaluation

@@ -17,6 +17,7 @@ import rl_jax
 from rl_jax import models, parallel
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.trainers.loop import init_state, make_train_step
+from tests.testing_utils import tiny_config
 
 RANK, ALPHA = 4, 8.0
 MERGE_TOL = 1e-5  # merged (W + s A B) vs adapted (x W + s x A B) logits, float32, logits O(1)
@@ -194,18 +195,18 @@ def test_model_config_rejects_bad_lora():
         models.tiny_config(lora_rank=2, lora_targets=("qkv",))
 
 
+@pytest.mark.slow
 def test_lora_rl_run_freezes_the_base_uses_it_as_reference_and_resumes(tmp_path):
     """GRPO with a KL term, rank-4 adapters on q/v/down: the reference (adapters off) is the
     starting policy, so step 1's KL is exactly 0 and step 2's is not; the base stays
     bit-identical; the same command again restores the finished stage from its checkpoint
     (adapters, frozen base and the adapters' optimizer state) into the LoRA template."""
-    from test_trainers import tiny_config
-
     from rl_jax.trainers.metrics import read_metrics
     from rl_jax.trainers.run import run
     from rl_jax.trainers.setup import build_context
 
-    config = tiny_config(**{"kl.coef": 0.04, "rl.steps": 2, "checkpoint.every": 1})
+    config = tiny_config(**{"kl.coef": 0.04, "rl.steps": 2, "checkpoint.every": 1,
+                            "model.logits_chunk": 0})
     config.stages = ("rl",)
     config.eval.k = 0
     config.model.lora.rank = 4

@@ -10,7 +10,6 @@ processes). It must give the metrics and parameters of one uninterrupted 4-devic
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,15 +18,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from experiments import launch_local_hosts
 from rl_jax import parallel
 from rl_jax.config import ConfigError
 from rl_jax.trainers import run as run_module
 from rl_jax.trainers.run import run
+from tests.testing_utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from experiments import launch_local_hosts  # noqa: E402
-from tests.fixtures.tiny_config import get_config  # noqa: E402
 
 CONFIG = ROOT / "tests" / "fixtures" / "tiny_config.py"
 # PPO with a critic (GAE): the tiny task's reward is 0 at first, and a group baseline would leave
@@ -65,6 +63,7 @@ def _arrays(directory: Path) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(path, target))]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypatch):
     # The second launch compiles what the first did: read it from a compilation cache.
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
@@ -78,10 +77,7 @@ def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypa
     assert (first, second) == (0, 0), f"a launch failed ({first}, {second}):\n{output[-6000:]}"
     assert "[0] rl: resumed from step 2" in output and "[1] rl: resumed from step 2" in output
 
-    config = get_config()
-    for field, value in {**OVERRIDES, "rl.steps": 3}.items():
-        section, name = field.split(".")
-        config[section][name] = value
+    config = tiny_config(**{**OVERRIDES, "rl.steps": 3})
     single = tmp_path / "single"
     run(config, str(single), parallel.make_mesh(fsdp=4, devices=jax.devices()[:4]))
 
@@ -106,7 +102,7 @@ def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypa
 
 
 def test_options_that_do_not_run_across_processes_are_refused(monkeypatch):
-    config = get_config()
+    config = tiny_config()
     config.rl.dynamic_sampling = True
     run_module.check_processes(config)  # one process: allowed
     monkeypatch.setattr(jax, "process_count", lambda: 2)

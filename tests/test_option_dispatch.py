@@ -15,10 +15,8 @@ import functools
 import inspect
 import os
 import re
-import sys
 import types
 import typing
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +33,7 @@ from rl_jax.trainers import rl as rl_trainer
 from rl_jax.trainers import setup
 from rl_jax.trainers.loop import TrainState
 from rl_jax.trainers.rl_step import make_loss, make_prepare, make_update, policy_token_stats
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.fixtures.tiny_config import get_config  # noqa: E402
+from tests.testing_utils import tiny_config
 
 VOCAB, PROMPT = 32, 3
 LENGTHS = np.array([4, 2, 4, 1, 3, 4, 2, 4])  # response lengths: the aggregations differ
@@ -58,15 +53,8 @@ class _Tokenizer:
 
 
 def _config(**overrides):
-    c = get_config()
-    c.rollout.temperature = TEMPERATURE
-    c.rl.num_minibatches = 2  # not single pass: prepare computes the old log-probs
-    for key, value in overrides.items():
-        *sections, name = key.split(".")
-        node = c
-        for section in sections:
-            node = getattr(node, section)
-        setattr(node, name, value)
+    # Not single pass (2 minibatches): prepare computes the old log-probs.
+    c = tiny_config(**{"rollout.temperature": TEMPERATURE, "rl.num_minibatches": 2, **overrides})
     config_lib.check_config(c)
     return c
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import crash_test
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.trainers import loop
@@ -32,11 +33,9 @@ from rl_jax.trainers.workdir import (
     check_workdir_config,
     locked,
 )
+from tests.testing_utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from experiments import crash_test  # noqa: E402
-from tests.test_trainers import tiny_config  # noqa: E402
 
 # --- a toy stage: the shared loop without a model (seconds) ---------------------------------------
 
@@ -207,6 +206,7 @@ def test_config_change_is_refused_unless_harmless_or_allowed(tmp_path, capsys):
 # --- the full run ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_sft_checkpoint_does_not_block_rl_with_its_own(tmp_path, capsys):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     config = tiny_config(**{"sft.steps": 2, "sft.stop_accuracy": 1.01, "rl.steps": 2})
@@ -221,6 +221,7 @@ def test_damaged_sft_checkpoint_does_not_block_rl_with_its_own(tmp_path, capsys)
     assert "pass@1" in summary["rl_eval"]
 
 
+@pytest.mark.slow
 def test_rl_step_that_destroys_the_policy_is_stopped(tmp_path, monkeypatch):
     """A peaked policy (init_std 1: entropy ~1.2 nats, like a policy after SFT) and random rewards
     (every group has an advantage): lr 1e6 is stopped at its first step, before any checkpoint;
@@ -305,6 +306,7 @@ def crash_reference(tmp_path_factory):
     return reference
 
 
+@pytest.mark.slow
 def test_kill9_at_random_moments_resumes_bit_identical(tmp_path, crash_reference):
     """The short version of experiments/crash_test.py: 2 trials of 1-2 kills each; every kill
     lands on a live process after a checkpoint of its own and the next start restores it."""
@@ -318,6 +320,7 @@ def test_kill9_at_random_moments_resumes_bit_identical(tmp_path, crash_reference
             assert kill.resumed[stage] == kill.newest[stage] >= 1
 
 
+@pytest.mark.slow
 def test_kill9_trial_without_kills_fails_the_check(tmp_path, crash_reference):
     """The negative control: with kills disabled the run finishes by itself, and the trial is
     rejected (no SIGKILL landed) though the result equals the uninterrupted run."""
@@ -358,6 +361,7 @@ def test_kill9_checker_rejects_missing_kills_and_a_different_result():
         crash_test.Trial([_landed()], 1), 1)
 
 
+@pytest.mark.slow
 def test_sigterm_to_train_py_exits_143_naming_the_checkpoint(tmp_path):
     process = crash_test.start(tmp_path, "--config.checkpoint.every=100")
     for line in process.stdout:  # wait for the second SFT step

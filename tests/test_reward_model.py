@@ -4,7 +4,6 @@ RLHF pipeline (SFT -> reward model -> PPO on the learned reward), the HH data pa
 import dataclasses
 import json
 import re
-import sys
 import types
 from pathlib import Path
 
@@ -14,14 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import hh_rm, preference_rm_ppo
 from rl_jax import data, models
 from rl_jax.trainers import reward_model as rm
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import hh_rm, preference_rm_ppo  # noqa: E402
 
 PAIRS = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "margin": 1.0},
@@ -216,6 +214,7 @@ def test_evaluate_rm_loss_matches_a_loop_over_pairs():
     assert result["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_shuffled_pairs_stage_runs_with_the_grouped_steps(tmp_path, capsys):
     """rm.comparisons='shuffled_pairs' end to end on a rankings file: a step takes the pairs of
     batch_size prompts, and held-out evaluation (pair accuracy and loss) is the grouped one."""
@@ -278,6 +277,7 @@ def small_rlhf_config():
     return c
 
 
+@pytest.mark.slow
 def test_synthetic_rlhf_pipeline(tmp_path):
     """SFT -> reward model from noiseless gold rankings (>= 80% held-out pair accuracy against the
     gold function) -> PPO on the learned reward with a critic started from the reward model raises
@@ -368,6 +368,7 @@ def test_malformed_preference_file_stops_the_rm_stage(tmp_path):
     assert not (tmp_path / "run" / "rm").exists() or not any((tmp_path / "run" / "rm").iterdir())
 
 
+@pytest.mark.slow
 def test_hh_reward_model_smoke(tmp_path):
     """The real HH data path end to end: a few steps on the fixture, finite, evaluated."""
     config = hh_rm.get_config()

@@ -253,9 +253,6 @@ def test_eval_chunks():
 
 
 def test_gsm8k_grpo_defaults_fit_the_fixture_and_errors_name_the_field(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from configs import gsm8k_grpo
 
     config = gsm8k_grpo.get_config()

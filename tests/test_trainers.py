@@ -14,46 +14,16 @@ import pytest
 from rl_jax import parallel
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.run import run
+from tests.testing_utils import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from configs import arithmetic_grpo  # noqa: E402
-
-
-def tiny_config(**rl_overrides):
-    """Single-digit addition, a 1-layer width-32 model, a few steps of everything."""
-    c = arithmetic_grpo.get_config()
-    c.task.kwargs.min_value = 0
-    c.task.kwargs.max_value = 4
-    c.model.hidden_size = 32
-    c.model.intermediate_size = 64
-    c.model.num_layers = 1
-    c.model.max_len = 32
-    c.rollout.max_new_tokens = 4
-    c.sft.steps = 6
-    c.sft.batch_size = 16
-    c.rl.steps = 3
-    c.rl.num_prompts = 4
-    c.rl.group_size = 4
-    c.eval.num_examples = 8
-    c.eval.every = 3
-    c.eval.k = 2
-    c.checkpoint.every = 2
-    c.log.every = 1
-    c.log.samples_every = 0
-    for key, value in rl_overrides.items():
-        *sections, name = key.split(".")
-        node = c
-        for section in sections:
-            node = getattr(node, section)
-        setattr(node, name, value)
-    return c
 
 
 def flat(params):
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -69,7 +39,8 @@ def flat(params):
     ids=["grpo", "ppo", "rloo-dapo", "reinforce_pp-gspo"],
 )
 def test_sft_then_rl_runs_and_trains(tmp_path, overrides):
-    config = tiny_config(**overrides)
+    config = tiny_config(**{"model.logits_chunk": 0, "sft.stop_accuracy": 0.3,
+                            "checkpoint.every": 2, "rl.steps": 3, **overrides})
     summary = run(config, str(tmp_path), parallel.make_mesh(devices=jax.devices()[:1]))
     records = read_metrics(tmp_path)
     sft = [r for r in records if r["stage"] == "sft"]
@@ -88,10 +59,12 @@ def test_sft_then_rl_runs_and_trains(tmp_path, overrides):
     assert os.listdir(tmp_path / "tensorboard")
 
 
+@pytest.mark.slow
 def test_rl_changes_the_policy_and_resume_is_exact(tmp_path):
     """2k steps straight == k steps, restart, k more (float32 CPU, within 1e-6)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    config = tiny_config(**{"rl.steps": 4, "kl.coef": 0.04})
+    config = tiny_config(**{"rl.steps": 4, "kl.coef": 0.04, "model.logits_chunk": 0,
+                            "checkpoint.every": 2})
     config.stages = ("rl",)
     straight = run(config, str(tmp_path / "straight"), mesh)["params"]
     config.rl.steps = 2
@@ -102,8 +75,9 @@ def test_rl_changes_the_policy_and_resume_is_exact(tmp_path):
     np.testing.assert_allclose(flat(resumed), flat(straight), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_result_of_one(tmp_path):
-    config = tiny_config(**{"rl.steps": 2, "kl.coef": 0.04})
+    config = tiny_config(**{"rl.steps": 2, "kl.coef": 0.04, "model.logits_chunk": 0})
     config.stages = ("rl",)
     # Adam divides by sqrt(v) + eps: with eps = 1e-8, float32 noise in a near-zero gradient can
     # flip the sign of a whole lr-sized update. A larger eps keeps the comparison well-conditioned.
@@ -113,6 +87,7 @@ def test_four_devices_give_the_result_of_one(tmp_path):
     np.testing.assert_allclose(flat(four["params"]), flat(one["params"]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(**{"rl.steps": 3})
     config.stages = ("rl",)
@@ -129,9 +104,10 @@ def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
     assert not list((tmp_path / "rl").glob("[0-9]*"))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_shape_is_a_clear_error(tmp_path):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    config = tiny_config(**{"rl.steps": 2})
+    config = tiny_config(**{"rl.steps": 2, "checkpoint.every": 2})
     config.stages = ("rl",)
     run(config, str(tmp_path), mesh)
     config.model.hidden_size = 48
@@ -178,6 +154,7 @@ def test_config_files_build(name):
         assert len(build_task(config).batch(0, 2)) == 2
 
 
+@pytest.mark.slow
 def test_gsm8k_grpo_from_a_tiny_hugging_face_checkpoint(tmp_path):
     """configs/gsm8k_grpo.py on a tiny random Qwen2 saved by transformers, with a BPE tokenizer
     that has a chat template (the config's prompts go through it)."""
@@ -226,7 +203,8 @@ def test_gsm8k_grpo_from_a_tiny_hugging_face_checkpoint(tmp_path):
 
 def _digit_task_config():
     """From scratch, one new token, reward 1 if it is a digit: ~4% of random tokens are."""
-    config = tiny_config(**{"rl.steps": 30, "rl.num_prompts": 8, "rl.group_size": 8})
+    config = tiny_config(**{"rl.steps": 30, "rl.num_prompts": 8, "rl.group_size": 8,
+                            "model.logits_chunk": 0})
     config.stages = ("rl",)
     config.rollout.max_new_tokens = 1
     config.rewards.weights = {"format": 1.0}
@@ -240,6 +218,7 @@ def _scores(workdir):
     return np.array([r["score"] for r in read_metrics(workdir) if r["stage"] == "rl"])
 
 
+@pytest.mark.slow
 def test_grpo_reward_rises_and_shuffled_rewards_do_not(tmp_path, monkeypatch):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     run(_digit_task_config(), str(tmp_path / "real"), mesh)

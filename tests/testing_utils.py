@@ -1,6 +1,9 @@
-"""Shared helpers for the tests (random masks)."""
+"""Shared helpers for the tests: random masks, and the tiny config of the end-to-end runs."""
 
+import ml_collections
 import numpy as np
+
+from tests.fixtures.tiny_config import get_config as _tiny_config_file
 
 
 def random_mask(rng: np.random.Generator, batch: int, time: int, padding: str = "right"):
@@ -15,3 +18,17 @@ def random_mask(rng: np.random.Generator, batch: int, time: int, padding: str = 
     elif padding == "random":
         mask = (rng.random((batch, time)) < 0.7).astype(np.float32)
     return mask
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """tests/fixtures/tiny_config.py's config (single-digit addition, a 1-layer width-32 model, a
+    few steps of everything; the file ``train.py`` and experiments/crash_test.py run) with dotted
+    overrides, e.g. ``tiny_config(**{"rl.steps": 2, "kl.coef": 0.04})``."""
+    config = _tiny_config_file()
+    for key, value in overrides.items():
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = getattr(node, section)
+        setattr(node, name, value)
+    return config
