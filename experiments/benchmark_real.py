@@ -177,8 +177,8 @@ class RlJaxStep:
         from flax import nnx
 
         from rl_jax import parallel
-        from rl_jax.trainers.loop import TrainState
-        from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
+        from rl_jax.algorithm import RLSettings, build_rl_step
+        from rl_jax.train_state import TrainState
 
         self.tokenizer, self.prompts, self.answers = tokenizer, prompts, answers
         graphdef, params = nnx.split(model)
@@ -194,10 +194,8 @@ class RlJaxStep:
         state = TrainState(jnp.zeros((), jnp.int32), policy, tx.init(policy))
         sharding = parallel.param_sharding(state, self.mesh)
         self.state = jax.device_put(state, sharding)
-        self.prepare = jax.jit(make_prepare(settings, graphdef))
-        self.update = parallel.data_parallel_step(
-            make_update(settings, tx, make_loss(settings, graphdef)), self.mesh, sharding
-        )
+        self.rl_step = build_rl_step(settings, tx, graphdef, mesh=self.mesh,
+                                     state_sharding=sharding)
         self.calls = 0
 
     def __call__(self) -> dict[str, float]:
@@ -206,7 +204,7 @@ class RlJaxStep:
         import numpy as np
 
         from rl_jax import parallel, rewards
-        from rl_jax.trainers.rl import TRAIN_KEYS
+        from rl_jax.algorithm import RolloutBatch
 
         t0 = time.perf_counter()
         self.sampler.params = self.state.params["policy"]
@@ -221,24 +219,25 @@ class RlJaxStep:
         examples = [ex for ex in self.answers for _ in range(_GROUP.value)]
         scores = rewards.last_number_reward(texts, examples)
         response_tokens = np.asarray(out.response_tokens)
-        batch = {
-            "tokens": np.concatenate([np.asarray(out.prompt_tokens), response_tokens], 1),
-            "mask": np.concatenate(
+        batch = RolloutBatch(
+            tokens=np.concatenate([np.asarray(out.prompt_tokens), response_tokens], 1),
+            mask=np.concatenate(
                 [np.asarray(out.prompt_mask), np.asarray(out.response_mask)], 1
             ).astype(np.float32),
-            "response_mask": np.asarray(out.response_mask, np.float32),
-            "sampler_logprobs": np.asarray(out.response_logprobs),
-            "scores": scores,
-        }
+            response_mask=np.asarray(out.response_mask, np.float32),
+            sampler_logprobs=np.asarray(out.response_logprobs),
+            scores=scores,
+            truncated=np.zeros(len(scores), np.float32),  # read only by overlong filtering
+        )
         t2 = time.perf_counter()
         arrays = parallel.shard_batch(batch, self.mesh)
-        extra, _ = self.prepare(self.state.params, None, arrays, jnp.float32(0.0))
-        jax.block_until_ready(extra)
+        train_batch, _ = self.rl_step.prepare(self.state.params, None, arrays, jnp.float32(0.0))
+        jax.block_until_ready(train_batch)
         t3 = time.perf_counter()
-        self.state, metrics = self.update(self.state, {k: arrays[k] for k in TRAIN_KEYS} | extra)
+        self.state, metrics = self.rl_step.update(self.state, train_batch)
         jax.block_until_ready(metrics)
         t4 = time.perf_counter()
-        self.tokens = int(batch["mask"].sum())
+        self.tokens = int(batch.mask.sum())
         return {"total": t4 - t0, "generation": t1 - t0, "scoring": t2 - t1,
                 "old logprobs": t3 - t2, "update": t4 - t3}
 

@@ -22,7 +22,7 @@ import typing
 
 import ml_collections
 
-from rl_jax import data, rewards
+from rl_jax import algorithm, data, rewards
 from rl_jax.kl import KLEstimator
 from rl_jax.losses import AGG_MODES
 from rl_jax.models import LORA_TARGETS, SUPPORTED_MODEL_TYPES
@@ -30,11 +30,12 @@ from rl_jax.models.config import REMAT_POLICIES
 from rl_jax.optim import SCHEDULES, optim_config
 
 STAGES = ("sft", "rm", "rl")
-ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
-POLICY_LOSSES = ("ppo", "cispo", "gmpo", "clip_cov", "kl_cov")
-IS_CORRECTIONS = ("none", "token_tis", "seq_tis", "token_mis", "seq_mis", "seq_mis_geo")
+# The algorithm's choices are the names registered in rl_jax.algorithm.registry.
+ESTIMATORS = tuple(algorithm.ESTIMATORS)
+POLICY_LOSSES = tuple(algorithm.POLICY_LOSSES)
+IS_CORRECTIONS = (algorithm.NO_CORRECTION, *algorithm.IS_CORRECTIONS)
 # Estimators with a baseline from the other responses of a prompt.
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+GROUP_ESTIMATORS = tuple(name for name, e in algorithm.ESTIMATORS.items() if e.grouped)
 RM_LOSSES = ("pairwise", "ranking", "listwise")
 RM_COMPARISONS = ("grouped", "shuffled_pairs")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
@@ -152,7 +153,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.max_extra_rounds = 2  # cap on the extra sampling rounds of dynamic sampling
     c.rl.overlong_buffer = 0  # DAPO soft overlong punishment over the last N tokens (0 = off)
     # DAPO overlong filtering: responses without EOS within max_new_tokens count in no loss term
-    # (their group still sets the advantage baseline; see rl_step.overlong_filter_mask)
+    # (their group still sets the advantage baseline; see algorithm.step.overlong_filter_mask)
     c.rl.overlong_filter = False
     c.rl.overlong_penalty = 1.0
     c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
@@ -170,6 +171,7 @@ def default_config() -> ml_collections.ConfigDict:
     # ppo (clipped ratio) | cispo (MiniMax-M1: clipped, stop-gradient weight on every token's
     # log-prob) | gmpo (geometric mean of token ratios, clipped in log space) | clip_cov | kl_cov
     # (Cui et al. 2025: detach, or KL-penalise, the tokens of largest log-prob/advantage covariance)
+    # | sapo (Gao et al. 2025: a soft sigmoid gate on the ratio in place of the clip)
     c.loss.policy_loss = "ppo"
     c.loss.clip_low = 0.2
     c.loss.clip_high = 0.2  # > clip_low: DAPO clip-higher
@@ -181,6 +183,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss.cov_lower = 1.0  # clip_cov: the covariance band its tokens are drawn from
     c.loss.cov_upper = 5.0
     c.loss.kl_cov_coef = 1.0  # kl_cov: weight of |log ratio| on the chosen tokens
+    # sapo: temperatures of the soft gate for positive / other advantages (the paper's values)
+    c.loss.sapo_tau_pos = 1.0
+    c.loss.sapo_tau_neg = 1.05
     c.loss.agg = "token-mean"  # see rl_jax.AGG_MODES
     c.loss.vf_coef = 0.1  # value-loss weight (critic only)
     c.loss.value_clip = 0.2  # 0 = plain MSE
@@ -397,7 +402,8 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     if loss.policy_loss != "ppo" and (loss.ratio_level != "token" or loss.dual_clip):
         bad("loss.policy_loss", loss.policy_loss, "'ppo' with loss.ratio_level != 'token' or "
             "loss.dual_clip (both are options of the clipped PPO objective)")
-    for field in ("loss.gmpo_clip", "loss.cov_ratio", "loss.kl_cov_coef"):
+    for field in ("loss.gmpo_clip", "loss.cov_ratio", "loss.kl_cov_coef", "loss.sapo_tau_pos",
+                  "loss.sapo_tau_neg"):
         if not _get(config, field) > 0:
             bad(field, _get(config, field), "a number > 0")
     if not loss.cov_lower < loss.cov_upper:

@@ -16,7 +16,7 @@ from hf_fixtures import hf_logits, make_hf_model, padded_batch, tiny_tokenizer
 import rl_jax
 from rl_jax import models, parallel
 from rl_jax.config import ConfigError, check_config, default_config
-from rl_jax.trainers.loop import init_state, make_train_step
+from rl_jax.train_state import init_state, make_train_step
 
 RANK, ALPHA = 4, 8.0
 MERGE_TOL = 1e-5  # merged (W + s A B) vs adapted (x W + s x A B) logits, float32, logits O(1)

@@ -12,10 +12,10 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models
+from rl_jax.algorithm import policy_token_stats
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.rollout import Sampler
-from rl_jax.trainers.loop import TrainState, optimizer_step
-from rl_jax.trainers.rl_step import policy_token_stats
+from rl_jax.train_state import TrainState, optimizer_step
 from rl_jax.trainers.setup import build_policy
 
 VOCAB = 64

@@ -305,8 +305,8 @@ def test_synthetic_rlhf_pipeline(tmp_path):
 
 
 def test_critic_starts_from_the_reward_model():
+    from rl_jax.algorithm import RLSettings
     from rl_jax.trainers import rl as rl_trainer
-    from rl_jax.trainers.rl_step import RLSettings
 
     config = preference_rm_ppo.get_config()
     model_config = models.tiny_config("qwen2", hidden_size=32, num_layers=1, intermediate_size=64)

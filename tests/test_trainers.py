@@ -167,10 +167,10 @@ def test_unknown_config_field_is_rejected(tmp_path):
 def test_config_files_build(name):
     import importlib
 
-    from rl_jax.trainers.rl import settings_from_config
+    from rl_jax.algorithm import RLSettings
 
     config = importlib.import_module(f"configs.{name}").get_config()
-    settings = settings_from_config(config)
+    settings = RLSettings.from_config(config)
     assert settings.estimator == config.rl.estimator
     if config.task.name != "gsm8k":
         from rl_jax.trainers.setup import build_task

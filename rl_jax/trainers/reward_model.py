@@ -42,7 +42,8 @@ from rl_jax import data, models, parallel, rewards
 from rl_jax.config import RM_LOSSES
 from rl_jax.optim import make_optimizer
 from rl_jax.rollout import right_pad
-from rl_jax.trainers.loop import Stage, TrainState, init_state, make_train_step, run_stage
+from rl_jax.train_state import TrainState, init_state, make_train_step
+from rl_jax.trainers.loop import Stage, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 
 

@@ -14,11 +14,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rl_jax import memory, parallel
+from rl_jax.algorithm import RLSettings
 from rl_jax.config import ConfigError, check_config
 from rl_jax.trainers import plots
 from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
 from rl_jax.trainers.reward_model import run_rm
-from rl_jax.trainers.rl import run_rl, settings_from_config
+from rl_jax.trainers.rl import run_rl
 from rl_jax.trainers.setup import build_context
 from rl_jax.trainers.sft import run_sft
 from rl_jax.trainers.workdir import ConfigChangedError, check_workdir_config, locked
@@ -30,7 +31,7 @@ def _rl_resumes_without_sft(config: ml_collections.ConfigDict, workdir: str) -> 
     restore then only needs a template of the policy's structure: the fresh params serve."""
     if "rl" not in config.stages or "rm" in config.stages:
         return False
-    if settings_from_config(config).needs_reference:
+    if RLSettings.from_config(config).needs_reference:
         return False
     directory = os.path.join(workdir, "rl")
     return os.path.isdir(directory) and any(

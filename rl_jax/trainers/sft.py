@@ -17,15 +17,9 @@ from rl_jax import models, parallel
 from rl_jax.chunked import DEFAULT_CHUNK, chunked_token_stats
 from rl_jax.optim import make_optimizer
 from rl_jax.rollout import right_pad
+from rl_jax.train_state import TrainState, init_state, make_train_step
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.loop import (
-    Stage,
-    StageResult,
-    TrainState,
-    init_state,
-    make_train_step,
-    run_stage,
-)
+from rl_jax.trainers.loop import Stage, StageResult, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 
 
