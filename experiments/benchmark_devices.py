@@ -56,9 +56,9 @@ def child(reps: int) -> None:
 
     from rl_jax import models, parallel
     from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+    from rl_jax.learned_reward import LearnedReward
     from rl_jax.rollout import Sampler
     from rl_jax.train_state import init_state
-    from rl_jax.trainers.reward_model import LearnedReward
 
     config = models.tiny_config("qwen2", vocab_size=512, hidden_size=64, intermediate_size=128,
                                 num_layers=2, num_heads=4, num_kv_heads=2,

@@ -8,7 +8,7 @@ storage dtype), recompute the sampled tokens' log-probs with the trainer's forwa
 (``policy_token_stats``) on the same weights, and report the band of ``exp(trainer - sampler)``
 (the PPO ratio at the sampling weights, which should be 1) and the mean ``|diff|``.
 
-``update``: one GRPO update (``build_rl_step``: clipped loss with the k3 KL term, one minibatch) on a
+``update``: one GRPO update (``build_rl_step``: clipped loss, k3 KL term, one minibatch) on a
 fixed batch of sampled-shape token rows, full fine-tuning against LoRA (rank 8, alpha 16, every
 projection): the median seconds of the timed steps after a compile, alternating the two, and the
 parameters each trains (its optimizer state's size). float32 (CPU). Writes ``DIR/<what>.json``.

@@ -28,6 +28,7 @@ from rl_jax.losses import AGG_MODES
 from rl_jax.models import LORA_TARGETS, SUPPORTED_MODEL_TYPES
 from rl_jax.models.config import REMAT_POLICIES
 from rl_jax.optim import SCHEDULES, optim_config
+from rl_jax.reward_losses import RM_LOSSES
 
 STAGES = ("sft", "rm", "rl")
 # The algorithm's choices are the names registered in rl_jax.algorithm.registry.
@@ -36,7 +37,6 @@ POLICY_LOSSES = tuple(algorithm.POLICY_LOSSES)
 IS_CORRECTIONS = (algorithm.NO_CORRECTION, *algorithm.IS_CORRECTIONS)
 # Estimators with a baseline from the other responses of a prompt.
 GROUP_ESTIMATORS = tuple(name for name, e in algorithm.ESTIMATORS.items() if e.grouped)
-RM_LOSSES = ("pairwise", "ranking", "listwise")
 RM_COMPARISONS = ("grouped", "shuffled_pairs")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
 DTYPES = ("float32", "bfloat16", "float16")

@@ -73,7 +73,6 @@ counts the policy as configured.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -318,32 +317,3 @@ def check_fits(est: dict[str, int], limit: int | None) -> None:
         f"The largest items and the config fields that reduce them:\n{advice}\n"
         "memory.check = False runs anyway (the estimate is approximate)."
     )
-
-
-def startup_check(config: ml_collections.ConfigDict, ctx: Any, mesh: jax.sharding.Mesh) -> dict:
-    """Prints the estimate of a run (its context ``ctx`` from ``trainers.setup.build_context``)
-    and raises ``MemoryError`` if it exceeds the device (``memory.check``). Returns the estimate.
-
-    Lengths come from the data: the longest prompt of RL's first batch and of the evaluation set,
-    and the SFT batch of step 0 (its bucketed width).
-    """
-    from rl_jax.trainers.sft import sft_batch  # the trainers import this module's package
-
-    prompts = ctx.encode_prompts(ctx.eval_examples)
-    if "rl" in config.stages:
-        prompts += ctx.encode_prompts(ctx.task.batch(0, config.rl.num_prompts))
-    sft_len = None
-    if "sft" in config.stages:
-        sft_len = sft_batch(ctx, ctx.task.batch(0, config.sft.batch_size))["tokens"].shape[1]
-    est = estimate(
-        config, ctx.policy.config, settings=RLSettings.from_config(config),
-        num_devices=mesh.devices.size, fsdp=mesh.shape[parallel.FSDP],
-        prompt_len=max((len(p) for p in prompts), default=0), sft_len=sft_len,
-    )
-    limit = device_limit(config)
-    print(format_table(est, limit))
-    if limit is None:
-        print("  (no device memory limit known: set memory.device_gb to check against one)")
-    if config.memory.check:
-        check_fits(est, limit)
-    return est

@@ -17,9 +17,10 @@ from flax import nnx
 from rl_jax import models, parallel
 from rl_jax.algorithm import RLSettings, RolloutBatch, TrainBatch, build_rl_step
 from rl_jax.algorithm.step import make_update
+from rl_jax.learned_reward import LearnedReward
 from rl_jax.rollout import Sampler
 from rl_jax.train_state import init_state, make_train_step
-from rl_jax.trainers.reward_model import LearnedReward, make_rm_loss
+from rl_jax.trainers.reward_model import make_rm_loss
 from rl_jax.trainers.sft import make_sft_loss
 
 VOCAB, PROMPT, RESPONSE, ROWS, GROUP = 64, 8, 8, 32, 4

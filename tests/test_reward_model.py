@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rl_jax import data, models
+from rl_jax import data, models, reward_losses
+from rl_jax.learned_reward import LearnedReward
 from rl_jax.trainers import reward_model as rm
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.run import run
@@ -258,7 +259,8 @@ def test_pair_accuracy_matches_loop():
                     total += 1
                     diff = scores[p, i] - scores[p, j]
                     right += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
-    assert float(rm.pair_accuracy(scores, ranks, present)) == pytest.approx(right / total)
+    accuracy = reward_losses.pair_accuracy(scores, ranks, present)
+    assert float(accuracy) == pytest.approx(right / total)
 
 
 def small_rlhf_config():
@@ -314,7 +316,7 @@ def test_critic_starts_from_the_reward_model():
     graphdef, params = nnx.split(policy)
     reward = models.RewardModel.from_policy(policy, rngs=nnx.Rngs(5))
     rgraph, rparams = nnx.split(reward)
-    learned = rm.LearnedReward(rgraph, rparams, 0.5, 2.0)
+    learned = LearnedReward(rgraph, rparams, 0.5, 2.0)
     ctx = types.SimpleNamespace(config=config, graphdef=graphdef)
     settings = RLSettings(estimator="gae", group_size=1, temperature=1.0)
     trained, value_graphdef = rl_trainer.init_params(ctx, params, settings, learned)

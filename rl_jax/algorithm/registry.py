@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import rl_jax
 
-if TYPE_CHECKING:
-    from rl_jax.algorithm.settings import RLSettings
-
 Metrics = dict[str, jax.Array]
+
+
+# Every adapter takes the RLSettings first (``s`` or ``settings``).
 
 
 # --- Advantage estimators -------------------------------------------------------------------------
@@ -103,11 +103,11 @@ ESTIMATORS: dict[str, Estimator] = {
 # (settings, logprobs, old_logprobs, advantages, mask [batch, R], key) -> (loss, metrics)
 
 
-def _agg(s: RLSettings) -> dict[str, Any]:
+def _agg(s) -> dict[str, Any]:
     return dict(agg=s.agg, max_len=s.max_len, count_empty_rows=s.count_empty_rows)
 
 
-def _clip(s: RLSettings) -> dict[str, float]:
+def _clip(s) -> dict[str, float]:
     return dict(clip_low=s.clip_low, clip_high=s.clip_high)
 
 
@@ -166,7 +166,7 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {
 #   -> (weights [batch, R], policy_mask [batch, R], metrics); "none" applies no correction.
 
 
-def _band(s: RLSettings) -> dict[str, float]:
+def _band(s) -> dict[str, float]:
     return dict(low=s.is_low, high=s.is_high)
 
 

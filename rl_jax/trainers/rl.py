@@ -22,11 +22,11 @@ from flax import nnx
 import rl_jax
 from rl_jax import models, parallel, rewards
 from rl_jax.algorithm import RLSettings, RolloutBatch, ScoreShaping, build_rl_step, shape_scores
+from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
 from rl_jax.train_state import TrainState, init_state
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.loop import Stage, StageResult, run_stage
-from rl_jax.trainers.reward_model import LearnedReward
 from rl_jax.trainers.setup import Context, stage_key
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
