@@ -168,11 +168,11 @@ def synthetic_preferences(
     """``num_responses`` samples of the policy per example, ranked by the reward ``gold``
     (prompts whose samples all tie are dropped)."""
     cfg = ctx.config.rollout
-    ctx.sampler.params = policy_params
     prefs = []
     for start in range(0, len(examples), chunk):
         part = list(examples[start : start + chunk])
         out = ctx.sampler.generate(
+            policy_params,
             ctx.encode_prompts(part),
             jax.random.fold_in(key, start),
             n=num_responses,
@@ -289,7 +289,7 @@ def run_rm(
     state, sharding = init_state({"reward": params}, tx, mesh)
     loss_fn = make_rm_loss(graphdef, cfg.loss)
     step = parallel.data_parallel_step(make_train_step(loss_fn, tx), mesh, sharding)
-    ctx.sampler.mesh = mesh  # synthetic preferences: each device samples its share
+    ctx.check_mesh(mesh)  # synthetic preferences: each device samples its share
 
     @functools.cache
     def prepared() -> tuple[data.FileDataset, list[EncodedPreference], int, int, int]:

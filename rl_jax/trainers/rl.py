@@ -100,13 +100,19 @@ def score_responses(
 
 
 def sample_round(
-    ctx: Context, position: int, key: jax.Array, reward_model: LearnedReward | None = None
+    ctx: Context,
+    policy_params: Any,
+    position: int,
+    key: jax.Array,
+    reward_model: LearnedReward | None = None,
 ) -> tuple[Round, float]:
-    """Samples and scores the prompts of data position ``position``; also the scoring seconds."""
+    """Samples (from ``policy_params``) and scores the prompts of data position ``position``;
+    also the scoring seconds."""
     cfg = ctx.config
     examples = ctx.task.batch(position, cfg.rl.num_prompts)
     n = cfg.rl.group_size
     out = ctx.sampler.generate(
+        policy_params,
         ctx.encode_prompts(examples),
         key,
         n=n,
@@ -168,9 +174,14 @@ def _concat(rounds: list[Round], pad_id: int) -> Round:
 
 
 def collect(
-    ctx: Context, position: int, key: jax.Array, reward_model: LearnedReward | None = None
+    ctx: Context,
+    policy_params: Any,
+    position: int,
+    key: jax.Array,
+    reward_model: LearnedReward | None = None,
 ) -> tuple[Round, int, dict[str, float]]:
-    """The rollout batch of one step, with dynamic sampling when configured.
+    """The rollout batch of one step, sampled from ``policy_params``, with dynamic sampling when
+    configured.
 
     Returns the batch (``num_prompts * group_size`` rows), the next data position and metrics.
     With dynamic sampling, groups whose scores are all equal are dropped and new prompts are
@@ -187,7 +198,9 @@ def collect(
     generated = 0.0
     scoring = 0.0
     while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
-        batch, seconds = sample_round(ctx, position, jax.random.fold_in(key, rounds), reward_model)
+        batch, seconds = sample_round(
+            ctx, policy_params, position, jax.random.fold_in(key, rounds), reward_model
+        )
         scoring += seconds
         position += 1
         rounds += 1
@@ -321,15 +334,16 @@ def run_rl(
     rl_step = build_rl_step(
         settings, tx, ctx.graphdef, value_graphdef, mesh=mesh, state_sharding=sharding
     )
-    ctx.sampler.mesh = mesh
+    ctx.check_mesh(mesh)
     latest: list[Round] = []  # the last rollout batch, for the samples text
 
     def batch(step: int, state: TrainState, host: dict):
         """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
         t0 = time.perf_counter()
-        ctx.sampler.params = state.params["policy"]
         key = stage_key(config.seed, "rl", step)
-        rollout, position, metrics = collect(ctx, host["position"], key, reward_model)
+        rollout, position, metrics = collect(
+            ctx, state.params["policy"], host["position"], key, reward_model
+        )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
         latest[:] = [rollout]
         arrays = parallel.shard_batch(device_batch(rollout), mesh)

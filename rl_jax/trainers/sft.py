@@ -90,7 +90,7 @@ def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
     state, sharding = init_state({"policy": params}, tx, mesh)
     train_step = make_train_step(make_sft_loss(ctx.graphdef, ctx.config.model.logits_chunk), tx)
     step = parallel.data_parallel_step(train_step, mesh, sharding)
-    ctx.sampler.mesh = mesh  # evaluation decodes each device's share of the prompts
+    ctx.check_mesh(mesh)  # evaluation decodes each device's share of the prompts
 
     def batch(step: int, state: TrainState, host: dict):
         examples = parallel.process_share(ctx.task.batch(step, cfg.batch_size), mesh)
