@@ -6,7 +6,7 @@ r"""Per-device work and time of each part of an RL step on 1, 2, 4 and 8 (fake C
 For each device count a subprocess starts with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=<d>``, builds a data-parallel mesh over its
 devices and runs the parts of ``run_rl``'s step as ``run_rl`` sets them up: ``sample`` (the
-KV-cache sampler with ``sampler.mesh``), ``score`` (a learned reward model), ``prepare`` and
+KV-cache sampler on the mesh), ``score`` (a learned reward model), ``prepare`` and
 ``update`` (2 minibatches, 1 epoch, GRPO with a KL term). For every part it reports, from the
 compiled per-device program (``rl_jax.parallel.compiled_work``), the output shape of the largest
 dot and XLA's temporary bytes, and the median wall time of a few runs.
@@ -75,8 +75,8 @@ def child(reps: int) -> None:
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, 512, 12).tolist() for _ in range(_PROMPTS.value)]
     key = jax.random.key(0)
-    sampler = Sampler.from_model(policy, eos_ids=(), pad_id=0)
-    sampler.params, sampler.mesh = state.params["policy"], mesh
+    sampler = Sampler.from_model(policy, eos_ids=(), pad_id=0, mesh=mesh)
+    sample_params = state.params["policy"]
     options = dict(n=_GROUP.value, max_new_tokens=_NEW.value, temperature=1.0)
     rows = {}
 
@@ -84,9 +84,10 @@ def child(reps: int) -> None:
         work = parallel.compiled_work(compiled)
         rows[part] = work | {"ms": 1e3 * seconds}
 
-    out = sampler.generate(prompts, key, **options)
-    report("sample", sampler.lower(prompts, key, **options),
-           _timed(lambda: sampler.generate(prompts, key, **options).response_tokens, reps))
+    out = sampler.generate(sample_params, prompts, key, **options)
+    report("sample", sampler.lower(sample_params, prompts, key, **options),
+           _timed(lambda: sampler.generate(sample_params, prompts, key, **options)
+                  .response_tokens, reps))
     tokens = np.concatenate([out.prompt_tokens, out.response_tokens], 1).astype(np.int32)
     mask = np.concatenate([out.prompt_mask, out.response_mask], 1).astype(np.int32)
     reward_model = models.RewardModel.from_policy(policy, rngs=nnx.Rngs(1))

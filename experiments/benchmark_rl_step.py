@@ -71,9 +71,9 @@ def main(argv):
     times = []
     for step in range(2 + _STEPS.value):
         t0 = time.perf_counter()
-        sampler.params = state.params["policy"]
         out = sampler.generate(
-            prompts, jax.random.key(step), n=_GROUP.value, max_new_tokens=_NEW.value
+            state.params["policy"], prompts, jax.random.key(step), n=_GROUP.value,
+            max_new_tokens=_NEW.value,
         )
         jax.block_until_ready(out.response_tokens)
         t1 = time.perf_counter()

@@ -55,7 +55,8 @@ def ratio_band(dtype: str, param_dtype: str, tokenizer, prompts) -> dict:
     model, _ = models.load_pretrained(_PATH.value, dtype=dtype, param_dtype=param_dtype)
     sampler = Sampler.from_model(model, eos_ids=(), pad_id=tokenizer.pad_token_id, max_len=256)
     start = time.perf_counter()
-    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=_NEW.value, n=2)
+    out = sampler.generate(nnx.state(model), prompts, jax.random.key(0), max_new_tokens=_NEW.value,
+                           n=2)
     tokens = jnp.concatenate([out.prompt_tokens, out.response_tokens], 1)
     mask = jnp.concatenate([out.prompt_mask, out.response_mask], 1).astype(jnp.float32)
     graphdef, params = nnx.split(model)
