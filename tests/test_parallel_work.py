@@ -166,11 +166,10 @@ def test_sft_and_reward_model_steps_split_the_work(policy):
 
 
 def make_sampler(policy, mesh):
-    sampler = Sampler.from_model(policy, eos_ids=(2,), pad_id=0, cache_stages=2)
-    sampler.params = jax.device_put(sampler.params,
-                                    parallel.param_sharding(sampler.params, mesh, min_size=1))
-    sampler.mesh = mesh
-    return sampler
+    """A sampler on ``mesh`` and the policy's params placed as the trainer places them."""
+    sampler = Sampler.from_model(policy, eos_ids=(2,), pad_id=0, cache_stages=2, mesh=mesh)
+    params = nnx.state(policy)
+    return sampler, jax.device_put(params, parallel.param_sharding(params, mesh, min_size=1))
 
 
 @pytest.mark.parametrize("prompts", [8, 3], ids=["divides", "padded"])
@@ -184,9 +183,9 @@ def test_sampler_splits_the_rows(policy, prompts):
     key = jax.random.key(3)
     outs, work = [], []
     for mesh in (mesh_of(1), mesh_of(8, fsdp=2)):
-        sampler = make_sampler(policy, mesh)
-        work.append(parallel.compiled_work(sampler.lower(token_lists, key, **options)))
-        outs.append(sampler.generate(token_lists, key, **options))
+        sampler, params = make_sampler(policy, mesh)
+        work.append(parallel.compiled_work(sampler.lower(params, token_lists, key, **options)))
+        outs.append(sampler.generate(params, token_lists, key, **options))
     if prompts == 8:
         assert_split(*work)
     else:  # the prefill of 4 (padded) prompts does not split over 8 devices; the decode does
@@ -200,11 +199,11 @@ def test_sampler_splits_the_rows(policy, prompts):
 
 def test_sampler_reads_the_trainers_params_without_a_copy(policy):
     mesh = mesh_of(8, fsdp=4)
-    sampler = make_sampler(policy, mesh)
-    lowered = sampler.lower([[3, 4, 5]] * 8, jax.random.key(0), n=2, max_new_tokens=4)
+    sampler, params = make_sampler(policy, mesh)
+    lowered = sampler.lower(params, [[3, 4, 5]] * 8, jax.random.key(0), n=2, max_new_tokens=4)
     # The compiled program takes the params with the sharding they have (nothing moves in).
     in_shardings = jax.tree.leaves(lowered.compile().input_shardings[0][0])
-    assert in_shardings == [x.sharding for x in jax.tree.leaves(sampler.params)]
+    assert in_shardings == [x.sharding for x in jax.tree.leaves(params)]
 
 
 def test_reward_scoring_splits_the_rows(policy):

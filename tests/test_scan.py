@@ -80,10 +80,10 @@ def test_scanned_decoding_equals_listed():
     assert cache.k.shape == (2, 3, 2, 16, 5) and cache.v.shape == (2, 3, 2, 5, 16)
     outs = []
     for cfg in (config, scanned_config):
-        sampler = Sampler.from_model(models.CausalLM(cfg, rngs=nnx.Rngs(1)), eos_ids=(2,),
-                                     pad_id=0, cache_stages=2)
-        outs.append(sampler.generate([[5, 6, 7], [8, 9]], jax.random.key(0), n=2,
-                                     max_new_tokens=7, temperature=1.0))
+        model = models.CausalLM(cfg, rngs=nnx.Rngs(1))
+        sampler = Sampler.from_model(model, eos_ids=(2,), pad_id=0, cache_stages=2)
+        outs.append(sampler.generate(nnx.state(model), [[5, 6, 7], [8, 9]], jax.random.key(0),
+                                     n=2, max_new_tokens=7, temperature=1.0))
     np.testing.assert_array_equal(outs[1].response_tokens, outs[0].response_tokens)
     np.testing.assert_allclose(outs[1].response_logprobs, outs[0].response_logprobs, atol=1e-5)
 
