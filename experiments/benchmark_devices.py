@@ -6,7 +6,7 @@ r"""Per-device work and time of each part of an RL step on 1, 2, 4 and 8 (fake C
 For each device count a subprocess starts with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=<d>``, builds a data-parallel mesh over its
 devices and runs the parts of ``run_rl``'s step as ``run_rl`` sets them up: ``sample`` (the
-KV-cache sampler with ``sampler.mesh``), ``score`` (a learned reward model), ``prepare`` and
+KV-cache sampler on the mesh), ``score`` (a learned reward model), ``prepare`` and
 ``update`` (2 minibatches, 1 epoch, GRPO with a KL term). For every part it reports, from the
 compiled per-device program (``rl_jax.parallel.compiled_work``), the output shape of the largest
 dot and XLA's temporary bytes, and the median wall time of a few runs.
@@ -55,11 +55,10 @@ def child(reps: int) -> None:
     from flax import nnx
 
     from rl_jax import models, parallel
+    from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+    from rl_jax.learned_reward import LearnedReward
     from rl_jax.rollout import Sampler
-    from rl_jax.trainers.loop import init_state
-    from rl_jax.trainers.reward_model import LearnedReward
-    from rl_jax.trainers.rl import TRAIN_KEYS
-    from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
+    from rl_jax.train_state import init_state
 
     config = models.tiny_config("qwen2", vocab_size=512, hidden_size=64, intermediate_size=128,
                                 num_layers=2, num_heads=4, num_kv_heads=2,
@@ -76,8 +75,8 @@ def child(reps: int) -> None:
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, 512, 12).tolist() for _ in range(_PROMPTS.value)]
     key = jax.random.key(0)
-    sampler = Sampler.from_model(policy, eos_ids=(), pad_id=0)
-    sampler.params, sampler.mesh = state.params["policy"], mesh
+    sampler = Sampler.from_model(policy, eos_ids=(), pad_id=0, mesh=mesh)
+    sample_params = state.params["policy"]
     options = dict(n=_GROUP.value, max_new_tokens=_NEW.value, temperature=1.0)
     rows = {}
 
@@ -85,9 +84,10 @@ def child(reps: int) -> None:
         work = parallel.compiled_work(compiled)
         rows[part] = work | {"ms": 1e3 * seconds}
 
-    out = sampler.generate(prompts, key, **options)
-    report("sample", sampler.lower(prompts, key, **options),
-           _timed(lambda: sampler.generate(prompts, key, **options).response_tokens, reps))
+    out = sampler.generate(sample_params, prompts, key, **options)
+    report("sample", sampler.lower(sample_params, prompts, key, **options),
+           _timed(lambda: sampler.generate(sample_params, prompts, key, **options)
+                  .response_tokens, reps))
     tokens = np.concatenate([out.prompt_tokens, out.response_tokens], 1).astype(np.int32)
     mask = np.concatenate([out.prompt_mask, out.response_mask], 1).astype(np.int32)
     reward_model = models.RewardModel.from_policy(policy, rngs=nnx.Rngs(1))
@@ -95,22 +95,20 @@ def child(reps: int) -> None:
     reward = LearnedReward(reward_graphdef, jax.device_put(
         reward_params, parallel.param_sharding(reward_params, mesh)), 0.0, 1.0, mesh=mesh)
     report("score", reward.lower(tokens, mask), _timed(lambda: reward(tokens, mask), reps))
-    batch = parallel.shard_batch({
-        "tokens": tokens, "mask": mask.astype(np.float32),
-        "response_mask": np.asarray(out.response_mask, np.float32),
-        "sampler_logprobs": np.asarray(out.response_logprobs, np.float32),
-        "scores": rng.normal(size=len(tokens)).astype(np.float32),
-    }, mesh)
-    prepare = jax.jit(make_prepare(settings, graphdef),
-                      out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
+    batch = parallel.shard_batch(RolloutBatch(
+        tokens=tokens, mask=mask.astype(np.float32),
+        response_mask=np.asarray(out.response_mask, np.float32),
+        sampler_logprobs=np.asarray(out.response_logprobs, np.float32),
+        scores=rng.normal(size=len(tokens)).astype(np.float32),
+        truncated=np.ones(len(tokens), np.float32),  # eos_ids=(): no response ends
+    ), mesh)
+    rl_step = build_rl_step(settings, tx, graphdef, mesh=mesh, state_sharding=sharding,
+                            donate_state=False)
     args = (state.params, ref_params, batch, jnp.float32(0.04))
-    prepare = prepare.lower(*args).compile()
+    prepare = rl_step.prepare.lower(*args).compile()
     report("prepare", prepare, _timed(lambda: prepare(*args), reps))
-    extra, _ = prepare(*args)
-    train = {k: batch[k] for k in TRAIN_KEYS} | extra
-    update = parallel.data_parallel_step(make_update(settings, tx, make_loss(settings, graphdef),
-                                                     mesh), mesh, sharding, donate_state=False)
-    update = update.lower(state, train).compile()
+    train, _ = prepare(*args)
+    update = rl_step.update.lower(state, train).compile()
     report("update", update, _timed(lambda: update(state, train), reps))
     for part, row in rows.items():
         print(json.dumps({"devices": jax.device_count(), "part": part} | row))

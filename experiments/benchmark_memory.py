@@ -6,7 +6,7 @@ r"""Compiled memory of the RL loss's gradient with the full logits and with the 
 A Qwen2.5-like vocabulary (151,936 tokens, tied embeddings) on a narrow model (hidden 64, 1 layer
 by default), so the logits dominate: for each ``logits_chunk`` (0 = the full
 ``[batch, P + R, vocab]`` logits) it compiles ``jax.value_and_grad`` of the GRPO loss
-(``rl_step.make_loss``, single pass: the entropy metric included) and of ``make_prepare`` (old and
+(``build_rl_step(...).loss``, single pass: the entropy metric included) and of ``prepare`` (old and
 reference log-probs, entropy), without running them, and prints XLA's temp (scratch) memory and
 the largest float32 array with a vocabulary axis in the compiled HLO. Parameters are abstract
 (``nnx.eval_shape``): nothing is allocated, so any size compiles on this CPU.
@@ -35,7 +35,7 @@ from absl import app, flags
 from flax import nnx
 
 from rl_jax import models
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare
+from rl_jax.algorithm import RLSettings, RolloutBatch, TrainBatch, build_rl_step
 
 _VOCAB = flags.DEFINE_integer("vocab", 151_936, "Vocabulary size (Qwen2.5: 151,936).")
 _HIDDEN = flags.DEFINE_integer("hidden", 64, "Hidden size.")
@@ -67,14 +67,15 @@ def main(argv):
                                                                         rngs=nnx.Rngs(0))))
     b, p, r, v = _BATCH.value, _PROMPT.value, _RESPONSE.value, _VOCAB.value
     spec = jax.ShapeDtypeStruct
-    batch = {
+    rows = {
         "tokens": spec((b, p + r), jnp.int32),
         "mask": spec((b, p + r), jnp.float32),
         "response_mask": spec((b, r), jnp.float32),
         "sampler_logprobs": spec((b, r), jnp.float32),
-        "advantages": spec((b, r), jnp.float32),
-        "scores": spec((b,), jnp.float32),
     }
+    train_batch = TrainBatch(**rows, advantages=spec((b, r), jnp.float32))
+    rollout = RolloutBatch(**rows, scores=spec((b,), jnp.float32),
+                           truncated=spec((b,), jnp.float32))
     num_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"vocab {v}, hidden {_HIDDEN.value}, {_LAYERS.value} layer(s), {num_params / 1e6:.1f}M "
           f"parameters; batch {b} x (prompt {p} + response {r}); one [B, P+R, V] f32 = "
@@ -88,13 +89,14 @@ def main(argv):
         prepare_settings = RLSettings(**{**settings.__dict__, "num_minibatches": 2,
                                          "kl_loss_coef": 0.04})
         functions = {
-            "loss grad": (jax.value_and_grad(make_loss(settings, graphdef), has_aux=True),
-                          ({"policy": params}, batch)),
-            "prepare": (make_prepare(prepare_settings, graphdef),
-                        ({"policy": params}, params, batch, spec((), jnp.float32))),
+            "loss grad": (jax.jit(jax.value_and_grad(build_rl_step(settings, None, graphdef).loss,
+                                                     has_aux=True)),
+                          ({"policy": params}, train_batch)),
+            "prepare": (build_rl_step(prepare_settings, None, graphdef).prepare,
+                        ({"policy": params}, params, rollout, spec((), jnp.float32))),
         }
         for name, (fn, args) in functions.items():
-            compiled = jax.jit(fn).lower(*args).compile()
+            compiled = fn.lower(*args).compile()
             stats = compiled.memory_analysis()
             print(f"{name:<16} {chunk:>12} {stats.temp_size_in_bytes / 2**20:>10.1f} "
                   f"{stats.argument_size_in_bytes / 2**20:>9.1f}  "

@@ -84,15 +84,18 @@ def load_rl_jax():
 
 
 def rl_jax_sampler(model, pad_id: int):
+    """A sampler for ``model`` (no EOS: all rows full length) and the weights it samples."""
+    from flax import nnx
+
     from rl_jax.rollout import Sampler
 
-    return Sampler.from_model(model, eos_ids=(), pad_id=pad_id)  # no EOS: all rows full length
+    return Sampler.from_model(model, eos_ids=(), pad_id=pad_id), nnx.state(model)
 
 
-def rl_jax_sample(sampler, prompts, new_tokens: int, seed: int = 0):
+def rl_jax_sample(sampler, params, prompts, new_tokens: int, seed: int = 0):
     import jax
 
-    out = sampler.generate(prompts, jax.random.key(seed), max_new_tokens=new_tokens)
+    out = sampler.generate(params, prompts, jax.random.key(seed), max_new_tokens=new_tokens)
     jax.block_until_ready(out.response_tokens)
     return out
 
@@ -106,13 +109,13 @@ def compile_probe(cache_dir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     model, tokenizer = load_rl_jax()
-    sampler = rl_jax_sampler(model, tokenizer.pad_token_id)
+    sampler, params = rl_jax_sampler(model, tokenizer.pad_token_id)
     prompts = chat_prompts(tokenizer, 16)
     start = time.perf_counter()
-    rl_jax_sample(sampler, prompts, _NEW.value)
+    rl_jax_sample(sampler, params, prompts, _NEW.value)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    rl_jax_sample(sampler, prompts, _NEW.value, seed=1)
+    rl_jax_sample(sampler, params, prompts, _NEW.value, seed=1)
     second = time.perf_counter() - start
     print(json.dumps({"first_call_s": first, "second_call_s": second}))
 
@@ -177,13 +180,13 @@ class RlJaxStep:
         from flax import nnx
 
         from rl_jax import parallel
-        from rl_jax.trainers.loop import TrainState
-        from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
+        from rl_jax.algorithm import RLSettings, build_rl_step
+        from rl_jax.train_state import TrainState
 
         self.tokenizer, self.prompts, self.answers = tokenizer, prompts, answers
         graphdef, params = nnx.split(model)
         self.num_params = sum(x.size for x in jax.tree.leaves(params))
-        self.sampler = rl_jax_sampler(model, tokenizer.pad_token_id)
+        self.sampler, _ = rl_jax_sampler(model, tokenizer.pad_token_id)
         settings = RLSettings(
             estimator="grpo", group_size=_GROUP.value, temperature=1.0, kl_loss_coef=0.0,
             max_len=_STEP_NEW.value, num_minibatches=1,
@@ -194,10 +197,8 @@ class RlJaxStep:
         state = TrainState(jnp.zeros((), jnp.int32), policy, tx.init(policy))
         sharding = parallel.param_sharding(state, self.mesh)
         self.state = jax.device_put(state, sharding)
-        self.prepare = jax.jit(make_prepare(settings, graphdef))
-        self.update = parallel.data_parallel_step(
-            make_update(settings, tx, make_loss(settings, graphdef)), self.mesh, sharding
-        )
+        self.rl_step = build_rl_step(settings, tx, graphdef, mesh=self.mesh,
+                                     state_sharding=sharding)
         self.calls = 0
 
     def __call__(self) -> dict[str, float]:
@@ -206,11 +207,11 @@ class RlJaxStep:
         import numpy as np
 
         from rl_jax import parallel, rewards
-        from rl_jax.trainers.rl import TRAIN_KEYS
+        from rl_jax.algorithm import RolloutBatch
 
         t0 = time.perf_counter()
-        self.sampler.params = self.state.params["policy"]
         out = self.sampler.generate(
+            self.state.params["policy"],
             self.prompts, jax.random.key(self.calls), n=_GROUP.value,
             max_new_tokens=_STEP_NEW.value,
         )
@@ -221,24 +222,25 @@ class RlJaxStep:
         examples = [ex for ex in self.answers for _ in range(_GROUP.value)]
         scores = rewards.last_number_reward(texts, examples)
         response_tokens = np.asarray(out.response_tokens)
-        batch = {
-            "tokens": np.concatenate([np.asarray(out.prompt_tokens), response_tokens], 1),
-            "mask": np.concatenate(
+        batch = RolloutBatch(
+            tokens=np.concatenate([np.asarray(out.prompt_tokens), response_tokens], 1),
+            mask=np.concatenate(
                 [np.asarray(out.prompt_mask), np.asarray(out.response_mask)], 1
             ).astype(np.float32),
-            "response_mask": np.asarray(out.response_mask, np.float32),
-            "sampler_logprobs": np.asarray(out.response_logprobs),
-            "scores": scores,
-        }
+            response_mask=np.asarray(out.response_mask, np.float32),
+            sampler_logprobs=np.asarray(out.response_logprobs),
+            scores=scores,
+            truncated=np.zeros(len(scores), np.float32),  # read only by overlong filtering
+        )
         t2 = time.perf_counter()
         arrays = parallel.shard_batch(batch, self.mesh)
-        extra, _ = self.prepare(self.state.params, None, arrays, jnp.float32(0.0))
-        jax.block_until_ready(extra)
+        train_batch, _ = self.rl_step.prepare(self.state.params, None, arrays, jnp.float32(0.0))
+        jax.block_until_ready(train_batch)
         t3 = time.perf_counter()
-        self.state, metrics = self.update(self.state, {k: arrays[k] for k in TRAIN_KEYS} | extra)
+        self.state, metrics = self.rl_step.update(self.state, train_batch)
         jax.block_until_ready(metrics)
         t4 = time.perf_counter()
-        self.tokens = int(batch["mask"].sum())
+        self.tokens = int(batch.mask.sum())
         return {"total": t4 - t0, "generation": t1 - t0, "scoring": t2 - t1,
                 "old logprobs": t3 - t2, "update": t4 - t3}
 
@@ -366,10 +368,10 @@ def main(argv):
         report(f"float32 matmul (jnp.dot 2048x2048, median of 5): {gflops:.0f} GFLOP/s")
 
     if "compile" in parts:
-        sampler = rl_jax_sampler(model, tokenizer.pad_token_id)
+        sampler, params = rl_jax_sampler(model, tokenizer.pad_token_id)
         prompts = chat_prompts(tokenizer, 16)
         start = time.perf_counter()
-        rl_jax_sample(sampler, prompts, _NEW.value)
+        rl_jax_sample(sampler, params, prompts, _NEW.value)
         report(f"rl_jax sampler first call, batch 16 x {_NEW.value} (trace + compile + run): "
                f"{time.perf_counter() - start:.1f} s")
 
@@ -381,21 +383,21 @@ def main(argv):
                f"{time.perf_counter() - start:.1f} s")
 
     if "sampling" in parts:
-        sampler = rl_jax_sampler(model, tokenizer.pad_token_id)
+        sampler, params = rl_jax_sampler(model, tokenizer.pad_token_id)
         report(f"\n(a) sampling, {_NEW.value} new tokens a row, temperature 1, ms per decode "
                "step (all rows):")
         report(f"  {'batch':>5}  {'rl_jax':>9}  " + "  ".join(
             f"{'HF ' + t + ' thr':>10}" for t in _THREADS.value) + "  speed-up (best HF)")
         for batch in (int(b) for b in _SAMPLE_BATCHES.value):
             prompts = chat_prompts(tokenizer, batch, seed=batch)
-            rl_jax_sample(sampler, prompts, _NEW.value)  # compile this bucket
+            rl_jax_sample(sampler, params, prompts, _NEW.value)  # compile this bucket
             times = {"rl_jax": []} | {t: [] for t in _THREADS.value}
             for t in _THREADS.value:  # warm-up of each thread setting
                 torch.set_num_threads(int(t))
                 hf_sample(hf_model, hf_tokenizer, prompts[:2], 2)
             for r in range(_REPEATS.value):
                 start = time.perf_counter()
-                rl_jax_sample(sampler, prompts, _NEW.value, seed=r)
+                rl_jax_sample(sampler, params, prompts, _NEW.value, seed=r)
                 times["rl_jax"].append(time.perf_counter() - start)
                 for t in _THREADS.value:
                     torch.set_num_threads(int(t))

@@ -24,10 +24,9 @@ from absl import app, flags
 from flax import nnx
 
 from rl_jax import models, parallel
+from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
 from rl_jax.rollout import Sampler
-from rl_jax.trainers.loop import TrainState
-from rl_jax.trainers.rl import TRAIN_KEYS
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
+from rl_jax.train_state import TrainState
 
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
 _PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Prompts per step.")
@@ -68,40 +67,37 @@ def main(argv):
     sharding = parallel.param_sharding(state, mesh)
     state = jax.device_put(state, sharding)
     ref_params = jax.tree.map(jnp.copy, params)
-    prepare = jax.jit(make_prepare(settings, graphdef))
-    update = parallel.data_parallel_step(
-        make_update(settings, tx, make_loss(settings, graphdef)), mesh, sharding
-    )
+    rl_step = build_rl_step(settings, tx, graphdef, mesh=mesh, state_sharding=sharding)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, 1024, size=_PROMPT_LEN.value) for _ in range(_PROMPTS.value)]
 
     times = []
     for step in range(2 + _STEPS.value):
         t0 = time.perf_counter()
-        sampler.params = state.params["policy"]
         out = sampler.generate(
-            prompts, jax.random.key(step), n=_GROUP.value, max_new_tokens=_NEW.value
+            state.params["policy"], prompts, jax.random.key(step), n=_GROUP.value,
+            max_new_tokens=_NEW.value,
         )
         jax.block_until_ready(out.response_tokens)
         t1 = time.perf_counter()
         response_tokens = np.asarray(out.response_tokens)
         scores = (response_tokens % 7 == 0).mean(1).astype(np.float32)  # a host-side reward
-        batch = {
-            "tokens": np.concatenate([np.asarray(out.prompt_tokens), response_tokens], 1),
-            "mask": np.concatenate(
+        batch = RolloutBatch(
+            tokens=np.concatenate([np.asarray(out.prompt_tokens), response_tokens], 1),
+            mask=np.concatenate(
                 [np.asarray(out.prompt_mask), np.asarray(out.response_mask)], 1
             ).astype(np.float32),
-            "response_mask": np.asarray(out.response_mask, np.float32),
-            "sampler_logprobs": np.asarray(out.response_logprobs),
-            "scores": scores,
-        }
+            response_mask=np.asarray(out.response_mask, np.float32),
+            sampler_logprobs=np.asarray(out.response_logprobs),
+            scores=scores,
+            truncated=np.ones(len(scores), np.float32),  # eos_ids=(): no response ends
+        )
         t2 = time.perf_counter()
         arrays = parallel.shard_batch(batch, mesh)
-        extra, _ = prepare(state.params, ref_params, arrays, jnp.float32(0.0))
-        jax.block_until_ready(extra)
+        train_batch, _ = rl_step.prepare(state.params, ref_params, arrays, jnp.float32(0.0))
+        jax.block_until_ready(train_batch)
         t3 = time.perf_counter()
-        train_batch = {k: arrays[k] for k in TRAIN_KEYS} | extra
-        state, metrics = update(state, train_batch)
+        state, metrics = rl_step.update(state, train_batch)
         jax.block_until_ready(metrics)
         t4 = time.perf_counter()
         if step >= 2:

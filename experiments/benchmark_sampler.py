@@ -110,10 +110,11 @@ def rl_jax_runner(model, prompts: list[list[int]], args: argparse.Namespace):
     from rl_jax.rollout import Sampler
 
     sampler = Sampler.from_model(model, eos_ids=(), pad_id=0)
+    params = nnx.state(model)
 
     def run(seed: int = 0):
         out = sampler.generate(
-            prompts, jax.random.key(seed), n=args.samples, max_new_tokens=args.new_tokens
+            params, prompts, jax.random.key(seed), n=args.samples, max_new_tokens=args.new_tokens
         )
         return jax.block_until_ready(out)
 

@@ -3,7 +3,7 @@ r"""Scanned vs listed decoder layers, and the remat policies: compile time, HLO 
     python experiments/benchmark_scan.py > experiments/results/benchmark_scan.txt
 
 For a tiny 8-layer model (qwen2, hidden 64, intermediate 256, vocab 512) it compiles the gradient
-of the GRPO loss (``rl_step.make_loss``, full logits) on 16 rows x 128 tokens from abstract
+of the GRPO loss (``build_rl_step(...).loss``, full logits) on 16 rows x 128 tokens from abstract
 parameters, with ``model.scan_layers`` off and on and each ``model.remat`` policy, and prints the
 seconds of ``lower`` + ``compile`` (best of ``--repeats``; every repeat traces a new function),
 the instructions and while loops of the optimised HLO, and XLA's temp memory.
@@ -20,8 +20,8 @@ from absl import app, flags
 from flax import nnx
 
 from rl_jax import models
+from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step
 from rl_jax.models.config import REMAT_POLICIES
-from rl_jax.trainers.rl_step import RLSettings, make_loss
 
 _LAYERS = flags.DEFINE_integer("layers", 8, "Decoder layers.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Compilations per setting (the best is shown).")
@@ -32,13 +32,13 @@ def compile_once(config: models.ModelConfig, rows: int = 16, width: int = 128):
         lambda: nnx.split(models.CausalLM(config, rngs=nnx.Rngs(0))))
     settings = RLSettings(estimator="grpo", group_size=2, temperature=1.0, max_len=width // 2,
                           logits_chunk=0)
-    grad = jax.value_and_grad(make_loss(settings, graphdef), has_aux=True)
+    grad = jax.value_and_grad(build_rl_step(settings, None, graphdef).loss, has_aux=True)
     spec = jax.ShapeDtypeStruct
     batch = {"tokens": spec((rows, width), jnp.int32), "mask": spec((rows, width), jnp.float32)}
     for name in ("response_mask", "sampler_logprobs", "advantages"):
         batch[name] = spec((rows, width // 2), jnp.float32)
     start = time.perf_counter()
-    compiled = jax.jit(lambda p, b: grad(p, b)).lower({"policy": params}, batch).compile()
+    compiled = jax.jit(grad).lower({"policy": params}, TrainBatch(**batch)).compile()
     return time.perf_counter() - start, compiled
 
 

@@ -40,6 +40,7 @@ def main(argv):
     result["n"] = n
     print(json.dumps(result))
     out = ctx.sampler.generate(
+        params,
         ctx.encode_prompts(ctx.eval_examples[: _SHOW.value]),
         stage_key(config.seed, "eval/rl", 0),
         max_new_tokens=config.rollout.max_new_tokens,

@@ -78,7 +78,7 @@ def main() -> None:
 
     sampler = Sampler.from_model(model, eos_ids=(), pad_id=pad, max_len=256)
     start = time.perf_counter()
-    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=args.new_tokens,
+    out = sampler.generate(state, prompts, jax.random.key(0), max_new_tokens=args.new_tokens,
                            greedy=True)
     ours_new = np.asarray(out.response_tokens)
     print(f"rl_jax greedy {args.new_tokens} tokens (incl. compile): "

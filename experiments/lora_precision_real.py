@@ -8,7 +8,7 @@ storage dtype), recompute the sampled tokens' log-probs with the trainer's forwa
 (``policy_token_stats``) on the same weights, and report the band of ``exp(trainer - sampler)``
 (the PPO ratio at the sampling weights, which should be 1) and the mean ``|diff|``.
 
-``update``: one GRPO update (``make_update``: clipped loss with the k3 KL term, one minibatch) on a
+``update``: one GRPO update (``build_rl_step``: clipped loss, k3 KL term, one minibatch) on a
 fixed batch of sampled-shape token rows, full fine-tuning against LoRA (rank 8, alpha 16, every
 projection): the median seconds of the timed steps after a compile, alternating the two, and the
 parameters each trains (its optimizer state's size). float32 (CPU). Writes ``DIR/<what>.json``.
@@ -28,9 +28,9 @@ from absl import app, flags
 from flax import nnx
 
 from rl_jax import models, parallel
+from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step, policy_token_stats
 from rl_jax.rollout import Sampler
-from rl_jax.trainers.loop import init_state, split_trainable
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_update, policy_token_stats
+from rl_jax.train_state import init_state, split_trainable
 
 _WHAT = flags.DEFINE_enum("what", "ratio", ["ratio", "update"], "Which measurement.")
 _PATH = flags.DEFINE_string(
@@ -55,7 +55,8 @@ def ratio_band(dtype: str, param_dtype: str, tokenizer, prompts) -> dict:
     model, _ = models.load_pretrained(_PATH.value, dtype=dtype, param_dtype=param_dtype)
     sampler = Sampler.from_model(model, eos_ids=(), pad_id=tokenizer.pad_token_id, max_len=256)
     start = time.perf_counter()
-    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=_NEW.value, n=2)
+    out = sampler.generate(nnx.state(model), prompts, jax.random.key(0), max_new_tokens=_NEW.value,
+                           n=2)
     tokens = jnp.concatenate([out.prompt_tokens, out.response_tokens], 1)
     mask = jnp.concatenate([out.prompt_mask, out.response_mask], 1).astype(jnp.float32)
     graphdef, params = nnx.split(model)
@@ -97,15 +98,15 @@ def measure_update() -> list[dict]:
     )
     rows, length, response = _ROWS.value, _LEN.value, _LEN.value // 2
     rng = np.random.default_rng(0)
-    batch = {
-        "tokens": rng.integers(3, 49152, (rows, length)).astype(np.int32),
-        "mask": np.ones((rows, length), np.float32),
-        "response_mask": np.ones((rows, response), np.float32),
-        "sampler_logprobs": np.full((rows, response), -3.0, np.float32),
-        "old_logprobs": np.full((rows, response), -3.0, np.float32),
-        "ref_logprobs": np.full((rows, response), -3.0, np.float32),
-        "advantages": rng.normal(size=(rows, response)).astype(np.float32),
-    }
+    batch = TrainBatch(
+        tokens=rng.integers(3, 49152, (rows, length)).astype(np.int32),
+        mask=np.ones((rows, length), np.float32),
+        response_mask=np.ones((rows, response), np.float32),
+        sampler_logprobs=np.full((rows, response), -3.0, np.float32),
+        old_logprobs=np.full((rows, response), -3.0, np.float32),
+        ref_logprobs=np.full((rows, response), -3.0, np.float32),
+        advantages=rng.normal(size=(rows, response)).astype(np.float32),
+    )
     settings = RLSettings(estimator="grpo", group_size=2, temperature=1.0, kl_loss_coef=0.04,
                           max_len=response, num_minibatches=1, logits_chunk=128)
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
@@ -115,9 +116,7 @@ def measure_update() -> list[dict]:
         graphdef, params = nnx.split(model)
         params = jax.tree.map(jnp.copy, params)  # the two share the base; updates donate it
         state, sharding = init_state({"policy": params}, tx, mesh)
-        update = parallel.data_parallel_step(
-            make_update(settings, tx, make_loss(settings, graphdef)), mesh, sharding
-        )
+        update = build_rl_step(settings, tx, graphdef, mesh=mesh, state_sharding=sharding).update
         start = time.perf_counter()
         state, metrics = update(state, batch)
         jax.block_until_ready(metrics)

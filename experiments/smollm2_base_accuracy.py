@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 
 from rl_jax import data, models, rewards
 from rl_jax.rollout import Sampler
@@ -58,6 +59,7 @@ def main() -> None:
     sampler = Sampler.from_model(
         model, eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id
     )
+    params = nnx.state(model)
     print(f"{'task':12s} {'greedy':>14s} {'sampled T=1':>14s}  mean reply tokens (greedy)")
     for name in args.tasks.split(","):
         task_name, kwargs, reward = CANDIDATES[name]
@@ -78,7 +80,8 @@ def main() -> None:
         for greedy in (True, False):
             start = time.perf_counter()
             out = sampler.generate(
-                prompts, jax.random.key(1), max_new_tokens=args.max_new_tokens, greedy=greedy
+                params, prompts, jax.random.key(1), max_new_tokens=args.max_new_tokens,
+                greedy=greedy,
             )
             toks, mask = np.asarray(out.response_tokens), np.asarray(out.response_mask)
             texts = tokenizer.batch_decode(

@@ -22,20 +22,21 @@ import typing
 
 import ml_collections
 
-from rl_jax import data, rewards
+from rl_jax import algorithm, data, rewards
 from rl_jax.kl import KLEstimator
 from rl_jax.losses import AGG_MODES
 from rl_jax.models import LORA_TARGETS, SUPPORTED_MODEL_TYPES
 from rl_jax.models.config import REMAT_POLICIES
 from rl_jax.optim import SCHEDULES, optim_config
+from rl_jax.reward_losses import RM_LOSSES
 
 STAGES = ("sft", "rm", "rl")
-ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
-POLICY_LOSSES = ("ppo", "cispo", "gmpo", "clip_cov", "kl_cov")
-IS_CORRECTIONS = ("none", "token_tis", "seq_tis", "token_mis", "seq_mis", "seq_mis_geo")
+# The algorithm's choices are the names registered in rl_jax.algorithm.registry.
+ESTIMATORS = tuple(algorithm.ESTIMATORS)
+POLICY_LOSSES = tuple(algorithm.POLICY_LOSSES)
+IS_CORRECTIONS = (algorithm.NO_CORRECTION, *algorithm.IS_CORRECTIONS)
 # Estimators with a baseline from the other responses of a prompt.
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
-RM_LOSSES = ("pairwise", "ranking", "listwise")
+GROUP_ESTIMATORS = tuple(name for name, e in algorithm.ESTIMATORS.items() if e.grouped)
 RM_COMPARISONS = ("grouped", "shuffled_pairs")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
 DTYPES = ("float32", "bfloat16", "float16")
@@ -152,7 +153,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.max_extra_rounds = 2  # cap on the extra sampling rounds of dynamic sampling
     c.rl.overlong_buffer = 0  # DAPO soft overlong punishment over the last N tokens (0 = off)
     # DAPO overlong filtering: responses without EOS within max_new_tokens count in no loss term
-    # (their group still sets the advantage baseline; see rl_step.overlong_filter_mask)
+    # (their group still sets the advantage baseline; see algorithm.step.overlong_filter_mask)
     c.rl.overlong_filter = False
     c.rl.overlong_penalty = 1.0
     c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
@@ -170,6 +171,7 @@ def default_config() -> ml_collections.ConfigDict:
     # ppo (clipped ratio) | cispo (MiniMax-M1: clipped, stop-gradient weight on every token's
     # log-prob) | gmpo (geometric mean of token ratios, clipped in log space) | clip_cov | kl_cov
     # (Cui et al. 2025: detach, or KL-penalise, the tokens of largest log-prob/advantage covariance)
+    # | sapo (Gao et al. 2025: a soft sigmoid gate on the ratio in place of the clip)
     c.loss.policy_loss = "ppo"
     c.loss.clip_low = 0.2
     c.loss.clip_high = 0.2  # > clip_low: DAPO clip-higher
@@ -181,6 +183,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss.cov_lower = 1.0  # clip_cov: the covariance band its tokens are drawn from
     c.loss.cov_upper = 5.0
     c.loss.kl_cov_coef = 1.0  # kl_cov: weight of |log ratio| on the chosen tokens
+    # sapo: temperatures of the soft gate for positive / other advantages (the paper's values)
+    c.loss.sapo_tau_pos = 1.0
+    c.loss.sapo_tau_neg = 1.05
     c.loss.agg = "token-mean"  # see rl_jax.AGG_MODES
     c.loss.vf_coef = 0.1  # value-loss weight (critic only)
     c.loss.value_clip = 0.2  # 0 = plain MSE
@@ -398,7 +403,8 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     if loss.policy_loss != "ppo" and (loss.ratio_level != "token" or loss.dual_clip):
         bad("loss.policy_loss", loss.policy_loss, "'ppo' with loss.ratio_level != 'token' or "
             "loss.dual_clip (both are options of the clipped PPO objective)")
-    for field in ("loss.gmpo_clip", "loss.cov_ratio", "loss.kl_cov_coef"):
+    for field in ("loss.gmpo_clip", "loss.cov_ratio", "loss.kl_cov_coef", "loss.sapo_tau_pos",
+                  "loss.sapo_tau_neg"):
         if not _get(config, field) > 0:
             bad(field, _get(config, field), "a number > 0")
     if not loss.cov_lower < loss.cov_upper:
@@ -436,10 +442,12 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     elif rl.num_minibatches >= 1:  # each minibatch is split over the devices too
         divides("rl.num_minibatches", rows // rl.num_minibatches,
                 "the rows of a minibatch, rl.num_prompts * rl.group_size / rl.num_minibatches,")
-    if kl.in_reward and kl.coef > 0 and rl.estimator not in ("gae", "reinforce_pp"):
+    token_rewards = [name for name, e in algorithm.ESTIMATORS.items() if e.uses_token_rewards]
+    if kl.in_reward and kl.coef > 0 and rl.estimator not in token_rewards:
         bad("kl.in_reward", True, f"False with rl.estimator={rl.estimator!r} (a KL in the reward "
             "needs per-token rewards: gae or reinforce_pp; use a KL loss term instead)")
-    critic_from_rm = rl.estimator == "gae" and rl.critic_init == "reward_model"
+    critic = rl.estimator in algorithm.ESTIMATORS and algorithm.ESTIMATORS[rl.estimator].critic
+    critic_from_rm = critic and rl.critic_init == "reward_model"
     needs_rm = config.rewards.model_weight != 0 or critic_from_rm
     if needs_rm and "rm" not in stages:
         bad("stages", tuple(stages), "to include 'rm' for rewards.model_weight != 0 or "
@@ -480,7 +488,12 @@ def _check_ignored(config, stages, bad) -> None:
     if "rl" not in stages:
         return
     rl, loss, kl = config.rl, config.loss, config.kl
-    critic = rl.estimator == "gae"
+    # What the chosen estimator and loss read, from their registry entries (a bad name was
+    # already reported by choice(); it reads everything here, so nothing more is said of it).
+    reads_all = algorithm.Estimator(None, critic=True, uses_token_rewards=True)
+    estimator = algorithm.ESTIMATORS.get(rl.estimator, reads_all)
+    loss_entry = algorithm.POLICY_LOSSES.get(loss.policy_loss, algorithm.PolicyLoss(None))
+    critic = estimator.critic
     kl_in_reward = kl.in_reward and kl.coef > 0
     kl_loss = kl.coef > 0 and not kl.in_reward
     policy_loss = loss.policy_loss
@@ -491,20 +504,24 @@ def _check_ignored(config, stages, bad) -> None:
            "coefficient (kl.target > 0, kl.in_reward=True, kl.coef > 0)")
     unused("kl.estimator", not kl_loss, "without a KL loss term (kl.coef > 0 with "
            "kl.in_reward=False; the KL in the reward is k1)")
-    gmpo_only = policy_loss == "gmpo" and not kl_loss and not critic
-    unused("loss.agg", gmpo_only, "with loss.policy_loss='gmpo' and no KL loss term or critic "
-           "(GMPO's geometric mean over each response replaces the aggregation)")
+    own_reduction = not loss_entry.uses_agg and not kl_loss and not critic
+    unused("loss.agg", own_reduction, f"with loss.policy_loss={policy_loss!r} and no KL loss "
+           "term or critic (the loss reduces each response its own way, e.g. GMPO's geometric "
+           "mean)")
     unused("loss.count_empty_rows", policy_loss != "gmpo" and loss.agg == "token-mean",
            "with loss.agg='token-mean' (it changes the seq-mean-* denominators and GMPO's)")
     for field in ("loss.clip_low", "loss.clip_high"):
-        unused(field, policy_loss in ("gmpo", "kl_cov"), f"with loss.policy_loss="
-               f"{policy_loss!r} (gmpo clips with loss.gmpo_clip; kl_cov does not clip)")
+        unused(field, policy_loss in ("gmpo", "kl_cov", "sapo"), f"with loss.policy_loss="
+               f"{policy_loss!r} (gmpo clips with loss.gmpo_clip; kl_cov does not clip; sapo "
+               "gates softly with loss.sapo_tau_*)")
     unused("loss.gmpo_clip", policy_loss != "gmpo", "without loss.policy_loss='gmpo'")
     unused("loss.cov_ratio", policy_loss not in ("clip_cov", "kl_cov"),
            "without loss.policy_loss='clip_cov' or 'kl_cov'")
     for field in ("loss.cov_lower", "loss.cov_upper"):
         unused(field, policy_loss != "clip_cov", "without loss.policy_loss='clip_cov'")
     unused("loss.kl_cov_coef", policy_loss != "kl_cov", "without loss.policy_loss='kl_cov'")
+    for field in ("loss.sapo_tau_pos", "loss.sapo_tau_neg"):
+        unused(field, policy_loss != "sapo", "without loss.policy_loss='sapo'")
     correction = loss.is_correction
     unused("loss.is_cap", correction not in ("token_tis", "seq_tis"),
            "without loss.is_correction='token_tis' or 'seq_tis'")
@@ -514,9 +531,9 @@ def _check_ignored(config, stages, bad) -> None:
     for field in ("loss.vf_coef", "loss.value_clip", "rl.lam", "rl.critic_init"):
         unused(field, not critic, f"with rl.estimator={rl.estimator!r} (no critic: only 'gae' "
                "has one)")
-    unused("rl.gamma", rl.estimator not in ("gae", "reinforce_pp"), f"with rl.estimator="
+    unused("rl.gamma", not estimator.uses_token_rewards, f"with rl.estimator="
            f"{rl.estimator!r} (only 'gae' and 'reinforce_pp' discount)")
-    unused("rl.whiten_advantages", rl.estimator in ("reinforce_pp", "reinforce_pp_baseline"),
+    unused("rl.whiten_advantages", estimator.whitens,
            f"with rl.estimator={rl.estimator!r} (its advantages are always whitened)")
     unused("rl.max_extra_rounds", not rl.dynamic_sampling, "without rl.dynamic_sampling=True")
     unused("rl.overlong_penalty", rl.overlong_buffer == 0, "with rl.overlong_buffer = 0")

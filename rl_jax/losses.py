@@ -331,6 +331,56 @@ def cispo_loss(
     return loss, metrics
 
 
+def sapo_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.05,
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    r"""SAPO (Gao et al. 2025, "Soft Adaptive Policy Optimization"): a soft gate in place of
+    PPO's hard clip.
+
+    Per token, with ``rho_t = pi(y_t) / pi_old(y_t)`` and a temperature chosen by the sign of the
+    advantage (``tau = tau_pos`` where ``A_t > 0``, else ``tau_neg``)::
+
+        f(rho) = (4 / tau) * sigmoid(tau * (rho - 1))
+        loss_t = -f(rho_t) * A_t
+
+    so ``grad loss_t = -4 sigmoid(u)(1 - sigmoid(u)) * A_t * grad rho_t`` with
+    ``u = tau (rho_t - 1)``: equal to the unclipped policy gradient on-policy (``rho = 1``: the
+    gate's slope is 1) and decaying smoothly as the ratio leaves 1, faster for larger ``tau``
+    (``tau_neg > tau_pos`` damps negative-advantage tokens more, the paper's choice). No token's
+    gradient is cut to zero, unlike a hard clip. Reduced with ``aggregate(..., agg)``.
+
+    Args:
+      logprobs, old_logprobs, advantages, mask, agg, max_len, count_empty_rows: as
+        ``policy_loss``.
+      tau_pos, tau_neg: the gate temperatures for positive and non-positive advantages (> 0).
+
+    Returns:
+      ``(loss, metrics)``: ``gate_mean`` (mean of the gate's slope ``4 s (1 - s)`` over real
+      tokens: 1 on-policy, less off-policy), ``approx_kl``, ``ratio_mean``, ``ratio_min``,
+      ``ratio_max``.
+    """
+    chex.assert_rank([logprobs, old_logprobs, mask], 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, mask])
+    advantages = _per_token(advantages, mask).astype(jnp.float32)
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, "token")
+    tau = jnp.where(advantages > 0, tau_pos, tau_neg)
+    gate = jax.nn.sigmoid(tau * (jnp.exp(log_ratio) - 1.0))
+    per_token = -(4.0 / tau) * gate * advantages
+    loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
+    slope = jax.lax.stop_gradient(4.0 * gate * (1.0 - gate))
+    metrics = {"gate_mean": masked_mean(slope, mask), **_ratio_metrics(log_ratio, mask)}
+    return loss, metrics
+
+
 def _sequence_mean(per_seq: jax.Array, mask: jax.Array, count_empty_rows: bool) -> jax.Array:
     """Mean of ``[batch]`` values over the rows with a real token (or over all rows)."""
     nonempty = mask.sum(axis=1) > 0

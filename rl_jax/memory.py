@@ -73,7 +73,6 @@ counts the policy as configured.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +81,7 @@ import numpy as np
 from flax import nnx
 
 from rl_jax import models, parallel
+from rl_jax.algorithm import RLSettings
 from rl_jax.models.config import ModelConfig
 from rl_jax.rollout.decode import stage_ends
 from rl_jax.rollout.padding import bucket_length
@@ -182,6 +182,7 @@ def estimate(
     config: ml_collections.ConfigDict,
     model_config: ModelConfig,
     *,
+    settings: RLSettings,
     num_devices: int,
     fsdp: int = 1,
     prompt_len: int,
@@ -192,6 +193,8 @@ def estimate(
     Args:
       config: the experiment config (``rl``, ``rollout``, ``kl``, ``model``, ``sft`` sections).
       model_config: the policy's architecture, dtypes, remat and scan_layers.
+      settings: the RL step's options (``RLSettings.from_config(config)``): which models exist
+        and whether ``prepare`` runs a forward pass, exactly as the step decides it.
       num_devices: devices of the mesh (``D``); fsdp: devices per parameter copy (``F``).
       prompt_len: the longest prompt in tokens (bucketed here as the sampler does).
       sft_len: the SFT sequence length (bucketed); None: no SFT term even if "sft" is a stage.
@@ -216,9 +219,9 @@ def estimate(
     out["optimizer"] = (2 + accum) * per_device
     out["initial_weights"] = per_device if config.model.path else n_params * p_bytes
     if is_rl:
-        if config.kl.coef > 0:
+        if settings.needs_reference:
             out["reference"] = per_device
-        if rl.estimator == "gae":
+        if settings.has_critic:
             out["critic"] = 4 * backbone // fsdp
         if config.rewards.model_weight != 0:
             out["reward_model"] = backbone // fsdp
@@ -251,16 +254,14 @@ def estimate(
     if is_rl:
         r_s = math.ceil(rows / num_devices)
         out["kv_cache"], out["kv_cache_grow"], out["sampling_logits"] = sampling(r_s)
-        single_pass = rl.epochs == 1 and rl.num_minibatches == 1 and (
-            config.loss.is_correction == "none")
-        if not single_pass or config.kl.coef > 0 or rl.estimator == "gae":
+        if not settings.single_pass or settings.needs_reference or settings.has_critic:
             out["prepare_activations"] = activation_bytes(c, r_s, time, backward=False)
             out["prepare_logits"] = logits_bytes(r_s, time, new, c.vocab_size,
                                                  config.model.logits_chunk, 2)
         r_u = math.ceil(rows / rl.num_minibatches / num_devices)
-        out["gradients"] = per_device + (backbone // fsdp if rl.estimator == "gae" else 0)
+        out["gradients"] = per_device + (backbone // fsdp if settings.has_critic else 0)
         out["activations"] = activation_bytes(c, r_u, time, backward=True) * (
-            2 if rl.estimator == "gae" else 1)
+            2 if settings.has_critic else 1)
         out["logits"] = logits_bytes(r_u, time, new, c.vocab_size, config.model.logits_chunk, 3)
         out["batch"] = 12 * r_s * time * 4
     if "sft" in stages and sft_len:
@@ -316,31 +317,3 @@ def check_fits(est: dict[str, int], limit: int | None) -> None:
         f"The largest items and the config fields that reduce them:\n{advice}\n"
         "memory.check = False runs anyway (the estimate is approximate)."
     )
-
-
-def startup_check(config: ml_collections.ConfigDict, ctx: Any, mesh: jax.sharding.Mesh) -> dict:
-    """Prints the estimate of a run (its context ``ctx`` from ``trainers.setup.build_context``)
-    and raises ``MemoryError`` if it exceeds the device (``memory.check``). Returns the estimate.
-
-    Lengths come from the data: the longest prompt of RL's first batch and of the evaluation set,
-    and the SFT batch of step 0 (its bucketed width).
-    """
-    from rl_jax.trainers.sft import sft_batch  # the trainers import this module's package
-
-    prompts = ctx.encode_prompts(ctx.eval_examples)
-    if "rl" in config.stages:
-        prompts += ctx.encode_prompts(ctx.task.batch(0, config.rl.num_prompts))
-    sft_len = None
-    if "sft" in config.stages:
-        sft_len = sft_batch(ctx, ctx.task.batch(0, config.sft.batch_size))["tokens"].shape[1]
-    est = estimate(
-        config, ctx.policy.config, num_devices=mesh.devices.size, fsdp=mesh.shape[parallel.FSDP],
-        prompt_len=max((len(p) for p in prompts), default=0), sft_len=sft_len,
-    )
-    limit = device_limit(config)
-    print(format_table(est, limit))
-    if limit is None:
-        print("  (no device memory limit known: set memory.device_gb to check against one)")
-    if config.memory.check:
-        check_fits(est, limit)
-    return est

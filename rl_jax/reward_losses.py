@@ -6,6 +6,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
+# The losses a reward-model stage can train with (``rm.loss``; ``preference_loss`` dispatches).
+RM_LOSSES = ("pairwise", "ranking", "listwise")
+
 
 def pairwise_loss(
     chosen: jax.Array, rejected: jax.Array, *, margin: jax.Array | float | None = None
@@ -92,3 +95,33 @@ def listwise_loss(scores: jax.Array, ranks: jax.Array, mask: jax.Array) -> jax.A
     per_response = jnp.where(present, log_denominators - scores, 0.0)
     has_any = present.any(axis=1)
     return per_response.sum() / jnp.maximum(has_any.sum(), 1)
+
+
+def preference_loss(
+    scores: jax.Array, ranks: jax.Array, present: jax.Array, margin: jax.Array, loss: str
+) -> jax.Array:
+    """The ``loss`` (one of ``RM_LOSSES``) of ``[P, K]`` scores; ``margin`` ``[P]`` (pairwise)."""
+    if loss == "pairwise":
+        if scores.shape[1] != 2:
+            raise ValueError(
+                f"the pairwise loss needs K = 2 responses a prompt, got {scores.shape[1]}"
+            )
+        first_better = ranks[:, 0] < ranks[:, 1]
+        chosen = jnp.where(first_better, scores[:, 0], scores[:, 1])
+        rejected = jnp.where(first_better, scores[:, 1], scores[:, 0])
+        return pairwise_loss(chosen, rejected, margin=margin)
+    if loss == "ranking":
+        return ranking_loss(scores, ranks, present)
+    if loss == "listwise":
+        return listwise_loss(scores, ranks, present)
+    raise ValueError(f"unknown reward-model loss {loss!r}; known: {RM_LOSSES}")
+
+
+def pair_accuracy(scores: jax.Array, ranks: jax.Array, present: jax.Array) -> jax.Array:
+    """Fraction of ordered pairs (``rank_i < rank_j``, both present) with ``score_i > score_j``;
+    ties count 1/2, no pair gives 0. scores, ranks, present: ``[prompts, K]``."""
+    live = present.astype(bool)
+    pairs = (ranks[:, :, None] < ranks[:, None, :]) & live[:, :, None] & live[:, None, :]
+    diff = scores[:, :, None] - scores[:, None, :]
+    right = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
+    return (right * pairs).sum() / jnp.maximum(pairs.sum(), 1)

@@ -10,8 +10,8 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models, parallel
+from rl_jax.algorithm import RLSettings, RolloutBatch, TrainBatch, build_rl_step
 from rl_jax.chunked import chunked_token_stats, head_logits
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare
 from rl_jax.trainers.sft import make_sft_loss
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -101,6 +101,7 @@ def _rl_batch():
         "response_mask": response_mask,
         "sampler_logprobs": rng.uniform(-4.5, -3.0, (BATCH, RESPONSE)).astype(np.float32),
         "scores": np.asarray([1, 0, 0, 1], np.float32),
+        "truncated": np.zeros(BATCH, np.float32),
     }
 
 
@@ -118,13 +119,13 @@ def test_rl_loss_and_prepare_equal_unchunked(model_type, options):
     for chunk in (0, 3):
         settings = RLSettings(estimator="grpo", group_size=2, temperature=0.7, max_len=RESPONSE,
                               logits_chunk=chunk, **options)
-        prepare = jax.jit(make_prepare(settings, graphdef))
+        rl_step = build_rl_step(settings, None, graphdef)
         ref = ref_params if settings.needs_reference else None
-        extra, prep_metrics = prepare(params, ref, batch, jnp.float32(0.0))
-        loss_fn = make_loss(settings, graphdef)
-        grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-        (loss, metrics), grads = grad_fn(params, batch | extra)
-        results.append((extra, prep_metrics, loss, metrics, grads))
+        train, prep_metrics = rl_step.prepare(params, ref, RolloutBatch(**batch),
+                                              jnp.float32(0.0))
+        grad_fn = jax.jit(jax.value_and_grad(rl_step.loss, has_aux=True))
+        (loss, metrics), grads = grad_fn(params, train)
+        results.append((train, prep_metrics, loss, metrics, grads))
     _close(results[1], results[0])
     entropy = results[0][3 if not options else 1]["entropy"]
     assert 0.0 < float(entropy) < np.log(VOCAB)
@@ -164,8 +165,8 @@ def _compiled_rl_grad(logits_chunk):
         "sampler_logprobs": jax.ShapeDtypeStruct((B, R), jnp.float32),
         "advantages": jax.ShapeDtypeStruct((B, R), jnp.float32),
     }
-    grad_fn = jax.value_and_grad(make_loss(settings, graphdef), has_aux=True)
-    return jax.jit(grad_fn).lower({"policy": params}, batch).compile()
+    grad_fn = jax.value_and_grad(build_rl_step(settings, None, graphdef).loss, has_aux=True)
+    return jax.jit(grad_fn).lower({"policy": params}, TrainBatch(**batch)).compile()
 
 
 def _vocab_arrays(hlo_text):
@@ -203,11 +204,12 @@ def test_data_parallel_chunks_stay_split():
     rows, rng = 8, np.random.default_rng(4)
     mask = np.ones((rows, 4 + 6), np.float32)
     mask[::2, :2] = 0
-    batch = {"tokens": (rng.integers(1, BIG_VOCAB, mask.shape) * mask).astype(np.int32),
-             "mask": mask, "response_mask": mask[:, 4:],
-             "sampler_logprobs": np.full((rows, 6), -12.0, np.float32),
-             "advantages": rng.normal(size=(rows, 6)).astype(np.float32)}
-    grad_fn = jax.jit(jax.value_and_grad(make_loss(settings, graphdef), has_aux=True))
+    batch = TrainBatch(tokens=(rng.integers(1, BIG_VOCAB, mask.shape) * mask).astype(np.int32),
+                       mask=mask, response_mask=mask[:, 4:],
+                       sampler_logprobs=np.full((rows, 6), -12.0, np.float32),
+                       advantages=rng.normal(size=(rows, 6)).astype(np.float32))
+    grad_fn = jax.jit(jax.value_and_grad(build_rl_step(settings, None, graphdef).loss,
+                                         has_aux=True))
     want = grad_fn({"policy": params}, batch)
     mesh = parallel.make_mesh()
     sharded = parallel.shard_batch(batch, mesh)

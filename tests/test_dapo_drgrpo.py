@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 
 from rl_jax import data, models, rewards
+from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+from rl_jax.algorithm.step import overlong_filter_mask
 from rl_jax.trainers.rl import Round, device_batch, rollout_metrics
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, overlong_filter_mask
 
 BATCH, PROMPT, RESPONSE, GROUP = 8, 3, 5, 4
 TRUNCATED = np.asarray([0, 1, 0, 0, 0, 0, 1, 0], np.float32)  # rows 1 and 6: no EOS
@@ -35,19 +36,19 @@ def _model_and_batch():
     response_mask = np.ones((BATCH, RESPONSE), np.float32)
     response_mask[2, 2:] = 0  # short responses of different lengths
     response_mask[5, 4:] = 0
-    batch = {
-        "tokens": rng.integers(3, 32, (BATCH, PROMPT + RESPONSE)).astype(np.int32),
-        "mask": np.concatenate([np.ones((BATCH, PROMPT), np.float32), response_mask], 1),
-        "response_mask": response_mask,
-        "sampler_logprobs": np.full((BATCH, RESPONSE), np.log(1 / 32), np.float32),
-        "scores": np.asarray([1, 0, 0, 1, 1, 0, 0, 1], np.float32),
-        "truncated": TRUNCATED,
-    }
+    batch = RolloutBatch(
+        tokens=rng.integers(3, 32, (BATCH, PROMPT + RESPONSE)).astype(np.int32),
+        mask=np.concatenate([np.ones((BATCH, PROMPT), np.float32), response_mask], 1),
+        response_mask=response_mask,
+        sampler_logprobs=np.full((BATCH, RESPONSE), np.log(1 / 32), np.float32),
+        scores=np.asarray([1, 0, 0, 1, 1, 0, 0, 1], np.float32),
+        truncated=TRUNCATED,
+    )
     return graphdef, {"policy": params}, batch
 
 
 def _loss_and_grad(settings, graphdef, params, minibatch):
-    loss_fn = make_loss(settings, graphdef)
+    loss_fn = build_rl_step(settings, None, graphdef).loss
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
     return float(loss), metrics, grads
 
@@ -62,16 +63,14 @@ def test_truncated_rows_add_nothing_to_loss_gradient_or_normaliser(agg):
     options = dict(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE, agg=agg,
                    kl_loss_coef=0.1)
     filtered = RLSettings(**options, overlong_filter=True)
-    extra, metrics = jax.jit(make_prepare(filtered, graphdef))(params, None, batch, 0.0)
+    prepared, metrics = build_rl_step(filtered, None, graphdef).prepare(params, None, batch, 0.0)
     assert float(metrics["overlong_filtered"]) == pytest.approx(TRUNCATED.mean())
     ref_logprobs = np.random.default_rng(2).normal(-3.0, 0.5, (BATCH, RESPONSE)).astype(np.float32)
-    minibatch = {k: batch[k] for k in ("tokens", "mask", "response_mask", "sampler_logprobs")}
-    minibatch |= {"advantages": extra["advantages"], "loss_mask": extra["loss_mask"],
-                  "ref_logprobs": ref_logprobs}
+    minibatch = jax.tree.map(np.asarray, prepared.replace(ref_logprobs=ref_logprobs))
     loss, metrics, grads = _loss_and_grad(filtered, graphdef, params, minibatch)
 
     # (a) NumPy: the kept rows' advantages, aggregated with the kept rows' normaliser.
-    adv, m = np.asarray(extra["advantages"]), batch["response_mask"]
+    adv, m = np.asarray(prepared.advantages), batch.response_mask
     keep = TRUNCATED == 0
     lengths = m.sum(1)
     if agg == "token-mean":
@@ -82,7 +81,8 @@ def test_truncated_rows_add_nothing_to_loss_gradient_or_normaliser(agg):
     assert abs(expected) > 1e-3  # the reference is not trivially 0
 
     # (b) the batch without the truncated rows, no filter: same loss and gradient.
-    kept = {k: np.asarray(v)[keep] for k, v in minibatch.items() if k != "loss_mask"}
+    kept = jax.tree.map(lambda x: x[keep], minibatch)
+    kept = kept.replace(loss_mask=kept.response_mask, policy_mask=kept.response_mask)
     unfiltered = RLSettings(**options)
     sub_loss, _, sub_grads = _loss_and_grad(unfiltered, graphdef, params, kept)
     assert loss == pytest.approx(sub_loss, abs=1e-6)
@@ -90,20 +90,17 @@ def test_truncated_rows_add_nothing_to_loss_gradient_or_normaliser(agg):
         np.testing.assert_allclose(np.asarray(g), np.asarray(h), atol=1e-6)
 
     # Changing the truncated rows changes nothing.
-    changed = dict(minibatch)
     rows = np.flatnonzero(~keep)
-    changed["advantages"] = np.asarray(minibatch["advantages"]).copy()
-    changed["advantages"][rows] = 50.0
-    changed["ref_logprobs"] = ref_logprobs.copy()
-    changed["ref_logprobs"][rows] = -20.0
-    changed["tokens"] = batch["tokens"].copy()
-    changed["tokens"][rows, PROMPT:] = 7
+    changed = jax.tree.map(np.copy, minibatch)
+    changed.advantages[rows] = 50.0
+    changed.ref_logprobs[rows] = -20.0
+    changed.tokens[rows, PROMPT:] = 7
     loss2, _, grads2 = _loss_and_grad(filtered, graphdef, params, changed)
     assert loss2 == pytest.approx(loss, abs=1e-6)
     for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(h), atol=1e-6)
     # Without the filter the truncated rows do count (a negative control).
-    del changed["loss_mask"]
+    changed = changed.replace(loss_mask=changed.response_mask, policy_mask=changed.response_mask)
     loss3, _, _ = _loss_and_grad(unfiltered, graphdef, params, changed)
     assert abs(loss3 - loss) > 1e-2
 

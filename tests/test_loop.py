@@ -35,18 +35,21 @@ def _mesh():
 
 
 def _sft(config, workdir):
-    ctx = build_context(config, str(workdir))
-    return run_sft(ctx, _mesh(), nnx.state(ctx.policy))
+    mesh = _mesh()
+    ctx = build_context(config, str(workdir), mesh)
+    return run_sft(ctx, mesh, nnx.state(ctx.policy))
 
 
 def _rl(config, workdir):
-    ctx = build_context(config, str(workdir))
-    return run_rl(ctx, _mesh(), nnx.state(ctx.policy))
+    mesh = _mesh()
+    ctx = build_context(config, str(workdir), mesh)
+    return run_rl(ctx, mesh, nnx.state(ctx.policy))
 
 
 def _rm(config, workdir):
-    ctx = build_context(config, str(workdir))
-    reward, _ = run_rm(ctx, _mesh(), nnx.state(ctx.policy))
+    mesh = _mesh()
+    ctx = build_context(config, str(workdir), mesh)
+    reward, _ = run_rm(ctx, mesh, nnx.state(ctx.policy))
     return reward
 
 

@@ -16,7 +16,7 @@ from hf_fixtures import hf_logits, make_hf_model, padded_batch, tiny_tokenizer
 import rl_jax
 from rl_jax import models, parallel
 from rl_jax.config import ConfigError, check_config, default_config
-from rl_jax.trainers.loop import init_state, make_train_step
+from rl_jax.train_state import init_state, make_train_step
 from tests.testing_utils import tiny_config
 
 RANK, ALPHA = 4, 8.0

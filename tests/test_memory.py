@@ -10,13 +10,15 @@ import pytest
 from flax import nnx
 
 from rl_jax import memory, models
+from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.optim import make_optimizer
-from rl_jax.trainers.loop import TrainState
-from rl_jax.trainers.rl import settings_from_config
-from rl_jax.trainers.rl_step import make_loss, make_update
+from rl_jax.train_state import TrainState
 from rl_jax.trainers.run import run
 
+
+def _estimate(config, model_config, **kwargs):
+    return memory.estimate(config, model_config, settings=RLSettings.from_config(config), **kwargs)
 
 def _rl_config(**model):
     config = default_config()
@@ -36,7 +38,7 @@ def test_parameters_optimizer_reference_and_kv_cache_by_hand():
     n_params = v * h + layers * per_layer + h
     config = _rl_config()
     config.kl.coef = 0.04
-    est = memory.estimate(config, mc, num_devices=2, prompt_len=10)  # prompt bucket 16
+    est = _estimate(config, mc, num_devices=2, prompt_len=10)  # prompt bucket 16
     assert est["policy"] == 4 * n_params
     assert est["optimizer"] == 2 * 4 * n_params  # AdamW mu and nu, float32
     assert est["reference"] == 4 * n_params
@@ -45,18 +47,18 @@ def test_parameters_optimizer_reference_and_kv_cache_by_hand():
     # fsdp=2: the embedding [512, 64] and the MLP kernels [64, 256] (>= 2**14 elements) split;
     # q/o kernels [64, 64] (4096 elements), k/v, norms and biases stay whole.
     split = v * h + layers * 3 * h * i
-    sharded = memory.estimate(config, mc, num_devices=2, fsdp=2, prompt_len=10)
+    sharded = _estimate(config, mc, num_devices=2, fsdp=2, prompt_len=10)
     assert sharded["policy"] == 4 * (n_params - split // 2)
     config.kl.coef = 0.0
-    assert memory.estimate(config, mc, num_devices=2, prompt_len=10)["reference"] == 0
+    assert _estimate(config, mc, num_devices=2, prompt_len=10)["reference"] == 0
 
 
 def _compiled_update_bytes(config, mc, prompt_len: int) -> int:
     """XLA's arguments + temp bytes of the jitted RL update (abstract inputs, one device)."""
     graphdef, params = nnx.eval_shape(lambda: nnx.split(models.CausalLM(mc, rngs=nnx.Rngs(0))))
-    settings = settings_from_config(config)
+    settings = RLSettings.from_config(config)
     tx = make_optimizer(config.rl.optim, 10)
-    update = make_update(settings, tx, make_loss(settings, graphdef))
+    update = build_rl_step(settings, tx, graphdef).update
     spec = jax.ShapeDtypeStruct
     state = TrainState(spec((), jnp.int32), {"policy": params},
                        jax.eval_shape(tx.init, {"policy": params}))
@@ -65,7 +67,7 @@ def _compiled_update_bytes(config, mc, prompt_len: int) -> int:
              "mask": spec((rows, prompt_len + new), jnp.float32)}
     for name in ("response_mask", "sampler_logprobs", "advantages", "old_logprobs"):
         batch[name] = spec((rows, new), jnp.float32)
-    stats = jax.jit(update).lower(state, batch).compile().memory_analysis()
+    stats = update.lower(state, TrainBatch(**batch)).compile().memory_analysis()
     return stats.argument_size_in_bytes + stats.temp_size_in_bytes
 
 
@@ -77,7 +79,7 @@ def test_update_estimate_within_factor_of_compiled(remat, scan, chunk):
                             num_layers=4, max_position_embeddings=128, remat=remat,
                             scan_layers=scan)
     config = _rl_config(logits_chunk=chunk)
-    est = memory.estimate(config, mc, num_devices=1, prompt_len=16)
+    est = _estimate(config, mc, num_devices=1, prompt_len=16)
     estimated = est["policy"] + est["optimizer"] + est["phase/update"]
     compiled = _compiled_update_bytes(config, mc, 16)
     assert 1 / 1.5 <= compiled / estimated <= 1.5, (compiled, estimated)
@@ -95,7 +97,7 @@ def test_error_names_the_fields(tmp_path):
         assert field in message, message
     assert not (tmp_path / "run" / "sft").exists()  # failed before any stage started
     config.memory.check = False
-    est = memory.estimate(config, models.tiny_config(), num_devices=1, prompt_len=8)
+    est = _estimate(config, models.tiny_config(), num_devices=1, prompt_len=8)
     memory.check_fits(est, None)  # no limit known: nothing to check
     bad = default_config()
     bad.memory.device_gb = -1.0

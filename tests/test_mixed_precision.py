@@ -12,10 +12,10 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models
+from rl_jax.algorithm import policy_token_stats
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.rollout import Sampler
-from rl_jax.trainers.loop import TrainState, optimizer_step
-from rl_jax.trainers.rl_step import policy_token_stats
+from rl_jax.train_state import TrainState, optimizer_step
 from rl_jax.trainers.setup import build_policy
 
 VOCAB = 64
@@ -100,7 +100,7 @@ def _sampler_ratio_band(dtype: str) -> tuple[float, float]:
     rng = np.random.default_rng(1)
     prompts = [list(rng.integers(1, VOCAB, 5)) for _ in range(4)]
     out = Sampler.from_model(model, pad_id=0, cache_stages=1).generate(
-        prompts, jax.random.key(1), max_new_tokens=16, n=4
+        nnx.state(model), prompts, jax.random.key(1), max_new_tokens=16, n=4
     )
     tokens = jnp.concatenate([out.prompt_tokens, out.response_tokens], 1)
     mask = jnp.concatenate([out.prompt_mask, out.response_mask], 1).astype(jnp.float32)

@@ -2,15 +2,18 @@
 
 For each value of ``loss.policy_loss``, ``loss.ratio_level``, ``loss.agg``, ``loss.is_correction``,
 ``rl.estimator``, ``kl.estimator`` (KL as a loss term), ``kl.in_reward`` and the score-shaping
-options, the trainer's own path (``settings_from_config`` -> ``make_prepare`` / ``make_loss`` /
-``make_update``, and ``rl.shape_scores``) runs on one small fixed batch with the tiny experiment
-model (``tests/fixtures/tiny_config.py``) and is compared with the pure function of that option
-(``rl_jax.policy_loss``, ``rl_jax.group_advantages``, ``rl_jax.token_tis``, ...). Each family also
-checks that its options give different numbers on this batch, so a mis-routed option (every loss
-sent to PPO, ``grpo`` computed as ``dr_grpo``, shaping left out) fails. The parametrisations iterate
-over the option tuples of ``rl_jax.config``: an option added there without a reference here fails.
+options, the trainer's own path (``RLSettings.from_config`` -> ``build_rl_step``'s ``prepare``,
+``loss`` and ``update``; ``ScoreShaping.from_config`` -> ``shape_scores``) runs on one small
+fixed batch with the tiny experiment model (``tests/fixtures/tiny_config.py``) and is compared
+with the pure function of that option (``rl_jax.policy_loss``, ``rl_jax.group_advantages``,
+``rl_jax.token_tis``, ...). Each family also checks that its options give different numbers on
+this batch, so a mis-routed option (every loss sent to PPO, ``grpo`` computed as ``dr_grpo``,
+shaping left out) fails. The parametrisations iterate over the option names of
+``rl_jax.config`` (the algorithm's registries): an option added there without a reference here
+fails.
 """
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -27,12 +30,20 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import config as config_lib
+from rl_jax.algorithm import (
+    RLSettings,
+    RolloutBatch,
+    ScoreShaping,
+    TrainBatch,
+    build_rl_step,
+    policy_token_stats,
+    shape_scores,
+)
 from rl_jax.kl import KLEstimator
 from rl_jax.losses import RatioLevel
+from rl_jax.train_state import TrainState
 from rl_jax.trainers import rl as rl_trainer
 from rl_jax.trainers import setup
-from rl_jax.trainers.loop import TrainState
-from rl_jax.trainers.rl_step import make_loss, make_prepare, make_update, policy_token_stats
 from tests.testing_utils import tiny_config
 
 VOCAB, PROMPT = 32, 3
@@ -40,7 +51,6 @@ LENGTHS = np.array([4, 2, 4, 1, 3, 4, 2, 4])  # response lengths: the aggregatio
 SCORES = np.array([1.0, 0.0, 0.5, 0.0, 1.0, 1.0, 0.0, 0.25], np.float32)  # 2 groups of 4
 TEMPERATURE = 0.8
 RTOL, ATOL = 2e-4, 2e-6
-TRAIN_KEYS = rl_trainer.TRAIN_KEYS
 
 
 class _Tokenizer:
@@ -113,21 +123,29 @@ def _maybe_jit(fn):
 
 @functools.cache
 def _jitted_prepare(settings):
-    w = _world()
-    return _maybe_jit(make_prepare(settings, w.graphdef))
+    return build_rl_step(settings, None, _world().graphdef).prepare  # jitted by the builder
 
 
 @functools.cache
 def _jitted_loss_grad(settings):
-    w = _world()
-    return _maybe_jit(jax.value_and_grad(make_loss(settings, w.graphdef), has_aux=True))
+    loss = build_rl_step(settings, None, _world().graphdef).loss
+    return _maybe_jit(jax.value_and_grad(loss, has_aux=True))
+
+
+def _rollout(w):
+    return RolloutBatch(**w.batch)
+
+
+def _fields(batch: TrainBatch) -> dict:
+    """A typed batch as a dict of its fields (None where absent)."""
+    return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
 
 
 def _prepare(config):
     w = _world()
-    settings = rl_trainer.settings_from_config(config)
+    settings = RLSettings.from_config(config)
     ref = w.ref_params if settings.needs_reference else None
-    out, metrics = _jitted_prepare(settings)({"policy": w.params}, ref, w.batch,
+    out, metrics = _jitted_prepare(settings)({"policy": w.params}, ref, _rollout(w),
                                               jnp.float32(config.kl.coef))
     return settings, out, metrics
 
@@ -154,18 +172,20 @@ def _distinct(values: dict):
 
 
 # --------------------------------------------------------------------------------------------
-# The policy loss: make_loss at moved parameters (ratios away from 1) against the pure function.
+# The policy loss: the step's loss at moved parameters (ratios away from 1) against the pure
+# function.
 
 def _loss_inputs():
     w = _world()
     adv = np.random.default_rng(3).normal(size=w.old_logprobs.shape).astype(np.float32)
-    mb = {k: w.batch[k] for k in TRAIN_KEYS} | {
-        "old_logprobs": w.old_logprobs,
-        "advantages": adv * w.batch["response_mask"],
-        "loss_key": jax.random.key(7),
-        "ref_logprobs": np.asarray(w.lp(w.ref_params)),
-    }
-    return mb
+    return TrainBatch(
+        tokens=w.batch["tokens"], mask=w.batch["mask"], response_mask=w.batch["response_mask"],
+        sampler_logprobs=w.batch["sampler_logprobs"],
+        old_logprobs=w.old_logprobs,
+        advantages=adv * w.batch["response_mask"],
+        loss_key=jax.random.key(7),
+        ref_logprobs=np.asarray(w.lp(w.ref_params)),
+    )
 
 
 def _pure_policy_loss(config, logprobs, mb):
@@ -186,6 +206,8 @@ def _pure_policy_loss(config, logprobs, mb):
             cov_upper=loss.cov_upper, **agg),
         "kl_cov": lambda: rl_jax.kl_cov_loss(*args, kl_ratio=loss.cov_ratio,
                                              kl_coef=loss.kl_cov_coef, **agg),
+        "sapo": lambda: rl_jax.losses.sapo_loss(*args, tau_pos=loss.sapo_tau_pos,
+                                                tau_neg=loss.sapo_tau_neg, **agg),
     }[loss.policy_loss]()[0]
 
 
@@ -200,7 +222,7 @@ def _pure_total_loss(config, logprobs, mb):
 
 
 def _check_loss(config):
-    """Value and gradient of make_loss equal the pure function's; returns [loss, |grad|]."""
+    """Value and gradient of the step's loss equal the pure function's; returns [loss, |grad|]."""
     key = repr(config.to_dict())  # each option's check runs once: the "differ" tests reuse it
     if key not in _LOSS_RESULTS:
         _LOSS_RESULTS[key] = _check_loss_uncached(config)
@@ -213,10 +235,12 @@ _LOSS_RESULTS: dict[str, np.ndarray] = {}
 def _check_loss_uncached(config):
     w = _world()
     mb = _loss_inputs()
-    settings = rl_trainer.settings_from_config(config)
+    settings = RLSettings.from_config(config)
     (loss, metrics), grads = _jitted_loss_grad(settings)({"policy": w.new_params}, mb)
     logprobs = w.lp(w.new_params)
-    expected, d_logprobs = jax.value_and_grad(lambda lp: _pure_total_loss(config, lp, mb))(logprobs)
+    fields = _fields(mb)
+    expected, d_logprobs = jax.value_and_grad(lambda lp: _pure_total_loss(config, lp, fields))(
+        logprobs)
     _assert_close(loss, expected, "loss")
     expected_grads = w.vjp(w.new_params, d_logprobs)
     _assert_tree_close(grads["policy"], expected_grads)
@@ -229,6 +253,7 @@ POLICY_LOSS_OPTIONS = {  # fields that let each loss show itself on the small ba
     "gmpo": {},
     "clip_cov": {"loss.cov_ratio": 0.3, "loss.cov_lower": -10.0, "loss.cov_upper": 10.0},
     "kl_cov": {"loss.cov_ratio": 0.3},
+    "sapo": {"loss.sapo_tau_pos": 2.0, "loss.sapo_tau_neg": 3.0},
 }
 
 
@@ -293,12 +318,12 @@ def _pure_advantages(config, out, w):
     G = rl.group_size
     rewards = _token_rewards(scores, mask)
     if config.kl.in_reward and config.kl.coef > 0:
-        k1 = rl_jax.kl(out.get("old_logprobs", w.old_logprobs), out["ref_logprobs"],
-                       estimator="k1")
+        old = w.old_logprobs if out.old_logprobs is None else out.old_logprobs
+        k1 = rl_jax.kl(old, out.ref_logprobs, estimator="k1")
         rewards = rewards - config.kl.coef * np.asarray(k1) * mask
     est = rl.estimator
     if est == "gae":
-        return rl_jax.gae(rewards, out["old_values"], mask, gamma=rl.gamma, lam=rl.lam)[0]
+        return rl_jax.gae(rewards, out.old_values, mask, gamma=rl.gamma, lam=rl.lam)[0]
     if est == "reinforce_pp":
         ret = rl_jax.gae(rewards, np.zeros_like(mask), mask, gamma=rl.gamma, lam=1.0)[0]
         return rl_jax.whiten(ret, mask)
@@ -317,12 +342,12 @@ def _prepare_advantages(**overrides):
     config = _config(**overrides)
     w = _world()
     if config.rl.estimator == "gae":  # the trainer's critic, as rl.init_params builds it
-        settings = rl_trainer.settings_from_config(config)
+        settings = RLSettings.from_config(config)
         ctx = types.SimpleNamespace(config=config, graphdef=w.graphdef)
         params, value_graphdef = rl_trainer.init_params(ctx, w.params, settings)
-        prepare = _maybe_jit(make_prepare(settings, w.graphdef, value_graphdef))
+        prepare = build_rl_step(settings, None, w.graphdef, value_graphdef).prepare
         ref = w.ref_params if settings.needs_reference else None
-        out, _ = prepare(params, ref, w.batch, jnp.float32(config.kl.coef))
+        out, _ = prepare(params, ref, _rollout(w), jnp.float32(config.kl.coef))
     else:
         settings, out, _ = _prepare(config)
     expected = _pure_advantages(config, out, w)
@@ -332,13 +357,12 @@ def _prepare_advantages(**overrides):
 @pytest.mark.parametrize("estimator", config_lib.ESTIMATORS)
 def test_each_estimator_prepares_its_own_advantages(estimator):
     _, _, out, expected = _prepare_advantages(**{"rl.estimator": estimator})
-    _assert_close(out["advantages"], expected, estimator)
-    if estimator == "gae":
-        assert "returns" in out
+    _assert_close(out.advantages, expected, estimator)
+    assert (out.returns is not None) == (estimator == "gae")
 
 
 def test_the_estimators_give_different_advantages():
-    _distinct({est: _prepare_advantages(**{"rl.estimator": est})[2]["advantages"]
+    _distinct({est: _prepare_advantages(**{"rl.estimator": est})[2].advantages
                for est in config_lib.ESTIMATORS})
 
 
@@ -348,15 +372,15 @@ def test_kl_in_the_reward(estimator):
     overrides = {"rl.estimator": estimator, "kl.coef": 0.5, "kl.in_reward": True}
     config, settings, out, expected = _prepare_advantages(**overrides)
     assert settings.kl_in_reward and settings.kl_loss_coef == 0.0
-    _assert_close(out["advantages"], expected)
-    without = _prepare_advantages(**{"rl.estimator": estimator})[2]["advantages"]
-    _distinct({"kl in reward": out["advantages"], "none": without})
+    _assert_close(out.advantages, expected)
+    without = _prepare_advantages(**{"rl.estimator": estimator})[2].advantages
+    _distinct({"kl in reward": out.advantages, "none": without})
 
 
 def test_kl_coef_routes_to_the_loss_or_the_reward():
-    loss_settings = rl_trainer.settings_from_config(_config(**{"kl.coef": 0.3}))
+    loss_settings = RLSettings.from_config(_config(**{"kl.coef": 0.3}))
     assert (loss_settings.kl_loss_coef, loss_settings.kl_in_reward) == (0.3, False)
-    reward_settings = rl_trainer.settings_from_config(
+    reward_settings = RLSettings.from_config(
         _config(**{"kl.coef": 0.3, "kl.in_reward": True, "rl.estimator": "gae"}))
     assert (reward_settings.kl_loss_coef, reward_settings.kl_in_reward) == (0.0, True)
 
@@ -390,12 +414,13 @@ def _prepare_correction(kind):
     settings, out, metrics = _prepare(config)
     w = _world()
     mask = w.batch["response_mask"]
-    weights, policy_mask, _ = _pure_correction(kind, out["old_logprobs"],
+    weights, policy_mask, _ = _pure_correction(kind, out.old_logprobs,
                                                w.batch["sampler_logprobs"], mask)
     base = _pure_advantages(config, out, w)
-    _assert_close(out["advantages"], np.asarray(base) * np.asarray(weights), kind)
-    _assert_close(out.get("policy_mask", mask), policy_mask, kind)
-    return np.concatenate([np.ravel(out["advantages"]), np.ravel(out.get("policy_mask", mask))])
+    _assert_close(out.advantages, np.asarray(base) * np.asarray(weights), kind)
+    got_mask = mask if out.policy_mask is None else out.policy_mask
+    _assert_close(got_mask, policy_mask, kind)
+    return np.concatenate([np.ravel(out.advantages), np.ravel(got_mask)])
 
 
 @pytest.mark.parametrize("kind", config_lib.IS_CORRECTIONS)
@@ -408,28 +433,27 @@ def test_the_mismatch_corrections_differ():
 
 
 def test_the_policy_mask_reaches_the_loss():
-    """token_mis's mask: the masked tokens leave the policy loss (make_loss reads policy_mask)."""
+    """token_mis's mask: the masked tokens leave the policy loss (the loss reads policy_mask)."""
     w = _world()
     config = _config(**{"loss.is_correction": "token_mis"} | MISMATCH_BAND)
     settings, out, _ = _prepare(config)
-    mb = {k: w.batch[k] for k in TRAIN_KEYS} | out
-    (loss, _), _ = _jitted_loss_grad(settings)({"policy": w.new_params}, mb)
-    expected, _ = rl_jax.policy_loss(w.lp(w.new_params), out["old_logprobs"], out["advantages"],
-                                     out["policy_mask"], max_len=w.R)
+    (loss, _), _ = _jitted_loss_grad(settings)({"policy": w.new_params}, out)
+    expected, _ = rl_jax.policy_loss(w.lp(w.new_params), out.old_logprobs, out.advantages,
+                                     out.policy_mask, max_len=w.R)
     _assert_close(loss, expected)
-    assert 0 < float(np.asarray(out["policy_mask"]).sum()) < w.batch["response_mask"].sum()
+    assert 0 < float(np.asarray(out.policy_mask).sum()) < w.batch["response_mask"].sum()
 
 
 def test_overlong_filter_masks_truncated_rows_out_of_the_loss():
     w = _world()
     settings, out, _ = _prepare(_config(**{"rl.overlong_filter": True}))
     expected = w.batch["response_mask"] * (1 - w.batch["truncated"])[:, None]
-    _assert_close(out["loss_mask"], expected)
+    _assert_close(out.loss_mask, expected)
     assert float(expected.sum()) < w.batch["response_mask"].sum()
 
 
 # --------------------------------------------------------------------------------------------
-# make_update: one step with SGD moves the parameters by -lr * the pure loss's gradient.
+# update: one step with SGD moves the parameters by -lr * the pure loss's gradient.
 
 @pytest.mark.parametrize("name", ["ppo", "clip_cov"])  # clip_cov: the update's random key
 def test_update_steps_along_the_pure_gradient(name):
@@ -441,16 +465,16 @@ def test_update_steps_along_the_pure_gradient(name):
     tx = optax.sgd(1.0)
     params = {"policy": w.params}
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    update = jax.jit(make_update(settings, tx, make_loss(settings, w.graphdef)))
-    batch = {k: w.batch[k] for k in TRAIN_KEYS} | out
-    new_state, metrics = update(state, batch)
-    # The update's permutation and clip_cov key (see make_update), to rebuild its minibatch.
+    update = build_rl_step(settings, tx, w.graphdef).update
+    new_state, metrics = update(state, out)
+    # The update's permutation and clip_cov key (algorithm.step.make_update), to rebuild its
+    # minibatch.
     epoch_key = jax.random.split(jax.random.fold_in(jax.random.key(settings.seed), 0), 1)[0]
     perm = np.asarray(jax.random.permutation(epoch_key, len(LENGTHS)))
     loss_key = jax.random.split(jax.random.fold_in(epoch_key, 1), 1)[0]
     tokens, mask = w.batch["tokens"][perm], w.batch["mask"][perm]
     mb = {"response_mask": w.batch["response_mask"][perm],
-          "advantages": np.asarray(out["advantages"])[perm], "loss_key": loss_key}
+          "advantages": np.asarray(out.advantages)[perm], "loss_key": loss_key}
 
     lp = w.lp_at(w.params, tokens, mask)
     expected, d_logprobs = jax.value_and_grad(lambda x: _pure_policy_loss(
@@ -462,7 +486,7 @@ def test_update_steps_along_the_pure_gradient(name):
 
 
 # --------------------------------------------------------------------------------------------
-# The RL stage's score shaping (rl.shape_scores), against the DAPO / PPO formulas.
+# The RL stage's score shaping (algorithm.shape_scores), against the DAPO / PPO formulas.
 
 SHAPING_LENGTHS = np.array([1, 4, 6, 7, 8, 8])
 SHAPING_TRUNCATED = np.array([False, False, False, False, True, False])
@@ -471,7 +495,8 @@ SHAPING_SCORES = np.array([1.0, 0.5, 1.0, 0.0, 1.0, 0.3], np.float32)
 
 def _shape(**overrides):
     config = _config(**{"rollout.max_new_tokens": 8} | overrides)
-    return rl_trainer.shape_scores(config, SHAPING_SCORES, SHAPING_LENGTHS, SHAPING_TRUNCATED)
+    return shape_scores(ScoreShaping.from_config(config), SHAPING_SCORES, SHAPING_LENGTHS,
+                        SHAPING_TRUNCATED)
 
 
 def _overlong_reference(buffer, penalty, budget=8):
@@ -483,7 +508,7 @@ def _overlong_reference(buffer, penalty, budget=8):
     return np.array(out, np.float32)
 
 
-SHAPING_OPTIONS = {  # every field of cfg.rl that shape_scores reads, and the test of it
+SHAPING_OPTIONS = {  # every rl.* field ScoreShaping reads, and the test of it
     "overlong_buffer": lambda: [  # a buffer of one token is on too
         _assert_close(_shape(**{"rl.overlong_buffer": b}), _overlong_reference(b, 1.0))
         for b in (4, 1)],
@@ -499,7 +524,7 @@ SHAPING_OPTIONS = {  # every field of cfg.rl that shape_scores reads, and the te
 
 
 def test_every_shaping_field_has_a_test():
-    read = set(re.findall(r"\brl\.(\w+)", inspect.getsource(rl_trainer.shape_scores)))
+    read = set(re.findall(r"\brl\.(\w+)", inspect.getsource(ScoreShaping.from_config)))
     assert read == set(SHAPING_OPTIONS), read ^ set(SHAPING_OPTIONS)
 
 

@@ -15,10 +15,12 @@ import pytest
 from flax import nnx
 
 from rl_jax import models, parallel
+from rl_jax.algorithm import RLSettings, RolloutBatch, TrainBatch, build_rl_step
+from rl_jax.algorithm.step import make_update
+from rl_jax.learned_reward import LearnedReward
 from rl_jax.rollout import Sampler
-from rl_jax.trainers.loop import init_state, make_train_step
-from rl_jax.trainers.reward_model import LearnedReward, make_rm_loss
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
+from rl_jax.train_state import init_state, make_train_step
+from rl_jax.trainers.reward_model import make_rm_loss
 from rl_jax.trainers.sft import make_sft_loss
 
 VOCAB, PROMPT, RESPONSE, ROWS, GROUP = 64, 8, 8, 32, 4
@@ -47,6 +49,7 @@ def rl_batch(seed=0):
         "response_mask": response_mask,
         "sampler_logprobs": rng.uniform(-4.5, -3.8, (ROWS, RESPONSE)).astype(np.float32),
         "scores": rng.integers(0, 2, ROWS).astype(np.float32),
+        "truncated": np.zeros(ROWS, np.float32),
     }
 
 
@@ -66,19 +69,16 @@ def run_rl_parts(policy, mesh, settings, tx):
     graphdef, params = nnx.split(policy)
     state, sharding = init_state({"policy": params}, tx, mesh)
     state = jax.device_put(state, sharding)
-    prepare = jax.jit(make_prepare(settings, graphdef),
-                      out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
-    update = parallel.data_parallel_step(make_update(settings, tx, make_loss(settings, graphdef),
-                                                     mesh), mesh, sharding, donate_state=False)
-    batch = parallel.shard_batch(rl_batch(), mesh)
+    rl_step = build_rl_step(settings, tx, graphdef, mesh=mesh, state_sharding=sharding,
+                            donate_state=False)
+    batch = parallel.shard_batch(RolloutBatch(**rl_batch()), mesh)
     args = (state.params, None, batch, jnp.float32(0.0))
-    prepare = prepare.lower(*args).compile()  # run as compiled: one compilation
-    extra, prep_metrics = prepare(*args)
-    train = {k: batch[k] for k in ("tokens", "mask", "response_mask", "sampler_logprobs")} | extra
-    update = update.lower(state, train).compile()
+    prepare = rl_step.prepare.lower(*args).compile()  # run as compiled: one compilation
+    train, prep_metrics = prepare(*args)
+    update = rl_step.update.lower(state, train).compile()
     new_state, metrics = update(state, train)
     prepare_work, update_work = parallel.compiled_work(prepare), parallel.compiled_work(update)
-    return (prepare_work, update_work), (extra, prep_metrics, new_state, metrics)
+    return (prepare_work, update_work), (train, prep_metrics, new_state, metrics)
 
 
 def test_rl_prepare_and_update_split_the_work(policy, fsdp=2, accum=2):
@@ -96,10 +96,10 @@ def test_rl_prepare_and_update_split_the_work(policy, fsdp=2, accum=2):
         assert_split(one_part, many_part)
     # The LM head's dot of a minibatch: 16 rows x 16 positions (P + R) over 8 devices.
     assert np.prod(many_work[1]["largest_dot"]) * 8 == np.prod(one_work[1]["largest_dot"])
-    extra, prep_metrics, new_state, metrics = many
-    for value in extra.values():
+    train, prep_metrics, new_state, metrics = many
+    for value in jax.tree.leaves(train):
         assert value.sharding.spec == BATCH_SPEC
-    assert_close_trees(extra, one[0], 1e-5)
+    assert_close_trees(train, one[0], 1e-5)
     assert_close_trees(metrics, one[3], 1e-5)
     assert_close_trees(new_state.params, one[2].params, 1e-5)
     before = nnx.split(policy)[1]
@@ -117,14 +117,20 @@ def test_update_without_the_mesh_does_every_row_on_every_device(policy):
     mesh = mesh_of(8)
     state, sharding = init_state({"policy": params}, tx, mesh)
     batch = rl_batch()
-    batch = {k: batch[k] for k in ("tokens", "mask", "response_mask", "sampler_logprobs")}
-    batch |= {"old_logprobs": batch["sampler_logprobs"], "advantages": batch["response_mask"]}
+    batch = TrainBatch(tokens=batch["tokens"], mask=batch["mask"],
+                       response_mask=batch["response_mask"],
+                       sampler_logprobs=batch["sampler_logprobs"],
+                       old_logprobs=batch["sampler_logprobs"], advantages=batch["response_mask"])
     batch = parallel.shard_batch(batch, mesh)
     state = jax.device_put(state, sharding)
     work = {}
-    for name, update_mesh in (("unconstrained", None), ("constrained", mesh)):
-        update = make_update(settings, tx, make_loss(settings, graphdef), update_mesh)
-        step = parallel.data_parallel_step(update, mesh, sharding, donate_state=False)
+    constrained = build_rl_step(settings, tx, graphdef, mesh=mesh, state_sharding=sharding,
+                                donate_state=False).update
+    # What build_rl_step never builds: the update without its minibatches held to the mesh.
+    loss = build_rl_step(settings, None, graphdef).loss
+    unconstrained = parallel.data_parallel_step(make_update(settings, tx, loss), mesh, sharding,
+                                                donate_state=False)
+    for name, step in (("unconstrained", unconstrained), ("constrained", constrained)):
         work[name] = parallel.compiled_work(step.lower(state, batch))
     assert_split(work["unconstrained"], work["constrained"])
 
@@ -160,11 +166,10 @@ def test_sft_and_reward_model_steps_split_the_work(policy):
 
 
 def make_sampler(policy, mesh):
-    sampler = Sampler.from_model(policy, eos_ids=(2,), pad_id=0, cache_stages=2)
-    sampler.params = jax.device_put(sampler.params,
-                                    parallel.param_sharding(sampler.params, mesh, min_size=1))
-    sampler.mesh = mesh
-    return sampler
+    """A sampler on ``mesh`` and the policy's params placed as the trainer places them."""
+    sampler = Sampler.from_model(policy, eos_ids=(2,), pad_id=0, cache_stages=2, mesh=mesh)
+    params = nnx.state(policy)
+    return sampler, jax.device_put(params, parallel.param_sharding(params, mesh, min_size=1))
 
 
 @pytest.mark.parametrize("prompts", [8, 3], ids=["divides", "padded"])
@@ -178,9 +183,9 @@ def test_sampler_splits_the_rows(policy, prompts):
     key = jax.random.key(3)
     outs, work = [], []
     for mesh in (mesh_of(1), mesh_of(8, fsdp=2)):
-        sampler = make_sampler(policy, mesh)
-        work.append(parallel.compiled_work(sampler.lower(token_lists, key, **options)))
-        outs.append(sampler.generate(token_lists, key, **options))
+        sampler, params = make_sampler(policy, mesh)
+        work.append(parallel.compiled_work(sampler.lower(params, token_lists, key, **options)))
+        outs.append(sampler.generate(params, token_lists, key, **options))
     if prompts == 8:
         assert_split(*work)
     else:  # the prefill of 4 (padded) prompts does not split over 8 devices; the decode does
@@ -194,11 +199,11 @@ def test_sampler_splits_the_rows(policy, prompts):
 
 def test_sampler_reads_the_trainers_params_without_a_copy(policy):
     mesh = mesh_of(8, fsdp=4)
-    sampler = make_sampler(policy, mesh)
-    lowered = sampler.lower([[3, 4, 5]] * 8, jax.random.key(0), n=2, max_new_tokens=4)
+    sampler, params = make_sampler(policy, mesh)
+    lowered = sampler.lower(params, [[3, 4, 5]] * 8, jax.random.key(0), n=2, max_new_tokens=4)
     # The compiled program takes the params with the sharding they have (nothing moves in).
     in_shardings = jax.tree.leaves(lowered.compile().input_shardings[0][0])
-    assert in_shardings == [x.sharding for x in jax.tree.leaves(sampler.params)]
+    assert in_shardings == [x.sharding for x in jax.tree.leaves(params)]
 
 
 def test_reward_scoring_splits_the_rows(policy):

@@ -1,5 +1,6 @@
-"""CISPO, GMPO, Clip-Cov, KL-Cov, GSPO-token and TRL's empty-row convention: values and gradients
-against NumPy loops written from the papers' equations (float64), or hand-derived numbers."""
+"""CISPO, SAPO, GMPO, Clip-Cov, KL-Cov, GSPO-token and TRL's empty-row convention: values and
+gradients against NumPy loops written from the papers' equations (float64), or hand-derived
+numbers."""
 
 import chex
 import jax
@@ -84,6 +85,52 @@ class CispoTest(chex.TestCase):
         np.testing.assert_allclose(metrics["clip_frac_high"], 1.0)
         ppo_grad = jax.grad(lambda lp: rl_jax.policy_loss(lp, old, np.ones(1), mask)[0])(logp)
         np.testing.assert_allclose(ppo_grad, 0.0)
+
+
+class SapoTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(
+        taus=[(1.0, 1.05), (0.5, 4.0)], agg=list(rl_jax.AGG_MODES), adv_rank=[1, 2]
+    )
+    def test_value_and_grad_match_numpy(self, taus, agg, adv_rank):
+        logp, old, adv, mask = make_inputs(1, adv_rank=adv_rank, spread=0.6)
+        fn = self.variant(jax.value_and_grad(
+            lambda lp: rl_jax.losses.sapo_loss(lp, old, adv, mask, tau_pos=taus[0],
+                                               tau_neg=taus[1], agg=agg, max_len=10),
+            has_aux=True,
+        ))
+        (loss, metrics), grad = fn(logp)
+        # NumPy, float64, from the paper: f(r) = 4/tau sigmoid(tau (r - 1)), loss_t = -f(r_t) A_t.
+        a = per_token_adv(adv, logp.shape).astype(np.float64)
+        ratio = np.exp(logp.astype(np.float64) - old)
+        tau = np.where(a > 0, taus[0], taus[1])
+        gate = 1.0 / (1.0 + np.exp(-tau * (ratio - 1.0)))
+        weights = agg_weights(mask, agg, max_len=10)
+        np.testing.assert_allclose(loss, (-(4.0 / tau) * gate * a * weights).sum(), rtol=RTOL,
+                                   atol=ATOL)
+        # d/dlogp: -4 gate (1 - gate) * ratio * A (the chain rule through r = exp(logp - old)).
+        np.testing.assert_allclose(grad, -4.0 * gate * (1 - gate) * ratio * a * weights,
+                                   rtol=RTOL, atol=ATOL)
+        slope = 4.0 * gate * (1.0 - gate)
+        np.testing.assert_allclose(metrics["gate_mean"], slope[mask > 0].mean(), rtol=1e-5)
+
+    def test_on_policy_gradient_is_the_plain_policy_gradient(self):
+        """At ratio 1 the gate's slope is 1: the same gradient as the unclipped PPO loss, for
+        either sign of the advantage; off-policy it is smaller but never 0 (a hard clip's is)."""
+        logp = np.array([[-1.0, -2.0]], np.float32)
+        adv = np.array([[1.5, -0.5]], np.float32)
+        mask = np.ones((1, 2), np.float32)
+        sapo = jax.grad(lambda lp: rl_jax.losses.sapo_loss(lp, logp, adv, mask)[0])(logp)
+        ppo = jax.grad(lambda lp: rl_jax.policy_loss(lp, logp, adv, mask)[0])(logp)
+        np.testing.assert_allclose(sapo, ppo, rtol=1e-6)
+        np.testing.assert_allclose(sapo, [[-0.75, 0.25]], rtol=1e-6)
+        old = logp - np.log(2.0)  # ratio 2 on both tokens: PPO (clip 0.2) cuts the A > 0 token
+        far = jax.grad(lambda lp: rl_jax.losses.sapo_loss(lp, old, adv, mask)[0])(logp)
+        ppo_far = jax.grad(lambda lp: rl_jax.policy_loss(lp, old, adv, mask)[0])(logp)
+        assert float(ppo_far[0, 0]) == 0.0
+        # -4 s (1 - s) * r * A / 2 (token-mean over 2) with s = sigmoid(1), r = 2, A = 1.5.
+        s = 1.0 / (1.0 + np.exp(-1.0))
+        np.testing.assert_allclose(far[0, 0], -4 * s * (1 - s) * 2 * 1.5 / 2, rtol=1e-6)
 
 
 def numpy_gmpo(logp, old, adv, mask, clip_low, clip_high, count_empty_rows=False):

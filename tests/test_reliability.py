@@ -23,6 +23,7 @@ import pytest
 from experiments import crash_test
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config, default_config
+from rl_jax.train_state import TrainState
 from rl_jax.trainers import loop
 from rl_jax.trainers.checkpoint import Checkpointer, CheckpointMismatchError
 from rl_jax.trainers.metrics import MetricWriter, read_metrics
@@ -49,7 +50,7 @@ def _toy_config(every=1, keep=3):
 
 def _toy_stage(steps, on_step=None, kl=lambda step: 0.0):
     """``w <- w + (step + 1)``; ``on_step(step)`` runs in the batch function (e.g. a signal)."""
-    state = loop.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros(3)}, ())
+    state = TrainState(jnp.zeros((), jnp.int32), {"w": jnp.zeros(3)}, ())
 
     def batch(step, state, host):
         if on_step is not None:

@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from configs import hh_rm, preference_rm_ppo
-from rl_jax import data, models
+from rl_jax import data, models, reward_losses
+from rl_jax.learned_reward import LearnedReward
 from rl_jax.trainers import reward_model as rm
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.run import run
@@ -257,7 +258,8 @@ def test_pair_accuracy_matches_loop():
                     total += 1
                     diff = scores[p, i] - scores[p, j]
                     right += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
-    assert float(rm.pair_accuracy(scores, ranks, present)) == pytest.approx(right / total)
+    accuracy = reward_losses.pair_accuracy(scores, ranks, present)
+    assert float(accuracy) == pytest.approx(right / total)
 
 
 def small_rlhf_config():
@@ -305,8 +307,8 @@ def test_synthetic_rlhf_pipeline(tmp_path):
 
 
 def test_critic_starts_from_the_reward_model():
+    from rl_jax.algorithm import RLSettings
     from rl_jax.trainers import rl as rl_trainer
-    from rl_jax.trainers.rl_step import RLSettings
 
     config = preference_rm_ppo.get_config()
     model_config = models.tiny_config("qwen2", hidden_size=32, num_layers=1, intermediate_size=64)
@@ -314,7 +316,7 @@ def test_critic_starts_from_the_reward_model():
     graphdef, params = nnx.split(policy)
     reward = models.RewardModel.from_policy(policy, rngs=nnx.Rngs(5))
     rgraph, rparams = nnx.split(reward)
-    learned = rm.LearnedReward(rgraph, rparams, 0.5, 2.0)
+    learned = LearnedReward(rgraph, rparams, 0.5, 2.0)
     ctx = types.SimpleNamespace(config=config, graphdef=graphdef)
     settings = RLSettings(estimator="gae", group_size=1, temperature=1.0)
     trained, value_graphdef = rl_trainer.init_params(ctx, params, settings, learned)

@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from rl_jax import models
-from rl_jax.trainers.loop import TrainState
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
+from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+from rl_jax.train_state import TrainState
 
 BATCH, PROMPT, RESPONSE, GROUP = 8, 4, 5, 4
 
@@ -25,25 +25,24 @@ def _setup(**options):
     rng = np.random.default_rng(0)
     response_mask = np.ones((BATCH, RESPONSE), np.float32)
     response_mask[1, 3:] = 0  # a short response
-    batch = {
-        "tokens": rng.integers(3, 32, (BATCH, PROMPT + RESPONSE)).astype(np.int32),
-        "mask": np.concatenate([np.ones((BATCH, PROMPT), np.float32), response_mask], 1),
-        "response_mask": response_mask,
+    batch = RolloutBatch(
+        tokens=rng.integers(3, 32, (BATCH, PROMPT + RESPONSE)).astype(np.int32),
+        mask=np.concatenate([np.ones((BATCH, PROMPT), np.float32), response_mask], 1),
+        response_mask=response_mask,
         # The sampler's log-probs: the trainer's are recomputed; these differ by up to +-0.3.
-        "sampler_logprobs": np.log(np.full((BATCH, RESPONSE), 1 / 32, np.float32))
+        sampler_logprobs=np.log(np.full((BATCH, RESPONSE), 1 / 32, np.float32))
         + rng.uniform(-0.3, 0.3, (BATCH, RESPONSE)).astype(np.float32),
-        "scores": np.asarray([1, 0, 0, 1, 1, 1, 0, 1], np.float32),
-    }
-    prepare = jax.jit(make_prepare(settings, graphdef))
-    update = jax.jit(make_update(settings, tx, make_loss(settings, graphdef)))
-    return state, batch, prepare, update
+        scores=np.asarray([1, 0, 0, 1, 1, 1, 0, 1], np.float32),
+        truncated=np.zeros(BATCH, np.float32),
+    )
+    rl_step = build_rl_step(settings, tx, graphdef)
+    return state, batch, rl_step.prepare, rl_step.update
 
 
 def _step(state, batch, prepare, update):
-    extra, prep_metrics = prepare(state.params, None, batch, jnp.float32(0.0))
-    keys = ("tokens", "mask", "response_mask", "sampler_logprobs")
-    new_state, metrics = update(state, {k: batch[k] for k in keys} | extra)
-    return new_state, prep_metrics | metrics, extra
+    train, prep_metrics = prepare(state.params, None, batch, jnp.float32(0.0))
+    new_state, metrics = update(state, train)
+    return new_state, prep_metrics | metrics, train
 
 
 def _change(a, b):
@@ -83,8 +82,8 @@ def test_a_correction_that_masks_every_token_leaves_the_policy_unchanged():
     token and the gradient is 0 (the masked tokens really leave the loss)."""
     state, batch, prepare, update = _setup(is_correction="token_mis", is_low=1.0, is_high=1.0)
     before = jax.tree.map(jnp.copy, state)
-    new_state, metrics, extra = _step(state, batch, prepare, update)
-    assert float(extra["policy_mask"].sum()) == 0
+    new_state, metrics, train = _step(state, batch, prepare, update)
+    assert float(train.policy_mask.sum()) == 0
     assert _change(before, new_state) == 0.0
     assert float(metrics["is_masked_token_frac"]) == 1.0
 

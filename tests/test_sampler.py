@@ -7,8 +7,10 @@ rl_jax.models (apply_fn(params, tokens, positions, key_mask, cache, cache_index)
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rl_jax import parallel
 from rl_jax.models import positions_from_mask
 from rl_jax.rollout import (
     Sampler,
@@ -53,6 +56,9 @@ def toy_params(seed: int = 0) -> dict[str, jax.Array]:
     }
 
 
+PARAMS = toy_params()  # the weights the toy samplers sample from
+
+
 def toy_init_cache(batch: int, max_len: int) -> ToyCache:
     zeros = jnp.zeros((1, batch, max_len, 1, DIM), jnp.float32)
     return ToyCache(zeros, zeros)
@@ -82,7 +88,7 @@ def toy_apply(params, tokens, positions, key_mask, cache=None, cache_index=0):
 
 def toy_sampler(**kwargs) -> Sampler:
     kwargs.setdefault("max_len", MAX_LEN)
-    return Sampler(toy_apply, toy_init_cache, toy_params(), **kwargs)
+    return Sampler(toy_apply, toy_init_cache, **kwargs)
 
 
 def random_prompts(rng: np.random.Generator, count: int, low: int, high: int) -> list[list[int]]:
@@ -211,10 +217,10 @@ def test_logprobs_equal_full_forward():
     prompts = random_prompts(np.random.default_rng(0), NUM_PROMPTS, 1, 16)
     temperature = 0.7
     out = sampler.generate(
-        prompts, jax.random.key(1), n=N, max_new_tokens=16, temperature=temperature
+        PARAMS, prompts, jax.random.key(1), n=N, max_new_tokens=16, temperature=temperature
     )
     assert out.response_tokens.shape == (NUM_PROMPTS * N, 16)
-    step_logits = response_step_logits(sampler.params, out)
+    step_logits = response_step_logits(PARAMS, out)
     log_probs = jax.nn.log_softmax(step_logits / temperature, axis=-1)
     expected = np.take_along_axis(
         np.asarray(log_probs), np.asarray(out.response_tokens)[..., None], -1
@@ -237,6 +243,7 @@ def test_sampled_frequencies_match_tempered_softmax():
     sampler = toy_sampler(min_prompt_bucket=8, min_new_tokens_bucket=1)
     num_samples, temperature = 50_000, 1.3
     out = sampler.generate(
+        PARAMS,
         [[3, 1, 4, 1, 5]],
         jax.random.key(7),
         n=num_samples,
@@ -244,7 +251,7 @@ def test_sampled_frequencies_match_tempered_softmax():
         temperature=temperature,
     )
     probs = np.asarray(
-        jax.nn.softmax(response_step_logits(sampler.params, out)[0, 0] / temperature)
+        jax.nn.softmax(response_step_logits(PARAMS, out)[0, 0] / temperature)
     )
     counts = np.bincount(np.asarray(out.response_tokens[:, 0]), minlength=VOCAB)
     tv = 0.5 * np.abs(counts / num_samples - probs).sum()
@@ -261,6 +268,7 @@ def test_top_k_top_p_stay_in_allowed_set(top_k, top_p):
     prompts = random_prompts(np.random.default_rng(2), NUM_PROMPTS, 2, 12)
     temperature = 0.9
     out = sampler.generate(
+        PARAMS,
         prompts,
         jax.random.key(3),
         n=N,
@@ -269,7 +277,7 @@ def test_top_k_top_p_stay_in_allowed_set(top_k, top_p):
         top_k=top_k,
         top_p=top_p,
     )
-    scaled = response_step_logits(sampler.params, out) / temperature  # [B, N, V]
+    scaled = response_step_logits(PARAMS, out) / temperature  # [B, N, V]
     order = np.sort(scaled, axis=-1)[..., ::-1]
     if top_k is not None:
         order = order[..., :top_k]
@@ -286,18 +294,19 @@ def test_top_k_top_p_stay_in_allowed_set(top_k, top_p):
     if top_p is not None:  # the filter is active: some draws would otherwise fall outside
         assert (order[..., -1] < threshold).any()
     if top_k == 1:  # top-1 sampling is greedy decoding
-        greedy = sampler.generate(prompts, jax.random.key(4), n=N, max_new_tokens=16, greedy=True)
+        greedy = sampler.generate(PARAMS, prompts, jax.random.key(4), n=N, max_new_tokens=16,
+                                  greedy=True)
         np.testing.assert_array_equal(out.response_tokens, greedy.response_tokens)
 
 
 def test_eos_masks_pads_and_stops_early():
     pad_id = 0
     prompts = random_prompts(np.random.default_rng(4), NUM_PROMPTS, 3, 9)
-    free = shared_sampler().generate(prompts, jax.random.key(5), n=N, max_new_tokens=16)
+    free = shared_sampler().generate(PARAMS, prompts, jax.random.key(5), n=N, max_new_tokens=16)
     # Pick as EOS the token row 0 emits at step 3, so that row stops there (or earlier).
     eos = int(free.response_tokens[0, 3])
     sampler = toy_sampler(eos_ids=(eos, VOCAB + 5), pad_id=pad_id)
-    out = sampler.generate(prompts, jax.random.key(5), n=N, max_new_tokens=16)
+    out = sampler.generate(PARAMS, prompts, jax.random.key(5), n=N, max_new_tokens=16)
     tokens, mask = np.asarray(out.response_tokens), np.asarray(out.response_mask)
     lengths = np.asarray(out.response_lengths)
     assert lengths[0] <= 4
@@ -319,7 +328,7 @@ def test_eos_masks_pads_and_stops_early():
 
     # Every token is an EOS: the loop ends after one step although 16 were allowed.
     everything = toy_sampler(eos_ids=tuple(range(VOCAB)), pad_id=pad_id)
-    out = everything.generate(prompts, jax.random.key(5), n=N, max_new_tokens=16)
+    out = everything.generate(PARAMS, prompts, jax.random.key(5), n=N, max_new_tokens=16)
     assert int(out.num_steps) == 1
     assert np.asarray(out.response_mask).sum(1).tolist() == [1] * (NUM_PROMPTS * N)
     assert (np.asarray(out.response_tokens)[:, 1:] == pad_id).all()
@@ -328,13 +337,13 @@ def test_eos_masks_pads_and_stops_early():
 def test_max_new_tokens_respected():
     sampler = shared_sampler()
     prompts = random_prompts(np.random.default_rng(5), NUM_PROMPTS, 1, 5)
-    out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=5)
+    out = sampler.generate(PARAMS, prompts, jax.random.key(0), n=N, max_new_tokens=5)
     compiles = sampler.num_compiles
     assert out.response_tokens.shape == (NUM_PROMPTS * N, 5)
     assert int(out.num_steps) == 5
     assert np.asarray(out.response_mask).all()
     # max_new_tokens is traced: 5 and 9 share the 16 bucket and one compilation.
-    out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=9)
+    out = sampler.generate(PARAMS, prompts, jax.random.key(0), n=N, max_new_tokens=9)
     assert out.response_tokens.shape == (NUM_PROMPTS * N, 9) and int(out.num_steps) == 9
     assert sampler.num_compiles == compiles
 
@@ -343,9 +352,9 @@ def test_reproducible_with_key():
     sampler = shared_sampler()
     prompts = random_prompts(np.random.default_rng(6), NUM_PROMPTS, 2, 10)
     kwargs = dict(n=N, max_new_tokens=16)
-    a = sampler.generate(prompts, jax.random.key(11), **kwargs)
-    b = sampler.generate(prompts, jax.random.key(11), **kwargs)
-    c = sampler.generate(prompts, jax.random.key(12), **kwargs)
+    a = sampler.generate(PARAMS, prompts, jax.random.key(11), **kwargs)
+    b = sampler.generate(PARAMS, prompts, jax.random.key(11), **kwargs)
+    c = sampler.generate(PARAMS, prompts, jax.random.key(12), **kwargs)
     np.testing.assert_array_equal(a.response_tokens, b.response_tokens)
     np.testing.assert_array_equal(a.response_logprobs, b.response_logprobs)
     assert (np.asarray(a.response_tokens) != np.asarray(c.response_tokens)).any()
@@ -358,9 +367,10 @@ def test_cache_stages_do_not_change_samples():
     the same logprobs and early stop, as one loop over the full cache."""
     prompts = random_prompts(np.random.default_rng(8), NUM_PROMPTS, 1, 12)
     kwargs = dict(n=N, max_new_tokens=14, temperature=0.8)
-    one = toy_sampler(cache_stages=1, eos_ids=(3,)).generate(prompts, jax.random.key(5), **kwargs)
+    one = toy_sampler(cache_stages=1, eos_ids=(3,))
+    one = one.generate(PARAMS, prompts, jax.random.key(5), **kwargs)
     staged = toy_sampler(cache_stages=3, eos_ids=(3,))
-    out = staged.generate(prompts, jax.random.key(5), **kwargs)
+    out = staged.generate(PARAMS, prompts, jax.random.key(5), **kwargs)
     assert (np.asarray(one.response_lengths) < 14).any()  # some rows stop at EOS
     np.testing.assert_array_equal(out.response_tokens, one.response_tokens)
     np.testing.assert_array_equal(out.response_mask, one.response_mask)
@@ -374,12 +384,13 @@ def test_groups_are_contiguous_and_prompts_row_aligned():
     sampler = shared_sampler()
     prompts = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]
     for greedy in (True, False):
-        out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=16, greedy=greedy)
+        out = sampler.generate(PARAMS, prompts, jax.random.key(0), n=N, max_new_tokens=16,
+                               greedy=greedy)
         tokens, mask = np.asarray(out.prompt_tokens), np.asarray(out.prompt_mask)
         for row in range(NUM_PROMPTS * N):
             assert tokens[row][mask[row] > 0].tolist() == prompts[row // N]
     # Greedy: the n samples of a prompt are identical.
-    out = sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=16, greedy=True)
+    out = sampler.generate(PARAMS, prompts, jax.random.key(0), n=N, max_new_tokens=16, greedy=True)
     groups = np.asarray(out.response_tokens).reshape(NUM_PROMPTS, N, 16)
     assert (groups == groups[:, :1]).all()
 
@@ -389,22 +400,23 @@ def test_padded_array_prompts_equal_token_lists():
     prompts = [[5, 6, 7, 8], [9, 10], [11], [12, 13, 14]]
     right_padded = np.array([[5, 6, 7, 8], [9, 10, 0, 0], [11, 0, 0, 0], [12, 13, 14, 0]])
     mask = (np.arange(4)[None, :] < np.array([4, 2, 1, 3])[:, None]).astype(np.int32)
-    a = sampler.generate(prompts, jax.random.key(2), n=N, max_new_tokens=16)
-    b = sampler.generate(right_padded, jax.random.key(2), n=N, max_new_tokens=16, prompt_mask=mask)
+    a = sampler.generate(PARAMS, prompts, jax.random.key(2), n=N, max_new_tokens=16)
+    b = sampler.generate(PARAMS, right_padded, jax.random.key(2), n=N, max_new_tokens=16,
+                         prompt_mask=mask)
     np.testing.assert_array_equal(a.response_tokens, b.response_tokens)
     with pytest.raises(ValueError, match="prompt_mask"):
-        sampler.generate(right_padded, jax.random.key(2), max_new_tokens=16)
+        sampler.generate(PARAMS, right_padded, jax.random.key(2), max_new_tokens=16)
 
 
 def test_prompt_too_long_names_the_prompt():
     sampler = toy_sampler(max_len=64)
     prompts = [[1] * 10, [2] * 60]
     with pytest.raises(ValueError, match=r"prompt 1 has 60 tokens.*max_new_tokens=8.*max_len=64"):
-        sampler.generate(prompts, jax.random.key(0), max_new_tokens=8)
+        sampler.generate(PARAMS, prompts, jax.random.key(0), max_new_tokens=8)
     with pytest.raises(ValueError, match="prompt 0 is empty"):
-        sampler.generate([[]], jax.random.key(0), max_new_tokens=8)
+        sampler.generate(PARAMS, [[]], jax.random.key(0), max_new_tokens=8)
     # Near the limit the buckets shrink to fit instead of failing: 50 + 14 = 64.
-    out = sampler.generate([[1] * 50], jax.random.key(0), max_new_tokens=14)
+    out = sampler.generate(PARAMS, [[1] * 50], jax.random.key(0), max_new_tokens=14)
     assert out.prompt_tokens.shape == (1, 50) and out.response_tokens.shape == (1, 14)
 
 
@@ -412,21 +424,22 @@ def test_no_recompilation_within_a_bucket():
     sampler = shared_sampler()
     rng = np.random.default_rng(8)
     prompts = random_prompts(rng, NUM_PROMPTS, 1, 16)
-    sampler.generate(prompts, jax.random.key(0), n=N, max_new_tokens=16)
+    sampler.generate(PARAMS, prompts, jax.random.key(0), n=N, max_new_tokens=16)
     compiles = sampler.num_compiles
     for step in range(4):  # lengths 1..16 all land in the 16 bucket; temperature is traced
         prompts = random_prompts(rng, NUM_PROMPTS, 1, 16)
         sampler.generate(
-            prompts, jax.random.key(step), n=N, max_new_tokens=16, temperature=0.5 + step
+            PARAMS, prompts, jax.random.key(step), n=N, max_new_tokens=16, temperature=0.5 + step
         )
     assert sampler.num_compiles == compiles
-    params = sampler.params
-    try:
-        sampler.params = toy_params(seed=1)  # new weights, same structure
-        sampler.generate(prompts, jax.random.key(9), n=N, max_new_tokens=16)
-    finally:
-        sampler.params = params
+    # New weights, same structure: sampled from without recompiling, and they are what is used.
+    old = sampler.generate(PARAMS, prompts, jax.random.key(9), n=N, max_new_tokens=16)
+    new = sampler.generate(toy_params(seed=1), prompts, jax.random.key(9), n=N, max_new_tokens=16)
+    again = sampler.generate(PARAMS, prompts, jax.random.key(9), n=N, max_new_tokens=16)
     assert sampler.num_compiles == compiles
+    assert (np.asarray(new.response_tokens) != np.asarray(old.response_tokens)).any()
+    np.testing.assert_array_equal(again.response_tokens, old.response_tokens)
+    np.testing.assert_array_equal(again.response_logprobs, old.response_logprobs)
 
 
 def test_hundred_batches_compile_once_per_bucket():
@@ -438,7 +451,7 @@ def test_hundred_batches_compile_once_per_bucket():
     rng = np.random.default_rng(9)
     for step in range(100):
         prompts = random_prompts(rng, 8, 1, int(rng.integers(4, 61)))
-        sampler.generate(prompts, jax.random.key(step), n=2, max_new_tokens=16)
+        sampler.generate(PARAMS, prompts, jax.random.key(step), n=2, max_new_tokens=16)
     assert sampler.num_compiles == 3
 
 
@@ -510,7 +523,8 @@ def test_greedy_matches_transformers(model_type, tmp_path):
     assert (hf_tokens == eos).sum(1)[1] == 1
 
     sampler = Sampler.from_model(model, eos_ids=(eos,), pad_id=HF_PAD)
-    out = sampler.generate(prompts, jax.random.key(0), max_new_tokens=num_new, greedy=True)
+    out = sampler.generate(nnx.state(model), prompts, jax.random.key(0), max_new_tokens=num_new,
+                           greedy=True)
     np.testing.assert_array_equal(out.prompt_tokens, tokens)
     np.testing.assert_array_equal(np.asarray(out.response_tokens), hf_tokens)
     assert int(out.response_lengths[1]) <= 11
@@ -527,3 +541,63 @@ def test_greedy_matches_transformers(model_type, tmp_path):
     np.testing.assert_allclose(
         np.asarray(out.response_logprobs)[response_mask], expected[response_mask], atol=1e-4
     )
+
+
+# ---------------------------------------------------------------- the sampler is not re-pointed
+
+
+def sampler_attribute_assignments(source: str) -> list[str]:
+    """The targets ``<...>sampler.<attr> = ...`` (also augmented, annotated, in tuples) and the
+    ``setattr(<...>sampler, ...)`` calls of a module's source."""
+    def is_sampler(node: ast.AST) -> bool:
+        name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+        return name.lower().endswith("sampler")
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setattr"
+              and node.args and is_sampler(node.args[0])):
+            found.append(ast.unparse(node))
+        while targets:
+            target = targets.pop()
+            if isinstance(target, ast.Tuple | ast.List):
+                targets += target.elts
+            elif isinstance(target, ast.Attribute) and is_sampler(target.value):
+                found.append(ast.unparse(target))
+    return found
+
+
+def test_no_module_assigns_a_sampler_attribute():
+    """Nothing under rl_jax/ re-points a sampler after construction: the weights go into each
+    call and the mesh into the constructor."""
+    # The check finds the old ways (negative controls).
+    old = ("ctx.sampler.params = params\nsampler.params, sampler.mesh = p, m\n"
+           "self.sampler.eos_ids += (2,)\nsetattr(ctx.sampler, 'mesh', m)\n")
+    assert sampler_attribute_assignments(old) == [
+        "ctx.sampler.params", "sampler.mesh", "sampler.params", "self.sampler.eos_ids",
+        "setattr(ctx.sampler, 'mesh', m)"]
+    root = Path(__file__).resolve().parents[1] / "rl_jax"
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 20
+    found = {str(f.relative_to(root)): sampler_attribute_assignments(f.read_text())
+             for f in files}
+    assert {f: targets for f, targets in found.items() if targets} == {}
+
+
+def test_mesh_is_fixed_at_construction():
+    mesh = parallel.make_mesh(devices=jax.devices()[:2])
+    sampler = toy_sampler(mesh=mesh)
+    assert sampler.mesh is mesh and toy_sampler().mesh is None
+    with pytest.raises(AttributeError):
+        sampler.mesh = None
+    assert not hasattr(sampler, "params")
+    # Rows split over the 2 devices: the same samples as on one device.
+    prompts = random_prompts(np.random.default_rng(10), 3, 2, 10)
+    one = shared_sampler().generate(PARAMS, prompts, jax.random.key(1), n=N, max_new_tokens=16)
+    two = sampler.generate(PARAMS, prompts, jax.random.key(1), n=N, max_new_tokens=16)
+    np.testing.assert_array_equal(two.response_tokens, one.response_tokens)

@@ -18,8 +18,8 @@ import pytest
 from flax import nnx
 
 import rl_jax.models as models
+from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step
 from rl_jax.rollout import Sampler
-from rl_jax.trainers.rl_step import RLSettings, make_loss
 
 
 def _tokens(batch: int, width: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -80,10 +80,10 @@ def test_scanned_decoding_equals_listed():
     assert cache.k.shape == (2, 3, 2, 16, 5) and cache.v.shape == (2, 3, 2, 5, 16)
     outs = []
     for cfg in (config, scanned_config):
-        sampler = Sampler.from_model(models.CausalLM(cfg, rngs=nnx.Rngs(1)), eos_ids=(2,),
-                                     pad_id=0, cache_stages=2)
-        outs.append(sampler.generate([[5, 6, 7], [8, 9]], jax.random.key(0), n=2,
-                                     max_new_tokens=7, temperature=1.0))
+        model = models.CausalLM(cfg, rngs=nnx.Rngs(1))
+        sampler = Sampler.from_model(model, eos_ids=(2,), pad_id=0, cache_stages=2)
+        outs.append(sampler.generate(nnx.state(model), [[5, 6, 7], [8, 9]], jax.random.key(0),
+                                     n=2, max_new_tokens=7, temperature=1.0))
     np.testing.assert_array_equal(outs[1].response_tokens, outs[0].response_tokens)
     np.testing.assert_allclose(outs[1].response_logprobs, outs[0].response_logprobs, atol=1e-5)
 
@@ -119,12 +119,12 @@ def _compiled_update(config: models.ModelConfig, batch: int = 8, width: int = 64
         lambda: nnx.split(models.CausalLM(config, rngs=nnx.Rngs(0))))
     settings = RLSettings(estimator="grpo", group_size=2, temperature=1.0, max_len=width // 2,
                           logits_chunk=0)
-    grad = jax.value_and_grad(make_loss(settings, graphdef), has_aux=True)
+    grad = jax.value_and_grad(build_rl_step(settings, None, graphdef).loss, has_aux=True)
     spec = jax.ShapeDtypeStruct
     rows = {"tokens": spec((batch, width), jnp.int32), "mask": spec((batch, width), jnp.float32)}
     for name in ("response_mask", "sampler_logprobs", "advantages"):
         rows[name] = spec((batch, width // 2), jnp.float32)
-    return jax.jit(grad).lower({"policy": params}, rows).compile()
+    return jax.jit(grad).lower({"policy": params}, TrainBatch(**rows)).compile()
 
 
 def test_scan_compiles_a_loop_and_remat_shrinks_update_memory():

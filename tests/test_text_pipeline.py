@@ -171,9 +171,13 @@ def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
     """A tokenizer without a pad token and a generation config with two EOS ids: the sampler pads
     with the first EOS, stops at each EOS id, and RL counts a response ending in any as finished;
     chunked evaluation gives the metrics of one call."""
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
+    from rl_jax.rollout import Sampler
     from rl_jax.trainers import evaluation, rl
 
     tokenizer = chat_tokenizer()
@@ -202,30 +206,33 @@ def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
     config.eval.num_examples = 8
     check_config(config)
     ctx = setup.build_context(config, str(tmp_path / "work"))
-    ctx.sampler.cache_stages = 1  # one decode loop to compile: a faster test
     eos = tuple(dict.fromkeys((2, *first)))
     assert ctx.eos_ids == eos and ctx.sampler.eos_ids == eos
     assert ctx.tokenizer.pad_token_id == 2 and ctx.sampler.pad_id == 2
-    round_, _ = rl.sample_round(ctx, 0, jax.random.key(1))
+    # The same sampler with one decode loop to compile: a faster test.
+    one_loop = Sampler.from_model(ctx.policy, eos_ids=eos, pad_id=2, cache_stages=1)
+    ctx = dataclasses.replace(ctx, sampler=one_loop)
+    params = nnx.state(ctx.policy)
+    round_, _ = rl.sample_round(ctx, params, 0, jax.random.key(1))
     assert round_.response_mask.sum(1).tolist() == [1, 1, 1, 1]  # each stopped at its EOS id
     assert round_.texts == [""] * 4  # the EOS is not in the text the rewards read
     assert round_.scores.tolist() == [0.0] * 4  # finished: the missing-EOS score is not applied
 
     # Chunked evaluation, rl.num_prompts * rl.group_size = 4 rows a sampler call, against one call.
-    params = ctx.sampler.params
-    ctx.sampler.eos_ids = (2,)  # not the tokens this model picks first: texts that are not empty
     calls = []
-    generate = ctx.sampler.generate
 
-    def counted(prompts, *args, **kwargs):
-        calls.append(len(prompts) * kwargs.get("n", 1))
-        return generate(prompts, *args, **kwargs)
+    class Counted(Sampler):
+        def generate(self, params, prompts, *args, **kwargs):
+            calls.append(len(prompts) * kwargs.get("n", 1))
+            return super().generate(params, prompts, *args, **kwargs)
 
-    ctx.sampler.generate = counted
+    # Stops only at id 2, not at the tokens this model picks first: texts that are not empty.
+    counted = Counted.from_model(ctx.policy, eos_ids=(2,), pad_id=2, cache_stages=1)
+    ctx = dataclasses.replace(ctx, sampler=counted)
     greedy = []
     for part in evaluation.eval_chunks(8, 4):
-        out = counted(ctx.encode_prompts(ctx.eval_examples[part]), jax.random.key(0),
-                      max_new_tokens=6, greedy=True)
+        out = counted.generate(params, ctx.encode_prompts(ctx.eval_examples[part]),
+                               jax.random.key(0), max_new_tokens=6, greedy=True)
         greedy += ctx.decode_responses(out.response_tokens, out.response_mask)
     # Half the answers are the greedy texts, so the metrics are not all 0 (nor all 1).
     pairs = enumerate(zip(ctx.eval_examples, greedy, strict=True))

@@ -143,10 +143,10 @@ def test_unknown_config_field_is_rejected(tmp_path):
 def test_config_files_build(name):
     import importlib
 
-    from rl_jax.trainers.rl import settings_from_config
+    from rl_jax.algorithm import RLSettings
 
     config = importlib.import_module(f"configs.{name}").get_config()
-    settings = settings_from_config(config)
+    settings = RLSettings.from_config(config)
     assert settings.estimator == config.rl.estimator
     if config.task.name != "gsm8k":
         from rl_jax.trainers.setup import build_task
@@ -254,3 +254,31 @@ def test_missing_eos_marks_responses_that_hit_the_budget():
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
     np.testing.assert_array_equal(missing_eos(tokens, mask, (2, 9)),
                                   [False, True, False, True, True])
+
+
+def test_evaluation_does_not_change_what_rl_samples_from(tmp_path):
+    """The shared sampler holds no weights: evaluating other params between two rollouts of the
+    training params leaves the second rollout equal to the first (on the run's 8-device mesh)."""
+    from flax import nnx
+
+    from rl_jax import models
+    from rl_jax.trainers import evaluation, rl, setup
+
+    config = tiny_config()
+    mesh = parallel.make_mesh()
+    ctx = setup.build_context(config, str(tmp_path), mesh)
+    assert ctx.sampler.mesh is mesh
+    ctx.check_mesh(mesh)
+    with pytest.raises(ValueError, match=r"build_context\(config, workdir, mesh\)"):
+        ctx.check_mesh(None)
+    params = nnx.state(ctx.policy)
+    other = nnx.state(models.CausalLM(ctx.policy.config, rngs=nnx.Rngs(config.seed + 1)))
+    key = jax.random.key(3)
+    before, _ = rl.sample_round(ctx, params, 0, key)
+    evaluation.evaluate(ctx, other, jax.random.key(4), k=config.eval.k)
+    after, _ = rl.sample_round(ctx, params, 0, key)
+    np.testing.assert_array_equal(after.response_tokens, before.response_tokens)
+    np.testing.assert_array_equal(after.sampler_logprobs, before.sampler_logprobs)
+    # Negative control: the evaluated weights sample something else from the same key.
+    theirs, _ = rl.sample_round(ctx, other, 0, key)
+    assert not np.allclose(theirs.sampler_logprobs, before.sampler_logprobs)

@@ -19,14 +19,13 @@ from rl_jax.models.gguf import (
     unpermute_qk,
 )
 from rl_jax.models.hf_io import (
-    load_causal_lm,
     load_config,
-    load_pretrained,
     params_from_hf,
     read_hf_tensors,
     save_pretrained,
     to_hf_tensors,
 )
+from rl_jax.models.loading import load_causal_lm, load_pretrained
 from rl_jax.models.lora import (
     adapters_off,
     add_adapters,

@@ -3,9 +3,13 @@
 Example (with an rl_jax model)::
 
     sampler = Sampler.from_model(model, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
-    out = sampler.generate(prompt_token_lists, jax.random.key(0), n=8, max_new_tokens=64)
+    params = nnx.state(model)
+    out = sampler.generate(params, prompt_token_lists, jax.random.key(0), n=8, max_new_tokens=64)
     out.response_tokens    # [num_prompts * 8, 64]; rows [i * 8, (i + 1) * 8) answer prompt i
-    sampler.params = new_params   # after a training step: same structure, no recompilation
+    out = sampler.generate(new_params, ...)  # after a training step: same structure, no recompile
+
+The sampler holds no weights: every call samples from the params it is given, so sharing one
+sampler between training and evaluation cannot change what either samples from.
 
 Compilation: one compile per distinct (num_prompts, prompt bucket, new-token bucket, n, greedy,
 top_k, top-p on/off). Prompt lengths are rounded up to powers of two (at least
@@ -16,14 +20,15 @@ longest prompt varies between 4 and 60 tokens, at a fixed max_new_tokens, compil
 tests/test_sampler.py::test_hundred_batches_compile_once_per_bucket.
 `Sampler.num_compiles` counts the compilations of this sampler.
 
-Devices: with `sampler.mesh` set (a `rl_jax.parallel.make_mesh` mesh; the trainers set it), the
-prompts go in split over the mesh's devices and the decode loop's rows (`num_prompts * n`) are
-constrained to stay split, so each device decodes only its share; the parameters are read with
-the sharding they have (the trainer's own arrays: no copy). When `num_prompts * n` does not
-divide by the device count, copies of the last prompt are appended until it does, and their rows
-are dropped from the output (the kept rows are the same as without the padding). The prefill of
-the prompts is split too when `num_prompts` (after padding) divides by the device count, else
-it runs on every device (a small part of the work: one forward pass per prompt).
+Devices: with a `mesh` (`Sampler(..., mesh=mesh)`, a `rl_jax.parallel.make_mesh` mesh, fixed at
+construction; the trainers build theirs on the run's mesh), the prompts go in split over the
+mesh's devices and the decode loop's rows (`num_prompts * n`) are constrained to stay split, so
+each device decodes only its share; the parameters are read with the sharding they have (the
+trainer's own arrays: no copy). When `num_prompts * n` does not divide by the device count,
+copies of the last prompt are appended until it does, and their rows are dropped from the output
+(the kept rows are the same as without the padding). The prefill of the prompts is split too
+when `num_prompts` (after padding) divides by the device count, else it runs on every device (a
+small part of the work: one forward pass per prompt).
 """
 
 from __future__ import annotations
@@ -76,18 +81,14 @@ class SampleOutput(NamedTuple):
 class Sampler:
     """Batched KV-cache sampler around a pure `apply_fn`; see the module docstring.
 
-    Attributes:
-      params: the parameters passed to apply_fn; assign new ones (same structure, shapes and
-        dtypes) to sample from updated weights without recompiling.
-      mesh: None (run where the params are, on one device: all rows everywhere), or a
-        `jax.sharding.Mesh` with the `rl_jax.parallel` batch axes: rows split over its devices.
+    The weights are an argument of `generate` (any params of the same structure, shapes and
+    dtypes reuse the compiled programs); the mesh is fixed at construction (`Sampler.mesh`).
     """
 
     def __init__(
         self,
         apply_fn: ApplyFn,
         init_cache_fn: InitCacheFn,
-        params: Any,
         *,
         max_len: int,
         eos_ids: Sequence[int] = (),
@@ -95,12 +96,12 @@ class Sampler:
         min_prompt_bucket: int = 16,
         min_new_tokens_bucket: int = 16,
         cache_stages: int = 4,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         """Args:
         apply_fn: (params, tokens, positions, key_mask, cache, cache_index) -> (logits, cache),
           see rl_jax.rollout.decode.
         init_cache_fn: (batch, cache_len) -> cache.
-        params: model parameters.
         max_len: the model's context; prompt length + max_new_tokens must not exceed it.
         eos_ids: ids that end a sequence (empty: always generate max_new_tokens).
         pad_id: id used for prompt left padding and after a sequence ends.
@@ -108,11 +109,12 @@ class Sampler:
         cache_stages: the decode loop runs in this many stages over growing caches (at most one
           per new token; see rl_jax.rollout.decode): fewer empty cache slots are read per step,
           at the cost of one compiled loop body per stage. 1: a single loop.
+        mesh: None (run where the params are, on one device: all rows everywhere), or a
+          `jax.sharding.Mesh` with the `rl_jax.parallel` batch axes: rows split over its devices.
         """
         if cache_stages < 1:
             raise ValueError(f"cache_stages must be >= 1, got {cache_stages}")
-        self.params = params
-        self.mesh: jax.sharding.Mesh | None = None
+        self._mesh = mesh
         self.max_len = int(max_len)
         self.eos_ids = tuple(int(i) for i in eos_ids)
         self.pad_id = int(pad_id)
@@ -133,19 +135,20 @@ class Sampler:
         pad_id: int = 0,
         max_len: int | None = None,
         cache_dtype: Any = None,
+        mesh: jax.sharding.Mesh | None = None,
         **kwargs: Any,
     ) -> Sampler:
-        """A sampler for an `rl_jax.models.CausalLM` (split into graphdef and state here).
+        """A sampler for an `rl_jax.models.CausalLM`: its graphdef (the structure) is kept, not
+        its weights; `generate` takes `nnx.state(model)` or params of the same structure.
 
         max_len defaults to the config's max_position_embeddings; cache_dtype to
         `init_decode_cache`'s (the model's compute dtype).
-        Later weights go in through `sampler.params = nnx.state(model)`.
         """
         from flax import nnx
 
         from rl_jax.models import apply_lm, init_decode_cache
 
-        graphdef, state = nnx.split(model)
+        graphdef, _ = nnx.split(model)
         config = model.config
 
         def apply_fn(params, tokens, positions, key_mask, cache, cache_index):
@@ -159,12 +162,17 @@ class Sampler:
         return cls(
             apply_fn,
             init_cache_fn,
-            state,
             max_len=max_len,
             eos_ids=eos_ids,
             pad_id=pad_id,
+            mesh=mesh,
             **kwargs,
         )
+
+    @property
+    def mesh(self) -> jax.sharding.Mesh | None:
+        """The mesh the rows are split over (None: one device), fixed at construction."""
+        return self._mesh
 
     @property
     def num_compiles(self) -> int:
@@ -237,6 +245,7 @@ class Sampler:
 
     def generate(
         self,
+        params: Any,
         prompts: Prompts,
         key: jax.Array,
         *,
@@ -251,6 +260,8 @@ class Sampler:
         """Samples `n` responses per prompt.
 
         Args:
+          params: the weights to sample from, as apply_fn takes them (for `from_model`,
+            `nnx.state(model)`); the same structure, shapes and dtypes reuse the compiled program.
           prompts: list of token-id sequences, or a [num_prompts, time] array with prompt_mask.
           key: PRNG key; the same key and inputs give the same output.
           max_new_tokens: at most this many tokens per response (fewer after an EOS id).
@@ -265,11 +276,11 @@ class Sampler:
           SampleOutput; logprobs are under the tempered unfiltered distribution.
         """
         args, kwargs, (tokens, mask) = self._decode_call(
-            prompts, key, max_new_tokens=max_new_tokens, n=n, temperature=temperature,
+            params, prompts, key, max_new_tokens=max_new_tokens, n=n, temperature=temperature,
             top_k=top_k, top_p=top_p, greedy=greedy, prompt_mask=prompt_mask,
         )
         out = self._decode(*args, **kwargs)
-        rows = len(tokens) * n  # without the rows of padding prompts (see Sampler.mesh)
+        rows = len(tokens) * n  # without the rows of padding prompts (see the module docstring)
         return SampleOutput(
             prompt_tokens=jnp.asarray(np.repeat(tokens, n, axis=0)),
             prompt_mask=jnp.asarray(np.repeat(mask, n, axis=0)),
@@ -281,14 +292,17 @@ class Sampler:
             num_steps=out.num_steps,
         )
 
-    def lower(self, prompts: Prompts, key: jax.Array, **options: Any) -> jax.stages.Lowered:
-        """The decode program `generate(prompts, key, **options)` runs, lowered (not run): to
-        inspect what each device computes (`rl_jax.parallel.compiled_work`)."""
-        args, kwargs, _ = self._decode_call(prompts, key, **options)
+    def lower(
+        self, params: Any, prompts: Prompts, key: jax.Array, **options: Any
+    ) -> jax.stages.Lowered:
+        """The decode program `generate(params, prompts, key, **options)` runs, lowered (not
+        run): to inspect what each device computes (`rl_jax.parallel.compiled_work`)."""
+        args, kwargs, _ = self._decode_call(params, prompts, key, **options)
         return self._decode.lower(*args, **kwargs)
 
     def _decode_call(
         self,
+        params: Any,
         prompts: Prompts,
         key: jax.Array,
         *,
@@ -323,14 +337,14 @@ class Sampler:
             cache_stages=self.cache_stages,
         )
         args = (
-            self.params,
+            params,
             *self._place_prompts(tokens, mask, n),
             key,
             jnp.float32(temperature),
             jnp.float32(top_p if use_top_p else 1.0),
             jnp.int32(max_new_tokens),
         )
-        return args, {"settings": settings, "mesh": self.mesh}, (tokens, mask)
+        return args, {"settings": settings, "mesh": self._mesh}, (tokens, mask)
 
     def _place_prompts(
         self, tokens: np.ndarray, mask: np.ndarray, n: int
@@ -338,12 +352,12 @@ class Sampler:
         """The prompt arrays as the decode function takes them: as they are without a mesh;
         with one, padded (copies of the last prompt) until ``prompts * n`` divides by the device
         count, and split over the devices when the prompts themselves divide."""
-        if self.mesh is None:
+        if self._mesh is None:
             return jnp.asarray(tokens), jnp.asarray(mask)
-        devices = parallel.num_batch_devices(self.mesh)
+        devices = parallel.num_batch_devices(self._mesh)
         step = devices // np.gcd(n, devices)  # prompts * n divides iff prompts divides by this
         pad = -len(tokens) % step
         tokens, mask = (np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in (tokens, mask))
         if len(tokens) % devices:
-            return tuple(jax.device_put(x, parallel.replicated(self.mesh)) for x in (tokens, mask))
-        return parallel.place_rows((tokens, mask), self.mesh)[0]
+            return tuple(jax.device_put(x, parallel.replicated(self._mesh)) for x in (tokens, mask))
+        return parallel.place_rows((tokens, mask), self._mesh)[0]

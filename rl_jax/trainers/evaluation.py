@@ -59,12 +59,11 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
     examples = ctx.eval_examples
     correctness = cfg.rewards.correctness
     rows_per_call = cfg.rl.num_prompts * cfg.rl.group_size
-    ctx.sampler.params = params
     prompts = ctx.encode_prompts(examples)
     texts, lengths = [], []
     for part in eval_chunks(len(prompts), rows_per_call):
-        out = ctx.sampler.generate(prompts[part], key, max_new_tokens=cfg.rollout.max_new_tokens,
-                                   greedy=True)
+        out = ctx.sampler.generate(params, prompts[part], key,
+                                   max_new_tokens=cfg.rollout.max_new_tokens, greedy=True)
         # The whole output on every process (an all-gather when the mesh spans processes).
         texts += ctx.decode_responses(to_host(out.response_tokens), to_host(out.response_mask))
         lengths.append(to_host(out.response_lengths))
@@ -81,6 +80,7 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
         texts = []
         for c, part in enumerate(eval_chunks(len(prompts), max(1, rows_per_call // k))):
             out = ctx.sampler.generate(
+                params,
                 prompts[part],
                 jax.random.fold_in(sample_key, c),
                 n=k,

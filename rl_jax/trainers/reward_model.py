@@ -1,4 +1,4 @@
-"""Reward-model training from human preferences (pairs or K-wise rankings), and the learned reward.
+"""Reward-model training from human preferences (pairs or K-wise rankings).
 
 A reward model is the policy backbone with a scalar head read at the last real token
 (``models.RewardModel``), started from the SFT policy (InstructGPT) or a Hugging Face checkpoint.
@@ -39,60 +39,13 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import data, models, parallel, rewards
-from rl_jax.config import RM_LOSSES
+from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
+from rl_jax.reward_losses import pair_accuracy, preference_loss
 from rl_jax.rollout import right_pad
-from rl_jax.trainers.loop import Stage, TrainState, init_state, make_train_step, run_stage
+from rl_jax.train_state import TrainState, init_state, make_train_step
+from rl_jax.trainers.loop import Stage, run_stage
 from rl_jax.trainers.setup import Context, stage_key
-
-
-@dataclasses.dataclass
-class LearnedReward:
-    """A trained reward model and its normalisation: ``score = (r - mean) / std``.
-
-    With ``mesh``, the rows to score go in split over its devices (padded to a multiple of the
-    device count with copies of the last row, whose scores are dropped) and the parameters are
-    read with the sharding they have; without, every device scores every row.
-    """
-
-    graphdef: nnx.GraphDef
-    params: Any
-    mean: float
-    std: float
-    mesh: jax.sharding.Mesh | None = None
-
-    @functools.cached_property
-    def _apply(self):
-        def apply(params, tokens, mask):
-            return models.apply_model(
-                self.graphdef, params, tokens, models.positions_from_mask(mask), mask
-            )
-
-        if self.mesh is None:
-            return jax.jit(apply)
-        return jax.jit(apply, out_shardings=parallel.batch_sharding(self.mesh))
-
-    def _inputs(self, tokens: np.ndarray, mask: np.ndarray) -> tuple[tuple, int]:
-        """The jitted scorer's arguments, and the number of real rows."""
-        arrays = (np.asarray(tokens), np.asarray(mask, np.int32))
-        if self.mesh is None:
-            return (self.params, *map(jnp.asarray, arrays)), len(arrays[0])
-        placed, rows = parallel.place_rows(arrays, self.mesh)
-        return (self.params, *placed), rows
-
-    def lower(self, tokens: np.ndarray, mask: np.ndarray) -> jax.stages.Lowered:
-        """The scoring program of ``raw(tokens, mask)``, lowered: for
-        ``rl_jax.parallel.compiled_work``."""
-        return self._apply.lower(*self._inputs(tokens, mask)[0])
-
-    def raw(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """``[batch]`` rewards of ``[batch, time]`` token rows (any padding) as the model gives."""
-        args, rows = self._inputs(tokens, mask)
-        return np.asarray(self._apply(*args))[:rows]
-
-    def __call__(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """``[batch]`` normalised rewards of ``[batch, time]`` token rows."""
-        return ((self.raw(tokens, mask) - self.mean) / self.std).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,36 +128,6 @@ def rm_batch(
     }
 
 
-def preference_loss(
-    scores: jax.Array, ranks: jax.Array, present: jax.Array, margin: jax.Array, loss: str
-) -> jax.Array:
-    """The ``loss`` (one of ``RM_LOSSES``) of ``[P, K]`` scores; ``margin`` ``[P]`` (pairwise)."""
-    if loss == "pairwise":
-        if scores.shape[1] != 2:
-            raise ValueError(
-                f"the pairwise loss needs K = 2 responses a prompt, got {scores.shape[1]}"
-            )
-        first_better = ranks[:, 0] < ranks[:, 1]
-        chosen = jnp.where(first_better, scores[:, 0], scores[:, 1])
-        rejected = jnp.where(first_better, scores[:, 1], scores[:, 0])
-        return rl_jax.pairwise_loss(chosen, rejected, margin=margin)
-    if loss == "ranking":
-        return rl_jax.ranking_loss(scores, ranks, present)
-    if loss == "listwise":
-        return rl_jax.listwise_loss(scores, ranks, present)
-    raise ValueError(f"unknown reward-model loss {loss!r}; known: {RM_LOSSES}")
-
-
-def pair_accuracy(scores: jax.Array, ranks: jax.Array, present: jax.Array) -> jax.Array:
-    """Fraction of ordered pairs (``rank_i < rank_j``, both present) with ``score_i > score_j``;
-    ties count 1/2, no pair gives 0. scores, ranks, present: ``[prompts, K]``."""
-    live = present.astype(bool)
-    pairs = (ranks[:, :, None] < ranks[:, None, :]) & live[:, :, None] & live[:, None, :]
-    diff = scores[:, :, None] - scores[:, None, :]
-    right = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
-    return (right * pairs).sum() / jnp.maximum(pairs.sum(), 1)
-
-
 def make_rm_loss(graphdef: nnx.GraphDef, loss: str):
     """``loss_fn(params, batch) -> (loss, metrics)`` over one ``rm_batch``."""
 
@@ -245,11 +168,11 @@ def synthetic_preferences(
     """``num_responses`` samples of the policy per example, ranked by the reward ``gold``
     (prompts whose samples all tie are dropped)."""
     cfg = ctx.config.rollout
-    ctx.sampler.params = policy_params
     prefs = []
     for start in range(0, len(examples), chunk):
         part = list(examples[start : start + chunk])
         out = ctx.sampler.generate(
+            policy_params,
             ctx.encode_prompts(part),
             jax.random.fold_in(key, start),
             n=num_responses,
@@ -366,7 +289,7 @@ def run_rm(
     state, sharding = init_state({"reward": params}, tx, mesh)
     loss_fn = make_rm_loss(graphdef, cfg.loss)
     step = parallel.data_parallel_step(make_train_step(loss_fn, tx), mesh, sharding)
-    ctx.sampler.mesh = mesh  # synthetic preferences: each device samples its share
+    ctx.check_mesh(mesh)  # synthetic preferences: each device samples its share
 
     @functools.cache
     def prepared() -> tuple[data.FileDataset, list[EncodedPreference], int, int, int]:

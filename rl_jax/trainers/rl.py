@@ -1,4 +1,4 @@
-"""The RL loop: one loop for PPO, GRPO and their variants (see ``rl_step`` for the jitted parts).
+"""The RL loop: one loop for PPO, GRPO and their variants (``rl_jax.algorithm``: the jitted parts).
 
 Each iteration: take prompts -> sample ``group_size`` responses each -> score them with the reward
 functions and/or a learned reward model (optionally dropping groups whose rewards are all equal and
@@ -16,62 +16,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 import rl_jax
 from rl_jax import models, parallel, rewards
+from rl_jax.algorithm import RLSettings, RolloutBatch, ScoreShaping, build_rl_step, shape_scores
+from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
+from rl_jax.train_state import TrainState, init_state
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.loop import Stage, StageResult, TrainState, init_state, run_stage
-from rl_jax.trainers.reward_model import LearnedReward
-from rl_jax.trainers.rl_step import RLSettings, make_loss, make_prepare, make_update
+from rl_jax.trainers.loop import Stage, StageResult, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
-TRAIN_KEYS = ("tokens", "mask", "response_mask", "sampler_logprobs")  # what the update reads
-
-
-def settings_from_config(config: ml_collections.ConfigDict) -> RLSettings:
-    """The static RL options of a config (``rl``, ``rollout``, ``loss``, ``kl`` sections)."""
-    rl, loss, kl = config.rl, config.loss, config.kl
-    return RLSettings(
-        estimator=rl.estimator,
-        group_size=rl.group_size,
-        temperature=config.rollout.temperature,
-        gamma=rl.gamma,
-        lam=rl.lam,
-        whiten_advantages=rl.whiten_advantages,
-        whiten_rewards=rl.whiten_rewards,
-        kl_loss_coef=0.0 if kl.in_reward else kl.coef,
-        kl_in_reward=kl.in_reward and kl.coef > 0,
-        kl_estimator=kl.estimator,
-        clip_low=loss.clip_low,
-        clip_high=loss.clip_high,
-        dual_clip=loss.dual_clip or None,
-        ratio_level=loss.ratio_level,
-        agg=loss.agg,
-        max_len=config.rollout.max_new_tokens,
-        vf_coef=loss.vf_coef,
-        value_clip=loss.value_clip or None,
-        count_empty_rows=loss.count_empty_rows,
-        overlong_filter=rl.overlong_filter,
-        policy_loss=loss.policy_loss,
-        gmpo_clip=loss.gmpo_clip,
-        cov_ratio=loss.cov_ratio,
-        cov_lower=loss.cov_lower,
-        cov_upper=loss.cov_upper,
-        kl_cov_coef=loss.kl_cov_coef,
-        is_correction=loss.is_correction,
-        is_cap=loss.is_cap,
-        is_low=loss.is_low,
-        is_high=loss.is_high,
-        epochs=rl.epochs,
-        num_minibatches=rl.num_minibatches,
-        seed=config.seed,
-        logits_chunk=config.model.logits_chunk,
-    )
 
 
 @dataclasses.dataclass
@@ -104,23 +62,6 @@ def missing_eos(response_tokens: np.ndarray, response_mask: np.ndarray, eos_ids)
     lengths = np.asarray(response_mask).sum(1).astype(np.int64)
     last = np.asarray(response_tokens)[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
     return ~np.isin(last, np.asarray(eos_ids)) | (lengths == 0)
-
-
-def shape_scores(cfg: ml_collections.ConfigDict, scores, lengths, truncated) -> np.ndarray:
-    """DAPO's soft overlong punishment and PPO's missing-EOS score (both optional).
-
-    Overlong: with budget ``N`` and buffer ``b``, a response of length ``L > N - b`` gets
-    ``-penalty * (L - (N - b)) / b``. EOS trick: a response that hit ``N`` without EOS scores
-    ``missing_eos_score`` instead of its reward.
-    """
-    scores = scores.astype(np.float32).copy()
-    rl = cfg.rl
-    if rl.overlong_buffer > 0:
-        start = cfg.rollout.max_new_tokens - rl.overlong_buffer
-        scores -= rl.overlong_penalty * np.clip((lengths - start) / rl.overlong_buffer, 0.0, 1.0)
-    if rl.eos_trick:
-        scores = np.where(truncated, rl.missing_eos_score, scores)
-    return scores
 
 
 # Third word of the reward-shuffle generator's seed ("shuf" in ASCII): apart from the data streams.
@@ -159,13 +100,19 @@ def score_responses(
 
 
 def sample_round(
-    ctx: Context, position: int, key: jax.Array, reward_model: LearnedReward | None = None
+    ctx: Context,
+    policy_params: Any,
+    position: int,
+    key: jax.Array,
+    reward_model: LearnedReward | None = None,
 ) -> tuple[Round, float]:
-    """Samples and scores the prompts of data position ``position``; also the scoring seconds."""
+    """Samples (from ``policy_params``) and scores the prompts of data position ``position``;
+    also the scoring seconds."""
     cfg = ctx.config
     examples = ctx.task.batch(position, cfg.rl.num_prompts)
     n = cfg.rl.group_size
     out = ctx.sampler.generate(
+        policy_params,
         ctx.encode_prompts(examples),
         key,
         n=n,
@@ -190,7 +137,7 @@ def sample_round(
     correct = rewards.combine_rewards({cfg.rewards.correctness: 1.0}, texts, repeated)[0]
     lengths = response_mask.sum(1)
     truncated = missing_eos(out.response_tokens, response_mask, ctx.eos_ids)
-    scores = shape_scores(cfg, total, lengths, truncated)
+    scores = shape_scores(ScoreShaping.from_config(cfg), total, lengths, truncated)
     if cfg.rl.shuffle_rewards:
         scores = shuffle_scores(scores, cfg.seed, position)
     scoring_seconds = time.perf_counter() - start
@@ -227,9 +174,14 @@ def _concat(rounds: list[Round], pad_id: int) -> Round:
 
 
 def collect(
-    ctx: Context, position: int, key: jax.Array, reward_model: LearnedReward | None = None
+    ctx: Context,
+    policy_params: Any,
+    position: int,
+    key: jax.Array,
+    reward_model: LearnedReward | None = None,
 ) -> tuple[Round, int, dict[str, float]]:
-    """The rollout batch of one step, with dynamic sampling when configured.
+    """The rollout batch of one step, sampled from ``policy_params``, with dynamic sampling when
+    configured.
 
     Returns the batch (``num_prompts * group_size`` rows), the next data position and metrics.
     With dynamic sampling, groups whose scores are all equal are dropped and new prompts are
@@ -246,7 +198,9 @@ def collect(
     generated = 0.0
     scoring = 0.0
     while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
-        batch, seconds = sample_round(ctx, position, jax.random.fold_in(key, rounds), reward_model)
+        batch, seconds = sample_round(
+            ctx, policy_params, position, jax.random.fold_in(key, rounds), reward_model
+        )
         scoring += seconds
         position += 1
         rounds += 1
@@ -307,16 +261,16 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
     return metrics
 
 
-def device_batch(batch: Round) -> dict[str, np.ndarray]:
-    """The arrays ``prepare`` reads: tokens and masks, scores, sampler log-probs, truncation."""
-    return {
-        "tokens": np.concatenate([batch.prompt_tokens, batch.response_tokens], 1).astype(np.int32),
-        "mask": np.concatenate([batch.prompt_mask, batch.response_mask], 1).astype(np.float32),
-        "response_mask": batch.response_mask.astype(np.float32),
-        "sampler_logprobs": batch.sampler_logprobs.astype(np.float32),
-        "scores": batch.scores.astype(np.float32),
-        "truncated": batch.truncated.astype(np.float32),  # read by rl.overlong_filter
-    }
+def device_batch(batch: Round) -> RolloutBatch:
+    """The host arrays ``prepare`` reads: tokens, masks, scores, sampler log-probs, truncation."""
+    return RolloutBatch(
+        tokens=np.concatenate([batch.prompt_tokens, batch.response_tokens], 1).astype(np.int32),
+        mask=np.concatenate([batch.prompt_mask, batch.response_mask], 1).astype(np.float32),
+        response_mask=batch.response_mask.astype(np.float32),
+        sampler_logprobs=batch.sampler_logprobs.astype(np.float32),
+        scores=batch.scores.astype(np.float32),
+        truncated=batch.truncated.astype(np.float32),
+    )
 
 
 def init_params(
@@ -363,7 +317,7 @@ def run_rl(
     """
     config = ctx.config
     cfg = config.rl
-    settings = settings_from_config(config)
+    settings = RLSettings.from_config(config)
     lora = models.has_adapters(policy_params)
     if lora and "sft" in config.stages:
         policy_params = models.fold_adapters(ctx.graphdef, policy_params)
@@ -377,21 +331,19 @@ def run_rl(
         )
     # Every part runs on each device's share of the rows: prepare and update take the batch split
     # (update re-splits its shuffled minibatches), the sampler and reward model split theirs.
-    prepare = jax.jit(
-        make_prepare(settings, ctx.graphdef, value_graphdef),
-        out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+    rl_step = build_rl_step(
+        settings, tx, ctx.graphdef, value_graphdef, mesh=mesh, state_sharding=sharding
     )
-    loss_fn = make_loss(settings, ctx.graphdef, value_graphdef)
-    update = parallel.data_parallel_step(make_update(settings, tx, loss_fn, mesh), mesh, sharding)
-    ctx.sampler.mesh = mesh
+    ctx.check_mesh(mesh)
     latest: list[Round] = []  # the last rollout batch, for the samples text
 
     def batch(step: int, state: TrainState, host: dict):
         """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
         t0 = time.perf_counter()
-        ctx.sampler.params = state.params["policy"]
         key = stage_key(config.seed, "rl", step)
-        rollout, position, metrics = collect(ctx, host["position"], key, reward_model)
+        rollout, position, metrics = collect(
+            ctx, state.params["policy"], host["position"], key, reward_model
+        )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
         latest[:] = [rollout]
         arrays = parallel.shard_batch(device_batch(rollout), mesh)
@@ -399,7 +351,9 @@ def run_rl(
         reference = ref_params
         if settings.needs_reference and lora:
             reference = models.adapters_off(state.params["policy"])
-        extra, prep_metrics = prepare(state.params, reference, arrays, jnp.float32(kl_coef))
+        train_batch, prep_metrics = rl_step.prepare(
+            state.params, reference, arrays, jnp.float32(kl_coef)
+        )
         if settings.kl_in_reward and config.kl.target > 0:  # needs this step's KL on the host
             kl_coef = float(
                 rl_jax.adaptive_kl_update(
@@ -411,12 +365,11 @@ def run_rl(
                 )
             )
         metrics["kl_coef"] = kl_coef
-        train_batch = {k: arrays[k] for k in TRAIN_KEYS} | extra
         return (train_batch, prep_metrics), metrics, {"position": position, "kl_coef": kl_coef}
 
     def step(state: TrainState, batch):
         train_batch, prep_metrics = batch
-        state, metrics = update(state, train_batch)
+        state, metrics = rl_step.update(state, train_batch)
         return state, {**prep_metrics, **metrics}
 
     def finish_metrics(metrics: dict[str, float]) -> dict[str, float]:

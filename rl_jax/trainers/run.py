@@ -14,13 +14,14 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rl_jax import memory, parallel
+from rl_jax.algorithm import RLSettings
 from rl_jax.config import ConfigError, check_config
 from rl_jax.trainers import plots
 from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
 from rl_jax.trainers.reward_model import run_rm
-from rl_jax.trainers.rl import run_rl, settings_from_config
+from rl_jax.trainers.rl import run_rl
 from rl_jax.trainers.setup import build_context
-from rl_jax.trainers.sft import run_sft
+from rl_jax.trainers.sft import run_sft, sft_batch
 from rl_jax.trainers.workdir import ConfigChangedError, check_workdir_config, locked
 
 
@@ -30,7 +31,7 @@ def _rl_resumes_without_sft(config: ml_collections.ConfigDict, workdir: str) -> 
     restore then only needs a template of the policy's structure: the fresh params serve."""
     if "rl" not in config.stages or "rm" in config.stages:
         return False
-    if settings_from_config(config).needs_reference:
+    if RLSettings.from_config(config).needs_reference:
         return False
     directory = os.path.join(workdir, "rl")
     return os.path.isdir(directory) and any(
@@ -126,7 +127,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mes
     print(f"devices: {mesh.devices.size} ({jax.devices()[0].platform}) in "
           f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
           f"policy: {num_params:,} parameters")
-    memory.startup_check(config, ctx, mesh)  # MemoryError here, before anything is compiled
+    memory_startup_check(config, ctx, mesh)  # MemoryError here, before anything is compiled
     params = nnx.state(ctx.policy)
     summary: dict = {}
     if "sft" in config.stages and _rl_resumes_without_sft(config, workdir):
@@ -150,3 +151,31 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mes
         print(plots.final_table(summary))
     summary["params"] = params
     return summary
+
+
+def memory_startup_check(config: ml_collections.ConfigDict, ctx, mesh: jax.sharding.Mesh) -> dict:
+    """Prints the memory estimate of a run (``rl_jax.memory``; its context ``ctx`` from
+    ``build_context``) and raises ``MemoryError`` if it exceeds the device (``memory.check``).
+    Returns the estimate.
+
+    Lengths come from the data: the longest prompt of RL's first batch and of the evaluation set,
+    and the SFT batch of step 0 (its bucketed width).
+    """
+    prompts = ctx.encode_prompts(ctx.eval_examples)
+    if "rl" in config.stages:
+        prompts += ctx.encode_prompts(ctx.task.batch(0, config.rl.num_prompts))
+    sft_len = None
+    if "sft" in config.stages:
+        sft_len = sft_batch(ctx, ctx.task.batch(0, config.sft.batch_size))["tokens"].shape[1]
+    est = memory.estimate(
+        config, ctx.policy.config, settings=RLSettings.from_config(config),
+        num_devices=mesh.devices.size, fsdp=mesh.shape[parallel.FSDP],
+        prompt_len=max((len(p) for p in prompts), default=0), sft_len=sft_len,
+    )
+    limit = memory.device_limit(config)
+    print(memory.format_table(est, limit))
+    if limit is None:
+        print("  (no device memory limit known: set memory.device_gb to check against one)")
+    if config.memory.check:
+        memory.check_fits(est, limit)
+    return est

@@ -31,8 +31,16 @@ class Context:
     eval_examples: list
     policy: models.CausalLM  # initial weights (pretrained or fresh)
     graphdef: nnx.GraphDef
-    sampler: Sampler
+    sampler: Sampler  # built on the run's mesh; every call passes the weights it samples from
     eos_ids: tuple[int, ...]  # every id that ends a response (``resolve_eos_ids``)
+
+    def check_mesh(self, mesh: jax.sharding.Mesh | None) -> None:
+        """ValueError unless the sampler was built on ``mesh`` (``build_context(config, workdir,
+        mesh)``): a stage samples on the mesh it trains on."""
+        if self.sampler.mesh != mesh:
+            raise ValueError(f"the context's sampler runs on mesh {self.sampler.mesh}, the stage "
+                             f"on {mesh}; expected build_context(config, workdir, mesh) with the "
+                             "stage's mesh")
 
     def encode_prompts(self, examples: Sequence[data.Example]) -> list[list[int]]:
         """Prompt token ids: with ``task.chat_template``, each prompt as the user's turn of the
@@ -208,7 +216,8 @@ def build_context(
 ) -> Context:
     """Task, tokenizer (checked against ``task.chat_template``), policy and sampler.
 
-    ``mesh``: where a loaded policy's parameters are placed, shard by shard (``build_policy``).
+    ``mesh``: where a loaded policy's parameters are placed, shard by shard (``build_policy``),
+    and what the sampler splits its rows over (the stages run on it; None: one device).
 
     The sampler stops at every id of ``resolve_eos_ids``; a tokenizer without a pad token gets
     one (``resolve_pad_id``), said once here.
@@ -240,7 +249,8 @@ def build_context(
         print(f"tokenizer: no pad token; padding with the first EOS id {pad_id} "
               f"({tokenizer.convert_ids_to_tokens(pad_id)!r}; padding is always masked)")
     graphdef, _ = nnx.split(policy)
-    sampler = Sampler.from_model(policy, eos_ids=eos_ids, pad_id=tokenizer.pad_token_id)
+    sampler = Sampler.from_model(policy, eos_ids=eos_ids, pad_id=tokenizer.pad_token_id,
+                                 mesh=mesh)
     return Context(
         config=config,
         workdir=workdir,

@@ -17,15 +17,9 @@ from rl_jax import models, parallel
 from rl_jax.chunked import DEFAULT_CHUNK, chunked_token_stats
 from rl_jax.optim import make_optimizer
 from rl_jax.rollout import right_pad
+from rl_jax.train_state import TrainState, init_state, make_train_step
 from rl_jax.trainers.evaluation import evaluate
-from rl_jax.trainers.loop import (
-    Stage,
-    StageResult,
-    TrainState,
-    init_state,
-    make_train_step,
-    run_stage,
-)
+from rl_jax.trainers.loop import Stage, StageResult, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 
 
@@ -96,7 +90,7 @@ def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
     state, sharding = init_state({"policy": params}, tx, mesh)
     train_step = make_train_step(make_sft_loss(ctx.graphdef, ctx.config.model.logits_chunk), tx)
     step = parallel.data_parallel_step(train_step, mesh, sharding)
-    ctx.sampler.mesh = mesh  # evaluation decodes each device's share of the prompts
+    ctx.check_mesh(mesh)  # evaluation decodes each device's share of the prompts
 
     def batch(step: int, state: TrainState, host: dict):
         examples = parallel.process_share(ctx.task.batch(step, cfg.batch_size), mesh)

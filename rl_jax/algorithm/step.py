@@ -1,18 +1,19 @@
 """The jitted parts of one RL iteration, shared by PPO, GRPO and their variants.
 
+``build_rl_step`` is the one way to get them: the RL stage, the benchmarks and the tests call it.
+
 An iteration is: sample -> score (host) -> ``prepare`` (old/ref log-probs, values, advantages) ->
 ``update`` (``epochs x minibatches`` of clipped policy and value updates in one ``lax.scan``).
 The algorithm is entirely in ``RLSettings``: which advantage estimator, where the KL goes, which
 loss options, and whether a critic exists.
 
-Batch layout: ``tokens``/``mask`` are ``[batch, P + R]`` (the left-padded prompt, then the
-response); the response part of every per-token array is ``[batch, R]``; logits at position
-``P - 1 + t`` predict response token ``t``.
+Batch layout: see ``rl_jax.algorithm.batch``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,68 +22,11 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models, parallel
-from rl_jax.chunked import DEFAULT_CHUNK, chunked_token_stats
-from rl_jax.trainers.loop import TrainState, optimizer_step
-
-
-@dataclasses.dataclass(frozen=True)
-class RLSettings:
-    """Static options of the RL step (hashable, so jit specialises on them); built from a config
-    that ``rl_jax.config.check_config`` validated."""
-
-    estimator: str
-    group_size: int
-    temperature: float
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = False
-    whiten_rewards: bool = False  # scale the sequence scores to unit variance (mean kept)
-    kl_loss_coef: float = 0.0  # GRPO's beta: KL to the reference as a loss term
-    kl_in_reward: bool = False  # PPO/REINFORCE++: -coef * KL(token) added to the token rewards
-    kl_estimator: str = "k3"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
-    ratio_level: str = "token"
-    agg: str = "token-mean"
-    max_len: int | None = None
-    vf_coef: float = 0.1
-    value_clip: float | None = 0.2
-    count_empty_rows: bool = False  # TRL: empty responses count in sequence-mean denominators
-    overlong_filter: bool = False  # DAPO: truncated responses count in no loss term
-    policy_loss: str = "ppo"  # ppo | cispo | gmpo | clip_cov | kl_cov
-    gmpo_clip: float = 0.4  # GMPO's clip of the token log-ratio (log space)
-    cov_ratio: float = 2e-4  # Clip-Cov: share of tokens detached; KL-Cov: share penalised
-    cov_lower: float = 1.0  # Clip-Cov: the covariance band tokens are drawn from
-    cov_upper: float = 5.0
-    kl_cov_coef: float = 1.0
-    is_correction: str = "none"  # sampler/trainer mismatch: see rl_jax.mismatch
-    is_cap: float = 2.0  # TIS truncation
-    is_low: float = 0.5  # masked IS: the band the ratio must stay in
-    is_high: float = 2.0
-    epochs: int = 1
-    num_minibatches: int = 1
-    seed: int = 0
-    # Response positions per LM-head chunk (rl_jax.chunked): the live logits are
-    # [batch, logits_chunk, vocab] float32. 0: the full [batch, P + R, vocab] logits at once.
-    logits_chunk: int = DEFAULT_CHUNK
-
-    @property
-    def single_pass(self) -> bool:
-        """One on-policy update per rollout: the old log-probs are the update's own (as in TRL).
-
-        The first update of a rollout runs at the sampling weights, so its forward pass gives the
-        old log-probs with no extra forward; with more updates (or TIS) ``prepare`` computes them.
-        """
-        return self.epochs == 1 and self.num_minibatches == 1 and self.is_correction == "none"
-
-    @property
-    def has_critic(self) -> bool:
-        return self.estimator == "gae"
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.kl_loss_coef > 0 or self.kl_in_reward
+from rl_jax.algorithm.batch import RolloutBatch, TrainBatch
+from rl_jax.algorithm.registry import ESTIMATORS, IS_CORRECTIONS, NO_CORRECTION, POLICY_LOSSES
+from rl_jax.algorithm.settings import RLSettings
+from rl_jax.chunked import chunked_token_stats
+from rl_jax.train_state import Metrics, TrainState, optimizer_step
 
 
 def _response_part(x: jax.Array, response_len: int) -> jax.Array:
@@ -156,38 +100,12 @@ def advantages_and_returns(
     ``[batch, R]`` (k1 to the reference) is subtracted from the token rewards when
     ``kl_in_reward``.
     """
-    mask = response_mask
-    est = settings.estimator
+    estimator = ESTIMATORS[settings.estimator]
     if settings.whiten_rewards:
         scores = rl_jax.whiten(scores, jnp.ones_like(scores), shift_mean=False)
-    if est == "reinforce_pp_baseline":  # centred per group, whitened over the batch's tokens
-        adv = rl_jax.reinforce_pp_baseline_advantages(scores, mask, settings.group_size)
-        returns = None
-    elif est in ("grpo", "dr_grpo", "rloo"):
-        if est == "rloo":
-            adv = rl_jax.rloo_advantages(scores, settings.group_size)
-        else:
-            scale = "group" if est == "grpo" else "none"
-            adv = rl_jax.group_advantages(scores, settings.group_size, scale=scale)
-        adv = adv[:, None] * mask
-        returns = None
-    else:
-        last = jnp.cumsum(mask[:, ::-1], axis=1)[:, ::-1] == 1  # last real token (right padding)
-        token_rewards = jnp.where(last & (mask > 0), scores[:, None], 0.0)
-        if settings.kl_in_reward:
-            token_rewards = token_rewards - kl_coef * token_kl * mask
-        if est == "gae":
-            adv, returns = rl_jax.gae(
-                token_rewards, values, mask, gamma=settings.gamma, lam=settings.lam
-            )
-        else:  # reinforce_pp: discounted return-to-go of the token rewards, globally whitened
-            adv, _ = rl_jax.gae(
-                token_rewards, jnp.zeros_like(mask), mask, gamma=settings.gamma, lam=1.0
-            )
-            returns = None
-            adv = rl_jax.whiten(adv, mask)
-    if settings.whiten_advantages and est not in ("reinforce_pp", "reinforce_pp_baseline"):
-        adv = rl_jax.whiten(adv, mask)
+    adv, returns = estimator.fn(settings, scores, response_mask, values, token_kl, kl_coef)
+    if settings.whiten_advantages and not estimator.whitens:
+        adv = rl_jax.whiten(adv, response_mask)
     return adv, returns
 
 
@@ -230,105 +148,95 @@ def overlong_filter_mask(response_mask: jax.Array, truncated: jax.Array) -> jax.
 
 
 def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
-    """``prepare(params, ref_params, batch, kl_coef) -> (batch additions, metrics)``, to jit.
+    """``prepare(params, ref_params, batch: RolloutBatch, kl_coef) -> (TrainBatch, metrics)``.
 
     Recomputes the old log-probs with the trainer's own forward pass (unless
     ``settings.single_pass``; the sampler's are kept for the mismatch metric and truncated
     importance sampling), the reference log-probs, the values and the advantages.
     """
 
-    def prepare(params, ref_params, batch, kl_coef):
-        tokens, mask, response_mask = batch["tokens"], batch["mask"], batch["response_mask"]
+    def prepare(params, ref_params, batch: RolloutBatch, kl_coef):
+        tokens, mask, response_mask = batch.tokens, batch.mask, batch.response_mask
         response_len = response_mask.shape[1]
         stats = dict(temperature=settings.temperature, logits_chunk=settings.logits_chunk)
-        out, metrics = {}, {}
+        metrics = {}
         # The policy's log-probs at the sampling weights (the sampler's, in a single pass).
-        old_logprobs = batch["sampler_logprobs"]
+        stored_old_logprobs = None
+        old_logprobs = batch.sampler_logprobs
         if not settings.single_pass:
             old_logprobs, entropy = policy_token_stats(
                 policy_graphdef, params["policy"], tokens, mask, response_len,
                 with_entropy=True, **stats,
             )
-            out["old_logprobs"] = old_logprobs
+            stored_old_logprobs = old_logprobs
             metrics = rollout_policy_metrics(
-                entropy, old_logprobs, batch["sampler_logprobs"], response_mask
+                entropy, old_logprobs, batch.sampler_logprobs, response_mask
             )
-        token_kl = None
+        token_kl = ref_logprobs = None
         if ref_params is not None:
             ref_logprobs, _ = policy_token_stats(
                 policy_graphdef, ref_params, tokens, mask, response_len, **stats
             )
-            out["ref_logprobs"] = ref_logprobs
             token_kl = rl_jax.kl(old_logprobs, ref_logprobs, estimator="k1")
             metrics["kl_ref"] = (token_kl * response_mask).sum(1).mean()  # per sequence
         values = None
         if settings.has_critic:
             values = critic_values(value_graphdef, params["value"], tokens, mask, response_len)
-            out["old_values"] = values
         adv, returns = advantages_and_returns(
-            settings, batch["scores"], response_mask, values, token_kl, kl_coef
+            settings, batch.scores, response_mask, values, token_kl, kl_coef
         )
-        if settings.is_correction != "none":
-            weights, out["policy_mask"], is_metrics = mismatch_correction(
-                settings, old_logprobs, batch["sampler_logprobs"], response_mask
+        loss_mask = policy_mask = None  # the response mask
+        if settings.is_correction != NO_CORRECTION:
+            weights, policy_mask, is_metrics = mismatch_correction(
+                settings, old_logprobs, batch.sampler_logprobs, response_mask
             )
             adv = adv * weights
             metrics.update(is_metrics)
         if settings.overlong_filter:
-            loss_mask = overlong_filter_mask(response_mask, batch["truncated"])
-            out["loss_mask"] = loss_mask
-            if "policy_mask" in out:
-                out["policy_mask"] = out["policy_mask"] * loss_mask
-            metrics["overlong_filtered"] = jnp.mean(batch["truncated"])
-        out["advantages"] = adv
-        if returns is not None:
-            out["returns"] = returns
+            loss_mask = overlong_filter_mask(response_mask, batch.truncated)
+            if policy_mask is not None:
+                policy_mask = policy_mask * loss_mask
+            metrics["overlong_filtered"] = jnp.mean(batch.truncated)
         metrics["advantage_mean"] = rl_jax.masked_mean(adv, response_mask)
         metrics["advantage_abs"] = rl_jax.masked_mean(jnp.abs(adv), response_mask)
-        return out, metrics
+        train_batch = TrainBatch(
+            tokens=tokens,
+            mask=mask,
+            response_mask=response_mask,
+            sampler_logprobs=batch.sampler_logprobs,
+            advantages=adv,
+            loss_mask=loss_mask,
+            policy_mask=policy_mask,
+            old_logprobs=stored_old_logprobs,
+            ref_logprobs=ref_logprobs,
+            old_values=values,
+            returns=returns,
+        )
+        return train_batch, metrics
 
     return prepare
 
 
 def mismatch_correction(settings: RLSettings, old_logprobs, sampler_logprobs, response_mask):
     """``(weights, policy mask, metrics)`` of ``settings.is_correction`` (``rl_jax.mismatch``)."""
-    args = (old_logprobs, sampler_logprobs, response_mask)
-    kind, band = settings.is_correction, dict(low=settings.is_low, high=settings.is_high)
-    if kind == "token_tis":
-        return rl_jax.token_tis(*args, cap=settings.is_cap)
-    if kind == "seq_tis":
-        return rl_jax.sequence_tis(*args, cap=settings.is_cap)
-    if kind == "token_mis":
-        return rl_jax.token_masked_is(*args, **band)
-    level = {"seq_mis": "product", "seq_mis_geo": "geometric"}[kind]
-    return rl_jax.sequence_masked_is(*args, **band, level=level)
+    return IS_CORRECTIONS[settings.is_correction](
+        settings, old_logprobs, sampler_logprobs, response_mask
+    )
 
 
 def policy_objective(settings: RLSettings, logprobs, old_logprobs, advantages, mask, key):
     """``(loss, metrics)`` of the configured policy loss (``settings.policy_loss``)."""
-    s = settings
-    args = (logprobs, old_logprobs, advantages, mask)
-    agg = dict(agg=s.agg, max_len=s.max_len, count_empty_rows=s.count_empty_rows)
-    clip = dict(clip_low=s.clip_low, clip_high=s.clip_high)
-    if s.policy_loss == "ppo":
-        return rl_jax.policy_loss(*args, **clip, dual_clip=s.dual_clip, ratio_level=s.ratio_level,
-                                  **agg)
-    if s.policy_loss == "cispo":
-        return rl_jax.cispo_loss(*args, **clip, **agg)
-    if s.policy_loss == "gmpo":
-        return rl_jax.gmpo_loss(*args, clip_low=s.gmpo_clip, clip_high=s.gmpo_clip,
-                                count_empty_rows=s.count_empty_rows)
-    if s.policy_loss == "clip_cov":
-        return rl_jax.clip_cov_loss(*args, key, **clip, cov_ratio=s.cov_ratio,
-                                    cov_lower=s.cov_lower, cov_upper=s.cov_upper, **agg)
-    return rl_jax.kl_cov_loss(*args, kl_ratio=s.cov_ratio, kl_coef=s.kl_cov_coef, **agg)
+    return POLICY_LOSSES[settings.policy_loss].fn(
+        settings, logprobs, old_logprobs, advantages, mask, key
+    )
 
 
 def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
-    """``loss(params, minibatch) -> (loss, metrics)``: clipped policy loss (+ KL, + value loss)."""
+    """``loss(params, minibatch: TrainBatch) -> (loss, metrics)``: the policy loss (+ KL, +
+    value loss)."""
 
-    def loss_fn(params, mb):
-        tokens, mask, response_mask = mb["tokens"], mb["mask"], mb["response_mask"]
+    def loss_fn(params, mb: TrainBatch):
+        tokens, mask, response_mask = mb.tokens, mb.mask, mb.response_mask
         response_len = response_mask.shape[1]
         logprobs, entropy = policy_token_stats(
             policy_graphdef, params["policy"], tokens, mask, response_len,
@@ -338,21 +246,19 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
         metrics = {}
         if settings.single_pass:
             old_logprobs = jax.lax.stop_gradient(logprobs)
-            metrics = rollout_policy_metrics(
-                entropy, logprobs, mb["sampler_logprobs"], response_mask
-            )
+            metrics = rollout_policy_metrics(entropy, logprobs, mb.sampler_logprobs, response_mask)
         else:
-            old_logprobs = mb["old_logprobs"]
-        loss_mask = mb.get("loss_mask", response_mask)  # overlong filtering's mask
-        policy_mask = mb.get("policy_mask", loss_mask)  # a mismatch correction's mask
+            old_logprobs = mb.old_logprobs
+        loss_mask = response_mask if mb.loss_mask is None else mb.loss_mask
+        policy_mask = loss_mask if mb.policy_mask is None else mb.policy_mask
         pg_loss, pg_metrics = policy_objective(
-            settings, logprobs, old_logprobs, mb["advantages"], policy_mask, mb.get("loss_key")
+            settings, logprobs, old_logprobs, mb.advantages, policy_mask, mb.loss_key
         )
         metrics.update(pg_metrics, policy_loss=pg_loss)
         loss = pg_loss
         if settings.kl_loss_coef > 0:
             kl_term = rl_jax.aggregate(
-                rl_jax.kl(logprobs, mb["ref_logprobs"], estimator=settings.kl_estimator),
+                rl_jax.kl(logprobs, mb.ref_logprobs, estimator=settings.kl_estimator),
                 loss_mask,
                 settings.agg,
                 max_len=settings.max_len,
@@ -364,8 +270,8 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
             values = critic_values(value_graphdef, params["value"], tokens, mask, response_len)
             v_loss, v_metrics = rl_jax.value_loss(
                 values,
-                mb["old_values"],
-                mb["returns"],
+                mb.old_values,
+                mb.returns,
                 loss_mask,
                 clip=settings.value_clip,
                 agg=settings.agg,
@@ -385,7 +291,8 @@ def make_update(
     loss_fn,
     mesh: jax.sharding.Mesh | None = None,
 ):
-    """``update(state, batch) -> (state, metrics)``: epochs x shuffled minibatches in one scan.
+    """``update(state, batch: TrainBatch) -> (state, metrics)``: epochs x shuffled minibatches in
+    one scan.
 
     Each epoch draws a random permutation of the whole batch (``fold_in(key(seed), step)``, split
     per epoch) and cuts it into ``num_minibatches`` equal minibatches: a random partition that
@@ -398,17 +305,18 @@ def make_update(
     With it, only the (small) input arrays move between devices for the shuffle; the model runs
     on each device's share of a minibatch and XLA all-reduces the gradient.
     """
+    draws = POLICY_LOSSES[settings.policy_loss].needs_key
 
     def constrain(tree, axis):
         return tree if mesh is None else parallel.constrain_rows(tree, mesh, axis)
 
-    def update(state: TrainState, batch):
-        size = batch["tokens"].shape[0]
+    def update(state: TrainState, batch: TrainBatch):
+        size = batch.tokens.shape[0]
         key = jax.random.fold_in(jax.random.key(settings.seed), state.step)
 
-        def minibatch_step(state: TrainState, mb):
-            keys = {"loss_key": mb.pop("loss_key")} if "loss_key" in mb else {}
-            return optimizer_step(loss_fn, tx, state, constrain(mb, 0) | keys)
+        def minibatch_step(state: TrainState, mb: TrainBatch):
+            rows = constrain(mb.replace(loss_key=None), 0)
+            return optimizer_step(loss_fn, tx, state, rows.replace(loss_key=mb.loss_key))
 
         def epoch_step(state: TrainState, epoch_key):
             perm = jax.random.permutation(epoch_key, size)
@@ -416,9 +324,11 @@ def make_update(
                 lambda x: x[perm].reshape(settings.num_minibatches, -1, *x.shape[1:]), batch
             )
             minibatches = constrain(minibatches, 1)  # [minibatch, rows, ...]: rows split
-            if settings.policy_loss == "clip_cov":  # its random token choice, per minibatch
+            if draws:  # the loss's random choices, per minibatch
                 keys = jax.random.fold_in(epoch_key, 1)
-                minibatches["loss_key"] = jax.random.split(keys, settings.num_minibatches)
+                minibatches = minibatches.replace(
+                    loss_key=jax.random.split(keys, settings.num_minibatches)
+                )
             return jax.lax.scan(minibatch_step, state, minibatches)
 
         state, metrics = jax.lax.scan(epoch_step, state, jax.random.split(key, settings.epochs))
@@ -427,3 +337,53 @@ def make_update(
         return TrainState(state.step + 1, state.params, state.opt_state), metrics
 
     return update
+
+
+class RLStep(NamedTuple):
+    """The compiled parts of an RL iteration, as ``build_rl_step`` returns them.
+
+    prepare(params, ref_params, RolloutBatch, kl_coef) -> (TrainBatch, metrics), jitted.
+    update(state, TrainBatch) -> (state, metrics), jitted (donating the state with a mesh).
+    loss(params, TrainBatch) -> (loss, metrics): what ``update`` differentiates, not jitted.
+    """
+
+    prepare: Callable[..., tuple[TrainBatch, Metrics]]
+    update: Callable[[TrainState, TrainBatch], tuple[TrainState, Metrics]] | None
+    loss: Callable[[Any, TrainBatch], tuple[jax.Array, Metrics]]
+
+
+def build_rl_step(
+    settings: RLSettings,
+    tx: optax.GradientTransformation | None,
+    policy_graphdef: nnx.GraphDef,
+    value_graphdef: nnx.GraphDef | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    state_sharding: Any = None,
+    donate_state: bool = True,
+) -> RLStep:
+    """The RL step of ``settings``: what the RL stage runs, and what benchmarks and tests time
+    and check.
+
+    With ``mesh`` (and the state's ``state_sharding`` from ``init_state``) every part runs on each
+    device's share of the rows: ``prepare`` returns its batch split over the mesh, ``update``
+    keeps its minibatches split and donates the old state (unless ``donate_state=False``).
+    Without, both are plain ``jax.jit``.
+    With ``tx=None`` (checks of the loss or ``prepare`` alone) there is no ``update``.
+    """
+    loss = make_loss(settings, policy_graphdef, value_graphdef)
+    prepare = make_prepare(settings, policy_graphdef, value_graphdef)
+    if mesh is None:
+        update = None if tx is None else jax.jit(make_update(settings, tx, loss))
+        return RLStep(jax.jit(prepare), update, loss)
+    if state_sharding is None and tx is not None:
+        raise ValueError("build_rl_step: a mesh needs the state's state_sharding (init_state)")
+    prepare = jax.jit(
+        prepare, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh))
+    )
+    update = None
+    if tx is not None:
+        update = parallel.data_parallel_step(
+            make_update(settings, tx, loss, mesh), mesh, state_sharding, donate_state=donate_state
+        )
+    return RLStep(prepare, update, loss)

@@ -1,0 +1,120 @@
+"""``RLSettings``: the static options of the RL step, typed, built once from the config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from rl_jax.algorithm.registry import ESTIMATORS, NO_CORRECTION
+from rl_jax.chunked import DEFAULT_CHUNK
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSettings:
+    """Static options of the RL step (hashable, so jit specialises on them).
+
+    A run builds them once with ``from_config`` from a config that ``check_config`` validated;
+    unit tests may build them directly.
+    """
+
+    estimator: str
+    group_size: int
+    temperature: float
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = False
+    whiten_rewards: bool = False  # scale the sequence scores to unit variance (mean kept)
+    kl_loss_coef: float = 0.0  # GRPO's beta: KL to the reference as a loss term
+    kl_in_reward: bool = False  # PPO/REINFORCE++: -coef * KL(token) added to the token rewards
+    kl_estimator: str = "k3"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    ratio_level: str = "token"
+    agg: str = "token-mean"
+    max_len: int | None = None
+    vf_coef: float = 0.1
+    value_clip: float | None = 0.2
+    count_empty_rows: bool = False  # TRL: empty responses count in sequence-mean denominators
+    overlong_filter: bool = False  # DAPO: truncated responses count in no loss term
+    policy_loss: str = "ppo"  # a name in POLICY_LOSSES
+    gmpo_clip: float = 0.4  # GMPO's clip of the token log-ratio (log space)
+    cov_ratio: float = 2e-4  # Clip-Cov: share of tokens detached; KL-Cov: share penalised
+    cov_lower: float = 1.0  # Clip-Cov: the covariance band tokens are drawn from
+    cov_upper: float = 5.0
+    kl_cov_coef: float = 1.0
+    sapo_tau_pos: float = 1.0  # SAPO's gate temperature for positive advantages
+    sapo_tau_neg: float = 1.05  # ... and for the others
+    is_correction: str = "none"  # sampler/trainer mismatch: see rl_jax.mismatch
+    is_cap: float = 2.0  # TIS truncation
+    is_low: float = 0.5  # masked IS: the band the ratio must stay in
+    is_high: float = 2.0
+    epochs: int = 1
+    num_minibatches: int = 1
+    seed: int = 0
+    # Response positions per LM-head chunk (rl_jax.chunked): the live logits are
+    # [batch, logits_chunk, vocab] float32. 0: the full [batch, P + R, vocab] logits at once.
+    logits_chunk: int = DEFAULT_CHUNK
+
+    @property
+    def single_pass(self) -> bool:
+        """One on-policy update per rollout: the old log-probs are the update's own (as in TRL).
+
+        The first update of a rollout runs at the sampling weights, so its forward pass gives the
+        old log-probs with no extra forward; with more updates (or TIS) ``prepare`` computes them.
+        """
+        return (self.epochs == 1 and self.num_minibatches == 1
+                and self.is_correction == NO_CORRECTION)
+
+    @property
+    def has_critic(self) -> bool:
+        return ESTIMATORS[self.estimator].critic
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_loss_coef > 0 or self.kl_in_reward
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> RLSettings:
+        """The RL step's options of a validated config (``rl``, ``rollout``, ``loss``, ``kl``,
+        ``model.logits_chunk``, ``seed``)."""
+        rl, loss, kl = config.rl, config.loss, config.kl
+        return cls(
+            estimator=rl.estimator,
+            group_size=rl.group_size,
+            temperature=config.rollout.temperature,
+            gamma=rl.gamma,
+            lam=rl.lam,
+            whiten_advantages=rl.whiten_advantages,
+            whiten_rewards=rl.whiten_rewards,
+            kl_loss_coef=0.0 if kl.in_reward else kl.coef,
+            kl_in_reward=kl.in_reward and kl.coef > 0,
+            kl_estimator=kl.estimator,
+            clip_low=loss.clip_low,
+            clip_high=loss.clip_high,
+            dual_clip=loss.dual_clip or None,
+            ratio_level=loss.ratio_level,
+            agg=loss.agg,
+            max_len=config.rollout.max_new_tokens,
+            vf_coef=loss.vf_coef,
+            value_clip=loss.value_clip or None,
+            count_empty_rows=loss.count_empty_rows,
+            overlong_filter=rl.overlong_filter,
+            policy_loss=loss.policy_loss,
+            gmpo_clip=loss.gmpo_clip,
+            cov_ratio=loss.cov_ratio,
+            cov_lower=loss.cov_lower,
+            cov_upper=loss.cov_upper,
+            kl_cov_coef=loss.kl_cov_coef,
+            sapo_tau_pos=loss.sapo_tau_pos,
+            sapo_tau_neg=loss.sapo_tau_neg,
+            is_correction=loss.is_correction,
+            is_cap=loss.is_cap,
+            is_low=loss.is_low,
+            is_high=loss.is_high,
+            epochs=rl.epochs,
+            num_minibatches=rl.num_minibatches,
+            seed=config.seed,
+            logits_chunk=config.model.logits_chunk,
+        )
