@@ -129,7 +129,7 @@ def test_rollout_length_metrics_by_correctness():
     assert metrics["length_correct"] == pytest.approx((3 + 5) / 2)
     assert metrics["length_incorrect"] == pytest.approx((7 + 2 + 9) / 3)
     assert metrics["truncated"] == pytest.approx(2 / 5)
-    assert device_batch(batch)["truncated"].tolist() == [0, 1, 0, 0, 1]
+    assert device_batch(batch).truncated.tolist() == [0, 1, 0, 0, 1]
     assert rollout_metrics(_round([4, 6], [1, 1], [False, False]))["length_incorrect"] == 0.0
 
 

@@ -393,7 +393,14 @@ def test_adaptive_kl_controller_matches_ziegler():
         np.testing.assert_allclose(float(got), expected, rtol=1e-6)
 
 
-MISMATCH_BAND = {"loss.is_cap": 1.1, "loss.is_low": 0.9, "loss.is_high": 1.1}
+def _mismatch_band(kind):
+    """The fields of correction ``kind`` set tight, so it acts on the batch (check_config refuses
+    the others' fields)."""
+    if kind.endswith("_tis"):
+        return {"loss.is_cap": 1.1}
+    if kind.endswith(("_mis", "_mis_geo")):
+        return {"loss.is_low": 0.9, "loss.is_high": 1.1}
+    return {}
 
 
 def _pure_correction(kind, old, sampler, mask):
@@ -410,7 +417,7 @@ def _pure_correction(kind, old, sampler, mask):
 
 
 def _prepare_correction(kind):
-    config = _config(**{"loss.is_correction": kind} | MISMATCH_BAND)
+    config = _config(**{"loss.is_correction": kind} | _mismatch_band(kind))
     settings, out, metrics = _prepare(config)
     w = _world()
     mask = w.batch["response_mask"]
@@ -435,7 +442,7 @@ def test_the_mismatch_corrections_differ():
 def test_the_policy_mask_reaches_the_loss():
     """token_mis's mask: the masked tokens leave the policy loss (the loss reads policy_mask)."""
     w = _world()
-    config = _config(**{"loss.is_correction": "token_mis"} | MISMATCH_BAND)
+    config = _config(**{"loss.is_correction": "token_mis"} | _mismatch_band("token_mis"))
     settings, out, _ = _prepare(config)
     (loss, _), _ = _jitted_loss_grad(settings)({"policy": w.new_params}, out)
     expected, _ = rl_jax.policy_loss(w.lp(w.new_params), out.old_logprobs, out.advantages,
