@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import matplotlib
 import ml_collections
 import numpy as np
+from scipy import stats
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,12 +45,6 @@ SHARED_STAGE_FIELDS = ("seed", "stages", "task", "model", "sft", "rm", "rollout"
 SHAREABLE_STAGES = ("sft", "rm")  # stages run once per seed when no variant changes their inputs
 LOG10_FLOOR = 1e-6  # log10 of a metric is taken of max(value, LOG10_FLOOR): 0 stays finite
 
-# t_{0.975, df} for df = 1..30 (two-sided 95%), from standard tables.
-_T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,16 +150,12 @@ class Interval(NamedTuple):
 # --- statistics -----------------------------------------------------------------------------------
 
 
-def t_quantile_975(df: int) -> float:
-    """``t_{0.975, df}``: the table for df <= 30; beyond, the Cornish-Fisher expansion
-    ``z + (z^3 + z) / (4 df) + (5z^5 + 16z^3 + 3z) / (96 df^2)`` with ``z = 1.959964`` (error
-    below 1e-3 for df > 30)."""
+def t_quantile(q: float, df: int) -> float:
+    """``t_{q, df}``, the ``q`` quantile of Student's t with ``df`` degrees of freedom
+    (``scipy.stats.t.ppf``); ``q = 0.975`` gives the two-sided 95% interval."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T_975):
-        return _T_975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    return float(stats.t.ppf(q, df))
 
 
 def mean_interval(values: Sequence[float]) -> Interval:
@@ -176,7 +167,7 @@ def mean_interval(values: Sequence[float]) -> Interval:
     mean = float(x.mean())
     if x.size < 2:
         return Interval(mean, math.nan, math.nan, 1)
-    half = t_quantile_975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    half = t_quantile(0.975, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
     return Interval(mean, mean - half, mean + half, int(x.size))
 
 

@@ -19,26 +19,45 @@ from rl_jax import parallel
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_t_quantile_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df in range(1, 201):
-        assert ab.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3), df
-    assert ab.t_quantile_975(2) == 4.303 and ab.t_quantile_975(30) == 2.042
+# t_{0.975, df} for df = 1..30 from a printed table: the hand-written table rl_jax used before
+# scipy.stats.t.ppf, kept as an independent reference.
+T_975_TABLE = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def test_t_quantile_equals_the_printed_table():
+    for df, tabled in enumerate(T_975_TABLE, start=1):
+        assert round(ab.t_quantile(0.975, df), 3) == tabled, df
+    assert ab.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-12)
+    assert ab.t_quantile(0.95, 10**9) == pytest.approx(1.644854, abs=1e-6)  # the normal's
     with pytest.raises(ValueError):
-        ab.t_quantile_975(0)
+        ab.t_quantile(0.975, 0)
 
 
 def test_mean_interval_hand_derived():
-    # [1, 2, 3]: mean 2, s = 1, half width 4.303 / sqrt(3) = 2.48434.
+    # [1, 2, 3]: mean 2, s = 1, half width t_{0.975,2} / sqrt(3) = 4.302653 / 1.732051 = 2.484138.
     iv = ab.mean_interval([1.0, 2.0, 3.0])
     assert iv.mean == 2.0 and iv.n == 3
-    assert iv.low == pytest.approx(2 - 2.484338, abs=1e-6)
-    assert iv.high == pytest.approx(2 + 2.484338, abs=1e-6)
-    # [0.1, 0.3]: s = 0.141421, half width 12.706 * 0.141421 / sqrt(2) = 1.2706.
+    assert iv.low == pytest.approx(2 - 2.484138, abs=1e-6)
+    assert iv.high == pytest.approx(2 + 2.484138, abs=1e-6)
+    # [0.1, 0.3]: s = 0.141421, half width 12.706205 * 0.141421 / sqrt(2) = 1.2706205.
     iv = ab.mean_interval([0.1, 0.3])
-    assert (iv.low, iv.high) == pytest.approx((0.2 - 1.2706, 0.2 + 1.2706), abs=1e-9)
+    assert (iv.low, iv.high) == pytest.approx((0.2 - 1.2706205, 0.2 + 1.2706205), abs=1e-7)
     one = ab.mean_interval([0.7])
     assert one.mean == 0.7 and one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
+
+
+@pytest.mark.parametrize("values", [[0.3, -0.1, 0.45, 0.2], [1.0, 2.0], [5.0, 5.5, 4.0, 6.0, 5.2,
+                                                                        4.9, 5.1, 5.3]])
+def test_mean_interval_equals_scipy_ttest(values):
+    from scipy import stats
+
+    ci = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    iv = ab.mean_interval(values)
+    assert (iv.low, iv.high) == pytest.approx((ci.low, ci.high), rel=1e-12, abs=1e-12)
 
 
 def test_paired_differences():
@@ -132,7 +151,7 @@ def test_table_markdown():
     table = ab.table_markdown(values, [0, 1, 2], metrics)
     lines = table.splitlines()
     assert lines[0] == "| variant | acc (rl eval/pass@1, final) | clip (rl clip_frac_high, final) |"
-    assert lines[2].startswith("| grpo | 2 [-0.4843, 4.484] (0: 1, 1: 2, 2: 3) |")
+    assert lines[2].startswith("| grpo | 2 [-0.4841, 4.484] (0: 1, 1: 2, 2: 3) |")
     assert lines[3].startswith("| gspo | 0.5 [0.5, 0.5] (0: 0.5, 1: 0.5, 2: 0.5) | 0.3 [")
     single = ab.table_markdown({"grpo": {"acc": [0.5], "clip": [0.1]}}, [7], metrics)
     assert "| grpo | 0.5 (7: 0.5) | 0.1 (7: 0.1) |" in single
