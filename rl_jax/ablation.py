@@ -11,11 +11,14 @@ seed ``s`` (``m_a = 0`` when ``a`` is None), the claim "``b - a > margin``" is
 
 * reproduced when the 95% Student-t interval of the mean of ``d`` lies above ``margin``,
 * not reproduced when it lies below ``margin`` (the opposite direction is established),
-* inconclusive otherwise, and always with one seed (no interval);
+* no effect of the claimed size when it lies inside ``±δ``, the claim's smallest effect,
+* not engaged when the claim's engagement measure (mean over seeds) is below its floor,
+* inconclusive otherwise, with the reason, and always with one seed (no interval);
 
-mirrored for ``"<"``. The statistics, the reading of records and the table are pure functions;
-``sweep`` runs the trainer (passed in) over the rows, ``report`` writes ``table.md``, ``curves.png``
-and ``verdict.json``; ``load_ablation``, ``run_records`` and ``plot_curves`` read or write files.
+mirrored for ``"<"`` (the order of the rules: ``judge``). The statistics, the reading of records
+and the table are pure functions; ``sweep`` runs the trainer (passed in) over the rows, ``report``
+writes ``table.md``, ``curves.png`` and ``verdict.json``; ``load_ablation``, ``run_records`` and
+``plot_curves`` read or write files.
 """
 
 from __future__ import annotations
@@ -89,6 +92,17 @@ class Claim:
 
     ``direction`` is ``">"`` or ``"<"``; ``margin`` is 0 for "b beats a", ``-m`` for "b is at least
     as good as a within m" (non-inferiority), 1 for "10x larger" on a ``log10`` metric.
+
+    Fixed before results, and optional (``None`` keeps the verdict of the interval and margin
+    alone):
+
+    * ``smallest_effect``: the smallest difference ``b - a`` of interest, ``δ > 0``, in the
+      metric's units; with ``relative=True`` a fraction of ``|mean over seeds of metric(a)|``
+      (0.2: "+20% entropy"; needs ``a``). A 95% interval inside ``(-δ, +δ)`` is
+      "no effect of the claimed size".
+    * ``engagement``: the measure that shows the mechanism acted, a metric name of the ablation
+      read on variant ``b``, or a ``(variant, metric)`` pair; with ``engagement_floor``, its mean
+      over seeds below the floor makes the claim "not engaged" whatever the interval says.
     """
 
     text: str
@@ -97,10 +111,39 @@ class Claim:
     b: str
     direction: str = ">"
     margin: float = 0.0
+    smallest_effect: float | None = None
+    relative: bool = False
+    engagement: str | tuple[str, str] | None = None
+    engagement_floor: float | None = None
 
     def __post_init__(self):
         if self.direction not in (">", "<"):
             raise ValueError(f"Claim.direction must be '>' or '<', got {self.direction!r}")
+        if self.smallest_effect is not None and not self.smallest_effect > 0:
+            raise ValueError(f"Claim.smallest_effect must be > 0, got {self.smallest_effect}")
+        if self.relative and (self.smallest_effect is None or self.a is None):
+            raise ValueError("Claim.relative needs smallest_effect and a variant a (its mean is "
+                             "the reference)")
+        if (self.engagement is None) != (self.engagement_floor is None):
+            raise ValueError("Claim.engagement and Claim.engagement_floor go together")
+        if not (self.engagement is None or isinstance(self.engagement, str)
+                or (isinstance(self.engagement, tuple) and len(self.engagement) == 2)):
+            raise ValueError("Claim.engagement must be a metric name or a (variant, metric) "
+                             f"pair, got {self.engagement!r}")
+
+    @property
+    def engagement_source(self) -> tuple[str, str] | None:
+        """``(variant, metric)`` of the engagement measure (``None``: no engagement check)."""
+        if self.engagement is None:
+            return None
+        if isinstance(self.engagement, str):
+            return (self.b, self.engagement)
+        return (self.engagement[0], self.engagement[1])
+
+
+# Fields added to Claim after sweeps were registered: a saved claim without them had these values.
+_CLAIM_DEFAULTS = {"smallest_effect": None, "relative": False, "engagement": None,
+                   "engagement_floor": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +170,11 @@ class Ablation:
             for variant in (claim.a, claim.b):
                 if variant is not None and variant not in self.variants:
                     raise ValueError(f"claim {claim.text!r}: unknown variant {variant!r}")
+            if claim.engagement_source is not None:
+                variant, metric = claim.engagement_source
+                if variant not in self.variants or metric not in self.metrics:
+                    raise ValueError(f"claim {claim.text!r}: engagement {claim.engagement!r} "
+                                     "needs a known variant and metric")
 
     def spec(self) -> dict[str, Any]:
         """The pre-registered part (claim, variants, metrics, claims) as JSON-able data."""
@@ -180,20 +228,103 @@ def paired_differences(a: Sequence[float] | None, b: Sequence[float]) -> list[fl
     return [float(vb) - float(va) for va, vb in zip(a, b, strict=True)]
 
 
-def verdict(interval: Interval, direction: str, margin: float = 0.0) -> str:
-    """``"reproduced"`` when the interval of ``b - a`` lies beyond ``margin`` in the claimed
-    ``direction``, ``"not reproduced"`` when it lies beyond it the other way, else
-    ``"inconclusive"`` (also with no interval: one seed)."""
+class Verdict(NamedTuple):
+    """A claim's verdict and, for "inconclusive" and "not engaged", why."""
+
+    name: str
+    reason: str = ""
+
+
+VERDICTS = ("reproduced", "not reproduced", "no effect of the claimed size", "not engaged",
+            "inconclusive")
+
+
+def claims_an_effect(direction: str, margin: float) -> bool:
+    """Whether ``b - a {direction} margin`` claims a difference (``> m`` with ``m >= 0``, ``< m``
+    with ``m <= 0``) rather than non-inferiority (``> -m``: "not worse by more than m")."""
+    return margin >= 0 if direction == ">" else margin <= 0
+
+
+def judge(
+    interval: Interval,
+    direction: str,
+    margin: float = 0.0,
+    *,
+    smallest_effect: float | None = None,
+    engagement: float | None = None,
+    engagement_floor: float | None = None,
+) -> Verdict:
+    """The verdict of ``b - a {direction} margin`` from the 95% interval ``[lo, hi]`` of the mean
+    paired difference, the smallest effect of interest ``δ`` (absolute) and the engagement
+    measure's mean over seeds. The first rule that holds decides:
+
+    1. ``"not engaged"``: ``engagement < engagement_floor`` (or nan); no effect is judged.
+    2. ``"inconclusive"``, reason "one seed": no interval.
+    3. ``"no effect of the claimed size"``, for a claim of a difference (``claims_an_effect``):
+       ``-δ < lo`` and ``hi < δ``, the equivalence test at the same 95% level (two one-sided
+       t tests, each at 2.5%: the 95% interval, not the 90% one of TOST at 5%).
+    4. ``"reproduced"``: ``lo > margin`` for ``">"`` (``hi < margin`` for ``"<"``).
+    5. ``"not reproduced"``: the interval lies beyond ``margin`` on the other side.
+    6. ``"no effect of the claimed size"`` for a non-inferiority claim (same test as 3).
+    7. ``"inconclusive"``, reason: the interval spans the margin, and is either wider than the
+       ``±δ`` band (``hi - lo > 2δ``: more seeds needed) or crosses ``δ`` or ``-δ``.
+
+    A non-inferiority claim (``"> -m"``) whose interval lies inside ``±δ`` with ``δ <= m`` is
+    reproduced (rule 4): an established small difference is what it claims.
+    """
     if direction not in (">", "<"):
         raise ValueError(f"direction must be '>' or '<', got {direction!r}")
+    if engagement_floor is not None:
+        if engagement is None:
+            raise ValueError("an engagement floor needs the engagement measure")
+        if not engagement >= engagement_floor:  # nan is not engaged
+            return Verdict("not engaged",
+                           f"engagement {engagement:.4g} below its floor {engagement_floor:.4g}")
     if interval.n < 2 or math.isnan(interval.low):
-        return "inconclusive"
+        return Verdict("inconclusive", "one seed: no interval")
+    equivalent = (smallest_effect is not None
+                  and -smallest_effect < interval.low and interval.high < smallest_effect)
+    effect_claim = claims_an_effect(direction, margin)
+    if equivalent and effect_claim:
+        return Verdict("no effect of the claimed size")
     above, below = interval.low > margin, interval.high < margin
     if (above and direction == ">") or (below and direction == "<"):
-        return "reproduced"
+        return Verdict("reproduced")
     if above or below:
-        return "not reproduced"
-    return "inconclusive"
+        return Verdict("not reproduced")
+    if equivalent:
+        return Verdict("no effect of the claimed size")
+    if smallest_effect is None:
+        return Verdict("inconclusive", "interval spans the margin")
+    width = interval.high - interval.low
+    if width > 2 * smallest_effect:
+        return Verdict("inconclusive", f"interval spans the margin and is wider ({width:.4g}) "
+                       f"than the ±smallest effect band ({2 * smallest_effect:.4g})")
+    return Verdict("inconclusive", f"interval spans the margin and crosses ±{smallest_effect:.4g}"
+                   " (the smallest effect)")
+
+
+def verdict(
+    interval: Interval, direction: str, margin: float = 0.0, *,
+    smallest_effect: float | None = None,
+) -> str:
+    """``judge(...).name`` without engagement: ``"reproduced"`` when the interval of ``b - a``
+    lies beyond ``margin`` in the claimed ``direction``, ``"not reproduced"`` when it lies beyond
+    it the other way, ``"no effect of the claimed size"`` inside ``±smallest_effect``, else
+    ``"inconclusive"`` (also with no interval: one seed)."""
+    return judge(interval, direction, margin, smallest_effect=smallest_effect).name
+
+
+def smallest_effect_absolute(
+    claim: Claim, values: Mapping[str, Mapping[str, Sequence[float]]]
+) -> float | None:
+    """``δ`` of ``claim`` in the metric's units: ``smallest_effect``, times ``|mean of
+    metric(a)|`` over seeds when ``relative``."""
+    if claim.smallest_effect is None:
+        return None
+    if not claim.relative:
+        return float(claim.smallest_effect)
+    return claim.smallest_effect * abs(float(np.mean(values[claim.a][claim.metric])))
 
 
 def evaluate_claim(
@@ -203,12 +334,22 @@ def evaluate_claim(
     a = None if claim.a is None else values[claim.a][claim.metric]
     diffs = paired_differences(a, values[claim.b][claim.metric])
     interval = mean_interval(diffs)
+    delta = smallest_effect_absolute(claim, values)
+    engagement = None
+    if claim.engagement_source is not None:
+        variant, metric = claim.engagement_source
+        engagement = float(np.mean(values[variant][metric]))
+    decided = judge(interval, claim.direction, claim.margin, smallest_effect=delta,
+                    engagement=engagement, engagement_floor=claim.engagement_floor)
     return {
         **dataclasses.asdict(claim),
-        "verdict": verdict(interval, claim.direction, claim.margin),
+        "verdict": decided.name,
+        "reason": decided.reason,
         "effect": interval.mean,  # mean paired difference b - a
         "interval": None if interval.n < 2 else [interval.low, interval.high],
         "per_seed": diffs,
+        "smallest_effect_absolute": delta,
+        "engagement_mean": engagement,
     }
 
 
@@ -219,8 +360,14 @@ def claim_line(result: Mapping[str, Any]) -> str:
         ci = "no interval (1 seed)"
     else:
         ci = "95% CI [{:+.4g}, {:+.4g}]".format(*result["interval"])
-    return (f"{result['verdict'].upper()}: {result['text']} | {result['metric']}: {lhs} = "
+    line = (f"{result['verdict'].upper()}: {result['text']} | {result['metric']}: {lhs} = "
             f"{result['effect']:+.4g}, {ci}; claimed {result['direction']} {result['margin']:g}")
+    if result.get("smallest_effect_absolute") is not None:
+        line += f", smallest effect ±{result['smallest_effect_absolute']:.4g}"
+    if result.get("engagement_mean") is not None:
+        line += (f"; engagement {result['engagement_mean']:.4g} "
+                 f"(floor {result['engagement_floor']:g})")
+    return line + (f" ({result['reason']})" if result.get("reason") else "")
 
 
 # --- reading runs ---------------------------------------------------------------------------------
@@ -390,6 +537,7 @@ def _check_preregistration(ablation: Ablation, workdir: str) -> None:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         fixed = ("metrics", "claims")
+        saved["claims"] = [{**_CLAIM_DEFAULTS, **c} for c in saved["claims"]]
         if {k: saved[k] for k in fixed} != {k: spec[k] for k in fixed}:
             raise ValueError(
                 f"the metrics or claims differ from those registered in {path} when this sweep "
@@ -594,6 +742,7 @@ def report(
         evaluate_claim(claim, values)
         for claim in ablation.claims
         if claim.b in names and (claim.a is None or claim.a in names)
+        and (claim.engagement_source is None or claim.engagement_source[0] in names)
     ]
     _write_json(os.path.join(workdir, "verdict.json"),
                 {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values})

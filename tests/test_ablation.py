@@ -2,6 +2,7 @@
 metrics, reading records, the table, and a two-variant sweep end to end (shared SFT; reruns
 skip)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -111,6 +112,114 @@ def test_verdict_margin_single_seed_and_one_sample_claims():
     assert ab.evaluate_claim(small, values)["verdict"] == "reproduced"
     values = {"rloo": {"clip": [0.2, 0.25, 0.22]}}
     assert ab.evaluate_claim(small, values)["verdict"] == "not reproduced"
+
+
+A = [0.50, 0.60, 0.55]  # variant a's metric per seed; b = a + the offsets below
+
+
+def _claim_values(offsets, engagement=(0.1, 0.1, 0.1)):
+    b = [x + d for x, d in zip(A[: len(offsets)], offsets, strict=True)]
+    return {"sym": {"entropy": A[: len(b)], "share": [0.5] * len(b)},
+            "higher": {"entropy": b, "share": list(engagement)[: len(b)]}}
+
+
+@pytest.mark.parametrize(
+    "offsets, expected, reason",
+    [
+        # t_{0.975,2} = 4.3027: [.20, .25, .22] -> [+0.161, +0.286], beyond 0 and beyond ±0.1
+        ([0.20, 0.25, 0.22], "reproduced", ""),
+        ([-0.20, -0.25, -0.22], "not reproduced", ""),
+        # [.01, -.01, 0] -> [-0.0248, +0.0248], inside ±0.1
+        ([0.01, -0.01, 0.0], "no effect of the claimed size", ""),
+        # [.02, .021, .019] -> [+0.0175, +0.0225]: an established difference, but a trivial one
+        ([0.02, 0.021, 0.019], "no effect of the claimed size", ""),
+        # [.3, -.3, .05] -> [-0.70, +0.80]: spans 0, 1.5 wide > 0.2
+        ([0.3, -0.3, 0.05], "inconclusive", "interval spans the margin and is wider"),
+        # [.05, .12, .08] -> [-0.004, +0.170]: spans 0, 0.174 wide, crosses +0.1
+        ([0.05, 0.12, 0.08], "inconclusive", "interval spans the margin and crosses"),
+        ([0.2], "inconclusive", "one seed"),
+    ],
+)
+def test_verdicts_with_a_smallest_effect(offsets, expected, reason):
+    values = _claim_values(offsets)
+    claim = ab.Claim("clip-higher keeps entropy up", "entropy", "sym", "higher", ">",
+                     smallest_effect=0.1)
+    result = ab.evaluate_claim(claim, values)
+    assert (result["verdict"], result["reason"][: len(reason)]) == (expected, reason)
+    assert result["smallest_effect_absolute"] == 0.1
+    mirrored = ab.Claim("the same, as a < b", "entropy", "higher", "sym", "<", smallest_effect=0.1)
+    assert ab.evaluate_claim(mirrored, values)["verdict"] == expected
+    assert expected.upper() in ab.claim_line(result)
+    engaged = dataclasses.replace(claim, engagement="share", engagement_floor=0.05)
+    assert ab.evaluate_claim(engaged, values)["verdict"] == expected  # mean 0.1 >= 0.05
+    # not engaged wins over every other verdict, one seed included
+    quiet = ab.evaluate_claim(engaged, _claim_values(offsets, engagement=(0.01, 0.09, 0.02)))
+    assert quiet["verdict"] == "not engaged"
+    assert quiet["engagement_mean"] == pytest.approx(0.04 if len(offsets) == 3 else 0.01)
+    assert "below its floor 0.05" in quiet["reason"] and "NOT ENGAGED" in ab.claim_line(quiet)
+
+
+def test_engagement_on_a_named_variant_and_relative_effects():
+    values = _claim_values([0.20, 0.25, 0.22])
+    on_a = ab.Claim("x", "entropy", "sym", "higher", engagement=("sym", "share"),
+                    engagement_floor=0.6)
+    assert on_a.engagement_source == ("sym", "share")
+    assert ab.evaluate_claim(on_a, values)["verdict"] == "not engaged"  # sym's share is 0.5
+    assert ab.Claim("x", "entropy", "sym", "higher", engagement="share",
+                    engagement_floor=0.6).engagement_source == ("higher", "share")
+    # relative: δ = 0.5 * |mean(a)| = 0.275; the interval [+0.161, +0.286] reaches past it
+    relative = ab.Claim("x", "entropy", "sym", "higher", smallest_effect=0.5, relative=True)
+    result = ab.evaluate_claim(relative, values)
+    assert result["smallest_effect_absolute"] == pytest.approx(0.275)
+    assert result["verdict"] == "reproduced"
+    small = ab.evaluate_claim(dataclasses.replace(relative, smallest_effect=0.1),
+                              _claim_values([0.01, -0.01, 0.0]))
+    assert small["smallest_effect_absolute"] == pytest.approx(0.055)
+    assert small["verdict"] == "no effect of the claimed size"  # [-0.0248, +0.0248] in ±0.055
+    for bad in ({"relative": True}, {"smallest_effect": 0.1, "relative": True, "a": None},
+                {"smallest_effect": 0.0}, {"engagement": "share"}, {"engagement_floor": 0.1},
+                {"engagement": ("only one",), "engagement_floor": 0.1}):
+        with pytest.raises(ValueError):
+            ab.Claim(**{"text": "x", "metric": "entropy", "a": "sym", "b": "higher", **bad})
+
+
+def test_judge_non_inferiority_and_old_behaviour():
+    # non-inferiority "b - a > -0.03": an interval inside ±δ and above -0.03 is what it claims
+    inside = ab.Interval(0.0, -0.0248, 0.0248, 3)
+    assert ab.verdict(inside, ">", -0.03, smallest_effect=0.05) == "reproduced"
+    assert not ab.claims_an_effect(">", -0.03) and ab.claims_an_effect("<", 0.0)
+    # ... and one that reaches below -0.03 but stays inside ±0.05 shows no effect of that size
+    assert ab.verdict(ab.Interval(0.0, -0.04, 0.04, 3), ">", -0.03,
+                      smallest_effect=0.05) == "no effect of the claimed size"
+    # without a smallest effect, the old three verdicts
+    assert ab.judge(inside, ">", 0.0) == ab.Verdict("inconclusive", "interval spans the margin")
+    assert ab.verdict(ab.Interval(0.01, 0.005, 0.015, 3), ">") == "reproduced"
+    assert ab.verdict(ab.Interval(0.01, 0.005, 0.015, 3), ">",
+                      smallest_effect=0.1) == "no effect of the claimed size"
+    assert ab.judge(inside, ">", engagement=math.nan, engagement_floor=0.0).name == "not engaged"
+    with pytest.raises(ValueError, match="needs the engagement"):
+        ab.judge(inside, ">", engagement_floor=0.1)
+    assert set(ab.VERDICTS) >= {ab.judge(inside, d, m, smallest_effect=e).name
+                                for d in "<>" for m in (-1, 0, 1) for e in (None, 0.01, 1.0)}
+
+
+def test_ablation_checks_engagement_and_accepts_claims_registered_before_it(tmp_path):
+    kwargs = dict(claim="test", base=arithmetic_grpo.get_config(), variants={"a": {}, "b": {}},
+                  metrics={"acc": ab.Metric("rl", "accuracy")}, seeds=(0,))
+    with pytest.raises(ValueError, match="engagement"):
+        ab.Ablation(**kwargs, claims=[ab.Claim("x", "acc", "a", "b", engagement="clip",
+                                               engagement_floor=0.1)])
+    ablation = ab.Ablation(**kwargs, claims=[ab.Claim("x", "acc", "a", "b")])
+    # a sweep registered before the new Claim fields existed resumes
+    old = json.loads(json.dumps(ablation.spec()))
+    for claim in old["claims"]:
+        for field in ("smallest_effect", "relative", "engagement", "engagement_floor"):
+            del claim[field]
+    (tmp_path / "ablation.json").write_text(json.dumps(old))
+    ab._check_preregistration(ablation, str(tmp_path))
+    changed = ab.Ablation(**kwargs, claims=[ab.Claim("x", "acc", "a", "b", smallest_effect=0.1)])
+    with pytest.raises(ValueError, match="differ from those registered"):
+        ab._check_preregistration(changed, str(tmp_path))
 
 
 RECORDS = [
