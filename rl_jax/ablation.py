@@ -353,6 +353,101 @@ def evaluate_claim(
     }
 
 
+# --- sizing the seeds -----------------------------------------------------------------------------
+
+
+def paired_t_power(n: int, sd_diff: float, effect: float, alpha: float = 0.05,
+                   one_sided: bool = True) -> float:
+    """Power of the paired t test of ``n`` differences (sd ``sd_diff``) when their true mean is
+    ``effect``: with ``df = n - 1`` and noncentrality ``λ = effect / sd_diff · sqrt(n)``,
+    ``P(T > t_{1-α, df})`` for ``T ~ nct(df, λ)`` (one-sided), or
+    ``P(T > t_{1-α/2, df}) + P(T < -t_{1-α/2, df})`` (two-sided)."""
+    if n < 2:
+        raise ValueError(f"a t test needs n >= 2, got {n}")
+    if not sd_diff > 0:
+        raise ValueError(f"sd_diff must be > 0, got {sd_diff}")
+    df, noncentrality = n - 1, effect / sd_diff * math.sqrt(n)
+    if one_sided:
+        return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, noncentrality))
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(critical, df, noncentrality)
+                 + stats.nct.cdf(-critical, df, noncentrality))
+
+
+def seeds_for_power(
+    sd_diff: float, effect: float, alpha: float = 0.05, power: float = 0.8,
+    one_sided: bool = True, max_seeds: int = 100_000,
+) -> int:
+    """The fewest paired seeds ``n >= 2`` whose t test reaches ``power`` at a true mean
+    difference ``effect`` (``paired_t_power``, n counted up from 2). The verdict's rule (a 95%
+    two-sided interval beyond the margin) is the one-sided test at ``alpha = 0.025``.
+    A zero ``sd_diff`` needs 2 seeds (the minimum for an interval)."""
+    if not effect > 0:
+        raise ValueError(f"effect must be > 0, got {effect}")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
+    if sd_diff == 0:
+        return 2
+    for n in range(2, max_seeds + 1):
+        if paired_t_power(n, sd_diff, effect, alpha, one_sided) >= power:
+            return n
+    raise ValueError(f"more than {max_seeds} seeds for effect {effect} at sd {sd_diff}")
+
+
+def split_seeds(seeds: Sequence[int], pilot_seeds: int, verdict_seeds: int
+                ) -> tuple[list[int], list[int]]:
+    """``(pilot, verdict)`` seeds, disjoint: the pilot runs the first ``pilot_seeds`` of
+    ``seeds``; the verdict runs the rest of ``seeds`` in order, then ``max + 1, max + 2, ...``
+    (``max`` over ``seeds`` and the pilot's) until it has ``verdict_seeds``. A verdict is never
+    computed on the seeds whose spread sized it."""
+    if pilot_seeds < 0 or verdict_seeds < 0:
+        raise ValueError(f"seed counts must be >= 0, got {pilot_seeds}, {verdict_seeds}")
+    seeds = list(dict.fromkeys(int(s) for s in seeds))  # unique, in order
+    pilot = seeds[:pilot_seeds]
+    following = max(seeds, default=-1) + 1
+    while len(pilot) < pilot_seeds:
+        pilot.append(following)
+        following += 1
+    verdict = seeds[pilot_seeds:][:verdict_seeds]
+    while len(verdict) < verdict_seeds:
+        verdict.append(following)
+        following += 1
+    return pilot, verdict
+
+
+def size_claims(
+    claims: Sequence[Claim],
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    alpha: float = 0.025,
+    power: float = 0.8,
+) -> list[dict[str, Any]]:
+    """Per claim, from a pilot's ``values[variant][metric]``: the sd of the paired differences,
+    the smallest effect ``δ`` (relative ones from the pilot's mean of ``a``), the pilot's mean
+    engagement, and the seeds for ``power`` at ``δ`` with the verdict's one-sided test
+    (``alpha = 0.025``); ``seeds`` is ``None`` for a claim without a smallest effect."""
+    out = []
+    for claim in claims:
+        a = None if claim.a is None else values[claim.a][claim.metric]
+        diffs = paired_differences(a, values[claim.b][claim.metric])
+        if len(diffs) < 2:
+            raise ValueError("a pilot needs at least 2 seeds for a spread")
+        sd = float(np.std(diffs, ddof=1))
+        delta = smallest_effect_absolute(claim, values)
+        engagement = None
+        if claim.engagement_source is not None:
+            variant, metric = claim.engagement_source
+            engagement = float(np.mean(values[variant][metric]))
+        seeds = None
+        if delta is not None and delta > 0:
+            seeds = seeds_for_power(sd, delta, alpha=alpha, power=power, one_sided=True)
+        out.append({"text": claim.text, "metric": claim.metric, "sd_diff": sd,
+                    "mean_diff": float(np.mean(diffs)), "smallest_effect_absolute": delta,
+                    "engagement_mean": engagement, "engagement_floor": claim.engagement_floor,
+                    "seeds": seeds, "alpha": alpha, "power": power})
+    return out
+
+
 def claim_line(result: Mapping[str, Any]) -> str:
     """One printed line: the claim, the effect with its interval, the verdict."""
     lhs = result["b"] if result["a"] is None else f"{result['b']} - {result['a']}"

@@ -222,6 +222,82 @@ def test_ablation_checks_engagement_and_accepts_claims_registered_before_it(tmp_
         ab._check_preregistration(changed, str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "effect, one_sided, alpha, expected",
+    [
+        # paired t test, power 0.8, computed here with scipy.stats.nct (n counted up from 2); the
+        # one-sided 0.05 values are G*Power's ("means: difference from constant", d = 0.2 / 0.5
+        # / 0.8 -> 156 / 27 / 12) and the two-sided ones its 199 / 34.
+        (0.2, True, 0.05, 156),
+        (0.5, True, 0.05, 27),
+        (0.8, True, 0.05, 12),
+        (0.2, False, 0.05, 199),
+        (0.5, False, 0.05, 34),
+        (0.5, True, 0.025, 34),  # the verdict's test: one side of a 95% interval
+        (1.0, True, 0.05, 8),
+        (2.0, True, 0.05, 4),
+    ],
+)
+def test_seeds_for_power_known_values(effect, one_sided, alpha, expected):
+    n = ab.seeds_for_power(1.0, effect, alpha=alpha, power=0.8, one_sided=one_sided)
+    assert n == expected
+    # scale-free: only effect / sd matters
+    assert ab.seeds_for_power(0.3, 0.3 * effect, alpha=alpha, one_sided=one_sided) == expected
+    # the smallest such n: one seed fewer falls short
+    assert ab.paired_t_power(n, 1.0, effect, alpha, one_sided) >= 0.8
+    assert ab.paired_t_power(n - 1, 1.0, effect, alpha, one_sided) < 0.8 or n == 2
+
+
+@pytest.mark.parametrize("effect", [0.3, 0.5, 0.7, 1.0, 1.5])
+@pytest.mark.parametrize("alpha, power", [(0.05, 0.8), (0.025, 0.8), (0.05, 0.9)])
+def test_seeds_for_power_against_the_normal_approximation(effect, alpha, power):
+    from scipy import stats
+
+    normal = math.ceil(((stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)) / effect) ** 2)
+    n = ab.seeds_for_power(1.0, effect, alpha=alpha, power=power)
+    assert normal <= n <= normal + 3, (normal, n)
+
+
+def test_seeds_for_power_edges():
+    assert ab.seeds_for_power(0.0, 0.1) == 2
+    assert ab.seeds_for_power(0.01, 10.0) == 2
+    for bad in ((1.0, 0.0), (1.0, -0.5)):
+        with pytest.raises(ValueError):
+            ab.seeds_for_power(*bad)
+    with pytest.raises(ValueError):
+        ab.seeds_for_power(1.0, 0.5, power=1.0)
+
+
+def test_split_seeds_keeps_the_pilot_apart():
+    assert ab.split_seeds([0, 1, 2], 3, 5) == ([0, 1, 2], [3, 4, 5, 6, 7])
+    assert ab.split_seeds([0, 1, 2, 3, 4], 2, 2) == ([0, 1], [2, 3])
+    assert ab.split_seeds([10, 11, 12, 13], 2, 4) == ([10, 11], [12, 13, 14, 15])
+    assert ab.split_seeds([7], 3, 2) == ([7, 8, 9], [10, 11])
+    assert ab.split_seeds([5, 1], 1, 2) == ([5], [1, 6])
+    for pilot_n, verdict_n in ((3, 10), (0, 3), (4, 0)):
+        pilot, verdict = ab.split_seeds([0, 1, 2], pilot_n, verdict_n)
+        assert (len(pilot), len(verdict)) == (pilot_n, verdict_n)
+        assert not set(pilot) & set(verdict)
+
+
+def test_size_claims_from_a_pilot():
+    # differences [0.1, 0.3, 0.2]: sd 0.1; δ = 0.05 -> effect/sd 0.5 -> 34 (one-sided 0.025)
+    values = {"a": {"m": [1.0, 1.0, 1.0], "e": [0.0] * 3},
+              "b": {"m": [1.1, 1.3, 1.2], "e": [0.2, 0.4, 0.3]}}
+    claims = [ab.Claim("sized", "m", "a", "b", smallest_effect=0.05, engagement="e",
+                       engagement_floor=0.1),
+              ab.Claim("relative", "m", "a", "b", smallest_effect=0.1, relative=True),
+              ab.Claim("unsized", "m", "a", "b")]
+    sized, relative, unsized = ab.size_claims(claims, values)
+    assert sized["sd_diff"] == pytest.approx(0.1) and sized["seeds"] == 34
+    assert (sized["engagement_mean"], sized["mean_diff"]) == pytest.approx((0.3, 0.2))
+    assert relative["smallest_effect_absolute"] == pytest.approx(0.1)  # 10% of a's mean 1.0
+    assert relative["seeds"] == ab.seeds_for_power(0.1, 0.1, alpha=0.025) == 10
+    assert unsized["seeds"] is None
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        ab.size_claims(claims, {"a": {"m": [1.0]}, "b": {"m": [1.2]}})
+
+
 RECORDS = [
     {"stage": "sft", "step": 3, "eval/pass@1": 0.25},
     {"stage": "sft", "step": 6, "eval/pass@1": 0.5},
