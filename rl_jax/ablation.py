@@ -448,6 +448,65 @@ def size_claims(
     return out
 
 
+PILOT_DIR = "pilot"  # a sweep's pilot runs in workdir/pilot, its sizing in workdir/pilot/pilot.json
+
+
+def sweep_seeds(
+    ablation_seeds: Sequence[int],
+    requested: Sequence[int] | None,
+    pilot: Mapping[str, Any] | None,
+) -> list[int]:
+    """The seeds of the verdict's sweep: ``requested`` if given, else the pilot's
+    ``verdict_seeds`` if there was a pilot, else the ablation file's. Seeds the pilot ran are
+    refused: the spread that sized the sweep does not also decide it."""
+    if pilot is None:
+        return list(ablation_seeds if requested is None else requested)
+    if requested is None:
+        return list(pilot["verdict_seeds"])
+    reused = sorted(set(requested) & set(pilot["pilot_seeds"]))
+    if reused:
+        raise ValueError(f"seeds {reused} ran in the pilot; the verdict needs fresh seeds "
+                         f"(the pilot proposed {pilot['verdict_seeds']})")
+    return list(requested)
+
+
+def pilot_plan(
+    ablation: Ablation,
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    pilot_seeds: Sequence[int],
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """What a pilot on ``pilot_seeds`` (``values[variant][metric]``) proposes: each claim's
+    sizing (``size_claims``) and the verdict's seeds, as many as the largest count needed (the
+    ablation file's count when no claim is sized), after the pilot's (``split_seeds``)."""
+    sizing = size_claims(claims_of(ablation, names), values)
+    needed = max((row["seeds"] for row in sizing if row["seeds"] is not None),
+                 default=len(ablation.seeds))
+    _, verdict_seeds = split_seeds(ablation.seeds, len(pilot_seeds), needed)
+    return {"pilot_seeds": list(pilot_seeds), "verdict_seeds": verdict_seeds, "claims": sizing}
+
+
+def pilot_lines(plan: Mapping[str, Any]) -> list[str]:
+    """What ``ablate.py --pilot`` prints of a ``pilot_plan``: a line per claim, then the seeds
+    for the verdict."""
+    lines = [f"pilot seeds {plan['pilot_seeds']}:"]
+    for row in plan["claims"]:
+        line = f"  {row['text']} | {row['metric']}: paired sd {row['sd_diff']:.4g}, mean "
+        line += f"{row['mean_diff']:+.4g}"
+        if row["engagement_mean"] is not None:
+            engaged = row["engagement_mean"] >= row["engagement_floor"]
+            line += (f"; engagement {row['engagement_mean']:.4g} (floor "
+                     f"{row['engagement_floor']:g}{'' if engaged else ': NOT ENGAGED'})")
+        if row["seeds"] is None:
+            line += "; no smallest effect: not sized"
+        else:
+            line += (f"; {row['seeds']} seeds for {row['power']:.0%} power at "
+                     f"±{row['smallest_effect_absolute']:.4g}")
+        lines.append(line)
+    lines.append(f"verdict seeds: --seeds={','.join(str(s) for s in plan['verdict_seeds'])}")
+    return lines
+
+
 def claim_line(result: Mapping[str, Any]) -> str:
     """One printed line: the claim, the effect with its interval, the verdict."""
     lhs = result["b"] if result["a"] is None else f"{result['b']} - {result['a']}"
@@ -810,6 +869,32 @@ def plot_curves(
     plt.close(fig)
 
 
+def read_values(
+    ablation: Ablation, workdir: str, seeds: Sequence[int], names: Sequence[str]
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list]]]:
+    """``values[variant][metric]`` (one per seed, in ``seeds`` order) and
+    ``curves[metric][variant]`` (per-seed ``(steps, values)``) of the finished runs."""
+    values: dict[str, dict[str, list[float]]] = {n: {m: [] for m in ablation.metrics}
+                                                 for n in names}
+    curves: dict[str, dict[str, list]] = {m: {n: [] for n in names} for m in ablation.metrics}
+    for name in names:
+        for seed in seeds:
+            records = run_records(run_dir(workdir, name, seed))
+            for metric_name, metric in ablation.metrics.items():
+                values[name][metric_name].append(metric_value(records, metric))
+                curves[metric_name][name].append(metric_curve(records, metric))
+    return values, curves
+
+
+def claims_of(ablation: Ablation, names: Sequence[str]) -> list[Claim]:
+    """The claims whose variants (a, b and the engagement's) are among ``names``."""
+    return [
+        claim for claim in ablation.claims
+        if claim.b in names and (claim.a is None or claim.a in names)
+        and (claim.engagement_source is None or claim.engagement_source[0] in names)
+    ]
+
+
 def report(
     ablation: Ablation,
     workdir: str,
@@ -821,24 +906,11 @@ def report(
     the claims' results (claims whose variants were not run are left out)."""
     seeds = list(ablation.seeds if seeds is None else seeds)
     names = list(ablation.variants if variants is None else variants)
-    values: dict[str, dict[str, list[float]]] = {n: {m: [] for m in ablation.metrics}
-                                                 for n in names}
-    curves: dict[str, dict[str, list]] = {m: {n: [] for n in names} for m in ablation.metrics}
-    for name in names:
-        for seed in seeds:
-            records = run_records(run_dir(workdir, name, seed))
-            for metric_name, metric in ablation.metrics.items():
-                values[name][metric_name].append(metric_value(records, metric))
-                curves[metric_name][name].append(metric_curve(records, metric))
+    values, curves = read_values(ablation, workdir, seeds, names)
     with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
         f.write(f"# {ablation.claim}\n\n" + table_markdown(values, seeds, ablation.metrics))
     plot_curves(curves, ablation.metrics, os.path.join(workdir, "curves.png"))
-    results = [
-        evaluate_claim(claim, values)
-        for claim in ablation.claims
-        if claim.b in names and (claim.a is None or claim.a in names)
-        and (claim.engagement_source is None or claim.engagement_source[0] in names)
-    ]
+    results = [evaluate_claim(claim, values) for claim in claims_of(ablation, names)]
     _write_json(os.path.join(workdir, "verdict.json"),
                 {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values})
     return results

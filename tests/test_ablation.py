@@ -298,6 +298,41 @@ def test_size_claims_from_a_pilot():
         ab.size_claims(claims, {"a": {"m": [1.0]}, "b": {"m": [1.2]}})
 
 
+def test_sweep_seeds_after_a_pilot():
+    assert ab.sweep_seeds([0, 1, 2], None, None) == [0, 1, 2]
+    assert ab.sweep_seeds([0, 1, 2], [5], None) == [5]
+    pilot = {"pilot_seeds": [0, 1, 2], "verdict_seeds": [3, 4, 5, 6]}
+    assert ab.sweep_seeds([0, 1, 2], None, pilot) == [3, 4, 5, 6]
+    assert ab.sweep_seeds([0, 1, 2], [7, 8], pilot) == [7, 8]
+    with pytest.raises(ValueError, match=r"seeds \[2\] ran in the pilot"):
+        ab.sweep_seeds([0, 1, 2], [2, 3], pilot)
+
+
+def test_pilot_plan_and_its_lines():
+    ablation = ab.Ablation(
+        claim="test", base=arithmetic_grpo.get_config(), variants={"a": {}, "b": {}, "c": {}},
+        metrics={"m": ab.Metric("rl", "accuracy"), "e": ab.Metric("rl", "clip")},
+        claims=[ab.Claim("b beats a", "m", "a", "b", smallest_effect=0.05, engagement="e",
+                         engagement_floor=0.5),
+                ab.Claim("unsized", "m", "a", "b"),
+                ab.Claim("c not run", "m", "a", "c", smallest_effect=0.01)],
+        seeds=(0, 1, 2, 3))
+    values = {"a": {"m": [1.0, 1.0, 1.0], "e": [0.0] * 3},
+              "b": {"m": [1.1, 1.3, 1.2], "e": [0.2, 0.4, 0.3]}}
+    plan = ab.pilot_plan(ablation, values, [0, 1, 2], ["a", "b"])
+    assert [c["text"] for c in plan["claims"]] == ["b beats a", "unsized"]  # c was not run
+    assert plan["pilot_seeds"] == [0, 1, 2]
+    assert plan["verdict_seeds"] == [3] + list(range(4, 37))  # 34 seeds: sd 0.1, δ 0.05
+    lines = ab.pilot_lines(plan)
+    assert lines[1].startswith("  b beats a | m: paired sd 0.1, mean +0.2; engagement 0.3 "
+                               "(floor 0.5: NOT ENGAGED); 34 seeds for 80% power at ±0.05")
+    assert lines[2].endswith("no smallest effect: not sized")
+    assert lines[3] == "verdict seeds: --seeds=" + ",".join(str(s) for s in range(3, 37))
+    only_unsized = ab.Ablation(**{**ablation.__dict__, "claims": [ablation.claims[1]]})
+    assert ab.pilot_plan(only_unsized, values, [0, 1, 2], ["a", "b"])["verdict_seeds"] == [
+        3, 4, 5, 6]  # the file's count (4), after the pilot's
+
+
 RECORDS = [
     {"stage": "sft", "step": 3, "eval/pass@1": 0.25},
     {"stage": "sft", "step": 6, "eval/pass@1": 0.5},
