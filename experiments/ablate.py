@@ -9,6 +9,10 @@ Runs go in ``workdir/<variant>/seed<k>`` (SFT and the reward model once per seed
 resumes. Writes ``table.md``, ``curves.png`` and ``verdict.json`` in the workdir and prints a line
 per claim: reproduced, not reproduced or inconclusive (see ``rl_jax/ablation.py`` for the rule).
 To rerun one row alone, delete its directory and pass ``--variants=NAME --seeds=K``.
+``--jobs=N`` runs N rows at once, each in a spawned process (the shared SFT / RM rows of every
+seed first, then the variants: ``rl_jax.ablation.plan_jobs``); each process uses every device and
+core it sees, so on an accelerator keep N at 1 or limit each process's memory
+(``XLA_PYTHON_CLIENT_MEM_FRACTION``).
 
 Sizing the seeds first (docs/reproductions.md)::
 
@@ -62,6 +66,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (created
 _SEEDS = flags.DEFINE_list("seeds", None, "Seeds to run (default: the ablation file's).")
 _VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all).")
 _FSDP = flags.DEFINE_integer("fsdp", 1, "Devices that shard one copy of the parameters.")
+_JOBS = flags.DEFINE_integer(
+    "jobs", 1, "Rows run at once, each in its own process (1: in this process, one by one).")
 _PILOT = flags.DEFINE_bool("pilot", False, "Run a pilot and size the seeds; no verdict sweep.")
 _PILOT_SEEDS = flags.DEFINE_integer("pilot_seeds", 3, "Seeds of the pilot: the file's first.")
 flags.mark_flags_as_required(["ablation", "workdir"])
@@ -115,9 +121,13 @@ def main(argv):
         check_runs(ablation, seeds, _VARIANTS.value, mesh.devices.size)
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    train = functools.partial(run, mesh=mesh)
+    if _JOBS.value == 1:
+        train = functools.partial(run, mesh=mesh)
+    else:  # each worker process makes its own mesh
+        train = functools.partial(ablation_lib.train_in_process, fsdp=_FSDP.value)
     counts = ablation_lib.sweep(
         ablation, workdir, train, seeds=seeds, variants=_VARIANTS.value, progress=tqdm.tqdm,
+        jobs=_JOBS.value,
     )
     results = ablation_lib.report(ablation, workdir, seeds=seeds, variants=_VARIANTS.value)
     if _PILOT.value:

@@ -23,11 +23,13 @@ writes ``table.md``, ``curves.png`` and ``verdict.json``; ``load_ablation``, ``r
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import time
@@ -702,6 +704,50 @@ def _check_preregistration(ablation: Ablation, workdir: str) -> None:
     _write_json(path, {**spec, "registered": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
+class Row(NamedTuple):
+    """One run of a sweep: a variant (or ``"shared"``: the SFT / RM stages) and a seed."""
+
+    variant: str
+    seed: int
+
+
+def plan_jobs(
+    seeds: Sequence[int],
+    names: Sequence[str],
+    sharing: Mapping[str, bool],
+    finished: set[Row] | frozenset[Row],
+    jobs: int = 1,
+) -> list[list[Row]]:
+    """The rows to run, in waves: every row of a wave may run at once, a wave after the previous
+    one has finished. Rows in ``finished`` are left out. With ``jobs == 1``, one wave in the
+    sweep's order: per seed its shared row (if any variant shares it), then the variants in
+    ``names`` order. With ``jobs > 1``, the shared rows of all seeds, then every variant row
+    (seed by seed), since a variant's run starts from its seed's shared checkpoints."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    shared_rows, variant_rows, in_order = [], [], []
+    for seed in seeds:
+        if any(sharing[n] for n in names):
+            shared_rows.append(Row("shared", seed))
+            in_order.append(Row("shared", seed))
+        for name in names:
+            variant_rows.append(Row(name, seed))
+            in_order.append(Row(name, seed))
+    waves = [in_order] if jobs == 1 else [shared_rows, variant_rows]
+    waves = [[row for row in wave if row not in finished] for wave in waves]
+    return [wave for wave in waves if wave]
+
+
+def train_in_process(config: ml_collections.ConfigDict, directory: str, *, fsdp: int = 1) -> None:
+    """``rl_jax.trainers.run.run`` on a mesh made in the calling process: what ``sweep`` sends to
+    its worker processes (``jobs > 1``), which cannot receive a parent's mesh. Returns nothing,
+    so no parameters travel back."""
+    from rl_jax import parallel  # noqa: PLC0415 (the trainer is only needed in a worker)
+    from rl_jax.trainers.run import run  # noqa: PLC0415
+
+    run(config, directory, mesh=parallel.make_mesh(fsdp=fsdp))
+
+
 def sweep(
     ablation: Ablation,
     workdir: str,
@@ -710,13 +756,17 @@ def sweep(
     seeds: Sequence[int] | None = None,
     variants: Sequence[str] | None = None,
     progress: Callable | None = None,
+    jobs: int = 1,
 ) -> dict[str, int]:
     """Runs every (variant, seed) with ``train(config, run_workdir)`` (``rl_jax.trainers.run.run``).
 
     Each run goes in ``workdir/<variant>/seed<k>`` with its ``config.json`` and ``overrides.json``;
     a run with a ``summary.json`` is skipped, an unfinished one resumes. The SFT / RM stages run
     once per seed in ``workdir/shared/seed<k>`` and their checkpoints and tokenizer are copied into
-    each variant that overrides nothing they read. Returns counts of runs done and skipped.
+    each variant that overrides nothing they read. Every row's saved config is checked before the
+    first run. ``jobs > 1`` runs the rows of each ``plan_jobs`` wave in that many processes
+    (``ProcessPoolExecutor``, spawn context; ``train`` must pickle: ``train_in_process``); the
+    first failure is raised once its wave has ended. Returns counts of runs done and skipped.
     """
     seeds = list(ablation.seeds if seeds is None else seeds)
     names = list(ablation.variants if variants is None else variants)
@@ -734,51 +784,77 @@ def sweep(
     if any(sharing.values()):
         print(f"{'/'.join(stages)} once per seed in {os.path.join(workdir, 'shared')}, copied "
               f"into {[n for n in names if sharing[n]]}")
-    jobs: list[tuple[str, int]] = []
-    for seed in seeds:
-        if any(sharing[n] for n in names):
-            jobs.append(("shared", seed))
-        jobs += [(n, seed) for n in names]
-    counts = {"done": 0, "skipped": 0}
-    bar = progress(jobs, desc="runs", unit="run") if progress else jobs
-    for name, seed in bar:
-        if name == "shared":
-            directory, overrides = shared_dir(workdir, seed), {}
-            config = run_config(ablation.base, overrides, seed, stages)
+    configs: dict[Row, tuple[str, dict[str, Any], ml_collections.ConfigDict]] = {}
+    finished: set[Row] = set()
+    for row in plan_jobs(seeds, names, sharing, frozenset(), 1)[0]:
+        if row.variant == "shared":
+            directory, overrides = shared_dir(workdir, row.seed), {}
+            config = run_config(ablation.base, overrides, row.seed, stages)
         else:
-            directory, overrides = run_dir(workdir, name, seed), dict(ablation.variants[name])
-            config = run_config(ablation.base, overrides, seed)
-        config_json = json.loads(config.to_json_best_effort())
+            directory = run_dir(workdir, row.variant, row.seed)
+            overrides = dict(ablation.variants[row.variant])
+            config = run_config(ablation.base, overrides, row.seed)
         saved_path = os.path.join(directory, "config.json")
         if os.path.exists(saved_path):  # a run started from another config is not this row
             with open(saved_path, encoding="utf-8") as f:
-                changed = _changed_fields(json.load(f), config_json)
+                changed = _changed_fields(json.load(f),
+                                          json.loads(config.to_json_best_effort()))
             if changed:
                 raise ValueError(f"{directory} was run with another config ({changed[:5]}); "
                                  "delete it, or use a new workdir")
         if os.path.exists(os.path.join(directory, "summary.json")):
-            counts["skipped"] += 1
-            continue
+            finished.add(row)
+        configs[row] = (directory, overrides, config)
+    waves = plan_jobs(seeds, names, sharing, finished, jobs)
+    counts = {"done": 0, "skipped": len(finished)}
+
+    def prepare(row: Row) -> tuple[ml_collections.ConfigDict, str]:
+        directory, overrides, config = configs[row]
         os.makedirs(directory, exist_ok=True)
         shared_from = ""
-        if name != "shared" and sharing[name]:
-            shared_from = os.path.relpath(shared_dir(workdir, seed), directory)
+        if row.variant != "shared" and sharing[row.variant]:
+            shared_from = os.path.relpath(shared_dir(workdir, row.seed), directory)
             for item in (*stages, "tokenizer"):
-                source = os.path.join(shared_dir(workdir, seed), item)
+                source = os.path.join(shared_dir(workdir, row.seed), item)
                 target = os.path.join(directory, item)
                 if os.path.isdir(source) and not os.path.exists(target):
                     # copy, then rename: an interrupted copy never looks like a checkpoint
                     shutil.rmtree(target + ".partial", ignore_errors=True)
                     shutil.copytree(source, target + ".partial")
                     os.replace(target + ".partial", target)
-        _write_json(saved_path, config_json)
+        _write_json(os.path.join(directory, "config.json"),
+                    json.loads(config.to_json_best_effort()))
         _write_json(
             os.path.join(directory, "overrides.json"),
-            {"variant": name, "seed": seed, "overrides": overrides, "shared_from": shared_from,
+            {"variant": row.variant, "seed": row.seed, "overrides": overrides,
+             "shared_from": shared_from,
              "shared_stages": list(stages) if shared_from else []},
         )
-        train(config, directory)
-        counts["done"] += 1
+        return config, directory
+
+    if jobs == 1:
+        rows = waves[0] if waves else []
+        for row in progress(rows, desc="runs", unit="run") if progress else rows:
+            train(*prepare(row))
+            counts["done"] += 1
+        return counts
+    context = multiprocessing.get_context("spawn")  # no forked JAX runtime in the workers
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        bar = progress(total=sum(map(len, waves)), desc="runs", unit="run") if progress else None
+        for wave in waves:
+            futures = {pool.submit(train, *prepare(row)): row for row in wave}
+            errors = []
+            for future in concurrent.futures.as_completed(futures):
+                if future.exception() is not None:
+                    errors.append((futures[future], future.exception()))
+                    continue
+                counts["done"] += 1
+                if bar is not None:
+                    bar.update(1)
+            if errors:
+                row, error = errors[0]
+                raise RuntimeError(f"{len(errors)} run(s) failed, first {row}: {error!r}"
+                                   ) from error
     return counts
 
 

@@ -333,6 +333,38 @@ def test_pilot_plan_and_its_lines():
         3, 4, 5, 6]  # the file's count (4), after the pilot's
 
 
+def test_plan_jobs_orders_waves_and_skips_finished_rows():
+    both = {"a": True, "b": True}
+    R = ab.Row
+    # one job: today's order, seed by seed, the shared row first
+    assert ab.plan_jobs([0, 1], ["a", "b"], both, set()) == [
+        [R("shared", 0), R("a", 0), R("b", 0), R("shared", 1), R("a", 1), R("b", 1)]]
+    # N jobs: every shared row, then every variant row; finished rows (a resumed sweep) left out
+    done = {R("shared", 0), R("a", 0)}
+    assert ab.plan_jobs([0, 1], ["a", "b"], both, done, jobs=3) == [
+        [R("shared", 1)], [R("b", 0), R("a", 1), R("b", 1)]]
+    # nothing shared (no SFT / RM, or every variant overrides them): one wave of variants
+    assert ab.plan_jobs([4], ["b", "a"], {"a": False, "b": False}, set(), jobs=2) == [
+        [R("b", 4), R("a", 4)]]
+    everything = {R("shared", 0), R("a", 0), R("b", 0)}
+    assert ab.plan_jobs([0], ["a", "b"], both, everything, jobs=2) == []
+    assert ab.plan_jobs([0], ["a", "b"], both, everything) == []
+    with pytest.raises(ValueError):
+        ab.plan_jobs([0], ["a"], both, set(), jobs=0)
+
+
+def test_sweep_in_worker_processes(tmp_path):
+    """jobs=2: each row's config and directory go to a spawned process (here ``print``, which
+    pickles; no training), the rows' files are written by the parent."""
+    ablation = ab.Ablation(claim="test", base=arithmetic_grpo.get_config(),
+                           variants={"a": {}, "b": {"rl.steps": 3}},
+                           metrics={"acc": ab.Metric("rl", "accuracy")}, claims=[], seeds=(0,))
+    assert ab.sweep(ablation, str(tmp_path), print, jobs=2) == {"done": 3, "skipped": 0}
+    assert json.loads((tmp_path / "b/seed0/config.json").read_text())["rl"]["steps"] == 3
+    info = json.loads((tmp_path / "a/seed0/overrides.json").read_text())
+    assert info["shared_from"] == "../../shared/seed0"
+
+
 RECORDS = [
     {"stage": "sft", "step": 3, "eval/pass@1": 0.25},
     {"stage": "sft", "step": 6, "eval/pass@1": 0.5},
