@@ -26,12 +26,18 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import math
 import multiprocessing
 import os
+import platform
+import shlex
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -701,7 +707,69 @@ def _check_preregistration(ablation: Ablation, workdir: str) -> None:
             )
         return
     os.makedirs(workdir, exist_ok=True)
-    _write_json(path, {**spec, "registered": time.strftime("%Y-%m-%d %H:%M:%S")})
+    _write_json(path, {**spec, "registered": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "provenance": gather_provenance([sys.executable, *sys.argv])})
+
+
+PROVENANCE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy",
+                       "ml_collections")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # rl_jax's checkout
+
+
+def _git(repo: str, *args: str) -> str | None:
+    try:
+        result = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
+                                timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def gather_provenance(
+    command: Sequence[str], wall_s: float | None = None, *, repo: str = REPO_ROOT
+) -> dict[str, Any]:
+    """Where a run's numbers came from: the code commit of ``repo`` (``git rev-parse HEAD``) and
+    whether its tree was dirty (``git status --porcelain`` not empty; both ``None`` outside a git
+    checkout), the versions of ``PROVENANCE_PACKAGES`` (``None`` if not installed) and Python,
+    the exact ``command`` (shell-quoted), the wall time in seconds, the host and the time."""
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain")
+    versions: dict[str, str | None] = {}
+    for package in PROVENANCE_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "commit": None if commit is None else commit.strip(),
+        "dirty": None if status is None else bool(status.strip()),
+        "versions": {**versions, "python": platform.python_version()},
+        "command": shlex.join(command),
+        "wall_s": wall_s,
+        "host": socket.gethostname(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def _timed_call(train: Callable, config: ml_collections.ConfigDict, directory: str) -> float:
+    """``train(config, directory)``, returning its wall time in seconds (runs in a worker)."""
+    start = time.perf_counter()
+    train(config, directory)
+    return time.perf_counter() - start
+
+
+def _write_provenance(directory: str, command: Sequence[str], wall_s: float | None,
+                      finished: bool) -> None:
+    """``directory/provenance.json`` of this attempt; earlier attempts (an interrupted run that
+    resumed) are kept under ``"previous"``."""
+    path = os.path.join(directory, "provenance.json")
+    previous: list[dict[str, Any]] = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+        previous = [*earlier.pop("previous", []), earlier]
+    _write_json(path, {**gather_provenance(command, wall_s), "finished": finished,
+                       "previous": previous})
 
 
 class Row(NamedTuple):
@@ -757,6 +825,7 @@ def sweep(
     variants: Sequence[str] | None = None,
     progress: Callable | None = None,
     jobs: int = 1,
+    command: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Runs every (variant, seed) with ``train(config, run_workdir)`` (``rl_jax.trainers.run.run``).
 
@@ -766,8 +835,11 @@ def sweep(
     each variant that overrides nothing they read. Every row's saved config is checked before the
     first run. ``jobs > 1`` runs the rows of each ``plan_jobs`` wave in that many processes
     (``ProcessPoolExecutor``, spawn context; ``train`` must pickle: ``train_in_process``); the
-    first failure is raised once its wave has ended. Returns counts of runs done and skipped.
+    first failure is raised once its wave has ended. Each run's ``provenance.json``
+    (``gather_provenance``: commit, dirty tree, versions, ``command`` (default: this process's),
+    wall time, host) is written when it ends or fails. Returns counts of runs done and skipped.
     """
+    command = [sys.executable, *sys.argv] if command is None else list(command)
     seeds = list(ablation.seeds if seeds is None else seeds)
     names = list(ablation.variants if variants is None else variants)
     unknown = [n for n in names if n not in ablation.variants]
@@ -835,19 +907,31 @@ def sweep(
     if jobs == 1:
         rows = waves[0] if waves else []
         for row in progress(rows, desc="runs", unit="run") if progress else rows:
-            train(*prepare(row))
+            config, directory = prepare(row)
+            start = time.perf_counter()
+            try:
+                train(config, directory)
+            except BaseException:
+                _write_provenance(directory, command, time.perf_counter() - start, False)
+                raise
+            _write_provenance(directory, command, time.perf_counter() - start, True)
             counts["done"] += 1
         return counts
     context = multiprocessing.get_context("spawn")  # no forked JAX runtime in the workers
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         bar = progress(total=sum(map(len, waves)), desc="runs", unit="run") if progress else None
         for wave in waves:
-            futures = {pool.submit(train, *prepare(row)): row for row in wave}
+            futures = {}
+            for row in wave:
+                futures[pool.submit(_timed_call, train, *prepare(row))] = row
             errors = []
             for future in concurrent.futures.as_completed(futures):
+                directory = configs[futures[future]][0]
                 if future.exception() is not None:
                     errors.append((futures[future], future.exception()))
+                    _write_provenance(directory, command, None, False)
                     continue
+                _write_provenance(directory, command, future.result(), True)
                 counts["done"] += 1
                 if bar is not None:
                     bar.update(1)
@@ -962,6 +1046,23 @@ def read_values(
     return values, curves
 
 
+def rows_provenance(
+    workdir: str, seeds: Sequence[int], names: Sequence[str]
+) -> dict[str, Any]:
+    """``{"<variant>/seed<k>": provenance.json or None}`` of each row, shared rows included."""
+    out: dict[str, Any] = {}
+    for seed in seeds:
+        for name, directory in [("shared", shared_dir(workdir, seed))] + [
+                (n, run_dir(workdir, n, seed)) for n in names]:
+            path = os.path.join(directory, "provenance.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    out[f"{name}/seed{seed}"] = json.load(f)
+            elif name != "shared":
+                out[f"{name}/seed{seed}"] = None
+    return out
+
+
 def claims_of(ablation: Ablation, names: Sequence[str]) -> list[Claim]:
     """The claims whose variants (a, b and the engagement's) are among ``names``."""
     return [
@@ -988,5 +1089,6 @@ def report(
     plot_curves(curves, ablation.metrics, os.path.join(workdir, "curves.png"))
     results = [evaluate_claim(claim, values) for claim in claims_of(ablation, names)]
     _write_json(os.path.join(workdir, "verdict.json"),
-                {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values})
+                {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values,
+                 "provenance": rows_provenance(workdir, seeds, names)})
     return results

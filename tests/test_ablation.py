@@ -363,6 +363,41 @@ def test_sweep_in_worker_processes(tmp_path):
     assert json.loads((tmp_path / "b/seed0/config.json").read_text())["rl"]["steps"] == 3
     info = json.loads((tmp_path / "a/seed0/overrides.json").read_text())
     assert info["shared_from"] == "../../shared/seed0"
+    provenance = ab.rows_provenance(str(tmp_path), [0], ["a", "b"])
+    assert sorted(provenance) == ["a/seed0", "b/seed0", "shared/seed0"]
+    assert all(p["finished"] and p["wall_s"] >= 0 and p["previous"] == []
+               for p in provenance.values())
+    assert ab.rows_provenance(str(tmp_path), [1], ["a"]) == {"a/seed1": None}
+    registered = json.loads((tmp_path / "ablation.json").read_text())
+    assert registered["registered"] and registered["provenance"]["versions"]["numpy"]
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                    *args], check=True, capture_output=True)
+
+
+def test_gather_provenance_in_a_git_repository(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", "a.py")
+    _git(repo, "commit", "-qm", "one")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    command = ["python", "experiments/ablate.py", "--workdir=/tmp/a b"]
+    clean = ab.gather_provenance(command, 12.5, repo=str(repo))
+    assert (clean["commit"], clean["dirty"], clean["wall_s"]) == (head, False, 12.5)
+    assert clean["command"] == "python experiments/ablate.py '--workdir=/tmp/a b'"
+    assert clean["versions"]["jax"] == jax.__version__
+    assert clean["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert set(clean["versions"]) >= {"flax", "optax", "orbax-checkpoint", "numpy"}
+    assert clean["host"] and clean["time"]
+    (repo / "a.py").write_text("x = 2\n")
+    assert ab.gather_provenance(command, repo=str(repo))["dirty"] is True
+    elsewhere = ab.gather_provenance(command, repo=str(tmp_path / "not_a_repo"))
+    assert (elsewhere["commit"], elsewhere["dirty"]) == (None, None)
 
 
 RECORDS = [
@@ -614,7 +649,11 @@ def test_interrupted_run_resumes_in_its_workdir(tmp_path):
     assert calls == ["shared/seed3", "ppo/seed3", "rloo/seed3", "rloo/seed3"]
     assert (tmp_path / "rloo/seed3/sft/1/marker").exists()  # not copied over again
     assert sorted(os.listdir(tmp_path / "rloo/seed3")) == [
-        "config.json", "overrides.json", "rl", "rm", "sft", "summary.json", "tokenizer"]
+        "config.json", "overrides.json", "provenance.json", "rl", "rm", "sft", "summary.json",
+        "tokenizer"]
+    provenance = json.loads((tmp_path / "rloo/seed3/provenance.json").read_text())
+    assert provenance["finished"] and provenance["wall_s"] >= 0
+    assert [p["finished"] for p in provenance["previous"]] == [False]  # the killed attempt
     info = json.loads((tmp_path / "rloo/seed3/overrides.json").read_text())
     assert info["shared_stages"] == ["sft", "rm"] and info["shared_from"] == "../../shared/seed3"
     assert json.loads((tmp_path / "rloo/seed3/config.json").read_text())["seed"] == 3
