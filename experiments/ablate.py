@@ -7,7 +7,9 @@ r"""Tests a paper's claim: every variant x seed of an ablation file, then a tabl
 Runs go in ``workdir/<variant>/seed<k>`` (SFT and the reward model once per seed in
 ``workdir/shared/seed<k>``); started again, finished runs are skipped and an interrupted one
 resumes. Writes ``table.md``, ``curves.png`` and ``verdict.json`` in the workdir and prints a line
-per claim: reproduced, not reproduced or inconclusive (see ``rl_jax/ablation.py`` for the rule).
+per claim: reproduced, not reproduced, no effect of the claimed size, not engaged or inconclusive
+with its reason (``rl_jax.ablation.judge`` has the rule). Each run's directory gets a
+``provenance.json`` (commit, dirty tree, library versions, this command, wall time, host).
 To rerun one row alone, delete its directory and pass ``--variants=NAME --seeds=K``.
 ``--jobs=N`` runs N rows at once, each in a spawned process (the shared SFT / RM rows of every
 seed first, then the variants: ``rl_jax.ablation.plan_jobs``); each process uses every device and
@@ -104,6 +106,9 @@ def main(argv):
     pilot_path = os.path.join(_WORKDIR.value, ablation_lib.PILOT_DIR, "pilot.json")
     workdir = _WORKDIR.value
     if _PILOT.value:
+        if requested is not None:
+            sys.exit("error: --pilot takes the first --pilot_seeds of the file's seeds; "
+                     "--seeds is for the verdict's sweep")
         seeds, _ = ablation_lib.split_seeds(ablation.seeds, _PILOT_SEEDS.value, 0)
         workdir = os.path.join(_WORKDIR.value, ablation_lib.PILOT_DIR)
     else:
