@@ -25,6 +25,7 @@ setuptools.setup(
         "safetensors>=0.8.0",
         "gguf>=0.19.0",  # reads llama.cpp .gguf files (rl_jax.models.gguf)
         "numpy>=2.0",
+        "scipy>=1.11",  # Student t and noncentral t (rl_jax.ablation's intervals and seed counts)
         "chex>=0.1.92",
         "tensorboardX>=2.6",
         "tqdm>=4.66",

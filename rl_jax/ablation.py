@@ -11,22 +11,33 @@ seed ``s`` (``m_a = 0`` when ``a`` is None), the claim "``b - a > margin``" is
 
 * reproduced when the 95% Student-t interval of the mean of ``d`` lies above ``margin``,
 * not reproduced when it lies below ``margin`` (the opposite direction is established),
-* inconclusive otherwise, and always with one seed (no interval);
+* no effect of the claimed size when it lies inside ``±δ``, the claim's smallest effect,
+* not engaged when the claim's engagement measure (mean over seeds) is below its floor,
+* inconclusive otherwise, with the reason, and always with one seed (no interval);
 
-mirrored for ``"<"``. The statistics, the reading of records and the table are pure functions;
-``sweep`` runs the trainer (passed in) over the rows, ``report`` writes ``table.md``, ``curves.png``
-and ``verdict.json``; ``load_ablation``, ``run_records`` and ``plot_curves`` read or write files.
+mirrored for ``"<"`` (the order of the rules: ``judge``). The statistics, the reading of records
+and the table are pure functions; ``sweep`` runs the trainer (passed in) over the rows, ``report``
+writes ``table.md``, ``curves.png`` and ``verdict.json``; ``load_ablation``, ``run_records`` and
+``plot_curves`` read or write files.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
+import platform
+import shlex
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -34,6 +45,7 @@ from typing import Any, NamedTuple
 import matplotlib
 import ml_collections
 import numpy as np
+from scipy import stats
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,12 +56,6 @@ SHARED_STAGE_FIELDS = ("seed", "stages", "task", "model", "sft", "rm", "rollout"
 SHAREABLE_STAGES = ("sft", "rm")  # stages run once per seed when no variant changes their inputs
 LOG10_FLOOR = 1e-6  # log10 of a metric is taken of max(value, LOG10_FLOOR): 0 stays finite
 
-# t_{0.975, df} for df = 1..30 (two-sided 95%), from standard tables.
-_T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +100,17 @@ class Claim:
 
     ``direction`` is ``">"`` or ``"<"``; ``margin`` is 0 for "b beats a", ``-m`` for "b is at least
     as good as a within m" (non-inferiority), 1 for "10x larger" on a ``log10`` metric.
+
+    Fixed before results, and optional (``None`` keeps the verdict of the interval and margin
+    alone):
+
+    * ``smallest_effect``: the smallest difference ``b - a`` of interest, ``δ > 0``, in the
+      metric's units; with ``relative=True`` a fraction of ``|mean over seeds of metric(a)|``
+      (0.2: "+20% entropy"; needs ``a``). A 95% interval inside ``(-δ, +δ)`` is
+      "no effect of the claimed size".
+    * ``engagement``: the measure that shows the mechanism acted, a metric name of the ablation
+      read on variant ``b``, or a ``(variant, metric)`` pair; with ``engagement_floor``, its mean
+      over seeds below the floor makes the claim "not engaged" whatever the interval says.
     """
 
     text: str
@@ -102,10 +119,39 @@ class Claim:
     b: str
     direction: str = ">"
     margin: float = 0.0
+    smallest_effect: float | None = None
+    relative: bool = False
+    engagement: str | tuple[str, str] | None = None
+    engagement_floor: float | None = None
 
     def __post_init__(self):
         if self.direction not in (">", "<"):
             raise ValueError(f"Claim.direction must be '>' or '<', got {self.direction!r}")
+        if self.smallest_effect is not None and not self.smallest_effect > 0:
+            raise ValueError(f"Claim.smallest_effect must be > 0, got {self.smallest_effect}")
+        if self.relative and (self.smallest_effect is None or self.a is None):
+            raise ValueError("Claim.relative needs smallest_effect and a variant a (its mean is "
+                             "the reference)")
+        if (self.engagement is None) != (self.engagement_floor is None):
+            raise ValueError("Claim.engagement and Claim.engagement_floor go together")
+        if not (self.engagement is None or isinstance(self.engagement, str)
+                or (isinstance(self.engagement, tuple) and len(self.engagement) == 2)):
+            raise ValueError("Claim.engagement must be a metric name or a (variant, metric) "
+                             f"pair, got {self.engagement!r}")
+
+    @property
+    def engagement_source(self) -> tuple[str, str] | None:
+        """``(variant, metric)`` of the engagement measure (``None``: no engagement check)."""
+        if self.engagement is None:
+            return None
+        if isinstance(self.engagement, str):
+            return (self.b, self.engagement)
+        return (self.engagement[0], self.engagement[1])
+
+
+# Fields added to Claim after sweeps were registered: a saved claim without them had these values.
+_CLAIM_DEFAULTS = {"smallest_effect": None, "relative": False, "engagement": None,
+                   "engagement_floor": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +178,11 @@ class Ablation:
             for variant in (claim.a, claim.b):
                 if variant is not None and variant not in self.variants:
                     raise ValueError(f"claim {claim.text!r}: unknown variant {variant!r}")
+            if claim.engagement_source is not None:
+                variant, metric = claim.engagement_source
+                if variant not in self.variants or metric not in self.metrics:
+                    raise ValueError(f"claim {claim.text!r}: engagement {claim.engagement!r} "
+                                     "needs a known variant and metric")
 
     def spec(self) -> dict[str, Any]:
         """The pre-registered part (claim, variants, metrics, claims) as JSON-able data."""
@@ -155,16 +206,12 @@ class Interval(NamedTuple):
 # --- statistics -----------------------------------------------------------------------------------
 
 
-def t_quantile_975(df: int) -> float:
-    """``t_{0.975, df}``: the table for df <= 30; beyond, the Cornish-Fisher expansion
-    ``z + (z^3 + z) / (4 df) + (5z^5 + 16z^3 + 3z) / (96 df^2)`` with ``z = 1.959964`` (error
-    below 1e-3 for df > 30)."""
+def t_quantile(q: float, df: int) -> float:
+    """``t_{q, df}``, the ``q`` quantile of Student's t with ``df`` degrees of freedom
+    (``scipy.stats.t.ppf``); ``q = 0.975`` gives the two-sided 95% interval."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T_975):
-        return _T_975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    return float(stats.t.ppf(q, df))
 
 
 def mean_interval(values: Sequence[float]) -> Interval:
@@ -176,7 +223,7 @@ def mean_interval(values: Sequence[float]) -> Interval:
     mean = float(x.mean())
     if x.size < 2:
         return Interval(mean, math.nan, math.nan, 1)
-    half = t_quantile_975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    half = t_quantile(0.975, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
     return Interval(mean, mean - half, mean + half, int(x.size))
 
 
@@ -189,20 +236,103 @@ def paired_differences(a: Sequence[float] | None, b: Sequence[float]) -> list[fl
     return [float(vb) - float(va) for va, vb in zip(a, b, strict=True)]
 
 
-def verdict(interval: Interval, direction: str, margin: float = 0.0) -> str:
-    """``"reproduced"`` when the interval of ``b - a`` lies beyond ``margin`` in the claimed
-    ``direction``, ``"not reproduced"`` when it lies beyond it the other way, else
-    ``"inconclusive"`` (also with no interval: one seed)."""
+class Verdict(NamedTuple):
+    """A claim's verdict and, for "inconclusive" and "not engaged", why."""
+
+    name: str
+    reason: str = ""
+
+
+VERDICTS = ("reproduced", "not reproduced", "no effect of the claimed size", "not engaged",
+            "inconclusive")
+
+
+def claims_an_effect(direction: str, margin: float) -> bool:
+    """Whether ``b - a {direction} margin`` claims a difference (``> m`` with ``m >= 0``, ``< m``
+    with ``m <= 0``) rather than non-inferiority (``> -m``: "not worse by more than m")."""
+    return margin >= 0 if direction == ">" else margin <= 0
+
+
+def judge(
+    interval: Interval,
+    direction: str,
+    margin: float = 0.0,
+    *,
+    smallest_effect: float | None = None,
+    engagement: float | None = None,
+    engagement_floor: float | None = None,
+) -> Verdict:
+    """The verdict of ``b - a {direction} margin`` from the 95% interval ``[lo, hi]`` of the mean
+    paired difference, the smallest effect of interest ``δ`` (absolute) and the engagement
+    measure's mean over seeds. The first rule that holds decides:
+
+    1. ``"not engaged"``: ``engagement < engagement_floor`` (or nan); no effect is judged.
+    2. ``"inconclusive"``, reason "one seed": no interval.
+    3. ``"no effect of the claimed size"``, for a claim of a difference (``claims_an_effect``):
+       ``-δ < lo`` and ``hi < δ``, the equivalence test at the same 95% level (two one-sided
+       t tests, each at 2.5%: the 95% interval, not the 90% one of TOST at 5%).
+    4. ``"reproduced"``: ``lo > margin`` for ``">"`` (``hi < margin`` for ``"<"``).
+    5. ``"not reproduced"``: the interval lies beyond ``margin`` on the other side.
+    6. ``"no effect of the claimed size"`` for a non-inferiority claim (same test as 3).
+    7. ``"inconclusive"``, reason: the interval spans the margin, and is either wider than the
+       ``±δ`` band (``hi - lo > 2δ``: more seeds needed) or crosses ``δ`` or ``-δ``.
+
+    A non-inferiority claim (``"> -m"``) whose interval lies inside ``±δ`` with ``δ <= m`` is
+    reproduced (rule 4): an established small difference is what it claims.
+    """
     if direction not in (">", "<"):
         raise ValueError(f"direction must be '>' or '<', got {direction!r}")
+    if engagement_floor is not None:
+        if engagement is None:
+            raise ValueError("an engagement floor needs the engagement measure")
+        if not engagement >= engagement_floor:  # nan is not engaged
+            return Verdict("not engaged",
+                           f"engagement {engagement:.4g} below its floor {engagement_floor:.4g}")
     if interval.n < 2 or math.isnan(interval.low):
-        return "inconclusive"
+        return Verdict("inconclusive", "one seed: no interval")
+    equivalent = (smallest_effect is not None
+                  and -smallest_effect < interval.low and interval.high < smallest_effect)
+    effect_claim = claims_an_effect(direction, margin)
+    if equivalent and effect_claim:
+        return Verdict("no effect of the claimed size")
     above, below = interval.low > margin, interval.high < margin
     if (above and direction == ">") or (below and direction == "<"):
-        return "reproduced"
+        return Verdict("reproduced")
     if above or below:
-        return "not reproduced"
-    return "inconclusive"
+        return Verdict("not reproduced")
+    if equivalent:
+        return Verdict("no effect of the claimed size")
+    if smallest_effect is None:
+        return Verdict("inconclusive", "interval spans the margin")
+    width = interval.high - interval.low
+    if width > 2 * smallest_effect:
+        return Verdict("inconclusive", f"interval spans the margin and is wider ({width:.4g}) "
+                       f"than the ±smallest effect band ({2 * smallest_effect:.4g})")
+    return Verdict("inconclusive", f"interval spans the margin and crosses ±{smallest_effect:.4g}"
+                   " (the smallest effect)")
+
+
+def verdict(
+    interval: Interval, direction: str, margin: float = 0.0, *,
+    smallest_effect: float | None = None,
+) -> str:
+    """``judge(...).name`` without engagement: ``"reproduced"`` when the interval of ``b - a``
+    lies beyond ``margin`` in the claimed ``direction``, ``"not reproduced"`` when it lies beyond
+    it the other way, ``"no effect of the claimed size"`` inside ``±smallest_effect``, else
+    ``"inconclusive"`` (also with no interval: one seed)."""
+    return judge(interval, direction, margin, smallest_effect=smallest_effect).name
+
+
+def smallest_effect_absolute(
+    claim: Claim, values: Mapping[str, Mapping[str, Sequence[float]]]
+) -> float | None:
+    """``δ`` of ``claim`` in the metric's units: ``smallest_effect``, times ``|mean of
+    metric(a)|`` over seeds when ``relative``."""
+    if claim.smallest_effect is None:
+        return None
+    if not claim.relative:
+        return float(claim.smallest_effect)
+    return claim.smallest_effect * abs(float(np.mean(values[claim.a][claim.metric])))
 
 
 def evaluate_claim(
@@ -212,13 +342,177 @@ def evaluate_claim(
     a = None if claim.a is None else values[claim.a][claim.metric]
     diffs = paired_differences(a, values[claim.b][claim.metric])
     interval = mean_interval(diffs)
+    delta = smallest_effect_absolute(claim, values)
+    engagement = None
+    if claim.engagement_source is not None:
+        variant, metric = claim.engagement_source
+        engagement = float(np.mean(values[variant][metric]))
+    decided = judge(interval, claim.direction, claim.margin, smallest_effect=delta,
+                    engagement=engagement, engagement_floor=claim.engagement_floor)
     return {
         **dataclasses.asdict(claim),
-        "verdict": verdict(interval, claim.direction, claim.margin),
+        "verdict": decided.name,
+        "reason": decided.reason,
         "effect": interval.mean,  # mean paired difference b - a
         "interval": None if interval.n < 2 else [interval.low, interval.high],
         "per_seed": diffs,
+        "smallest_effect_absolute": delta,
+        "engagement_mean": engagement,
     }
+
+
+# --- sizing the seeds -----------------------------------------------------------------------------
+
+
+def paired_t_power(n: int, sd_diff: float, effect: float, alpha: float = 0.05,
+                   one_sided: bool = True) -> float:
+    """Power of the paired t test of ``n`` differences (sd ``sd_diff``) when their true mean is
+    ``effect``: with ``df = n - 1`` and noncentrality ``λ = effect / sd_diff · sqrt(n)``,
+    ``P(T > t_{1-α, df})`` for ``T ~ nct(df, λ)`` (one-sided), or
+    ``P(T > t_{1-α/2, df}) + P(T < -t_{1-α/2, df})`` (two-sided)."""
+    if n < 2:
+        raise ValueError(f"a t test needs n >= 2, got {n}")
+    if not sd_diff > 0:
+        raise ValueError(f"sd_diff must be > 0, got {sd_diff}")
+    df, noncentrality = n - 1, effect / sd_diff * math.sqrt(n)
+    if one_sided:
+        return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, noncentrality))
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(critical, df, noncentrality)
+                 + stats.nct.cdf(-critical, df, noncentrality))
+
+
+def seeds_for_power(
+    sd_diff: float, effect: float, alpha: float = 0.05, power: float = 0.8,
+    one_sided: bool = True, max_seeds: int = 100_000,
+) -> int:
+    """The fewest paired seeds ``n >= 2`` whose t test reaches ``power`` at a true mean
+    difference ``effect`` (``paired_t_power``, n counted up from 2). The verdict's rule (a 95%
+    two-sided interval beyond the margin) is the one-sided test at ``alpha = 0.025``.
+    A zero ``sd_diff`` needs 2 seeds (the minimum for an interval)."""
+    if not effect > 0:
+        raise ValueError(f"effect must be > 0, got {effect}")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
+    if sd_diff == 0:
+        return 2
+    for n in range(2, max_seeds + 1):
+        if paired_t_power(n, sd_diff, effect, alpha, one_sided) >= power:
+            return n
+    raise ValueError(f"more than {max_seeds} seeds for effect {effect} at sd {sd_diff}")
+
+
+def split_seeds(seeds: Sequence[int], pilot_seeds: int, verdict_seeds: int
+                ) -> tuple[list[int], list[int]]:
+    """``(pilot, verdict)`` seeds, disjoint: the pilot runs the first ``pilot_seeds`` of
+    ``seeds``; the verdict runs the rest of ``seeds`` in order, then ``max + 1, max + 2, ...``
+    (``max`` over ``seeds`` and the pilot's) until it has ``verdict_seeds``. A verdict is never
+    computed on the seeds whose spread sized it."""
+    if pilot_seeds < 0 or verdict_seeds < 0:
+        raise ValueError(f"seed counts must be >= 0, got {pilot_seeds}, {verdict_seeds}")
+    seeds = list(dict.fromkeys(int(s) for s in seeds))  # unique, in order
+    pilot = seeds[:pilot_seeds]
+    following = max(seeds, default=-1) + 1
+    while len(pilot) < pilot_seeds:
+        pilot.append(following)
+        following += 1
+    verdict = seeds[pilot_seeds:][:verdict_seeds]
+    while len(verdict) < verdict_seeds:
+        verdict.append(following)
+        following += 1
+    return pilot, verdict
+
+
+def size_claims(
+    claims: Sequence[Claim],
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    alpha: float = 0.025,
+    power: float = 0.8,
+) -> list[dict[str, Any]]:
+    """Per claim, from a pilot's ``values[variant][metric]``: the sd of the paired differences,
+    the smallest effect ``δ`` (relative ones from the pilot's mean of ``a``), the pilot's mean
+    engagement, and the seeds for ``power`` at ``δ`` with the verdict's one-sided test
+    (``alpha = 0.025``); ``seeds`` is ``None`` for a claim without a smallest effect."""
+    out = []
+    for claim in claims:
+        a = None if claim.a is None else values[claim.a][claim.metric]
+        diffs = paired_differences(a, values[claim.b][claim.metric])
+        if len(diffs) < 2:
+            raise ValueError("a pilot needs at least 2 seeds for a spread")
+        sd = float(np.std(diffs, ddof=1))
+        delta = smallest_effect_absolute(claim, values)
+        engagement = None
+        if claim.engagement_source is not None:
+            variant, metric = claim.engagement_source
+            engagement = float(np.mean(values[variant][metric]))
+        seeds = None
+        if delta is not None and delta > 0:
+            seeds = seeds_for_power(sd, delta, alpha=alpha, power=power, one_sided=True)
+        out.append({"text": claim.text, "metric": claim.metric, "sd_diff": sd,
+                    "mean_diff": float(np.mean(diffs)), "smallest_effect_absolute": delta,
+                    "engagement_mean": engagement, "engagement_floor": claim.engagement_floor,
+                    "seeds": seeds, "alpha": alpha, "power": power})
+    return out
+
+
+PILOT_DIR = "pilot"  # a sweep's pilot runs in workdir/pilot, its sizing in workdir/pilot/pilot.json
+
+
+def sweep_seeds(
+    ablation_seeds: Sequence[int],
+    requested: Sequence[int] | None,
+    pilot: Mapping[str, Any] | None,
+) -> list[int]:
+    """The seeds of the verdict's sweep: ``requested`` if given, else the pilot's
+    ``verdict_seeds`` if there was a pilot, else the ablation file's. Seeds the pilot ran are
+    refused: the spread that sized the sweep does not also decide it."""
+    if pilot is None:
+        return list(ablation_seeds if requested is None else requested)
+    if requested is None:
+        return list(pilot["verdict_seeds"])
+    reused = sorted(set(requested) & set(pilot["pilot_seeds"]))
+    if reused:
+        raise ValueError(f"seeds {reused} ran in the pilot; the verdict needs fresh seeds "
+                         f"(the pilot proposed {pilot['verdict_seeds']})")
+    return list(requested)
+
+
+def pilot_plan(
+    ablation: Ablation,
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    pilot_seeds: Sequence[int],
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """What a pilot on ``pilot_seeds`` (``values[variant][metric]``) proposes: each claim's
+    sizing (``size_claims``) and the verdict's seeds, as many as the largest count needed (the
+    ablation file's count when no claim is sized), after the pilot's (``split_seeds``)."""
+    sizing = size_claims(claims_of(ablation, names), values)
+    needed = max((row["seeds"] for row in sizing if row["seeds"] is not None),
+                 default=len(ablation.seeds))
+    _, verdict_seeds = split_seeds(ablation.seeds, len(pilot_seeds), needed)
+    return {"pilot_seeds": list(pilot_seeds), "verdict_seeds": verdict_seeds, "claims": sizing}
+
+
+def pilot_lines(plan: Mapping[str, Any]) -> list[str]:
+    """What ``ablate.py --pilot`` prints of a ``pilot_plan``: a line per claim, then the seeds
+    for the verdict."""
+    lines = [f"pilot seeds {plan['pilot_seeds']}:"]
+    for row in plan["claims"]:
+        line = f"  {row['text']} | {row['metric']}: paired sd {row['sd_diff']:.4g}, mean "
+        line += f"{row['mean_diff']:+.4g}"
+        if row["engagement_mean"] is not None:
+            engaged = row["engagement_mean"] >= row["engagement_floor"]
+            line += (f"; engagement {row['engagement_mean']:.4g} (floor "
+                     f"{row['engagement_floor']:g}{'' if engaged else ': NOT ENGAGED'})")
+        if row["seeds"] is None:
+            line += "; no smallest effect: not sized"
+        else:
+            line += (f"; {row['seeds']} seeds for {row['power']:.0%} power at "
+                     f"±{row['smallest_effect_absolute']:.4g}")
+        lines.append(line)
+    lines.append(f"verdict seeds: --seeds={','.join(str(s) for s in plan['verdict_seeds'])}")
+    return lines
 
 
 def claim_line(result: Mapping[str, Any]) -> str:
@@ -228,8 +522,14 @@ def claim_line(result: Mapping[str, Any]) -> str:
         ci = "no interval (1 seed)"
     else:
         ci = "95% CI [{:+.4g}, {:+.4g}]".format(*result["interval"])
-    return (f"{result['verdict'].upper()}: {result['text']} | {result['metric']}: {lhs} = "
+    line = (f"{result['verdict'].upper()}: {result['text']} | {result['metric']}: {lhs} = "
             f"{result['effect']:+.4g}, {ci}; claimed {result['direction']} {result['margin']:g}")
+    if result.get("smallest_effect_absolute") is not None:
+        line += f", smallest effect ±{result['smallest_effect_absolute']:.4g}"
+    if result.get("engagement_mean") is not None:
+        line += (f"; engagement {result['engagement_mean']:.4g} "
+                 f"(floor {result['engagement_floor']:g})")
+    return line + (f" ({result['reason']})" if result.get("reason") else "")
 
 
 # --- reading runs ---------------------------------------------------------------------------------
@@ -399,6 +699,7 @@ def _check_preregistration(ablation: Ablation, workdir: str) -> None:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         fixed = ("metrics", "claims")
+        saved["claims"] = [{**_CLAIM_DEFAULTS, **c} for c in saved["claims"]]
         if {k: saved[k] for k in fixed} != {k: spec[k] for k in fixed}:
             raise ValueError(
                 f"the metrics or claims differ from those registered in {path} when this sweep "
@@ -406,7 +707,113 @@ def _check_preregistration(ablation: Ablation, workdir: str) -> None:
             )
         return
     os.makedirs(workdir, exist_ok=True)
-    _write_json(path, {**spec, "registered": time.strftime("%Y-%m-%d %H:%M:%S")})
+    _write_json(path, {**spec, "registered": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "provenance": gather_provenance([sys.executable, *sys.argv])})
+
+
+PROVENANCE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy",
+                       "ml_collections")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # rl_jax's checkout
+
+
+def _git(repo: str, *args: str) -> str | None:
+    try:
+        result = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
+                                timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def gather_provenance(
+    command: Sequence[str], wall_s: float | None = None, *, repo: str = REPO_ROOT
+) -> dict[str, Any]:
+    """Where a run's numbers came from: the code commit of ``repo`` (``git rev-parse HEAD``) and
+    whether its tree was dirty (``git status --porcelain`` not empty; both ``None`` outside a git
+    checkout), the versions of ``PROVENANCE_PACKAGES`` (``None`` if not installed) and Python,
+    the exact ``command`` (shell-quoted), the wall time in seconds, the host and the time."""
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain")
+    versions: dict[str, str | None] = {}
+    for package in PROVENANCE_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "commit": None if commit is None else commit.strip(),
+        "dirty": None if status is None else bool(status.strip()),
+        "versions": {**versions, "python": platform.python_version()},
+        "command": shlex.join(command),
+        "wall_s": wall_s,
+        "host": socket.gethostname(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def _timed_call(train: Callable, config: ml_collections.ConfigDict, directory: str) -> float:
+    """``train(config, directory)``, returning its wall time in seconds (runs in a worker)."""
+    start = time.perf_counter()
+    train(config, directory)
+    return time.perf_counter() - start
+
+
+def _write_provenance(directory: str, command: Sequence[str], wall_s: float | None,
+                      finished: bool) -> None:
+    """``directory/provenance.json`` of this attempt; earlier attempts (an interrupted run that
+    resumed) are kept under ``"previous"``."""
+    path = os.path.join(directory, "provenance.json")
+    previous: list[dict[str, Any]] = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+        previous = [*earlier.pop("previous", []), earlier]
+    _write_json(path, {**gather_provenance(command, wall_s), "finished": finished,
+                       "previous": previous})
+
+
+class Row(NamedTuple):
+    """One run of a sweep: a variant (or ``"shared"``: the SFT / RM stages) and a seed."""
+
+    variant: str
+    seed: int
+
+
+def plan_jobs(
+    seeds: Sequence[int],
+    names: Sequence[str],
+    sharing: Mapping[str, bool],
+    finished: set[Row] | frozenset[Row],
+    jobs: int = 1,
+) -> list[list[Row]]:
+    """The rows to run, in waves: every row of a wave may run at once, a wave after the previous
+    one has finished. Rows in ``finished`` are left out. With ``jobs == 1``, one wave in the
+    sweep's order: per seed its shared row (if any variant shares it), then the variants in
+    ``names`` order. With ``jobs > 1``, the shared rows of all seeds, then every variant row
+    (seed by seed), since a variant's run starts from its seed's shared checkpoints."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    shared_rows, variant_rows, in_order = [], [], []
+    for seed in seeds:
+        if any(sharing[n] for n in names):
+            shared_rows.append(Row("shared", seed))
+            in_order.append(Row("shared", seed))
+        for name in names:
+            variant_rows.append(Row(name, seed))
+            in_order.append(Row(name, seed))
+    waves = [in_order] if jobs == 1 else [shared_rows, variant_rows]
+    waves = [[row for row in wave if row not in finished] for wave in waves]
+    return [wave for wave in waves if wave]
+
+
+def train_in_process(config: ml_collections.ConfigDict, directory: str, *, fsdp: int = 1) -> None:
+    """``rl_jax.trainers.run.run`` on a mesh made in the calling process: what ``sweep`` sends to
+    its worker processes (``jobs > 1``), which cannot receive a parent's mesh. Returns nothing,
+    so no parameters travel back."""
+    from rl_jax import parallel  # noqa: PLC0415 (the trainer is only needed in a worker)
+    from rl_jax.trainers.run import run  # noqa: PLC0415
+
+    run(config, directory, mesh=parallel.make_mesh(fsdp=fsdp))
 
 
 def sweep(
@@ -417,14 +824,22 @@ def sweep(
     seeds: Sequence[int] | None = None,
     variants: Sequence[str] | None = None,
     progress: Callable | None = None,
+    jobs: int = 1,
+    command: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Runs every (variant, seed) with ``train(config, run_workdir)`` (``rl_jax.trainers.run.run``).
 
     Each run goes in ``workdir/<variant>/seed<k>`` with its ``config.json`` and ``overrides.json``;
     a run with a ``summary.json`` is skipped, an unfinished one resumes. The SFT / RM stages run
     once per seed in ``workdir/shared/seed<k>`` and their checkpoints and tokenizer are copied into
-    each variant that overrides nothing they read. Returns counts of runs done and skipped.
+    each variant that overrides nothing they read. Every row's saved config is checked before the
+    first run. ``jobs > 1`` runs the rows of each ``plan_jobs`` wave in that many processes
+    (``ProcessPoolExecutor``, spawn context; ``train`` must pickle: ``train_in_process``); the
+    first failure is raised once its wave has ended. Each run's ``provenance.json``
+    (``gather_provenance``: commit, dirty tree, versions, ``command`` (default: this process's),
+    wall time, host) is written when it ends or fails. Returns counts of runs done and skipped.
     """
+    command = [sys.executable, *sys.argv] if command is None else list(command)
     seeds = list(ablation.seeds if seeds is None else seeds)
     names = list(ablation.variants if variants is None else variants)
     unknown = [n for n in names if n not in ablation.variants]
@@ -441,51 +856,89 @@ def sweep(
     if any(sharing.values()):
         print(f"{'/'.join(stages)} once per seed in {os.path.join(workdir, 'shared')}, copied "
               f"into {[n for n in names if sharing[n]]}")
-    jobs: list[tuple[str, int]] = []
-    for seed in seeds:
-        if any(sharing[n] for n in names):
-            jobs.append(("shared", seed))
-        jobs += [(n, seed) for n in names]
-    counts = {"done": 0, "skipped": 0}
-    bar = progress(jobs, desc="runs", unit="run") if progress else jobs
-    for name, seed in bar:
-        if name == "shared":
-            directory, overrides = shared_dir(workdir, seed), {}
-            config = run_config(ablation.base, overrides, seed, stages)
+    configs: dict[Row, tuple[str, dict[str, Any], ml_collections.ConfigDict]] = {}
+    finished: set[Row] = set()
+    for row in plan_jobs(seeds, names, sharing, frozenset(), 1)[0]:
+        if row.variant == "shared":
+            directory, overrides = shared_dir(workdir, row.seed), {}
+            config = run_config(ablation.base, overrides, row.seed, stages)
         else:
-            directory, overrides = run_dir(workdir, name, seed), dict(ablation.variants[name])
-            config = run_config(ablation.base, overrides, seed)
-        config_json = json.loads(config.to_json_best_effort())
+            directory = run_dir(workdir, row.variant, row.seed)
+            overrides = dict(ablation.variants[row.variant])
+            config = run_config(ablation.base, overrides, row.seed)
         saved_path = os.path.join(directory, "config.json")
         if os.path.exists(saved_path):  # a run started from another config is not this row
             with open(saved_path, encoding="utf-8") as f:
-                changed = _changed_fields(json.load(f), config_json)
+                changed = _changed_fields(json.load(f),
+                                          json.loads(config.to_json_best_effort()))
             if changed:
                 raise ValueError(f"{directory} was run with another config ({changed[:5]}); "
                                  "delete it, or use a new workdir")
         if os.path.exists(os.path.join(directory, "summary.json")):
-            counts["skipped"] += 1
-            continue
+            finished.add(row)
+        configs[row] = (directory, overrides, config)
+    waves = plan_jobs(seeds, names, sharing, finished, jobs)
+    counts = {"done": 0, "skipped": len(finished)}
+
+    def prepare(row: Row) -> tuple[ml_collections.ConfigDict, str]:
+        directory, overrides, config = configs[row]
         os.makedirs(directory, exist_ok=True)
         shared_from = ""
-        if name != "shared" and sharing[name]:
-            shared_from = os.path.relpath(shared_dir(workdir, seed), directory)
+        if row.variant != "shared" and sharing[row.variant]:
+            shared_from = os.path.relpath(shared_dir(workdir, row.seed), directory)
             for item in (*stages, "tokenizer"):
-                source = os.path.join(shared_dir(workdir, seed), item)
+                source = os.path.join(shared_dir(workdir, row.seed), item)
                 target = os.path.join(directory, item)
                 if os.path.isdir(source) and not os.path.exists(target):
                     # copy, then rename: an interrupted copy never looks like a checkpoint
                     shutil.rmtree(target + ".partial", ignore_errors=True)
                     shutil.copytree(source, target + ".partial")
                     os.replace(target + ".partial", target)
-        _write_json(saved_path, config_json)
+        _write_json(os.path.join(directory, "config.json"),
+                    json.loads(config.to_json_best_effort()))
         _write_json(
             os.path.join(directory, "overrides.json"),
-            {"variant": name, "seed": seed, "overrides": overrides, "shared_from": shared_from,
+            {"variant": row.variant, "seed": row.seed, "overrides": overrides,
+             "shared_from": shared_from,
              "shared_stages": list(stages) if shared_from else []},
         )
-        train(config, directory)
-        counts["done"] += 1
+        return config, directory
+
+    if jobs == 1:
+        rows = waves[0] if waves else []
+        for row in progress(rows, desc="runs", unit="run") if progress else rows:
+            config, directory = prepare(row)
+            start = time.perf_counter()
+            try:
+                train(config, directory)
+            except BaseException:
+                _write_provenance(directory, command, time.perf_counter() - start, False)
+                raise
+            _write_provenance(directory, command, time.perf_counter() - start, True)
+            counts["done"] += 1
+        return counts
+    context = multiprocessing.get_context("spawn")  # no forked JAX runtime in the workers
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        bar = progress(total=sum(map(len, waves)), desc="runs", unit="run") if progress else None
+        for wave in waves:
+            futures = {}
+            for row in wave:
+                futures[pool.submit(_timed_call, train, *prepare(row))] = row
+            errors = []
+            for future in concurrent.futures.as_completed(futures):
+                directory = configs[futures[future]][0]
+                if future.exception() is not None:
+                    errors.append((futures[future], future.exception()))
+                    _write_provenance(directory, command, None, False)
+                    continue
+                _write_provenance(directory, command, future.result(), True)
+                counts["done"] += 1
+                if bar is not None:
+                    bar.update(1)
+            if errors:
+                row, error = errors[0]
+                raise RuntimeError(f"{len(errors)} run(s) failed, first {row}: {error!r}"
+                                   ) from error
     return counts
 
 
@@ -576,6 +1029,49 @@ def plot_curves(
     plt.close(fig)
 
 
+def read_values(
+    ablation: Ablation, workdir: str, seeds: Sequence[int], names: Sequence[str]
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list]]]:
+    """``values[variant][metric]`` (one per seed, in ``seeds`` order) and
+    ``curves[metric][variant]`` (per-seed ``(steps, values)``) of the finished runs."""
+    values: dict[str, dict[str, list[float]]] = {n: {m: [] for m in ablation.metrics}
+                                                 for n in names}
+    curves: dict[str, dict[str, list]] = {m: {n: [] for n in names} for m in ablation.metrics}
+    for name in names:
+        for seed in seeds:
+            records = run_records(run_dir(workdir, name, seed))
+            for metric_name, metric in ablation.metrics.items():
+                values[name][metric_name].append(metric_value(records, metric))
+                curves[metric_name][name].append(metric_curve(records, metric))
+    return values, curves
+
+
+def rows_provenance(
+    workdir: str, seeds: Sequence[int], names: Sequence[str]
+) -> dict[str, Any]:
+    """``{"<variant>/seed<k>": provenance.json or None}`` of each row, shared rows included."""
+    out: dict[str, Any] = {}
+    for seed in seeds:
+        for name, directory in [("shared", shared_dir(workdir, seed))] + [
+                (n, run_dir(workdir, n, seed)) for n in names]:
+            path = os.path.join(directory, "provenance.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    out[f"{name}/seed{seed}"] = json.load(f)
+            elif name != "shared":
+                out[f"{name}/seed{seed}"] = None
+    return out
+
+
+def claims_of(ablation: Ablation, names: Sequence[str]) -> list[Claim]:
+    """The claims whose variants (a, b and the engagement's) are among ``names``."""
+    return [
+        claim for claim in ablation.claims
+        if claim.b in names and (claim.a is None or claim.a in names)
+        and (claim.engagement_source is None or claim.engagement_source[0] in names)
+    ]
+
+
 def report(
     ablation: Ablation,
     workdir: str,
@@ -587,23 +1083,12 @@ def report(
     the claims' results (claims whose variants were not run are left out)."""
     seeds = list(ablation.seeds if seeds is None else seeds)
     names = list(ablation.variants if variants is None else variants)
-    values: dict[str, dict[str, list[float]]] = {n: {m: [] for m in ablation.metrics}
-                                                 for n in names}
-    curves: dict[str, dict[str, list]] = {m: {n: [] for n in names} for m in ablation.metrics}
-    for name in names:
-        for seed in seeds:
-            records = run_records(run_dir(workdir, name, seed))
-            for metric_name, metric in ablation.metrics.items():
-                values[name][metric_name].append(metric_value(records, metric))
-                curves[metric_name][name].append(metric_curve(records, metric))
+    values, curves = read_values(ablation, workdir, seeds, names)
     with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
         f.write(f"# {ablation.claim}\n\n" + table_markdown(values, seeds, ablation.metrics))
     plot_curves(curves, ablation.metrics, os.path.join(workdir, "curves.png"))
-    results = [
-        evaluate_claim(claim, values)
-        for claim in ablation.claims
-        if claim.b in names and (claim.a is None or claim.a in names)
-    ]
+    results = [evaluate_claim(claim, values) for claim in claims_of(ablation, names)]
     _write_json(os.path.join(workdir, "verdict.json"),
-                {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values})
+                {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values,
+                 "provenance": rows_provenance(workdir, seeds, names)})
     return results
