@@ -264,7 +264,7 @@ def test_whiten_all_equal_is_exact(value, seed, batch, time):
 
 @pytest.mark.parametrize("value", [0.7, 0.1, 0.3, 1 / 3])
 @pytest.mark.parametrize("group_size", [4, 5, 6, 7, 8])
-def test_issue_examples_all_equal_give_zero(value, group_size):
+def test_hand_examples_all_equal_give_zero(value, group_size):
     rewards = np.full(2 * group_size, value, np.float32)
     assert np.all(np.asarray(rl_jax.group_advantages(rewards, group_size)) == 0.0)
 
