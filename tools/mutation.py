@@ -1,7 +1,7 @@
 """A small mutation tester for rl_jax's math and dispatch code (``ast``-based, no dependencies).
 
     nice -n 10 .venv/bin/python tools/mutation.py \
-        --modules rl_jax/advantages.py rl_jax/trainers/rl.py::shape_scores \
+        --modules rl_jax/advantages.py rl_jax/algorithm/shaping.py \
         --tests tests/test_advantages.py --max-mutants 40 --timeout 300 --report /tmp/mutation
 
 For each module (optionally ``path::fn1,fn2`` to mutate only those functions) every mutation site
