@@ -33,14 +33,14 @@ def eos_trick(scores: np.ndarray, truncated: np.ndarray, missing_eos_score: floa
 
 @dataclasses.dataclass(frozen=True)
 class ScoreShaping:
-    """Which shaping applies; ``overlong_buffer = 0`` and ``eos_trick = False`` leave scores
-    unchanged."""
+    """Which shaping applies (the ``rl`` section's fields; their defaults are the config's):
+    ``overlong_buffer = 0`` and ``eos_trick = False`` leave scores unchanged."""
 
     max_new_tokens: int
-    overlong_buffer: int = 0
-    overlong_penalty: float = 1.0
-    eos_trick: bool = False
-    missing_eos_score: float = -1.0
+    overlong_buffer: int
+    overlong_penalty: float
+    eos_trick: bool
+    missing_eos_score: float
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> ScoreShaping:
