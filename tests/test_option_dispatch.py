@@ -548,3 +548,22 @@ def test_shaping_options_change_the_scores_and_compose():
     _assert_close(both, expected)
     _distinct({"none": plain, "overlong": _shape(**{"rl.overlong_buffer": 4}),
                "eos": _shape(**{"rl.eos_trick": True}), "both": both})
+
+
+def test_count_empty_rows_reaches_the_loss():
+    """loss.count_empty_rows: with an empty response in the batch, the seq-mean denominator
+    counts it (TRL's convention) or not, as the pure function does for that setting."""
+    w = _world()
+    mb = _loss_inputs()
+    empty = np.asarray(mb.response_mask).copy()
+    empty[3] = 0.0  # row 3 has no response token
+    mb = mb.replace(response_mask=empty, advantages=np.asarray(mb.advantages) * empty)
+    logprobs = w.lp(w.new_params)
+    losses = {}
+    for count in (False, True):
+        config = _config(**{"loss.agg": "seq-mean-token-mean", "loss.count_empty_rows": count})
+        settings = RLSettings.from_config(config)
+        (loss, _), _ = _jitted_loss_grad(settings)({"policy": w.new_params}, mb)
+        _assert_close(loss, _pure_policy_loss(config, logprobs, _fields(mb)), f"count={count}")
+        losses[count] = loss
+    _distinct(losses)
