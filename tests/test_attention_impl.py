@@ -11,6 +11,7 @@ from flax import nnx
 from rl_jax import models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_dot_product_attention_equals_matmul(model_type):
     config = models.tiny_config(model_type, vocab_size=50, hidden_size=32, intermediate_size=64,

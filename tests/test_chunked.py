@@ -105,6 +105,7 @@ def _rl_batch():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 @pytest.mark.parametrize("options", [
     {},  # single pass: old log-probs are the loss's own, entropy in the loss's metrics
@@ -131,6 +132,7 @@ def test_rl_loss_and_prepare_equal_unchunked(model_type, options):
     assert 0.0 < float(entropy) < np.log(VOCAB)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_sft_loss_equals_unchunked(model_type):
     graphdef, params = _model(model_type)
@@ -180,6 +182,7 @@ def _vocab_arrays(hlo_text):
     return sizes
 
 
+@pytest.mark.slow
 def test_chunked_rl_gradient_holds_no_batch_time_vocab_buffer():
     full_bytes = B * (P + R) * BIG_VOCAB * 4  # the logits of the whole batch, 58 MB
     unchunked, chunked = _compiled_rl_grad(0), _compiled_rl_grad(CHUNK)

@@ -53,6 +53,7 @@ def _loss_and_grad(settings, graphdef, params, minibatch):
     return float(loss), metrics, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_truncated_rows_add_nothing_to_loss_gradient_or_normaliser(agg):
     """The filtered loss equals (a) a NumPy reference over the kept rows (one update at the

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_loss_step_demo_runs_on_eight_devices():
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "loss_step_demo.py"), "--steps=2", "--fsdp=2"],

@@ -280,6 +280,7 @@ def test_loads_without_torch(tmp_path):
 # ------------------------------------------------------------------ the real SmolLM2 GGUF
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not SMOLLM2_PATH.is_file(),
     reason=f"{SMOLLM2_PATH} absent: run `python experiments/fetch_model.py` (or set "

@@ -54,6 +54,7 @@ def _numpy_merged_kernel(layer) -> np.ndarray:
     return w + (ALPHA / RANK) * a @ b.astype(np.float64)
 
 
+@pytest.mark.slow
 def test_adapters_exact_at_zero_then_merge_and_load_in_transformers(tmp_path):
     """A Qwen2 checkpoint (q/k/v biases, tied embeddings) with adapters on every projection."""
     hf = make_hf_model("qwen2", seed=3)

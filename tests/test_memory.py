@@ -71,6 +71,7 @@ def _compiled_update_bytes(config, mc, prompt_len: int) -> int:
     return stats.argument_size_in_bytes + stats.temp_size_in_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat,scan,chunk", [("none", False, 0), ("full", True, 16)])
 def test_update_estimate_within_factor_of_compiled(remat, scan, chunk):
     """Measured (2026-12-02): compiled / estimate = 1.28 (full logits, no remat) and 1.25

@@ -62,6 +62,7 @@ def _parameter_change(dtype: str, param_dtype: str, steps: int = 3, lr: float = 
     return float(np.mean(after != before)), float(np.mean(np.abs(after - before)))
 
 
+@pytest.mark.slow
 def test_float32_masters_with_bf16_compute_learn_like_float32():
     """AdamW at lr 1e-6, 3 steps, on a 1-layer model. Measured here: float32 changes 97.6% of
     the entries (mean |change| 2.93e-6); bf16 compute with float32 masters the same 97.6%
@@ -113,6 +114,7 @@ def _sampler_ratio_band(dtype: str) -> tuple[float, float]:
     return float(np.exp(diff.min())), float(np.exp(diff.max()))
 
 
+@pytest.mark.slow
 def test_ratio_at_sampling_weights_stays_in_band():
     """Measured here on this model (16 prompts x 16 tokens): bf16 compute with float32 masters
     [0.987, 1.009] (float32 compute: [0.999999, 1.000001]; with 2 layers, 24 tokens: bf16

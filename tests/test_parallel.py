@@ -57,6 +57,7 @@ def test_eight_fake_devices_are_present():
     assert jax.device_count() == 8, "conftest.py should force 8 host devices"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [1, 2, 8])
 def test_sharded_step_equals_single_device(fsdp):
     params, data = make_problem()

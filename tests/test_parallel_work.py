@@ -81,6 +81,7 @@ def run_rl_parts(policy, mesh, settings, tx):
     return (prepare_work, update_work), (train, prep_metrics, new_state, metrics)
 
 
+@pytest.mark.slow
 def test_rl_prepare_and_update_split_the_work(policy, fsdp=2, accum=2):
     """Two epochs of two shuffled minibatches on a 4 x 2 (data x fsdp) mesh, with gradient
     accumulation over 2 minibatches (optax.MultiSteps) inside the sharded update: 1/8 of the
@@ -108,6 +109,7 @@ def test_rl_prepare_and_update_split_the_work(policy, fsdp=2, accum=2):
     assert changed > 1e-3  # with accumulation too, 4 minibatches made 2 updates
 
 
+@pytest.mark.slow
 def test_update_without_the_mesh_does_every_row_on_every_device(policy):
     """The negative control: the global shuffle without the constraint gathers the batch."""
     settings = RLSettings(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
@@ -135,6 +137,7 @@ def test_update_without_the_mesh_does_every_row_on_every_device(policy):
     assert_split(work["unconstrained"], work["constrained"])
 
 
+@pytest.mark.slow
 def test_sft_and_reward_model_steps_split_the_work(policy):
     graphdef, params = nnx.split(policy)
     reward_model = models.RewardModel.from_policy(policy, rngs=nnx.Rngs(1))
@@ -172,6 +175,7 @@ def make_sampler(policy, mesh):
     return sampler, jax.device_put(params, parallel.param_sharding(params, mesh, min_size=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompts", [8, 3], ids=["divides", "padded"])
 def test_sampler_splits_the_rows(policy, prompts):
     """8 prompts x 4 samples: each device decodes 4 rows; 3 x 2 = 6 rows are padded to 8 (one

@@ -61,6 +61,7 @@ def loss_and_grads(graphdef, params, batch, loss):
     return value, grads, metrics
 
 
+@pytest.mark.slow
 def test_k2_rankings_train_exactly_like_pairs(tmp_path):
     """The same pairs as a pairs file and as K = 2 rankings (in either order): same loss and
     gradients under the pairwise, ranking and listwise losses."""
@@ -91,6 +92,7 @@ def test_k2_rankings_train_exactly_like_pairs(tmp_path):
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7, err_msg=loss)
 
 
+@pytest.mark.slow
 def test_pairwise_margin_and_scores_match_a_direct_forward(tmp_path):
     """The batched loss equals -log sigmoid(r+ - r- - m) from per-sequence forwards, and the
     reward is read at the EOS after the response."""
@@ -306,6 +308,7 @@ def test_synthetic_rlhf_pipeline(tmp_path):
     assert len([r for r in read_metrics(workdir) if r["stage"] == "rm"]) == 120
 
 
+@pytest.mark.slow
 def test_critic_starts_from_the_reward_model():
     from rl_jax.algorithm import RLSettings
     from rl_jax.trainers import rl as rl_trainer

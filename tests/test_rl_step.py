@@ -50,6 +50,7 @@ def _change(a, b):
                zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [
@@ -88,6 +89,7 @@ def test_a_correction_that_masks_every_token_leaves_the_policy_unchanged():
     assert float(metrics["is_masked_token_frac"]) == 1.0
 
 
+@pytest.mark.slow
 def test_clip_cov_draws_the_same_tokens_on_a_rerun():
     options = {"policy_loss": "clip_cov", "cov_ratio": 0.2, "cov_lower": -10.0, "cov_upper": 10.0}
     results = []

@@ -43,6 +43,7 @@ def _loss_and_grads(model: models.CausalLM, tokens, mask):
     return jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
 
 
+@pytest.mark.slow
 def test_scan_gives_same_logits_and_gradients():
     """Gradients with remat="full" (the checkpointed scan body); logits without remat too."""
     config = models.tiny_config("qwen3", num_layers=3, remat="full")
@@ -72,6 +73,7 @@ def test_scan_gives_same_logits_and_gradients():
     np.testing.assert_allclose(logits_plain, logits_a, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scanned_decoding_equals_listed():
     """The stacked KV cache (written in place inside the scan) samples the same tokens."""
     config = models.tiny_config("qwen2", num_layers=2)
@@ -127,6 +129,7 @@ def _compiled_update(config: models.ModelConfig, batch: int = 8, width: int = 64
     return jax.jit(grad).lower({"policy": params}, TrainBatch(**rows)).compile()
 
 
+@pytest.mark.slow
 def test_scan_compiles_a_loop_and_remat_shrinks_update_memory():
     config = models.tiny_config("qwen2", num_layers=3, max_position_embeddings=64)
     programs = {

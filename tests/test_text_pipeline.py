@@ -167,6 +167,7 @@ def _tiny_checkpoint(path, tokenizer):
     return model
 
 
+@pytest.mark.slow
 def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
     """A tokenizer without a pad token and a generation config with two EOS ids: the sampler pads
     with the first EOS, stops at each EOS id, and RL counts a response ending in any as finished;

@@ -118,6 +118,7 @@ def test_checkpoint_of_another_model_shape_is_a_clear_error(tmp_path):
         run(config, str(tmp_path), mesh, allow_config_change=True)
 
 
+@pytest.mark.slow
 def test_unknown_config_field_is_rejected(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "train.py"),
@@ -256,6 +257,7 @@ def test_missing_eos_marks_responses_that_hit_the_budget():
                                   [False, True, False, True, True])
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_change_what_rl_samples_from(tmp_path):
     """The shared sampler holds no weights: evaluating other params between two rollouts of the
     training params leaves the second rollout equal to the first (on the run's 8-device mesh)."""
