@@ -8,7 +8,7 @@ OUT=${1:-/tmp/mutation}
 MAX=${2:-25}
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
-MUTATION_GROUPS=${MUTATION_GROUPS:-"shaping step advantages mismatch losses kl"}
+MUTATION_GROUPS=${MUTATION_GROUPS:-"shaping registry step advantages mismatch losses kl rewards"}
 run() {  # name, modules, tests, [pytest args]
   case " $MUTATION_GROUPS " in *" $1 "*) ;; *) return ;; esac
   nice -n 10 "$PY" tools/mutation.py --modules $2 --tests $3 --pytest-args "${4:-}" \
@@ -17,7 +17,9 @@ run() {  # name, modules, tests, [pytest args]
 run shaping rl_jax/algorithm/shaping.py tests/test_option_dispatch.py "-k shaping"
 run advantages rl_jax/advantages.py tests/test_advantages.py
 run mismatch rl_jax/mismatch.py tests/test_mismatch.py
+run registry rl_jax/algorithm/registry.py tests/test_option_dispatch.py "-k 'not shaping'"
 run step "rl_jax/algorithm/step.py::advantages_and_returns,make_prepare,make_loss" \
   tests/test_option_dispatch.py "-k 'not update'"
 run losses rl_jax/losses.py "tests/test_losses.py tests/test_policy_variants.py"
 run kl rl_jax/kl.py tests/test_kl.py
+run rewards rl_jax/rewards.py tests/test_rewards.py
