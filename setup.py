@@ -42,7 +42,7 @@ setuptools.setup(
             # Test-only: transformers needs it to read a GGUF file (the real-model reference).
             "accelerate>=1.16.0",
         ],
-        # experiments/benchmark_real.py: TRL's GRPOTrainer on the same model (1.16.0 tested here;
+        # experiments/benchmarks/real.py: TRL's GRPOTrainer on the same model (1.16.0 tested here;
         # it brings datasets, pandas, pyarrow). With torch and accelerate from "test".
         "bench": [
             "trl>=1.16.0",

@@ -1,6 +1,6 @@
 r"""GRPO from the pretrained SmolLM2-135M-Instruct on arithmetic questions in words (float32, CPU).
 
-    python experiments/fetch_model.py   # once: ~/.cache/rl_jax/SmolLM2-135M-Instruct.Q4_1.gguf
+    python tools/fetch_model.py   # once: ~/.cache/rl_jax/SmolLM2-135M-Instruct.Q4_1.gguf
     python experiments/train.py --config=configs/smollm2_arithmetic_grpo.py --workdir=/tmp/smollm2
     python experiments/train.py --config=configs/smollm2_arithmetic_grpo.py:shuffled \
         --workdir=/tmp/smollm2_shuffled      # the control: rewards permuted across each batch
@@ -22,7 +22,7 @@ import ml_collections
 
 from rl_jax.config import default_config
 
-# Where experiments/fetch_model.py puts the model.
+# Where tools/fetch_model.py puts the model.
 SMOLLM2_GGUF = Path.home() / ".cache" / "rl_jax" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

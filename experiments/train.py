@@ -15,7 +15,7 @@ Many hosts: start one process per host with ``--distributed`` (``jax.distributed
 before anything else; on a GPU cluster under SLURM/Open MPI and on a TPU pod slice it finds the
 coordinator and this process's id itself, elsewhere give ``--coordinator_address``,
 ``--num_processes`` and ``--process_id``); the same ``--workdir`` on a filesystem every host sees.
-``experiments/launch_local_hosts.py`` starts N such processes on this machine.
+``tools/launch_local_hosts.py`` starts N such processes on this machine.
 """
 
 from __future__ import annotations

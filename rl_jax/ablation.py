@@ -18,7 +18,7 @@ seed ``s`` (``m_a = 0`` when ``a`` is None), the claim "``b - a > margin``" is
 mirrored for ``"<"`` (the order of the rules: ``judge``). The statistics, the reading of records
 and the table are pure functions; ``sweep`` runs the trainer (passed in) over the rows, ``report``
 writes ``table.md``, ``curves.png`` and ``verdict.json``; ``load_ablation``, ``run_records`` and
-``plot_curves`` read or write files.
+``plot_variant_curves`` read or write files.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ from scipy import stats
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from rl_jax.config import flat_fields  # noqa: E402
+from rl_jax.trainers.metrics import read_metrics  # noqa: E402
 
 # Fields the SFT and reward-model stages read (directly, or through evaluation and the synthetic
 # preference data): a variant overriding any of them cannot reuse another variant's SFT / RM.
@@ -621,18 +624,12 @@ def config_diff(
     base: ml_collections.ConfigDict, other: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     """The dotted overrides that turn ``base`` into ``other`` (fields of both; none added)."""
-    out: dict[str, Any] = {}
-
-    def walk(a, b, prefix):
-        for name in b:
-            if name not in a:
-                raise KeyError(f"config_diff: {prefix}{name} is not a field of the base")
-            if isinstance(b[name], ml_collections.ConfigDict):
-                walk(a[name], b[name], f"{prefix}{name}.")
-            elif a[name] != b[name]:
-                out[f"{prefix}{name}"] = b[name]
-
-    walk(base, other, "")
+    fields, out = flat_fields(base), {}
+    for name, value in flat_fields(other).items():
+        if name not in fields:
+            raise KeyError(f"config_diff: {name} is not a field of the base")
+        if fields[name] != value:
+            out[name] = value
     return out
 
 
@@ -942,12 +939,11 @@ def sweep(
     return counts
 
 
-def _changed_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _changed_fields(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """Dotted names where two JSON configs differ (progress bars aside)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [f for k in sorted(set(a) | set(b)) if k != "progress_bar"
-                for f in _changed_fields(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
+    a, b = flat_fields(a), flat_fields(b)
+    return [name for name in sorted(set(a) | set(b))
+            if name.rsplit(".", 1)[-1] != "progress_bar" and a.get(name) != b.get(name)]
 
 
 def run_records(directory: str) -> list[dict[str, Any]]:
@@ -956,16 +952,16 @@ def run_records(directory: str) -> list[dict[str, Any]]:
         info = json.load(f)
     records = []
     if info.get("shared_from"):
-        shared = _read_jsonl(os.path.join(directory, info["shared_from"], "metrics.jsonl"))
+        shared = _metrics_of(os.path.join(directory, info["shared_from"]))
         records += [r for r in shared if r["stage"] in info["shared_stages"]]
-    return records + _read_jsonl(os.path.join(directory, "metrics.jsonl"))
+    return records + _metrics_of(directory)
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
+def _metrics_of(directory: str) -> list[dict[str, Any]]:
+    """``read_metrics`` of a run directory; none before the run wrote any."""
+    if not os.path.exists(os.path.join(directory, "metrics.jsonl")):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_metrics(directory)
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -994,7 +990,7 @@ def table_markdown(
     return "\n".join(lines) + "\n" + note
 
 
-def plot_curves(
+def plot_variant_curves(
     curves: Mapping[str, Mapping[str, Sequence[tuple[list[int], list[float]]]]],
     metrics: Mapping[str, Metric],
     path: str,
@@ -1086,7 +1082,7 @@ def report(
     values, curves = read_values(ablation, workdir, seeds, names)
     with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
         f.write(f"# {ablation.claim}\n\n" + table_markdown(values, seeds, ablation.metrics))
-    plot_curves(curves, ablation.metrics, os.path.join(workdir, "curves.png"))
+    plot_variant_curves(curves, ablation.metrics, os.path.join(workdir, "curves.png"))
     results = [evaluate_claim(claim, values) for claim in claims_of(ablation, names)]
     _write_json(os.path.join(workdir, "verdict.json"),
                 {"claim": ablation.claim, "seeds": seeds, "claims": results, "values": values,

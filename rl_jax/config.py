@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import typing
+from collections.abc import Mapping
 
 import ml_collections
 
@@ -548,3 +549,22 @@ def _get(config: ml_collections.ConfigDict, field: str):
     for part in field.split("."):
         node = node[part]
     return node
+
+
+def flat_fields(
+    config: ml_collections.ConfigDict | Mapping[str, typing.Any],
+) -> dict[str, typing.Any]:
+    """Every leaf field of a config, or of its JSON form, by dotted name:
+    ``{"rl.optim.lr": 3e-4, "task.kwargs.max_value": 999, ...}``. The values are the config's
+    own (not copied); an empty section is a leaf (``{}``), so it is not lost."""
+    out: dict[str, typing.Any] = {}
+
+    def visit(node, prefix: str) -> None:
+        if isinstance(node, (ml_collections.ConfigDict, Mapping)) and len(node):
+            for key, value in node.items():
+                visit(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    visit(config, "")
+    return out

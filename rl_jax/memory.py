@@ -55,7 +55,7 @@ Update (one minibatch, ``R_u = ceil(num_prompts * group_size / num_minibatches /
     (``b (2H + (n_q + 2 n_kv) d + n_q T + n_q d + 2I)``) per layer + one layer's;
     ``dots_with_no_batch_dims_saveable``: the same without attention's ``n_q T + n_q d``.
   * ``logits``: ``3 x R_u x T x V x 4`` with the full head (logits, their softmax and its gradient;
-    measured ~2.9 buffers in experiments/benchmark_memory.py), ``3 x R_u x c x V x 4`` chunked.
+    measured ~2.9 buffers in experiments/benchmarks/memory.py), ``3 x R_u x c x V x 4`` chunked.
   * ``weights_workspace``: with ``F > 1`` or ``b < p`` the weights are gathered / cast for use:
     one full copy in ``b`` without ``scan_layers`` (XLA may hoist them all), two layers' with it.
   * ``batch``: the rollout arrays, ~12 float32 ``[R_s, T]`` arrays (inputs, shuffled minibatches).

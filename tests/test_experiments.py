@@ -1,4 +1,4 @@
-"""The README's main job runs end to end."""
+"""experiments/loss_step_demo runs end to end, data-parallel with fsdp."""
 
 import os
 import subprocess
@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "loss_step_demo" / "loss_step_demo.py"
 
 
 @pytest.mark.slow
 def test_loss_step_demo_runs_on_eight_devices():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "loss_step_demo.py"), "--steps=2", "--fsdp=2"],
+        [sys.executable, str(SCRIPT), "--steps=2", "--fsdp=2"],
         capture_output=True, text=True, timeout=300, env=dict(os.environ), check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]

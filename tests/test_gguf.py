@@ -3,7 +3,7 @@
 The tiny tests write their GGUF files here with `gguf.GGUFWriter`, the way llama.cpp's
 convert_hf_to_gguf.py does for a llama model: HF tensors renamed, q/k rows permuted
 (`llama_cpp_permute`, copied from that script), norms kept F32, matrices F32 or Q8_0.
-The real-model test needs SmolLM2-135M-Instruct.Q4_1.gguf (`python experiments/fetch_model.py`)
+The real-model test needs SmolLM2-135M-Instruct.Q4_1.gguf (`python tools/fetch_model.py`)
 and is skipped without it.
 """
 
@@ -283,7 +283,7 @@ def test_loads_without_torch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(
     not SMOLLM2_PATH.is_file(),
-    reason=f"{SMOLLM2_PATH} absent: run `python experiments/fetch_model.py` (or set "
+    reason=f"{SMOLLM2_PATH} absent: run `python tools/fetch_model.py` (or set "
     "RL_JAX_SMOLLM2_GGUF)",
 )
 def test_smollm2_gguf_matches_transformers():

@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import hh_rm
 from rl_jax import parallel
-from rl_jax.config import ConfigError, check_config
+from rl_jax.config import ConfigError, check_config, default_config, flat_fields
 from rl_jax.trainers.loop import itstime
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.reward_model import run_rm
@@ -216,6 +216,24 @@ def test_every_config_file_passes_the_check(tmp_path):
                 check_config(config, num_devices=8)
             config.model.path = str(tmp_path)
         check_config(config, num_devices=8)
+
+
+def test_flat_fields_names_every_leaf_of_a_config_and_of_its_json():
+    import json
+
+    import ml_collections
+
+    config = ml_collections.ConfigDict(
+        {"seed": 1, "rl": {"optim": {"lr": 3e-4}, "stages": ("sft", "rl")}, "empty": {}})
+    fields = flat_fields(config)
+    assert len(fields.pop("empty")) == 0  # an empty section is a leaf
+    assert fields == {"seed": 1, "rl.optim.lr": 3e-4, "rl.stages": ("sft", "rl")}
+    tree = json.loads(config.to_json_best_effort())
+    assert flat_fields(tree) == {"seed": 1, "rl.optim.lr": 3e-4, "rl.stages": ["sft", "rl"],
+                                 "empty": {}}
+    fields = flat_fields(default_config())
+    assert fields["rl.optim.lr"] == default_config().rl.optim.lr
+    assert not any(isinstance(v, ml_collections.ConfigDict) and len(v) for v in fields.values())
 
 
 # Every config file with each of its arguments, and every variant of every ablation file.

@@ -18,12 +18,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import launch_local_hosts
 from rl_jax import parallel
 from rl_jax.config import ConfigError
 from rl_jax.trainers import run as run_module
 from rl_jax.trainers.run import run
 from tests.testing_utils import tiny_config
+from tools import launch_local_hosts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -155,7 +155,7 @@ def _load_config(name: str, arg: str | None = None):
 
 @pytest.mark.skipif(
     not SMOLLM2_PATH.is_file(),
-    reason=f"{SMOLLM2_PATH} absent: run `python experiments/fetch_model.py`",
+    reason=f"{SMOLLM2_PATH} absent: run `python tools/fetch_model.py`",
 )
 @pytest.mark.parametrize("arg", [None, "shuffled"])
 def test_smollm2_config_is_valid(arg):

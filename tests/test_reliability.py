@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import crash_test
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.train_state import TrainState
@@ -35,6 +34,7 @@ from rl_jax.trainers.workdir import (
     locked,
 )
 from tests.testing_utils import tiny_config
+from tools import crash_test
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -309,7 +309,7 @@ def crash_reference(tmp_path_factory):
 
 @pytest.mark.slow
 def test_kill9_at_random_moments_resumes_bit_identical(tmp_path, crash_reference):
-    """The short version of experiments/crash_test.py: 2 trials of 1-2 kills each; every kill
+    """The short version of tools/crash_test.py: 2 trials of 1-2 kills each; every kill
     lands on a live process after a checkpoint of its own and the next start restores it."""
     rng = random.Random(1)
     for i, kills in enumerate((1, 2)):

@@ -106,7 +106,7 @@ def test_rewards_read_the_reply_only():
 
 
 @pytest.mark.skipif(not REAL_GGUF.is_file(), reason=f"{REAL_GGUF} is absent "
-                    "(python experiments/fetch_model.py puts it there)")
+                    "(python tools/fetch_model.py puts it there)")
 def test_real_smollm2_chat_template():
     tokenizer = models.load_gguf_tokenizer(REAL_GGUF)
     ctx = context(tokenizer, chat_template=True, system_prompt="Reply with a number.")

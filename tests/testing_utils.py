@@ -22,7 +22,7 @@ def random_mask(rng: np.random.Generator, batch: int, time: int, padding: str = 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
     """tests/fixtures/tiny_config.py's config (single-digit addition, a 1-layer width-32 model, a
-    few steps of everything; the file ``train.py`` and experiments/crash_test.py run) with dotted
+    few steps of everything; the file ``train.py`` and tools/crash_test.py run) with dotted
     overrides, e.g. ``tiny_config(**{"rl.steps": 2, "kl.coef": 0.04})``."""
     config = _tiny_config_file()
     for key, value in overrides.items():

@@ -21,6 +21,8 @@ def row_error(path: str | os.PathLike, line: int, message: str) -> ValueError:
 
 
 def _describe(fields: Mapping[str, type]) -> str:
+    if not fields:
+        return "a JSON object"
     return "a JSON object with fields " + ", ".join(
         f"{name!r} ({kind.__name__})" for name, kind in fields.items()
     )

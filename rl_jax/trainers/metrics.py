@@ -14,25 +14,16 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tensorboardX import SummaryWriter
+from rl_jax.data.jsonl import read_jsonl
 
 
-def _parse(lines: list[str], path: str) -> list[dict[str, Any]]:
-    """The records of ``lines``; a line that is not a JSON object is skipped with a warning."""
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
-            warnings.warn(f"{path}:{number}: damaged metrics line dropped ({error}): "
-                          f"{line[:80]!r}", stacklevel=3)
-            continue
-        records.append(record)
-    return records
+def _read_records(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``; a line that is not one is dropped with a warning."""
+
+    def drop(error: ValueError) -> None:
+        warnings.warn(f"damaged metrics line dropped: {error}", stacklevel=2)
+
+    return [row for _, row in read_jsonl(path, {}, on_error=drop)]
 
 
 class MetricWriter:
@@ -51,8 +42,7 @@ class MetricWriter:
             return
         path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                records = _parse(f.read().splitlines(), path)
+            records = _read_records(path)
             kept = [
                 r for r in records if r.get("stage") != stage or r.get("step", 0) <= resume_step
             ]
@@ -65,6 +55,8 @@ class MetricWriter:
                 with open(temporary, "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(r) + "\n" for r in kept)
                 os.replace(temporary, path)  # atomic: a crash leaves the old or the new file
+        from tensorboardX import SummaryWriter  # imports torch: only writers pay for it
+
         self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
         purge = {"purge_step": resume_step + 1} if resume_step else {}
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", stage), **purge)
@@ -102,8 +94,6 @@ def summary_line(stage: str, step: int, metrics: Mapping[str, float], names: Seq
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``workdir/metrics.jsonl``, one per (stage, step): a damaged line is skipped
     with a warning, and of repeated (stage, step) lines (files of older versions) the last wins."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    with open(path, encoding="utf-8") as f:
-        records = _parse(f.read().splitlines(), path)
+    records = _read_records(os.path.join(workdir, "metrics.jsonl"))
     last = {(r.get("stage"), r.get("step")): i for i, r in enumerate(records)}
     return [r for i, r in enumerate(records) if last[(r.get("stage"), r.get("step"))] == i]

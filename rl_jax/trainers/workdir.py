@@ -20,6 +20,8 @@ from typing import Any
 
 import ml_collections
 
+from rl_jax.config import flat_fields
+
 # Fields (or sections, ending in ".") a restart may change: they do not change what was trained.
 HARMLESS = ("sft.steps", "rm.steps", "rl.steps", "rl.max_approx_kl", "log.", "eval.",
             "checkpoint.")
@@ -93,17 +95,8 @@ def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def flat_config(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
     """``{"rl.optim.lr": 3e-4, ...}`` with JSON values (tuples become lists)."""
     tree = config_json(config) if isinstance(config, ml_collections.ConfigDict) else config
-    out: dict[str, Any] = {}
-
-    def visit(node, prefix):
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                visit(value, f"{prefix}{key}.")
-        else:
-            out[prefix[:-1]] = json.loads(json.dumps(node, default=str))
-
-    visit(tree, "")
-    return out
+    return {field: json.loads(json.dumps(value, default=str))
+            for field, value in flat_fields(tree).items()}
 
 
 def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:

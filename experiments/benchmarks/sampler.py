@@ -1,8 +1,7 @@
-"""Throughput of rl_jax.rollout.Sampler against transformers `generate` on the same model and batch.
+r"""Throughput of rl_jax's Sampler against transformers `generate` on the same model and batch.
 
-Run:
-  python experiments/benchmark_sampler.py            # Qwen2-shaped 3.4M model, 8 x 8 x 64 tokens
-  python experiments/benchmark_sampler.py --reps 5 --new_tokens 128
+    python experiments/benchmarks/sampler.py          # Qwen2-shaped 3.4M model, 8 x 8 x 64 tokens
+    python experiments/benchmarks/sampler.py --reps=5 --new_tokens=128
 
 A random Qwen2ForCausalLM (float32, tied embeddings) is built with transformers, saved, and loaded
 into rl_jax, so both samplers run identical weights. Both sample at temperature 1 with no
@@ -14,7 +13,6 @@ reaches, using the model FLOPs per generated token.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,26 +20,23 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num_prompts", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=8, help="samples per prompt")
-    parser.add_argument("--prompt_len", type=int, default=16)
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=768)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv_heads", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=1024)
-    parser.add_argument("--matmul_size", type=int, default=2048)
-    parser.add_argument("--skip_transformers", action="store_true")
-    return parser.parse_args()
+_PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Prompts per call.")
+_SAMPLES = flags.DEFINE_integer("samples", 8, "Samples per prompt.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "Prompt tokens.")
+_NEW = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
+_REPS = flags.DEFINE_integer("reps", 5, "Timed rounds (the best is shown).")
+_THREADS = flags.DEFINE_integer("threads", 2, "torch threads.")
+_HIDDEN = flags.DEFINE_integer("hidden", 256, "Hidden size.")
+_INTERMEDIATE = flags.DEFINE_integer("intermediate", 768, "MLP intermediate size.")
+_LAYERS = flags.DEFINE_integer("layers", 4, "Decoder layers.")
+_HEADS = flags.DEFINE_integer("heads", 4, "Attention heads.")
+_KV_HEADS = flags.DEFINE_integer("kv_heads", 2, "Key/value heads.")
+_VOCAB = flags.DEFINE_integer("vocab", 1024, "Vocabulary size.")
+_MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the matmul that sets the peak rate.")
+_SKIP_HF = flags.DEFINE_bool("skip_transformers", False, "Time rl_jax only.")
 
 
 def best_time(fn: Callable[[], object], reps: int) -> float:
@@ -78,7 +73,7 @@ def flops_per_token(config, context: float) -> float:
     return 2 * non_embedding + 2 * config.vocab_size * h + attention
 
 
-def build_models(args: argparse.Namespace, directory: str):
+def build_models(directory: str):
     """(transformers model, rl_jax CausalLM) with the same random weights."""
     import torch
     import transformers
@@ -86,12 +81,12 @@ def build_models(args: argparse.Namespace, directory: str):
     from rl_jax.models import load_causal_lm
 
     hf_config = transformers.Qwen2Config(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
+        vocab_size=_VOCAB.value,
+        hidden_size=_HIDDEN.value,
+        intermediate_size=_INTERMEDIATE.value,
+        num_hidden_layers=_LAYERS.value,
+        num_attention_heads=_HEADS.value,
+        num_key_value_heads=_KV_HEADS.value,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=1,
@@ -105,7 +100,7 @@ def build_models(args: argparse.Namespace, directory: str):
     return hf_model, load_causal_lm(directory)
 
 
-def rl_jax_runner(model, prompts: list[list[int]], args: argparse.Namespace):
+def rl_jax_runner(model, prompts: list[list[int]]):
     """A function running one blocking Sampler.generate call; compiled (warmed up) here."""
     from rl_jax.rollout import Sampler
 
@@ -114,14 +109,14 @@ def rl_jax_runner(model, prompts: list[list[int]], args: argparse.Namespace):
 
     def run(seed: int = 0):
         out = sampler.generate(
-            params, prompts, jax.random.key(seed), n=args.samples, max_new_tokens=args.new_tokens
+            params, prompts, jax.random.key(seed), n=_SAMPLES.value, max_new_tokens=_NEW.value
         )
         return jax.block_until_ready(out)
 
     start = time.perf_counter()
     out = run()
     print(f"rl_jax warm-up (compile + run): {time.perf_counter() - start:.2f} s")
-    assert int(out.num_generated_tokens) == len(prompts) * args.samples * args.new_tokens
+    assert int(out.num_generated_tokens) == len(prompts) * _SAMPLES.value * _NEW.value
 
     def checked_run():
         run()
@@ -130,7 +125,7 @@ def rl_jax_runner(model, prompts: list[list[int]], args: argparse.Namespace):
     return checked_run
 
 
-def forward_only_runner(model, args: argparse.Namespace):
+def forward_only_runner(model):
     """The model's cached decode steps alone (no sampling, no prefill): a lower bound for ours.
 
     Same batch, cache length and number of steps as the sampler's loop; each step feeds a token
@@ -140,8 +135,8 @@ def forward_only_runner(model, args: argparse.Namespace):
     from rl_jax.rollout import bucket_length
 
     graphdef, state = nnx.split(model)
-    batch = args.num_prompts * args.samples
-    cache_len = bucket_length(args.prompt_len, 16) + bucket_length(args.new_tokens, 16)
+    batch = _PROMPTS.value * _SAMPLES.value
+    cache_len = bucket_length(_PROMPT_LEN.value, 16) + bucket_length(_NEW.value, 16)
     key_mask = jnp.ones((batch, cache_len), jnp.int32)
 
     @jax.jit
@@ -150,24 +145,24 @@ def forward_only_runner(model, args: argparse.Namespace):
 
         def step(i, carry):
             cache, tokens = carry
-            positions = jnp.full((batch, 1), args.prompt_len, jnp.int32) + i
+            positions = jnp.full((batch, 1), _PROMPT_LEN.value, jnp.int32) + i
             logits, cache = apply_lm(
-                graphdef, state, tokens, positions, key_mask, cache, args.prompt_len + i
+                graphdef, state, tokens, positions, key_mask, cache, _PROMPT_LEN.value + i
             )
             return cache, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
         tokens = jnp.zeros((batch, 1), jnp.int32)
-        return jax.lax.fori_loop(0, args.new_tokens, step, (cache, tokens))[1]
+        return jax.lax.fori_loop(0, _NEW.value, step, (cache, tokens))[1]
 
     jax.block_until_ready(loop(state))
     return lambda: jax.block_until_ready(loop(state))
 
 
-def transformers_runner(hf_model, prompts: list[list[int]], args: argparse.Namespace):
+def transformers_runner(hf_model, prompts: list[list[int]]):
     """A function running one `generate` call (temperature 1, no top-k/top-p), warmed up here."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(_THREADS.value)
     input_ids = torch.tensor(prompts, dtype=torch.long)
 
     def run():
@@ -179,11 +174,11 @@ def transformers_runner(hf_model, prompts: list[list[int]], args: argparse.Names
                 temperature=1.0,
                 top_k=0,
                 top_p=1.0,
-                max_new_tokens=args.new_tokens,
-                num_return_sequences=args.samples,
+                max_new_tokens=_NEW.value,
+                num_return_sequences=_SAMPLES.value,
                 pad_token_id=0,
             )
-        assert out.shape == (len(prompts) * args.samples, args.prompt_len + args.new_tokens)
+        assert out.shape == (len(prompts) * _SAMPLES.value, _PROMPT_LEN.value + _NEW.value)
 
     run()
     return run
@@ -204,44 +199,44 @@ def interleaved_best_times(runners: dict[str, Callable[[], object]], reps: int) 
     return {name: min(values) for name, values in times.items()}
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv):
+    del argv
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {len(jax.devices())} device(s)")
-    peak = matmul_gflops(args.matmul_size)
-    print(f"float32 matmul {args.matmul_size}^3: {peak:.1f} GFLOP/s")
+    peak = matmul_gflops(_MATMUL.value)
+    print(f"float32 matmul {_MATMUL.value}^3: {peak:.1f} GFLOP/s")
 
     rng = np.random.default_rng(0)
     prompts = [
-        [int(t) for t in rng.integers(3, args.vocab, args.prompt_len)]
-        for _ in range(args.num_prompts)
+        [int(t) for t in rng.integers(3, _VOCAB.value, _PROMPT_LEN.value)]
+        for _ in range(_PROMPTS.value)
     ]
-    num_tokens = args.num_prompts * args.samples * args.new_tokens
+    num_tokens = _PROMPTS.value * _SAMPLES.value * _NEW.value
     with tempfile.TemporaryDirectory() as directory:
-        hf_model, model = build_models(args, directory)
+        hf_model, model = build_models(directory)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    context = args.prompt_len + (args.new_tokens + 1) / 2
+    context = _PROMPT_LEN.value + (_NEW.value + 1) / 2
     flops = flops_per_token(model.config, context)
     print(
         f"model: {num_params / 1e6:.2f}M params; {flops / 1e6:.2f} MFLOP per generated token "
         f"(average context {context:.0f})"
     )
     print(
-        f"batch: {args.num_prompts} prompts x {args.samples} samples, prompt {args.prompt_len}, "
-        f"{args.new_tokens} new tokens = {num_tokens} tokens"
+        f"batch: {_PROMPTS.value} prompts x {_SAMPLES.value} samples, prompt {_PROMPT_LEN.value}, "
+        f"{_NEW.value} new tokens = {num_tokens} tokens"
     )
 
     runners = {
-        "rl_jax": rl_jax_runner(model, prompts, args),
-        "rl_jax model forward only": forward_only_runner(model, args),
+        "rl_jax": rl_jax_runner(model, prompts),
+        "rl_jax model forward only": forward_only_runner(model),
     }
-    if not args.skip_transformers:
-        runners["transformers"] = transformers_runner(hf_model, prompts, args)
-    best = interleaved_best_times(runners, args.reps)
+    if not _SKIP_HF.value:
+        runners["transformers"] = transformers_runner(hf_model, prompts)
+    best = interleaved_best_times(runners, _REPS.value)
     for name, seconds in best.items():
         rate = num_tokens / seconds
         gflops = rate * flops / 1e9
         print(
-            f"{name}: {seconds * 1e3:.1f} ms/call, {seconds * 1e3 / args.new_tokens:.2f} ms/step, "
+            f"{name}: {seconds * 1e3:.1f} ms/call, {seconds * 1e3 / _NEW.value:.2f} ms/step, "
             f"{rate:,.0f} tokens/s, {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of matmul"
         )
     if "transformers" in best:
@@ -249,4 +244,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -1,10 +1,11 @@
 r"""GRPO and PPO loss-and-gradient steps of a small transformer on random data, over all devices.
 
-A smoke run of the pure RL math end to end (until the trainers of rl_jax.trainers land): random
-prompts and responses, random rewards, one jitted train step per algorithm, data-parallel over every
-device of a ``("data", "fsdp")`` mesh. It prints the losses of a few steps.
+The pure RL math (``rl_jax.policy_loss``, ``kl``, ``gae``, ``group_advantages``, ...) wired into
+a train step by hand, without ``build_rl_step`` or the trainers: random prompts and responses,
+random rewards, one jitted train step per algorithm, data-parallel over every device of a
+``("data", "fsdp")`` mesh. It prints the losses of a few steps.
 
-    python experiments/loss_step_demo.py --steps=3 --group_size=4
+    python experiments/loss_step_demo/loss_step_demo.py --steps=3 --group_size=4
 
 On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` runs it on 8 fake devices.
 """

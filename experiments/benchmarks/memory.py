@@ -1,7 +1,7 @@
 r"""Compiled memory of the RL loss's gradient with the full logits and with the chunked LM head.
 
-    python experiments/benchmark_memory.py
-    python experiments/benchmark_memory.py --chunks=0,128 --batch=8 --response_len=1024
+    python experiments/benchmarks/memory.py
+    python experiments/benchmarks/memory.py --chunks=0,128 --batch=8 --response_len=1024
 
 A Qwen2.5-like vocabulary (151,936 tokens, tied embeddings) on a narrow model (hidden 64, 1 layer
 by default), so the logits dominate: for each ``logits_chunk`` (0 = the full

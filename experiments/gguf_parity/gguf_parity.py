@@ -1,22 +1,23 @@
 """rl_jax's GGUF loader against transformers' on SmolLM2-135M-Instruct: load time, logits, greedy.
 
-Run (after `python experiments/fetch_model.py`; needs torch):
-  python experiments/gguf_parity.py [--gguf=PATH] [--new_tokens=32] [--threads=1]
+    python tools/fetch_model.py    # once: the model
+    python experiments/gguf_parity/gguf_parity.py [--gguf=PATH] [--new_tokens=32] [--threads=1]
 
 Loads the Q4_1 GGUF through rl_jax (`load_pretrained`, numpy dequantisation, no torch) and
-through transformers (`from_pretrained(gguf_file=..., dtype=float32)`), compares the logits of a
-few chat prompts (left-padded batch), then decodes greedily with rl_jax's Sampler and with
-transformers `generate(do_sample=False)` (EOS disabled, so both emit exactly --new_tokens tokens).
+through transformers (`from_pretrained(gguf_file=..., dtype=float32)`; needs torch), compares the
+logits of a few chat prompts (left-padded batch), then decodes greedily with rl_jax's Sampler and
+with transformers `generate(do_sample=False)` (EOS disabled, so both emit exactly --new_tokens
+tokens).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from absl import app, flags
 
 from rl_jax.models import apply_lm, load_pretrained, positions_from_mask
 from rl_jax.rollout import Sampler
@@ -24,28 +25,28 @@ from rl_jax.rollout import Sampler
 QUESTIONS = ["What is 12 * 7?", "Name a colour.", "Write one sentence about the sea.",
              "What is the capital of France?"]
 
+_GGUF = flags.DEFINE_string(
+    "gguf", str(Path.home() / ".cache/rl_jax/SmolLM2-135M-Instruct.Q4_1.gguf"), "The model file.")
+_NEW = flags.DEFINE_integer("new_tokens", 32, "Greedy tokens to decode.")
+_THREADS = flags.DEFINE_integer("threads", 1, "torch threads.")
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gguf", type=Path,
-                        default=Path.home() / ".cache/rl_jax/SmolLM2-135M-Instruct.Q4_1.gguf")
-    parser.add_argument("--new_tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args()
 
+def main(argv):
+    del argv
+    gguf = Path(_GGUF.value).expanduser()
     start = time.perf_counter()
-    model, tokenizer = load_pretrained(args.gguf)
+    model, tokenizer = load_pretrained(gguf)
     print(f"rl_jax load_pretrained (model + tokenizer): {time.perf_counter() - start:.1f} s")
 
     import torch
     import transformers
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(_THREADS.value)
     start = time.perf_counter()
     hf = transformers.AutoModelForCausalLM.from_pretrained(
-        args.gguf.parent, gguf_file=args.gguf.name, dtype=torch.float32).eval()
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(
-        args.gguf.parent, gguf_file=args.gguf.name)
+        gguf.parent, gguf_file=gguf.name)
     print(f"transformers from_pretrained (model + tokenizer): {time.perf_counter() - start:.1f} s")
 
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
@@ -78,10 +79,10 @@ def main() -> None:
 
     sampler = Sampler.from_model(model, eos_ids=(), pad_id=pad, max_len=256)
     start = time.perf_counter()
-    out = sampler.generate(state, prompts, jax.random.key(0), max_new_tokens=args.new_tokens,
+    out = sampler.generate(state, prompts, jax.random.key(0), max_new_tokens=_NEW.value,
                            greedy=True)
     ours_new = np.asarray(out.response_tokens)
-    print(f"rl_jax greedy {args.new_tokens} tokens (incl. compile): "
+    print(f"rl_jax greedy {_NEW.value} tokens (incl. compile): "
           f"{time.perf_counter() - start:.1f} s")
     hf.generation_config.eos_token_id = None
     start = time.perf_counter()
@@ -89,9 +90,9 @@ def main() -> None:
         generated = hf.generate(
             input_ids=torch.from_numpy(tokens.astype(np.int64)),
             attention_mask=torch.from_numpy(mask.astype(np.int64)),
-            max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+            max_new_tokens=_NEW.value, min_new_tokens=_NEW.value,
             do_sample=False, pad_token_id=pad)
-    print(f"transformers greedy {args.new_tokens} tokens: {time.perf_counter() - start:.1f} s")
+    print(f"transformers greedy {_NEW.value} tokens: {time.perf_counter() - start:.1f} s")
     theirs = generated[:, width:].numpy()
     for row, q in enumerate(QUESTIONS):
         same = np.array_equal(ours_new[row], theirs[row])
@@ -101,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

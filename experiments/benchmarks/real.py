@@ -2,7 +2,7 @@ r"""Speed on the real model (SmolLM2-135M-Instruct, float32, CPU): rl_jax agains
 TRL, side by side in one process, alternating, median of --repeats.
 
     pip install -e '.[bench]'      # TRL (torch and transformers come with it)
-    nice -n 10 python experiments/benchmark_real.py > experiments/results/smollm2/benchmark_real.txt
+    nice -n 10 python experiments/benchmarks/real.py > experiments/benchmarks/results/real.txt
 
 (a) Sampling: rl_jax's jitted KV-cache sampler against transformers' ``generate`` on the same
     chat-formatted prompts, batch --sample_batches, --new_tokens new tokens each (EOS ignored:
@@ -122,7 +122,7 @@ def compile_probe(cache_dir: str) -> None:
 
 def run_probe(cache_dir: str) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     result = subprocess.run(
         [sys.executable, __file__, f"--compile_probe={cache_dir}", f"--gguf={_GGUF.value}",
          f"--new_tokens={_NEW.value}"],

@@ -2,7 +2,7 @@ r"""Kill -9 a tiny training run at random moments, restart it until it finishes,
 an uninterrupted run: the final checkpoints must be bit-identical and metrics.jsonl must hold
 exactly one line per stage and step, with the same losses.
 
-    python experiments/crash_test.py --trials=10 --kills=2 --root=/tmp/crash
+    python tools/crash_test.py --trials=10 --kills=2 --root=/tmp/crash
 
 Each kill waits until the running process has written a checkpoint of its own (distinct steps
 drawn at random for the kills of a trial, the last save excepted), then a random 0..--jitter
@@ -18,7 +18,6 @@ Prints one line per trial and ``kill -9: K of N landed over T trials (S during a
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import glob
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "fixtures" / "tiny_config.py"
@@ -245,37 +245,32 @@ def trial(reference, workdir, kills: int, rng: random.Random, jitter: float = 1.
     return result
 
 
-def _bool(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1")
+_TRIALS = flags.DEFINE_integer("trials", 10, "Trials, each against the uninterrupted run.")
+_KILLS = flags.DEFINE_integer("kills", 2, "kill -9 per trial.")
+_ROOT = flags.DEFINE_string("root", "/tmp/crash_test", "Directory of the runs (emptied first).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
+_JITTER = flags.DEFINE_float(
+    "jitter", 1.0, "Seconds, at most, between the awaited checkpoint and the kill.")
+_KILL = flags.DEFINE_bool(
+    "kill", True, "false: send no signal (a control: every trial must then fail).")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--kills", type=int, default=2, help="kill -9 per trial")
-    parser.add_argument("--root", default="/tmp/crash_test")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jitter", type=float, default=1.0,
-                        help="seconds, at most, between the awaited checkpoint and the kill")
-    parser.add_argument("--kill", type=_bool, default=True,
-                        help="false: send no signal (a control: every trial must then fail)")
-    args = parser.parse_args()
-    root = Path(args.root)
+def main(argv) -> int:
+    del argv
+    root = Path(_ROOT.value)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    rng = random.Random(args.seed)
+    rng = random.Random(_SEED.value)
     began = time.monotonic()
     straight = train(root / "reference")
     if straight.returncode != 0:
         print(straight.stderr[-3000:])
         return 1
     totals, restored, failed = collections.Counter(), [], 0
-    for i in range(args.trials):
-        result = trial(root / "reference", root / f"trial{i}", args.kills, rng, args.jitter,
-                       args.kill)
-        problems = check_trial(result, args.kills)
+    for i in range(_TRIALS.value):
+        result = trial(root / "reference", root / f"trial{i}", _KILLS.value, rng, _JITTER.value,
+                       _KILL.value)
+        problems = check_trial(result, _KILLS.value)
         failed += bool(problems)
         landed = [k for k in result.kills if k.sent and k.alive and k.returncode == -9]
         totals.update(kills=len(result.kills), landed=len(landed), identical=result.identical,
@@ -291,7 +286,7 @@ def main() -> int:
         print(f"trial {i}: {kills}; bit-identical {result.identical}, {result.duplicates} "
               f"duplicate lines; {'FAIL ' + '; '.join(problems) if problems else 'ok'}",
               flush=True)
-    print(f"kill -9: {totals['landed']} of {totals['kills']} landed over {args.trials} trials "
+    print(f"kill -9: {totals['landed']} of {totals['kills']} landed over {_TRIALS.value} trials "
           f"({totals['during_save']} during a save), {len(restored)} restored (from "
           f"{' '.join(restored)}), {totals['identical']} bit-identical, {totals['duplicates']} "
           f"duplicate lines; {failed} trials failed; {time.monotonic() - began:.0f} s")
@@ -299,4 +294,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

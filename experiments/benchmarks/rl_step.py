@@ -1,6 +1,6 @@
 r"""Speed of one GRPO step: completion tokens/s and the time split (sampling / scoring / update).
 
-    python experiments/benchmark_rl_step.py
+    python experiments/benchmarks/rl_step.py
 
 A random Qwen2-shaped model (hidden 256, 4 layers, 4 heads, 2 KV heads, vocab 1024, tied
 embeddings, ~3.4M parameters), 8 prompts x 8 samples x 64 new tokens (EOS never ends a response
@@ -9,7 +9,7 @@ the host, ``prepare`` (old and reference log-probs, advantages) and ``update`` (
 update with the k3 KL term), all jitted.
 
 rl_jax's figures only: no ratio to another library. A comparison with TRL's ``GRPOTrainer``,
-measured in the same process on the same model and prompts, is ``experiments/benchmark_real.py``.
+measured in the same process on the same model and prompts, is ``experiments/benchmarks/real.py``.
 """
 
 from __future__ import annotations

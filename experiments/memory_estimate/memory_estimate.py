@@ -1,6 +1,7 @@
 r"""Paper estimates: per-device memory of Qwen2.5-1.5B and 7B GRPO by the start-up estimate.
 
-    python experiments/memory_estimate.py > experiments/results/memory_estimate.txt
+    python experiments/memory_estimate/memory_estimate.py \
+        > experiments/memory_estimate/results/memory_estimate.txt
 
 GRPO with 64 prompts x 8 samples, prompts of up to 256 tokens and 1,024 new tokens (T = 1,280),
 8 minibatches (64 rows an update), a KL reference (kl.coef = 0.04), evaluation of 64 prompts x 4
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from absl import app
+
 from rl_jax import memory
+from rl_jax.algorithm import RLSettings
 from rl_jax.config import default_config
 from rl_jax.models import ModelConfig
 
@@ -48,7 +52,8 @@ def grpo_config(logits_chunk: int, loaded: bool):
     return config
 
 
-def main() -> None:
+def main(argv):
+    del argv
     gib = memory.GIB
     print(__doc__.split("\n\n", 2)[2].strip().split('"""')[0])
     print()
@@ -70,8 +75,9 @@ def main() -> None:
                     scan_layers=True, attention_impl=attention), devices),
             }
             for setting, (config, model_config, fsdp) in settings.items():
-                est = memory.estimate(config, model_config, num_devices=devices, fsdp=fsdp,
-                                      prompt_len=PROMPT_LEN)
+                est = memory.estimate(config, model_config,
+                                      settings=RLSettings.from_config(config),
+                                      num_devices=devices, fsdp=fsdp, prompt_len=PROMPT_LEN)
                 fits = "yes" if est["total"] <= gb * gib else "no"
                 without = est["total"] - est["initial_weights"]
                 print(f"{name:<13} {hardware:<14} {setting:<7} "
@@ -84,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

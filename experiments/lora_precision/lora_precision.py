@@ -1,7 +1,7 @@
 r"""Mixed precision and LoRA on the real model (SmolLM2-135M-Instruct, GGUF): two measurements.
 
-    nice -n 10 python experiments/lora_precision_real.py --what=ratio --out=DIR
-    nice -n 10 python experiments/lora_precision_real.py --what=update --out=DIR
+    nice -n 10 python experiments/lora_precision/lora_precision.py --what=ratio --out=DIR
+    nice -n 10 python experiments/lora_precision/lora_precision.py --what=update --out=DIR
 
 ``ratio``: sample chat-formatted prompts with the sampler in each precision (compute dtype /
 storage dtype), recompute the sampled tokens' log-probs with the trainer's forward
@@ -36,7 +36,7 @@ _WHAT = flags.DEFINE_enum("what", "ratio", ["ratio", "update"], "Which measureme
 _PATH = flags.DEFINE_string(
     "path", os.path.expanduser("~/.cache/rl_jax/SmolLM2-135M-Instruct.Q4_1.gguf"), "The model."
 )
-_OUT = flags.DEFINE_string("out", "experiments/results/lora_precision", "Output directory.")
+_OUT = flags.DEFINE_string("out", "experiments/lora_precision/results", "Output directory.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 32, "ratio: tokens per response.")
 _ROWS = flags.DEFINE_integer("rows", 4, "update: rows of the batch.")
 _LEN = flags.DEFINE_integer("length", 128, "update: tokens per row (prompt + response).")

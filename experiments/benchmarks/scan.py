@@ -1,6 +1,6 @@
 r"""Scanned vs listed decoder layers, and the remat policies: compile time, HLO size, temp memory.
 
-    python experiments/benchmark_scan.py > experiments/results/benchmark_scan.txt
+    python experiments/benchmarks/scan.py > experiments/benchmarks/results/scan.txt
 
 For a tiny 8-layer model (qwen2, hidden 64, intermediate 256, vocab 512) it compiles the gradient
 of the GRPO loss (``build_rl_step(...).loss``, full logits) on 16 rows x 128 tokens from abstract

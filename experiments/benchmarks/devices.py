@@ -1,7 +1,7 @@
 r"""Per-device work and time of each part of an RL step on 1, 2, 4 and 8 (fake CPU) devices.
 
-    python experiments/benchmark_devices.py            # all device counts, one subprocess each
-    python experiments/benchmark_devices.py --devices=8 --child   # one count, JSON lines
+    python experiments/benchmarks/devices.py            # all device counts, one subprocess each
+    python experiments/benchmarks/devices.py --devices=8 --child   # one count, JSON lines
 
 For each device count a subprocess starts with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=<d>``, builds a data-parallel mesh over its

@@ -1,6 +1,6 @@
 r"""Starts N processes of ``experiments/train.py`` on this machine as the hosts of one run.
 
-    python experiments/launch_local_hosts.py --num_processes=2 --devices_per_process=2 -- \
+    python tools/launch_local_hosts.py --num_processes=2 --devices_per_process=2 -- \
         --config=tests/fixtures/tiny_config.py --workdir=/tmp/tiny_hosts
 
 Each process gets ``--distributed --coordinator_address=127.0.0.1:<free port>
@@ -10,12 +10,11 @@ Each process gets ``--distributed --coordinator_address=127.0.0.1:<free port>
 process fails, the others are stopped (SIGTERM, then SIGKILL); after ``--timeout`` seconds all
 are. The exit status is the first failing process's (0 when all succeed; 124 on timeout).
 
-For real hosts (one process per GPU node or TPU VM) see the README's "Many hosts" section.
+For real hosts (one process per GPU node or TPU VM) see docs/devices.md, "Many hosts".
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -24,8 +23,10 @@ import sys
 import threading
 import time
 
-TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-ROOT = os.path.dirname(os.path.dirname(TRAIN))
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "experiments", "train.py")
 
 
 def free_port() -> int:
@@ -124,22 +125,21 @@ def launch(
     return status
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num_processes", type=int, default=2)
-    parser.add_argument("--devices_per_process", type=int, default=1,
-                        help="fake CPU devices per process (--platform=cpu)")
-    parser.add_argument("--platform", default="cpu", choices=["cpu", "native"],
-                        help="cpu: fake CPU devices; native: whatever JAX finds (e.g. GPUs)")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before all stop")
-    parser.add_argument("train_args", nargs="*", help="arguments of train.py (after --)")
-    args = parser.parse_args()
-    if args.num_processes < 1 or args.devices_per_process < 1:
-        parser.error("--num_processes and --devices_per_process must be >= 1")
-    sys.exit(launch(args.train_args, num_processes=args.num_processes,
-                    devices_per_process=args.devices_per_process, platform=args.platform,
-                    timeout=args.timeout))
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Processes (hosts) to start.",
+                                      lower_bound=1)
+_DEVICES = flags.DEFINE_integer("devices_per_process", 1,
+                                "Fake CPU devices per process (--platform=cpu).", lower_bound=1)
+_PLATFORM = flags.DEFINE_enum("platform", "cpu", ["cpu", "native"],
+                              "cpu: fake CPU devices; native: whatever JAX finds (e.g. GPUs).")
+_TIMEOUT = flags.DEFINE_float("timeout", 3600.0, "Seconds before all are stopped.")
+
+
+def main(argv):
+    train_args = argv[1:]  # what follows --
+    sys.exit(launch(train_args, num_processes=_NUM_PROCESSES.value,
+                    devices_per_process=_DEVICES.value, platform=_PLATFORM.value,
+                    timeout=_TIMEOUT.value))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
