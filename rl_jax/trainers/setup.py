@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from rl_jax import data, models
 from rl_jax.rollout import Sampler
+from rl_jax.trainers.checkpoint import one_line
 
 
 @dataclasses.dataclass
@@ -107,7 +108,7 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
         except Exception as error:  # HF raises OSError, ValueError, TypeError, ...
             raise ValueError(
                 f"config.model.path = {config.model.path!r}: cannot load its tokenizer "
-                f"({_one_line(error)}); expected a Hugging Face directory with tokenizer files"
+                f"({one_line(error)}); expected a Hugging Face directory with tokenizer files"
             ) from error
     saved = os.path.join(workdir, "tokenizer")
     found = os.path.isdir(saved)
@@ -158,7 +159,7 @@ def _build_base_policy(
             )
         except Exception as error:  # safetensors.SafetensorError, OSError, KeyError, ...
             raise ValueError(
-                f"config.model.path = {m.path!r}: cannot load the model ({_one_line(error)}); "
+                f"config.model.path = {m.path!r}: cannot load the model ({one_line(error)}); "
                 "expected a Hugging Face directory with config.json and complete *.safetensors"
             ) from error
         # The file holds one tensor per layer: the config's layout and remat policy go on here.
@@ -187,11 +188,6 @@ def _build_base_policy(
     return models.CausalLM(model_config, rngs=nnx.Rngs(config.seed))
 
 
-def _one_line(error: BaseException) -> str:
-    text = (str(error).strip().splitlines() or [""])[0][:200]
-    return f"{type(error).__name__}: {text}"
-
-
 def build_task(config: ml_collections.ConfigDict):
     """The task of ``config.task``; a data file (``task.kwargs.path``) must hold examples."""
     path = config.task.kwargs.get("path", "")
@@ -208,7 +204,7 @@ def build_task(config: ml_collections.ConfigDict):
     except (ValueError, KeyError) as error:
         if not path:
             raise
-        raise ValueError(f"config.task.kwargs.path = {path!r}: {_one_line(error)}") from error
+        raise ValueError(f"config.task.kwargs.path = {path!r}: {one_line(error)}") from error
 
 
 def build_context(
@@ -228,7 +224,7 @@ def build_context(
         eval_examples = task.eval_set(config.eval.num_examples)
     except ValueError as error:
         raise ValueError(f"config.eval.num_examples = {config.eval.num_examples}: "
-                         f"{_one_line(error)} (a file task holds out task.kwargs.eval_size rows "
+                         f"{one_line(error)} (a file task holds out task.kwargs.eval_size rows "
                          "or the rows of task.kwargs.eval_path)") from error
     tokenizer = build_tokenizer(config, task, workdir)
     if config.task.chat_template:
@@ -285,7 +281,7 @@ def generation_config_eos_ids(model_path: str) -> tuple[int, ...]:
         return _ids(json.loads(file.read_text()).get("eos_token_id"))
     except (ValueError, TypeError) as error:
         raise ValueError(f"{file}: eos_token_id is not an id or a list of ids "
-                         f"({_one_line(error)})") from error
+                         f"({one_line(error)})") from error
 
 
 def resolve_eos_ids(tokenizer_eos: Any, model_eos: Any, generation_eos: Any,
