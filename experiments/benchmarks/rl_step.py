@@ -14,6 +14,7 @@ measured in the same process on the same model and prompts, is ``experiments/ben
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -25,6 +26,7 @@ from flax import nnx
 
 from rl_jax import models, parallel
 from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+from rl_jax.config import default_config
 from rl_jax.rollout import Sampler
 from rl_jax.train_state import TrainState
 
@@ -54,12 +56,14 @@ def main(argv):
     num_params = sum(x.size for x in jax.tree.leaves(params))
     # eos_ids=(): every response is max_new_tokens long (a fixed token count a step).
     sampler = Sampler.from_model(policy, eos_ids=(), pad_id=0)
-    settings = RLSettings(
+    settings = dataclasses.replace(  # the default config's options, one update a rollout
+        RLSettings.from_config(default_config()),
         estimator="grpo",
         group_size=_GROUP.value,
         temperature=1.0,
         kl_loss_coef=0.04,
         max_len=_NEW.value,
+        num_minibatches=1,
     )
     tx = optax.adamw(1e-5)
     mesh = parallel.make_mesh()
