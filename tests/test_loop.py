@@ -308,6 +308,9 @@ IGNORED = [
     ({"rl.estimator": "reinforce_pp", "rl.whiten_advantages": True},
      "config.rl.whiten_advantages = True: expected False (the default) with "
      "rl.estimator='reinforce_pp' (its advantages are always whitened)"),
+    ({"rl.estimator": "reinforce_pp_baseline", "rl.whiten_advantages": True},
+     "config.rl.whiten_advantages = True: expected False (the default) with "
+     "rl.estimator='reinforce_pp_baseline' (its advantages are always whitened)"),
     ({"rl.max_extra_rounds": 4}, "config.rl.max_extra_rounds = 4: expected 2 (the default) "
      "without rl.dynamic_sampling=True"),
     ({"rl.overlong_penalty": 0.5}, "config.rl.overlong_penalty = 0.5"),
