@@ -268,7 +268,7 @@ def reinforce_pp_baseline_advantages(
     return whiten(token_scores, response_mask, eps=eps)
 
 
-# --- The unified paradigm (DeepSeekMath, Shao et al. 2024, §5.2) -----------------------------------
+# --- The unified paradigm (DeepSeekMath, Shao et al. 2024, §5.2) ---------------------------------
 # Every method's gradient is E[ GC(q, o, t) * grad log pi(o_t | q, o_<t) ]: the methods differ in
 # their data source (which policy samples o) and their gradient coefficient GC.
 

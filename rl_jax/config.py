@@ -564,8 +564,8 @@ def _check_ignored(config, stages, bad) -> None:
                "has one)")
     unused("rl.gamma", not estimator.uses_token_rewards, f"with rl.estimator="
            f"{rl.estimator!r} (only 'gae' and 'reinforce_pp' discount)")
-    unused("rl.step_rewards", rl.estimator in algorithm.ESTIMATORS and estimator.reads != "steps", f"with rl.estimator={rl.estimator!r} "
-           "(only 'grpo_process' reads step rewards)")
+    unused("rl.step_rewards", rl.estimator in algorithm.ESTIMATORS and estimator.reads != "steps",
+           f"with rl.estimator={rl.estimator!r} (only 'grpo_process' reads step rewards)")
     if estimator.reads != "scores":
         why = (f"with rl.estimator={rl.estimator!r} (its coefficient is made of "
                + ("the correctness indicator" if estimator.reads == "correct" else "step rewards")

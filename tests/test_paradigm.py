@@ -16,7 +16,6 @@ from rl_jax.data.example import Example
 from tests.testing_utils import tiny_config
 
 
-
 @pytest.fixture(autouse=True)
 def _strict_ranks(request):
     """The pure functions broadcast nothing implicitly (the loop's test runs the whole model)."""
@@ -137,7 +136,7 @@ def test_process_advantages_of_equal_step_rewards_are_zero():
     np.testing.assert_array_equal(adv, np.zeros((2, 3)))
 
 
-# --- The scratchpad task's gold steps ---------------------------------------------------------------
+# --- The scratchpad task's gold steps ------------------------------------------------------------
 
 
 EXAMPLE = Example("58+67=", "15,12>521", "521", {"notes": ("15", "12")})
@@ -243,9 +242,8 @@ def test_rft_samples_from_the_initial_policy(tmp_path, monkeypatch):
         ctx = build_context(settings, str(tmp_path / name), mesh)
         start = jax.tree.map(np.asarray, nnx.state(ctx.policy))
         result = rl_trainer.run_rl(ctx, mesh, nnx.state(ctx.policy), settings.rl)
-        moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(),
-                                             jax.tree.map(np.asarray, result.state.params["policy"]),
-                                             start))
+        trained = jax.tree.map(np.asarray, result.state.params["policy"])
+        moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), trained, start))
         assert max(moved) > 0  # the policy trained
         second = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), seen[1], start))
         if name == "rft":

@@ -22,7 +22,9 @@ STEP_CHECKERS: dict[str, StepChecker] = {
 }
 
 
-def step_token_ends(char_ends: Sequence[int], token_text_ends: np.ndarray, length: int) -> np.ndarray:
+def step_token_ends(
+    char_ends: Sequence[int], token_text_ends: np.ndarray, length: int
+) -> np.ndarray:
     """The response token index where each step ends: ``[len(char_ends)]`` int32.
 
     Step ``j`` ends on the token holding its last character ``char_ends[j]``: the first ``t`` with
