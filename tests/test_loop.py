@@ -207,6 +207,10 @@ BAD_CONFIGS = [
     ("memory.device_gb", -1.0, "config.memory.device_gb = -1.0: expected a number >= 0"),
     ("loss.policy_loss", "ppo2", "config.loss.policy_loss = 'ppo2': expected one of 'ppo'"),
     ("loss.is_correction", "tis", "config.loss.is_correction = 'tis': expected one of 'none'"),
+    ("rl.step_rewards", "gold", "config.rl.step_rewards = 'gold': expected 'none' with "
+     "task.name='addition': the task declares no steps"),
+    ("rl.estimator", "rft", "config.loss.policy_loss = 'ppo': expected 'likelihood' with "
+     "rl.estimator='rft'"),
 ]
 
 
@@ -280,6 +284,7 @@ def test_flat_fields_names_every_leaf_of_a_config_and_of_its_json():
 
 # Every config file with each of its arguments, and every variant of every ablation file.
 CONFIG_ARGS = {"gsm8k_grpo": (None, "chat", "plain"), "preference_rm_ppo": (None, "grpo", "rloo"),
+               "arithmetic_rft": (None, "rft", "online_rft", "grpo", "grpo_process"),
                "smollm2_arithmetic_grpo": (None, "shuffled", "ppo")}
 
 
