@@ -33,7 +33,12 @@ from rl_jax.losses import (
     value_loss,
 )
 from rl_jax.mismatch import sequence_masked_is, sequence_tis, token_masked_is, token_tis
-from rl_jax.reward_losses import listwise_loss, pairwise_loss, ranking_loss
+from rl_jax.reward_losses import (
+    listwise_loss,
+    pairwise_loss,
+    process_reward_loss,
+    ranking_loss,
+)
 
 __all__ = [
     "AGG_MODES",
@@ -56,6 +61,7 @@ __all__ = [
     "pairwise_loss",
     "policy_loss",
     "process_advantages",
+    "process_reward_loss",
     "ranking_loss",
     "reinforce_pp_baseline_advantages",
     "rft_gradient_coefficient",

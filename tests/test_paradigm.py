@@ -250,3 +250,29 @@ def test_rft_samples_from_the_initial_policy(tmp_path, monkeypatch):
             assert max(second) == 0
         else:
             assert max(second) > 0
+
+
+# --- A process reward model's loss ----------------------------------------------------------------
+
+
+def test_process_reward_loss_against_numpy():
+    from rl_jax.reward_losses import process_reward_loss
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 5)).astype(np.float32)
+    ends = np.array([[1, 4, -1], [0, -1, -1], [2, 3, 4]], np.int32)
+    labels = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0]], np.float32)
+    terms, right = [], []
+    for b in range(3):
+        for s in range(3):
+            if ends[b, s] >= 0:
+                z, y = float(logits[b, ends[b, s]]), labels[b, s]
+                p = 1 / (1 + np.exp(-z))
+                terms.append(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
+                right.append((z > 0) == (y > 0.5))
+    loss, metrics = jax.jit(process_reward_loss)(logits, ends, labels)
+    np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
+    np.testing.assert_allclose(metrics["step_accuracy"], np.mean(right), rtol=1e-6)
+    # By hand: one step, logit 0, label 1: log 2.
+    loss, _ = process_reward_loss(jnp.zeros((1, 2)), jnp.array([[1, -1]]), jnp.array([[1.0, 0.0]]))
+    np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
