@@ -276,3 +276,23 @@ def test_process_reward_loss_against_numpy():
     # By hand: one step, logit 0, label 1: log 2.
     loss, _ = process_reward_loss(jnp.zeros((1, 2)), jnp.array([[1, -1]]), jnp.array([[1.0, 0.0]]))
     np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
+
+
+def test_step_rewards_reach_the_rollout_batch_and_its_metrics():
+    import dataclasses
+
+    from rl_jax.trainers.rl import _concat, device_batch, rollout_metrics
+    from tests.test_dapo_drgrpo import _round
+
+    batch = dataclasses.replace(
+        _round([3, 2], [1, 0], [False, False]),
+        step_rewards=np.array([[1, 0, 1], [0, 0, 0]], np.float32),
+        step_ends=np.array([[0, 1, 2], [1, -1, -1]], np.int32))
+    metrics = rollout_metrics(batch)
+    assert metrics["step_reward"] == pytest.approx(2 / 4) and metrics["steps"] == 2.0
+    rollout = device_batch(batch)
+    np.testing.assert_array_equal(rollout.step_ends, batch.step_ends)
+    np.testing.assert_array_equal(rollout.correct, [1.0, 0.0])
+    assert device_batch(_round([3], [1], [False])).step_ends is None
+    joined = _concat([batch, batch.rows(np.array([1]))], pad_id=0)
+    np.testing.assert_array_equal(joined.step_ends[2], [1, -1, -1])

@@ -281,7 +281,8 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
     over every process's rows of it (``parallel.gather_rows``).
 
     ``length_incorrect``: the mean response length (tokens, EOS included) of the rows with
-    ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise.
+    ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise. With step
+    rewards, ``step_reward`` (the mean over all steps) and ``steps`` (per response).
     """
     lengths = parallel.gather_rows(batch.response_mask.sum(1).astype(np.float32))
     correct_values = parallel.gather_rows(batch.correct)
@@ -299,6 +300,10 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
         "truncated": mean(parallel.gather_rows(batch.truncated.astype(np.float32))),
     }
     metrics.update({f"reward/{k}": mean(parallel.gather_rows(v)) for k, v in batch.rewards.items()})
+    if batch.step_rewards is not None:  # the share of right steps, and steps per response
+        ends = parallel.gather_rows(batch.step_ends)
+        metrics["step_reward"] = mean(parallel.gather_rows(batch.step_rewards)[ends >= 0])
+        metrics["steps"] = float(np.mean((ends >= 0).sum(1)))
     return metrics
 
 
