@@ -283,7 +283,7 @@ def rft_gradient_coefficient(correct: jax.Array, mask: jax.Array) -> jax.Array:
     only in their data source: the SFT (initial) policy, or the policy being trained.
 
     Args:
-      correct: ``[batch]`` 1.0 where the response is correct, 0.0 where not.
+      correct: ``[batch]`` the correctness reward of each response; ``I(o) = 1[correct > 0]``.
       mask: ``[batch, time]`` 1 for real response tokens.
 
     Returns:

@@ -119,8 +119,8 @@ ESTIMATORS: dict[str, Estimator] = {
     "rloo": Estimator(_rloo, grouped=True),
     "reinforce_pp": Estimator(_reinforce_pp, whitens=True, uses_token_rewards=True),
     "reinforce_pp_baseline": Estimator(_reinforce_pp_baseline, grouped=True, whitens=True),
-    # DeepSeekMath's unified paradigm (§5.2): SFT on the correct responses, sampled once from the
-    # initial policy (RFT) or each step from the current one (Online RFT); GC = I(o).
+    # DeepSeekMath's unified paradigm (§5.2): SFT on the correct responses, sampled from the
+    # frozen initial policy (RFT) or from the current one (Online RFT); GC = I(o).
     "rft": Estimator(_rft, reads="correct", sampler="reference", policy_loss="likelihood"),
     "online_rft": Estimator(_rft, reads="correct", policy_loss="likelihood"),
     # GRPO with process supervision (§4.1.3): step rewards normalised over the group.
