@@ -530,10 +530,23 @@ def test_the_policy_mask_reaches_the_loss():
 
 def test_overlong_filter_masks_truncated_rows_out_of_the_loss():
     w = _world()
-    settings, out, _ = _prepare(_config(**{"rl.overlong_filter": True}))
+    settings, out, metrics = _prepare(_config(**{"rl.overlong_filter": True}))
     expected = w.batch["response_mask"] * (1 - w.batch["truncated"])[:, None]
     _assert_close(out.loss_mask, expected)
     assert float(expected.sum()) < w.batch["response_mask"].sum()
+    _assert_close(metrics["overlong_filtered"], np.mean(w.batch["truncated"]), "filtered share")
+
+
+def test_overlong_filter_and_a_masking_correction_compose():
+    """The policy mask is the correction's mask times the overlong filter's."""
+    w = _world()
+    band = _mismatch_band("token_mis")
+    _, masked, _ = _prepare(_config(**{"loss.is_correction": "token_mis"} | band))
+    _, both, _ = _prepare(_config(**{"loss.is_correction": "token_mis", "rl.overlong_filter": True}
+                                  | band))
+    keep = (1 - w.batch["truncated"])[:, None]
+    _assert_close(both.policy_mask, np.asarray(masked.policy_mask) * keep, "policy mask")
+    assert float(np.asarray(both.policy_mask).sum()) < float(np.asarray(masked.policy_mask).sum())
 
 
 # --------------------------------------------------------------------------------------------
