@@ -28,8 +28,9 @@ ATOL = 2e-5
 
 
 def tiny(model_type="qwen2", **overrides):
+    overrides = dict(num_layers=2) | overrides
     config = models.tiny_config(model_type, vocab_size=VOCAB, hidden_size=32,
-                                intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                intermediate_size=64, num_heads=4, num_kv_heads=2,
                                 max_position_embeddings=64, **overrides)
     return models.CausalLM(config, rngs=nnx.Rngs(0))
 
@@ -158,6 +159,7 @@ POLICY_LOSS_OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy_loss", sorted(POLICY_LOSSES))
 def test_prepare_loss_and_gradients_equal_the_plain_layout(policy_loss):
     """GRPO with a k3 KL loss term and a perturbed reference; two minibatches, so ``prepare``
@@ -166,7 +168,7 @@ def test_prepare_loss_and_gradients_equal_the_plain_layout(policy_loss):
                     kl_loss_coef=0.04, policy_loss=policy_loss, num_minibatches=2,
                     logits_chunk=2 if policy_loss == "ppo" else 0,
                     **POLICY_LOSS_OPTIONS[policy_loss])
-    policy = tiny()
+    policy = tiny(num_layers=1)  # the hidden states of two layers are checked above
     steps, params = build(settings, policy)
     ref = jax.tree.map(lambda x: x * 1.05, params["policy"])
     prepared = prepare_both(steps, params, ref, rollout())
@@ -175,17 +177,20 @@ def test_prepare_loss_and_gradients_equal_the_plain_layout(policy_loss):
     assert_trees_close(plain_metrics, shared_metrics)
     moved = jax.tree.map(lambda x: x + 0.02 * jnp.sign(x), params)
     key = jax.random.key(3)
-    for at in (params, moved):
+    # At the sampling weights the log-ratio is 0 up to rounding, where KL-Cov's |log ratio| has
+    # a kink: its gradient takes the sign of that rounding, which differs between any two
+    # programs. Away from it the two layouts must agree.
+    for at in (moved,) if policy_loss == "kl_cov" else (params, moved):
         (loss, metrics), grads = loss_and_grads(steps[False], at, plain, key)
         (shared_loss, shared_metrics), shared_grads = loss_and_grads(
             steps[True], at, group_rows(plain, GROUP), key)
-        assert float(jnp.abs(loss)) > 1e-4
         np.testing.assert_allclose(shared_loss, loss, rtol=0, atol=ATOL)
         assert_trees_close(shared_metrics, metrics)
         assert_trees_close(shared_grads, grads)
         assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
