@@ -449,7 +449,7 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
         divides("rl.num_minibatches", rows // rl.num_minibatches,
                 "the rows of a minibatch, rl.num_prompts * rl.group_size / rl.num_minibatches,")
     if rl.shared_prefix is True:
-        _check_shared_prefix(rl, num_devices, bad)
+        _check_shared_prefix(rl, divides, bad)
     token_rewards = [name for name, e in algorithm.ESTIMATORS.items() if e.uses_token_rewards]
     if kl.in_reward and kl.coef > 0 and rl.estimator not in token_rewards:
         bad("kl.in_reward", True, f"False with rl.estimator={rl.estimator!r} (a KL in the reward "
@@ -465,20 +465,19 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     _check_optim(config, "rl.optim", at_least, bad)
 
 
-def _check_shared_prefix(rl, num_devices: int, bad) -> None:
+def _check_shared_prefix(rl, divides, bad) -> None:
     """A shared prompt needs a group to share it over, and whole groups in every minibatch and
     on every device (a group's rows are contiguous; its prompt is computed where they are)."""
     if rl.group_size < 2:
         bad("rl.shared_prefix", True, f"False with rl.group_size = {rl.group_size} (a prompt is "
             "shared by the group_size >= 2 responses of its group)")
-        return
-    if rl.num_minibatches < 1 or rl.num_prompts % rl.num_minibatches:
+    elif rl.num_minibatches < 1 or rl.num_prompts % rl.num_minibatches:
         bad("rl.num_minibatches", rl.num_minibatches, f"a divisor of rl.num_prompts = "
             f"{rl.num_prompts} with rl.shared_prefix=True (a minibatch holds whole groups)")
-    elif (rl.num_prompts // rl.num_minibatches) % num_devices:
-        bad("rl.num_minibatches", rl.num_minibatches, "prompts a minibatch, rl.num_prompts / "
-            f"rl.num_minibatches = {rl.num_prompts // rl.num_minibatches}, to be a multiple of "
-            f"the {num_devices} devices with rl.shared_prefix=True (a group stays on one device)")
+    else:
+        divides("rl.num_minibatches", rl.num_prompts // rl.num_minibatches,
+                "the prompts of a minibatch (whole groups on each device with "
+                "rl.shared_prefix=True), rl.num_prompts / rl.num_minibatches,")
 
 
 # Fields of a fresh model's architecture: a model file (``model.path``) brings its own.

@@ -240,6 +240,7 @@ def run_update(settings, batch, mesh=None):
     return jax.device_get(state.params), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_update_equals_the_plain_layout_and_splits_over_eight_devices():
     """One minibatch: the same rows in a different order (rows vs groups shuffled), so the same
     SGD step. Two minibatches of whole groups: 8 devices give the one-device result."""
@@ -267,13 +268,15 @@ def test_update_equals_the_plain_layout_and_splits_over_eight_devices():
 # --- The compiled program -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compiled_update_saves_the_prompts_share_of_the_flops():
     """Long prompts (P = 48) and short completions (R = 16), G = 4: each prompt token is computed
     once instead of 4 times. The token-linear work (projections, MLP, norms; the LM head only
-    ever sees the R predicting positions) falls from G (P + R) to P + G R tokens a group; the
-    attention scores from G (P + R)^2 / 2 to P^2 / 2 + G R (P + R) a group. The FLOPs the
-    compiler reports for the whole update (forward, backward, optimizer) must fall by at least
-    90% of the token-linear share and by no more than the larger of the two shares."""
+    ever sees the R predicting positions) falls from G (P + R) to P + G R tokens a group
+    (-56%); the attention matmuls (full squares, masked after) from G (P + R)^2 to
+    P^2 + G R (P + R) a group (-61%). The FLOPs the compiler reports for the whole update
+    (forward, backward, optimizer) must fall by at least 90% of the token-linear share and by
+    no more than the attention share. Measured: 886 -> 387 MFLOP (-56.3%)."""
     p, r, g, n = 48, 16, 4, 4
     config = models.tiny_config("qwen2", vocab_size=64, hidden_size=64, intermediate_size=256,
                                 num_layers=2, num_heads=4, num_kv_heads=2,
@@ -299,5 +302,43 @@ def test_compiled_update_saves_the_prompts_share_of_the_flops():
         flops[shared] = compiled.cost_analysis()["flops"]
     saved = 1 - flops[True] / flops[False]
     token_share = 1 - (p + g * r) / (g * (p + r))  # 0.5625
-    score_share = 1 - (p * p / 2 + g * r * (p + r)) / (g * (p + r) ** 2 / 2)
-    assert 0.9 * token_share <= saved <= max(token_share, score_share), (saved, flops)
+    score_share = 1 - (p * p + g * r * (p + r)) / (g * (p + r) ** 2)  # 0.609
+    assert 0.9 * token_share <= saved <= score_share, (saved, flops)
+
+
+# --- The config -----------------------------------------------------------------------------------
+
+
+def shared_config(**rl):
+    config = default_config()
+    config.rl.shared_prefix = True
+    config.rl.update(rl)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("rl", "devices", "message"),
+    [
+        (dict(estimator="reinforce_pp", group_size=1),
+         1, "config.rl.shared_prefix = True: expected False with rl.group_size = 1"),
+        (dict(num_prompts=6, group_size=4, num_minibatches=4),
+         1, "config.rl.num_minibatches = 4: expected a divisor of rl.num_prompts = 6 with "
+            "rl.shared_prefix=True"),
+        (dict(num_prompts=16, group_size=4, num_minibatches=4),
+         8, "rl.num_prompts / rl.num_minibatches, = 4 to be a multiple of the 8 devices"),
+    ],
+    ids=["group-of-one", "minibatch-splits-a-group", "device-splits-a-group"],
+)
+def test_check_config_refuses_a_prefix_it_cannot_share(rl, devices, message):
+    with pytest.raises(ConfigError) as error:
+        check_config(shared_config(**rl), num_devices=devices)
+    assert message in str(error.value), str(error.value)
+
+
+def test_check_config_accepts_whole_groups_and_the_settings_carry_the_option():
+    config = shared_config(num_prompts=32, group_size=8, num_minibatches=4)
+    check_config(config, num_devices=8)
+    assert RLSettings.from_config(config).shared_group == 8
+    assert RLSettings.from_config(default_config()).shared_group == 0  # off by default
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        RLSettings(estimator="gae", group_size=1, temperature=1.0, shared_prefix=True)

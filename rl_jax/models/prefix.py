@@ -72,7 +72,7 @@ def prefix_positions_and_masks(
 def _layer(
     layer: DecoderLayer, hp: jax.Array, hr: jax.Array, rope: Any, masks: Any, group: int
 ) -> tuple[jax.Array, jax.Array]:
-    """One decoder layer on prompts hp ``[n, P, hidden]`` and completions hr ``[n G, R, hidden]``."""
+    """One decoder layer on prompts hp ``[n, P, hidden]`` and completions hr ``[nG, R, hidden]``."""
     (cos_p, sin_p), (cos_r, sin_r) = rope
     mask_p, mask_r = masks
     attn = layer.self_attn
