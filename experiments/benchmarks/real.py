@@ -45,6 +45,8 @@ _THREADS = flags.DEFINE_list("torch_threads", ["1", "2"], "torch thread counts t
 _PROMPTS = flags.DEFINE_integer("num_prompts", 8, "GRPO: prompts per step.")
 _GROUP = flags.DEFINE_integer("group_size", 8, "GRPO: samples per prompt.")
 _STEP_NEW = flags.DEFINE_integer("step_new_tokens", 64, "GRPO: completion tokens per sample.")
+_SHARED = flags.DEFINE_bool("shared_prefix", False, "GRPO: rl_jax's step with rl.shared_prefix "
+                             "(each prompt's forward once per group).")
 _PARTS = flags.DEFINE_list("parts", ["compile", "sampling", "grpo", "matmul"], "What to run.")
 _PROBE = flags.DEFINE_string("compile_probe", "", "internal: time one first call with this cache.")
 
@@ -189,7 +191,7 @@ class RlJaxStep:
         self.sampler, _ = rl_jax_sampler(model, tokenizer.pad_token_id)
         settings = RLSettings(
             estimator="grpo", group_size=_GROUP.value, temperature=1.0, kl_loss_coef=0.0,
-            max_len=_STEP_NEW.value, num_minibatches=1,
+            max_len=_STEP_NEW.value, num_minibatches=1, shared_prefix=_SHARED.value,
         )
         tx = optax.adamw(1e-6)
         self.mesh = parallel.make_mesh()
