@@ -265,6 +265,31 @@ def test_update_equals_the_plain_layout_and_splits_over_eight_devices():
     assert_trees_close(eight, one_device)
 
 
+@pytest.mark.slow
+def test_each_of_eight_devices_runs_an_eighth_of_the_shared_step():
+    """The groups split over the devices without being gathered: each device's compiled
+    ``prepare`` and ``update`` do 1/8 of the one-device FLOPs (up to the replicated optimizer
+    and reductions), and prepare's largest dot is 1/8 of the one-device one."""
+    graphdef, params = nnx.split(tiny())
+    tx = optax.sgd(0.1)
+    settings = RLSettings(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
+                          kl_loss_coef=0.04, shared_prefix=True)
+    work = {}
+    for devices in (1, 8):
+        mesh = parallel.make_mesh(devices=jax.devices()[:devices])
+        state, sharding = init_state({"policy": params}, tx, mesh)
+        step = build_rl_step(settings, tx, graphdef, mesh=mesh, state_sharding=sharding)
+        batch = parallel.shard_batch(rollout(), mesh)
+        args = (state.params, params, batch, jnp.float32(0.0))
+        train = step.prepare.eval_shape(*args)[0]
+        work[devices] = (parallel.compiled_work(step.prepare.lower(*args)),
+                         parallel.compiled_work(step.update.lower(state, train)))
+    (prepare_one, update_one), (prepare_eight, update_eight) = work[1], work[8]
+    assert prepare_one["dot_elements"] == 8 * prepare_eight["dot_elements"]
+    for one, eight in ((prepare_one, prepare_eight), (update_one, update_eight)):
+        assert one["flops"] / 8 <= eight["flops"] <= 1.15 * one["flops"] / 8, (one, eight)
+
+
 # --- The compiled program -------------------------------------------------------------------------
 
 
