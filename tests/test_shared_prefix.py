@@ -23,7 +23,8 @@ from rl_jax.train_state import TrainState, init_state
 VOCAB, PROMPT, RESPONSE, PROMPTS, GROUP = 48, 6, 5, 8, 2
 ROWS = PROMPTS * GROUP
 # float32: the two layouts reduce in different orders (softmax over P + R keys against P keys for
-# a prompt query; sums over a group's gradient in the backward). Observed ~1e-6.
+# a prompt query; sums over a group's gradient in the backward). Observed here: hidden states
+# (scale ~3) and log-probs within 8e-7, the PPO loss within 1e-8, gradients within 3e-8 (of 0.12).
 ATOL = 2e-5
 
 
