@@ -381,7 +381,7 @@ def main(argv):
                f"{time.perf_counter() - start:.1f} s")
 
     hf_model = hf_tokenizer = None
-    if "sampling" in parts or "grpo" in parts:
+    if "sampling" in parts or ("grpo" in parts and _THREADS.value):
         start = time.perf_counter()
         hf_model, hf_tokenizer = load_hf()
         report(f"load GGUF, transformers (dequantised by transformers): "
@@ -437,7 +437,8 @@ def main(argv):
         best_threads = None
         trl_runs: dict[str, list] = {}
         with tempfile.TemporaryDirectory() as workdir:
-            trl = TrlStep(hf_model.train(), hf_tokenizer, examples, workdir)
+            trl = TrlStep(hf_model.train(), hf_tokenizer, examples, workdir) if (
+                _THREADS.value) else None
             for t in _THREADS.value:  # a warm-up step with each thread setting
                 torch.set_num_threads(int(t))
                 trl.run(1)
