@@ -198,7 +198,7 @@ class RlJaxStep:
         )
         tx = optax.adamw(1e-6)
         self.mesh = parallel.make_mesh()
-        policy = {"policy": params}
+        policy = {"policy": jax.tree.map(jnp.copy, params)}  # its own: update donates it
         state = TrainState(jnp.zeros((), jnp.int32), policy, tx.init(policy))
         sharding = parallel.param_sharding(state, self.mesh)
         self.state = jax.device_put(state, sharding)
