@@ -18,6 +18,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from rl_jax.config import check_config
+from rl_jax.settings import RunSettings
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.setup import build_context, stage_key
 
@@ -30,10 +31,12 @@ def main(argv):
     del argv
     config = _CONFIG.value
     check_config(config)
+    settings = RunSettings.from_config(config)
     with tempfile.TemporaryDirectory() as workdir:
-        ctx = build_context(config, workdir)
+        ctx = build_context(settings, workdir)
     params = nnx.state(ctx.policy)
-    result = evaluate(ctx, params, stage_key(config.seed, "eval/rl", 0), k=config.eval.k)
+    result = evaluate(ctx, params, stage_key(config.seed, "eval/rl", 0), settings.evaluation,
+                      k=settings.evaluation.k)
     n = len(ctx.eval_examples)
     p = result["pass@1"]
     result["pass@1_se"] = float(np.sqrt(p * (1 - p) / n))

@@ -1,9 +1,10 @@
 """The fields of an experiment config (``configs/*.py`` start from ``default_config()``).
 
 The defaults are the default experiment: a small transformer learns 3-digit addition from scratch,
-SFT then GRPO. Every field is read by ``rl_jax.trainers``; a config file or a command-line
-override (``--config.loss.clip_high=0.28``) changes it, and an unknown field is an error.
-``check_config`` validates the whole config before any stage runs (``trainers.run`` calls it).
+SFT then GRPO. A config file or a command-line override (``--config.loss.clip_high=0.28``)
+changes a field, and an unknown field is an error. ``check_config`` validates the whole config
+before any stage runs; ``trainers.run`` calls it, then reads every field once into typed settings
+(``rl_jax.settings.RunSettings.from_config``), which the stages receive.
 
 Fields shared by every stage (SFT, reward model, RL):
   * ``eval.every``: the evaluation cadence of every stage (and the last step of each);

@@ -1,9 +1,10 @@
 """A per-device memory estimate of a run, printed at start-up, and the check that it fits.
 
-``estimate(config, model_config, ...)`` is a pure function of the config, the model's shapes and
-the mesh: it allocates nothing (parameter shapes come from ``nnx.eval_shape``) and returns bytes
-per device for each item below. ``check_fits`` raises ``MemoryError`` naming the config fields that
-reduce the total, before anything is compiled (``rl_jax.trainers.run`` calls both).
+``estimate(settings, model_config, ...)`` is a pure function of the run's settings
+(``rl_jax.settings.RunSettings``), the model's shapes and the mesh: it allocates nothing
+(parameter shapes come from ``nnx.eval_shape``) and returns bytes per device for each item below.
+``check_fits`` raises ``MemoryError`` naming the config fields that reduce the total, before
+anything is compiled (``rl_jax.trainers.run`` calls both).
 
 Notation: ``L`` layers, hidden ``H``, intermediate ``I``, ``n_q`` query and ``n_kv`` key/value heads
 of size ``d``, vocabulary ``V``; ``b`` bytes of the compute dtype (``model.dtype``), ``p`` bytes of
@@ -76,15 +77,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from rl_jax import models, parallel
-from rl_jax.algorithm import RLSettings
 from rl_jax.models.config import ModelConfig
 from rl_jax.rollout.decode import stage_ends
 from rl_jax.rollout.padding import bucket_length
+from rl_jax.settings import MemorySettings, RunSettings
 
 GIB = 2**30
 PERSISTENT = ("policy", "optimizer", "reference", "critic", "reward_model", "initial_weights")
@@ -179,10 +179,9 @@ def logits_bytes(rows: int, time: int, response: int, vocab: int, chunk: int, co
 
 
 def estimate(
-    config: ml_collections.ConfigDict,
+    settings: RunSettings,
     model_config: ModelConfig,
     *,
-    settings: RLSettings,
     num_devices: int,
     fsdp: int = 1,
     prompt_len: int,
@@ -191,10 +190,10 @@ def estimate(
     """Bytes per device of each item of the module docstring, the phase peaks and ``total``.
 
     Args:
-      config: the experiment config (``rl``, ``rollout``, ``kl``, ``model``, ``sft`` sections).
+      settings: the run's settings (stages, the RL stage, sampling, rewards, evaluation, model,
+        SFT); the RL step's options (``settings.rl.algorithm``) say which models exist and
+        whether ``prepare`` runs a forward pass, exactly as the step decides it.
       model_config: the policy's architecture, dtypes, remat and scan_layers.
-      settings: the RL step's options (``RLSettings.from_config(config)``): which models exist
-        and whether ``prepare`` runs a forward pass, exactly as the step decides it.
       num_devices: devices of the mesh (``D``); fsdp: devices per parameter copy (``F``).
       prompt_len: the longest prompt in tokens (bucketed here as the sampler does).
       sft_len: the SFT sequence length (bucketed); None: no SFT term even if "sft" is a stage.
@@ -203,8 +202,9 @@ def estimate(
       ``{item: bytes}`` for every item, ``phase/<name>`` for each phase's sum,
       ``persistent`` and ``total`` (persistent + the largest phase).
     """
-    c, rl = model_config, config.rl
-    stages = tuple(config.stages)
+    c, rl, step = model_config, settings.rl, settings.rl.algorithm
+    stages = settings.stages
+    chunk = settings.model.logits_chunk
     p_bytes, b = _bytes(c.param_dtype), _bytes(c.dtype)
     shapes = param_shapes(c)
     n_params = sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
@@ -215,19 +215,19 @@ def estimate(
         [*PERSISTENT, *(k for ks in PHASES.values() for k in ks)], 0)
     is_rl = "rl" in stages
     out["policy"] = per_device
-    accum = 1 if config.rl.optim.grad_accum_steps > 1 else 0
+    accum = 1 if rl.optim.grad_accum_steps > 1 else 0
     out["optimizer"] = (2 + accum) * per_device
-    out["initial_weights"] = per_device if config.model.path else n_params * p_bytes
+    out["initial_weights"] = per_device if settings.model.path else n_params * p_bytes
     if is_rl:
-        if settings.needs_reference:
+        if step.needs_reference:
             out["reference"] = per_device
-        if settings.has_critic:
+        if step.has_critic:
             out["critic"] = 4 * backbone // fsdp
-        if config.rewards.model_weight != 0:
+        if settings.rewards.model_weight != 0:
             out["reward_model"] = backbone // fsdp
-    rows = rl.num_prompts * rl.group_size
+    rows = rl.rollout.num_prompts * rl.rollout.group_size
     prompt = bucket_length(prompt_len, 16)
-    new = config.rollout.max_new_tokens
+    new = settings.sampling.max_new_tokens
     new_bucket = bucket_length(new, 16)
     time = prompt + new
     embed = c.vocab_size * c.hidden_size
@@ -244,33 +244,34 @@ def estimate(
         return kv * (prompt + new_bucket), grow, 4 * rows_per_device * c.vocab_size * 4
 
     if "rl" in stages or "sft" in stages:  # both evaluate by sampling
-        per_call = rl.num_prompts * rl.group_size
-        eval_rows = min(config.eval.num_examples, per_call)
-        if config.eval.k > 1:
-            prompts = min(config.eval.num_examples, max(1, per_call // config.eval.k))
-            eval_rows = max(eval_rows, prompts * config.eval.k)
+        evaluation = settings.evaluation
+        per_call = evaluation.rows_per_call
+        eval_rows = min(evaluation.num_examples, per_call)
+        if evaluation.k > 1:
+            prompts = min(evaluation.num_examples, max(1, per_call // evaluation.k))
+            eval_rows = max(eval_rows, prompts * evaluation.k)
         eval_items = sampling(math.ceil(eval_rows / num_devices))
         out["eval_kv_cache"], out["eval_kv_cache_grow"], out["eval_sampling_logits"] = eval_items
     if is_rl:
         r_s = math.ceil(rows / num_devices)
         out["kv_cache"], out["kv_cache_grow"], out["sampling_logits"] = sampling(r_s)
-        if not settings.single_pass or settings.needs_reference or settings.has_critic:
+        if not step.single_pass or step.needs_reference or step.has_critic:
             out["prepare_activations"] = activation_bytes(c, r_s, time, backward=False)
             out["prepare_logits"] = logits_bytes(r_s, time, new, c.vocab_size,
-                                                 config.model.logits_chunk, 2)
-        r_u = math.ceil(rows / rl.num_minibatches / num_devices)
-        out["gradients"] = per_device + (backbone // fsdp if settings.has_critic else 0)
+                                                 chunk, 2)
+        r_u = math.ceil(rows / step.num_minibatches / num_devices)
+        out["gradients"] = per_device + (backbone // fsdp if step.has_critic else 0)
         out["activations"] = activation_bytes(c, r_u, time, backward=True) * (
-            2 if settings.has_critic else 1)
-        out["logits"] = logits_bytes(r_u, time, new, c.vocab_size, config.model.logits_chunk, 3)
+            2 if step.has_critic else 1)
+        out["logits"] = logits_bytes(r_u, time, new, c.vocab_size, chunk, 3)
         out["batch"] = 12 * r_s * time * 4
     if "sft" in stages and sft_len:
-        r = math.ceil(config.sft.batch_size / num_devices)
+        r = math.ceil(settings.sft.batch_size / num_devices)
         length = bucket_length(sft_len, 16)
         out["sft_gradients"] = per_device
         out["sft_activations"] = activation_bytes(c, r, length, backward=True)
         out["sft_logits"] = logits_bytes(r, length, length, c.vocab_size,
-                                         config.model.logits_chunk, 3)
+                                         chunk, 3)
     for phase, items in PHASES.items():  # the shared workspace counts only in a phase that runs
         own = sum(out[k] for k in items if k != "weights_workspace")
         out[f"phase/{phase}"] = own + out["weights_workspace"] if own else 0
@@ -294,11 +295,11 @@ def format_table(est: dict[str, int], limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def device_limit(config: ml_collections.ConfigDict) -> int | None:
+def device_limit(settings: MemorySettings) -> int | None:
     """The bytes a device may use: ``memory.device_gb`` (GiB) when set, else the device's
     ``memory_stats()["bytes_limit"]``; None when neither is known (CPUs report none)."""
-    if config.memory.device_gb > 0:
-        return int(config.memory.device_gb * GIB)
+    if settings.device_gb > 0:
+        return int(settings.device_gb * GIB)
     stats = jax.local_devices()[0].memory_stats() or {}  # addressable on every process
     return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
 

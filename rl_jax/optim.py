@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 import optax
 
@@ -27,35 +29,54 @@ def learning_rate_schedule(
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 
-def make_optimizer(
-    config: ml_collections.ConfigDict, total_steps: int
-) -> optax.GradientTransformation:
-    """The optimizer an ``optim`` config describes.
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+    """An ``optim`` section of a config, typed (fields documented in ``make_optimizer``)."""
+
+    lr: float
+    warmup_steps: int
+    decay: str
+    weight_decay: float
+    b1: float
+    b2: float
+    eps: float
+    max_grad_norm: float
+    grad_accum_steps: int
+
+    @classmethod
+    def from_config(cls, optim: ml_collections.ConfigDict) -> OptimSettings:
+        """The settings of an ``optim`` section (``optim_config``'s fields)."""
+        return cls(**{f.name: optim[f.name] for f in dataclasses.fields(cls)})
+
+
+def make_optimizer(settings: OptimSettings, total_steps: int) -> optax.GradientTransformation:
+    """The optimizer ``settings`` (an ``optim`` section's ``OptimSettings``) describes.
 
     Fields: ``lr``, ``warmup_steps``, ``decay`` ("constant" | "cosine"), ``weight_decay``, ``b1``,
     ``b2``, ``eps``, ``max_grad_norm`` (0 disables clipping), ``grad_accum_steps``: with k > 1,
     ``optax.MultiSteps`` applies one update with the mean gradient of k consecutive calls (k
     minibatches of the RL update, or k SFT steps), so the learning-rate schedule counts updates.
     """
-    if config.grad_accum_steps < 1:
-        raise ValueError(f"optim.grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
+    if settings.grad_accum_steps < 1:
+        raise ValueError(f"optim.grad_accum_steps must be >= 1, got {settings.grad_accum_steps}")
     schedule = learning_rate_schedule(
-        config.lr,
-        warmup_steps=config.warmup_steps,
-        total_steps=max(total_steps // config.grad_accum_steps, 1),
-        decay=config.decay,
+        settings.lr,
+        warmup_steps=settings.warmup_steps,
+        total_steps=max(total_steps // settings.grad_accum_steps, 1),
+        decay=settings.decay,
     )
     parts = []
-    if config.max_grad_norm > 0:
-        parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+    if settings.max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(settings.max_grad_norm))
     parts.append(
         optax.adamw(
-            schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+            schedule, b1=settings.b1, b2=settings.b2, eps=settings.eps,
+            weight_decay=settings.weight_decay,
         )
     )
     tx = optax.chain(*parts)
-    if config.grad_accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
+    if settings.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=settings.grad_accum_steps)
     return tx
 
 

@@ -137,6 +137,8 @@ class GroupAdvantagesTest(chex.TestCase):
             rl_jax.group_advantages(np.zeros(6, np.float32), 4)
         with pytest.raises(ValueError, match="group_size >= 2"):
             rl_jax.group_advantages(np.zeros(6, np.float32), 1)
+        with pytest.raises(ValueError, match="group_size=0"):  # not a ZeroDivisionError
+            rl_jax.group_advantages(np.zeros(6, np.float32), 0, scale="none")
         with pytest.raises(ValueError, match="scale"):
             rl_jax.group_advantages(np.zeros(4, np.float32), 2, scale="global")
 

@@ -10,9 +10,10 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models, parallel
-from rl_jax.algorithm import RLSettings, RolloutBatch, TrainBatch, build_rl_step
+from rl_jax.algorithm import RolloutBatch, TrainBatch, build_rl_step
 from rl_jax.chunked import chunked_token_stats, head_logits
 from rl_jax.trainers.sft import make_sft_loss
+from tests.testing_utils import rl_settings
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -118,8 +119,8 @@ def test_rl_loss_and_prepare_equal_unchunked(model_type, options):
     ref_params = jax.tree.map(lambda x: x * 1.01, params["policy"])
     results = []
     for chunk in (0, 3):
-        settings = RLSettings(estimator="grpo", group_size=2, temperature=0.7, max_len=RESPONSE,
-                              logits_chunk=chunk, **options)
+        settings = rl_settings(estimator="grpo", group_size=2, temperature=0.7, max_len=RESPONSE,
+                               logits_chunk=chunk, **{"num_minibatches": 1, **options})
         rl_step = build_rl_step(settings, None, graphdef)
         ref = ref_params if settings.needs_reference else None
         train, prep_metrics = rl_step.prepare(params, ref, RolloutBatch(**batch),
@@ -158,8 +159,8 @@ def _compiled_rl_grad(logits_chunk):
                                 intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
     graphdef, params = nnx.eval_shape(lambda: nnx.split(models.CausalLM(config,
                                                                         rngs=nnx.Rngs(0))))
-    settings = RLSettings(estimator="grpo", group_size=2, temperature=0.7,
-                          logits_chunk=logits_chunk)
+    settings = rl_settings(estimator="grpo", group_size=2, temperature=0.7,
+                           logits_chunk=logits_chunk, num_minibatches=1)
     batch = {
         "tokens": jax.ShapeDtypeStruct((B, P + R), jnp.int32),
         "mask": jax.ShapeDtypeStruct((B, P + R), jnp.float32),
@@ -203,7 +204,8 @@ def test_data_parallel_chunks_stay_split():
     config = models.tiny_config("qwen2", vocab_size=BIG_VOCAB, hidden_size=HIDDEN,
                                 intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
     graphdef, params = nnx.split(models.CausalLM(config, rngs=nnx.Rngs(0)))
-    settings = RLSettings(estimator="grpo", group_size=2, temperature=0.7, logits_chunk=CHUNK)
+    settings = rl_settings(estimator="grpo", group_size=2, temperature=0.7, logits_chunk=CHUNK,
+                           num_minibatches=1)
     rows, rng = 8, np.random.default_rng(4)
     mask = np.ones((rows, 4 + 6), np.float32)
     mask[::2, :2] = 0

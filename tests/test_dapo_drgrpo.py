@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 
 from rl_jax import data, models, rewards
-from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+from rl_jax.algorithm import RolloutBatch, build_rl_step
 from rl_jax.algorithm.step import overlong_filter_mask
 from rl_jax.trainers.rl import Round, device_batch, rollout_metrics
+from tests.testing_utils import rl_settings
 
 BATCH, PROMPT, RESPONSE, GROUP = 8, 3, 5, 4
 TRUNCATED = np.asarray([0, 1, 0, 0, 0, 0, 1, 0], np.float32)  # rows 1 and 6: no EOS
@@ -62,8 +63,8 @@ def test_truncated_rows_add_nothing_to_loss_gradient_or_normaliser(agg):
     advantages, tokens and reference log-probs change nothing."""
     graphdef, params, batch = _model_and_batch()
     options = dict(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE, agg=agg,
-                   kl_loss_coef=0.1)
-    filtered = RLSettings(**options, overlong_filter=True)
+                   kl_loss_coef=0.1, num_minibatches=1)
+    filtered = rl_settings(**options, overlong_filter=True)
     prepared, metrics = build_rl_step(filtered, None, graphdef).prepare(params, None, batch, 0.0)
     assert float(metrics["overlong_filtered"]) == pytest.approx(TRUNCATED.mean())
     ref_logprobs = np.random.default_rng(2).normal(-3.0, 0.5, (BATCH, RESPONSE)).astype(np.float32)
@@ -84,7 +85,7 @@ def test_truncated_rows_add_nothing_to_loss_gradient_or_normaliser(agg):
     # (b) the batch without the truncated rows, no filter: same loss and gradient.
     kept = jax.tree.map(lambda x: x[keep], minibatch)
     kept = kept.replace(loss_mask=kept.response_mask, policy_mask=kept.response_mask)
-    unfiltered = RLSettings(**options)
+    unfiltered = rl_settings(**options)
     sub_loss, _, sub_grads = _loss_and_grad(unfiltered, graphdef, params, kept)
     assert loss == pytest.approx(sub_loss, abs=1e-6)
     for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(sub_grads), strict=True):

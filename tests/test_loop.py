@@ -12,6 +12,7 @@ from flax import nnx
 from configs import hh_rm
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config, default_config, flat_fields
+from rl_jax.settings import RunSettings
 from rl_jax.trainers.loop import itstime
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.reward_model import run_rm
@@ -35,21 +36,21 @@ def _mesh():
 
 
 def _sft(config, workdir):
-    mesh = _mesh()
-    ctx = build_context(config, str(workdir), mesh)
-    return run_sft(ctx, mesh, nnx.state(ctx.policy))
+    mesh, settings = _mesh(), RunSettings.from_config(config)
+    ctx = build_context(settings, str(workdir), mesh)
+    return run_sft(ctx, mesh, nnx.state(ctx.policy), settings.sft)
 
 
 def _rl(config, workdir):
-    mesh = _mesh()
-    ctx = build_context(config, str(workdir), mesh)
-    return run_rl(ctx, mesh, nnx.state(ctx.policy))
+    mesh, settings = _mesh(), RunSettings.from_config(config)
+    ctx = build_context(settings, str(workdir), mesh)
+    return run_rl(ctx, mesh, nnx.state(ctx.policy), settings.rl)
 
 
 def _rm(config, workdir):
-    mesh = _mesh()
-    ctx = build_context(config, str(workdir), mesh)
-    reward, _ = run_rm(ctx, mesh, nnx.state(ctx.policy))
+    mesh, settings = _mesh(), RunSettings.from_config(config)
+    ctx = build_context(settings, str(workdir), mesh)
+    reward, _ = run_rm(ctx, mesh, nnx.state(ctx.policy), settings.rm)
     return reward
 
 
@@ -307,6 +308,9 @@ IGNORED = [
     ({"rl.estimator": "reinforce_pp", "rl.whiten_advantages": True},
      "config.rl.whiten_advantages = True: expected False (the default) with "
      "rl.estimator='reinforce_pp' (its advantages are always whitened)"),
+    ({"rl.estimator": "reinforce_pp_baseline", "rl.whiten_advantages": True},
+     "config.rl.whiten_advantages = True: expected False (the default) with "
+     "rl.estimator='reinforce_pp_baseline' (its advantages are always whitened)"),
     ({"rl.max_extra_rounds": 4}, "config.rl.max_extra_rounds = 4: expected 2 (the default) "
      "without rl.dynamic_sampling=True"),
     ({"rl.overlong_penalty": 0.5}, "config.rl.overlong_penalty = 0.5"),

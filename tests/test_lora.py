@@ -202,6 +202,7 @@ def test_lora_rl_run_freezes_the_base_uses_it_as_reference_and_resumes(tmp_path)
     starting policy, so step 1's KL is exactly 0 and step 2's is not; the base stays
     bit-identical; the same command again restores the finished stage from its checkpoint
     (adapters, frozen base and the adapters' optimizer state) into the LoRA template."""
+    from rl_jax.settings import RunSettings
     from rl_jax.trainers.metrics import read_metrics
     from rl_jax.trainers.run import run
     from rl_jax.trainers.setup import build_context
@@ -219,7 +220,7 @@ def test_lora_rl_run_freezes_the_base_uses_it_as_reference_and_resumes(tmp_path)
     rl = [r for r in read_metrics(tmp_path) if r["stage"] == "rl"]
     assert [r["step"] for r in rl] == [1, 2]
     assert rl[0]["kl_ref"] == 0.0 and rl[1]["kl_ref"] != 0.0
-    start = nnx.state(build_context(config, str(tmp_path)).policy)
+    start = nnx.state(build_context(RunSettings.from_config(config), str(tmp_path)).policy)
     adapters, base = nnx.split_state(trained, nnx.LoRAParam, ...)
     jax.tree.map(np.testing.assert_array_equal, base, nnx.split_state(start, nnx.LoRAParam, ...)[1])
     b_leaves = [v[...] for p, v in nnx.to_flat_state(adapters) if p[-1] == "lora_b"]

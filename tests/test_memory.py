@@ -12,13 +12,14 @@ from flax import nnx
 from rl_jax import memory, models
 from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step
 from rl_jax.config import ConfigError, check_config, default_config
-from rl_jax.optim import make_optimizer
+from rl_jax.optim import OptimSettings, make_optimizer
+from rl_jax.settings import RunSettings
 from rl_jax.train_state import TrainState
 from rl_jax.trainers.run import run
 
 
 def _estimate(config, model_config, **kwargs):
-    return memory.estimate(config, model_config, settings=RLSettings.from_config(config), **kwargs)
+    return memory.estimate(RunSettings.from_config(config), model_config, **kwargs)
 
 def _rl_config(**model):
     config = default_config()
@@ -57,7 +58,7 @@ def _compiled_update_bytes(config, mc, prompt_len: int) -> int:
     """XLA's arguments + temp bytes of the jitted RL update (abstract inputs, one device)."""
     graphdef, params = nnx.eval_shape(lambda: nnx.split(models.CausalLM(mc, rngs=nnx.Rngs(0))))
     settings = RLSettings.from_config(config)
-    tx = make_optimizer(config.rl.optim, 10)
+    tx = make_optimizer(OptimSettings.from_config(config.rl.optim), 10)
     update = build_rl_step(settings, tx, graphdef).update
     spec = jax.ShapeDtypeStruct
     state = TrainState(spec((), jnp.int32), {"policy": params},

@@ -140,6 +140,19 @@ class MismatchTest(chex.TestCase):
         with pytest.raises(ValueError, match="level"):
             rl_jax.sequence_masked_is(old, sampler, mask, low=0.5, high=2.0, level="mean")
 
+    def test_the_band_is_closed(self):
+        # On-policy tokens (ratio exactly 1) sit on both edges of the band [1, 1]: kept, at
+        # either level, token or sequence; a strict comparison at either edge would drop them.
+        old = np.full((2, 3), -0.7, np.float32)
+        mask = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
+        _, m, _ = rl_jax.token_masked_is(old, old, mask, low=1.0, high=1.0)
+        np.testing.assert_array_equal(m, mask)
+        for level in ("geometric", "product"):
+            _, m, metrics = rl_jax.sequence_masked_is(old, old, mask, low=1.0, high=1.0,
+                                                      level=level)
+            np.testing.assert_array_equal(m, mask)
+            assert float(metrics["is_masked_seq_frac"]) == 0.0
+
     def test_long_sequence_does_not_overflow(self):
         # 2000 tokens at log-ratio 0.5: the product is e^1000 (inf in float32); the weight is cap.
         sampler = np.zeros((1, 2000), np.float32)

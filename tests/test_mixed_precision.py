@@ -15,6 +15,7 @@ from rl_jax import models
 from rl_jax.algorithm import policy_token_stats
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.rollout import Sampler
+from rl_jax.settings import ModelSettings
 from rl_jax.train_state import TrainState, optimizer_step
 from rl_jax.trainers.setup import build_policy
 
@@ -82,12 +83,13 @@ def test_loaders_and_config_keep_float32_masters(tmp_path):
     config = default_config()
     config.model.dtype = "bfloat16"
     tokenizer = models.train_bpe_tokenizer(["1 + 2 = 3", "4 + 5 = 9"], 259)
-    policy = build_policy(config, tokenizer)
+    policy = build_policy(ModelSettings.from_config(config), tokenizer)
     assert policy.config.dtype == "bfloat16"
     kernels = jax.tree.leaves(nnx.state(policy, nnx.Param))
     assert {k.dtype for k in kernels} == {jnp.dtype(jnp.float32)}
     config.model.param_dtype = "bfloat16"
-    kernels = jax.tree.leaves(nnx.state(build_policy(config, tokenizer), nnx.Param))
+    bf16 = build_policy(ModelSettings.from_config(config), tokenizer)
+    kernels = jax.tree.leaves(nnx.state(bf16, nnx.Param))
     assert {k.dtype for k in kernels} == {jnp.dtype(jnp.bfloat16)}
     config.model.param_dtype = "float16"
     with pytest.raises(ConfigError, match=r"config.model.param_dtype = 'float16': expected one"):

@@ -20,6 +20,7 @@ import pytest
 
 from rl_jax import parallel
 from rl_jax.config import ConfigError
+from rl_jax.settings import RunSettings
 from rl_jax.trainers import run as run_module
 from rl_jax.trainers.run import run
 from tests.testing_utils import tiny_config
@@ -104,10 +105,11 @@ def test_two_processes_equal_one_with_four_devices_and_resume(tmp_path, monkeypa
 def test_options_that_do_not_run_across_processes_are_refused(monkeypatch):
     config = tiny_config()
     config.rl.dynamic_sampling = True
-    run_module.check_processes(config)  # one process: allowed
+    settings = RunSettings.from_config(config)
+    run_module.check_processes(settings)  # one process: allowed
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"config.rl.dynamic_sampling = True: expected False"):
-        run_module.check_processes(config)
+        run_module.check_processes(settings)
 
 
 def test_process_rows_and_local_rows_on_one_process():

@@ -5,7 +5,12 @@ import numpy as np
 import optax
 import pytest
 
-from rl_jax.optim import learning_rate_schedule, make_optimizer, optim_config
+from rl_jax.optim import OptimSettings, learning_rate_schedule, make_optimizer, optim_config
+
+
+def _settings(**overrides) -> OptimSettings:
+    """The default ``optim`` section with ``overrides``, as a run reads it."""
+    return OptimSettings.from_config(optim_config(**overrides))
 
 
 def test_warmup_then_constant_or_cosine():
@@ -21,7 +26,7 @@ def test_warmup_then_constant_or_cosine():
 def test_accumulation_is_one_update_with_the_mean_gradient():
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
     g1, g2 = {"w": jnp.array([0.5, 0.1, -1.0])}, {"w": jnp.array([1.5, -0.3, 0.2])}
-    accum = make_optimizer(optim_config(lr=0.1, grad_accum_steps=2, max_grad_norm=0.0), 10)
+    accum = make_optimizer(_settings(lr=0.1, grad_accum_steps=2, max_grad_norm=0.0), 10)
     state = accum.init(params)
     updates, state = accum.update(g1, state, params)
     np.testing.assert_allclose(updates["w"], 0.0)  # nothing applied after the first micro-batch
@@ -29,7 +34,7 @@ def test_accumulation_is_one_update_with_the_mean_gradient():
     updates, state = accum.update(g2, state, p1)
     accumulated = optax.apply_updates(p1, updates)
 
-    single = make_optimizer(optim_config(lr=0.1, max_grad_norm=0.0), 10)
+    single = make_optimizer(_settings(lr=0.1, max_grad_norm=0.0), 10)
     mean = {"w": (g1["w"] + g2["w"]) / 2}
     updates, _ = single.update(mean, single.init(params), params)
     np.testing.assert_allclose(accumulated["w"], optax.apply_updates(params, updates)["w"],

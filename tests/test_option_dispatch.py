@@ -41,6 +41,7 @@ from rl_jax.algorithm import (
 )
 from rl_jax.kl import KLEstimator
 from rl_jax.losses import RatioLevel
+from rl_jax.settings import RunSettings
 from rl_jax.train_state import TrainState
 from rl_jax.trainers import rl as rl_trainer
 from rl_jax.trainers import setup
@@ -73,7 +74,8 @@ def _config(**overrides):
 def _world():
     """The tiny policy of the fixture config, a reference and a moved copy, and one batch."""
     config = _config()
-    graphdef, params = nnx.split(setup.build_policy(config, _Tokenizer()))
+    model = RunSettings.from_config(config).model
+    graphdef, params = nnx.split(setup.build_policy(model, _Tokenizer()))
     rng = np.random.default_rng(0)
 
     def moved(scale, seed):
@@ -342,9 +344,10 @@ def _prepare_advantages(**overrides):
     config = _config(**overrides)
     w = _world()
     if config.rl.estimator == "gae":  # the trainer's critic, as rl.init_params builds it
-        settings = RLSettings.from_config(config)
-        ctx = types.SimpleNamespace(config=config, graphdef=w.graphdef)
-        params, value_graphdef = rl_trainer.init_params(ctx, w.params, settings)
+        stage = RunSettings.from_config(config).rl
+        settings = stage.algorithm
+        ctx = types.SimpleNamespace(graphdef=w.graphdef)
+        params, value_graphdef = rl_trainer.init_params(ctx, w.params, stage)
         prepare = build_rl_step(settings, None, w.graphdef, value_graphdef).prepare
         ref = w.ref_params if settings.needs_reference else None
         out, _ = prepare(params, ref, _rollout(w), jnp.float32(config.kl.coef))

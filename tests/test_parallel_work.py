@@ -15,13 +15,14 @@ import pytest
 from flax import nnx
 
 from rl_jax import models, parallel
-from rl_jax.algorithm import RLSettings, RolloutBatch, TrainBatch, build_rl_step
+from rl_jax.algorithm import RolloutBatch, TrainBatch, build_rl_step
 from rl_jax.algorithm.step import make_update
 from rl_jax.learned_reward import LearnedReward
 from rl_jax.rollout import Sampler
 from rl_jax.train_state import init_state, make_train_step
 from rl_jax.trainers.reward_model import make_rm_loss
 from rl_jax.trainers.sft import make_sft_loss
+from tests.testing_utils import rl_settings
 
 VOCAB, PROMPT, RESPONSE, ROWS, GROUP = 64, 8, 8, 32, 4
 BATCH_SPEC = jax.sharding.PartitionSpec(parallel.BATCH_AXES)
@@ -86,8 +87,8 @@ def test_rl_prepare_and_update_split_the_work(policy, fsdp=2, accum=2):
     """Two epochs of two shuffled minibatches on a 4 x 2 (data x fsdp) mesh, with gradient
     accumulation over 2 minibatches (optax.MultiSteps) inside the sharded update: 1/8 of the
     model's work per device, the parameters of one device."""
-    settings = RLSettings(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
-                          epochs=2, num_minibatches=2)
+    settings = rl_settings(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
+                           epochs=2, num_minibatches=2)
     tx = optax.adam(1e-2, eps=1e-3)  # eps: float32 noise in a ~0 gradient is no lr-sized step
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
@@ -112,8 +113,8 @@ def test_rl_prepare_and_update_split_the_work(policy, fsdp=2, accum=2):
 @pytest.mark.slow
 def test_update_without_the_mesh_does_every_row_on_every_device(policy):
     """The negative control: the global shuffle without the constraint gathers the batch."""
-    settings = RLSettings(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
-                          num_minibatches=2, is_correction="token_tis")
+    settings = rl_settings(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
+                           num_minibatches=2, is_correction="token_tis")
     graphdef, params = nnx.split(policy)
     tx = optax.adam(1e-2)
     mesh = mesh_of(8)

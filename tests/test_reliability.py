@@ -22,6 +22,7 @@ import pytest
 
 from rl_jax import parallel
 from rl_jax.config import ConfigError, check_config, default_config
+from rl_jax.settings import LoopSettings, ModelSettings, TaskSettings
 from rl_jax.train_state import TrainState
 from rl_jax.trainers import loop
 from rl_jax.trainers.checkpoint import Checkpointer, CheckpointMismatchError
@@ -42,10 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _toy_config(every=1, keep=3):
+    """The loop's settings: checkpoints every ``every`` steps (the last ``keep``), a log line
+    every step, no progress bar, no evaluation."""
     config = default_config()
     config.checkpoint.every, config.checkpoint.keep = every, keep
     config.log.every, config.log.progress_bar, config.eval.every = 1, False, 0
-    return config
+    return LoopSettings.from_config(config)
 
 
 def _toy_stage(steps, on_step=None, kl=lambda step: 0.0):
@@ -270,9 +273,10 @@ def test_garbage_safetensors_names_the_path(tmp_path):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     config = tiny_config(**{"model.path": str(tmp_path)})
-    tokenizer = build_tokenizer(config, None, str(tmp_path))
+    model = ModelSettings.from_config(config)
+    tokenizer = build_tokenizer(model, None, str(tmp_path))
     with pytest.raises(ValueError, match=r"config.model.path = '.*': cannot load the model \("):
-        build_policy(config, tokenizer)
+        build_policy(model, tokenizer)
 
 
 def test_empty_data_file_names_the_file(tmp_path):
@@ -284,7 +288,7 @@ def test_empty_data_file_names_the_file(tmp_path):
     config = gsm8k_grpo.get_config()
     config.task.kwargs.path = str(empty)
     with pytest.raises(ValueError, match=r"task.kwargs.path = '.*train.jsonl': the file is empty"):
-        build_task(config)
+        build_task(TaskSettings.from_config(config))
 
 
 def test_missing_config_file_is_named_before_ml_collections():

@@ -310,7 +310,7 @@ def test_synthetic_rlhf_pipeline(tmp_path):
 
 @pytest.mark.slow
 def test_critic_starts_from_the_reward_model():
-    from rl_jax.algorithm import RLSettings
+    from rl_jax.settings import RunSettings
     from rl_jax.trainers import rl as rl_trainer
 
     config = preference_rm_ppo.get_config()
@@ -320,8 +320,9 @@ def test_critic_starts_from_the_reward_model():
     reward = models.RewardModel.from_policy(policy, rngs=nnx.Rngs(5))
     rgraph, rparams = nnx.split(reward)
     learned = LearnedReward(rgraph, rparams, 0.5, 2.0)
-    ctx = types.SimpleNamespace(config=config, graphdef=graphdef)
-    settings = RLSettings(estimator="gae", group_size=1, temperature=1.0)
+    assert config.rl.estimator == "gae" and config.rl.critic_init == "reward_model"
+    ctx = types.SimpleNamespace(graphdef=graphdef)
+    settings = RunSettings.from_config(config).rl
     trained, value_graphdef = rl_trainer.init_params(ctx, params, settings, learned)
     value = trained["value"]
     backbone = zip(jax.tree.leaves(value["model"]), jax.tree.leaves(rparams["model"]), strict=True)
@@ -336,6 +337,7 @@ def test_critic_starts_from_the_reward_model():
         values[:, -1], (reward(tokens, positions, mask) - 0.5) / 2.0, rtol=1e-5, atol=1e-6
     )
     config.rl.critic_init = "policy"
+    settings = RunSettings.from_config(config).rl
     trained, _ = rl_trainer.init_params(ctx, params, settings, learned)
     head = trained["value"]["score"]["kernel"]
     assert not np.allclose(head, rparams["score"]["kernel"])

@@ -8,8 +8,9 @@ import pytest
 from flax import nnx
 
 from rl_jax import models
-from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+from rl_jax.algorithm import RolloutBatch, build_rl_step
 from rl_jax.train_state import TrainState
+from tests.testing_utils import rl_settings
 
 BATCH, PROMPT, RESPONSE, GROUP = 8, 4, 5, 4
 
@@ -18,8 +19,8 @@ def _setup(**options):
     config = models.tiny_config("qwen2", vocab_size=32, hidden_size=16, intermediate_size=32,
                                 num_layers=1, num_heads=2, num_kv_heads=1)
     graphdef, params = nnx.split(models.CausalLM(config, rngs=nnx.Rngs(0)))
-    settings = RLSettings(estimator=options.pop("estimator", "grpo"), group_size=GROUP,
-                          temperature=1.0, max_len=RESPONSE, **options)
+    options = {"estimator": "grpo", "num_minibatches": 1, **options}
+    settings = rl_settings(group_size=GROUP, temperature=1.0, max_len=RESPONSE, **options)
     tx = optax.adam(1e-2)
     state = TrainState(jnp.zeros((), jnp.int32), {"policy": params}, tx.init({"policy": params}))
     rng = np.random.default_rng(0)

@@ -18,8 +18,9 @@ import pytest
 from flax import nnx
 
 import rl_jax.models as models
-from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step
+from rl_jax.algorithm import TrainBatch, build_rl_step
 from rl_jax.rollout import Sampler
+from tests.testing_utils import rl_settings
 
 
 def _tokens(batch: int, width: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -119,8 +120,8 @@ def _compiled_update(config: models.ModelConfig, batch: int = 8, width: int = 64
     parameters (nothing allocated): the forward and backward of one update."""
     graphdef, params = nnx.eval_shape(
         lambda: nnx.split(models.CausalLM(config, rngs=nnx.Rngs(0))))
-    settings = RLSettings(estimator="grpo", group_size=2, temperature=1.0, max_len=width // 2,
-                          logits_chunk=0)
+    settings = rl_settings(estimator="grpo", group_size=2, temperature=1.0, max_len=width // 2,
+                           logits_chunk=0, num_minibatches=1)
     grad = jax.value_and_grad(build_rl_step(settings, None, graphdef).loss, has_aux=True)
     spec = jax.ShapeDtypeStruct
     rows = {"tokens": spec((batch, width), jnp.int32), "mask": spec((batch, width), jnp.float32)}

@@ -19,6 +19,7 @@ from rl_jax.algorithm import POLICY_LOSSES, RLSettings, RolloutBatch, build_rl_s
 from rl_jax.algorithm.step import group_rows, ungroup_rows
 from rl_jax.config import ConfigError, check_config, default_config
 from rl_jax.train_state import TrainState, init_state
+from tests.testing_utils import rl_settings
 
 VOCAB, PROMPT, RESPONSE, PROMPTS, GROUP = 48, 6, 5, 8, 2
 ROWS = PROMPTS * GROUP
@@ -26,6 +27,13 @@ ROWS = PROMPTS * GROUP
 # a prompt query; sums over a group's gradient in the backward). Observed here: hidden states
 # (scale ~3) and log-probs within 8e-7, the PPO loss within 1e-8, gradients within 3e-8 (of 0.12).
 ATOL = 2e-5
+
+
+def settings_of(**fields) -> RLSettings:
+    """The tiny config's RL options with one update a rollout and no KL, then ``fields``."""
+    base = dict(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE, epochs=1,
+                num_minibatches=1, kl_loss_coef=0.0, kl_in_reward=False, shared_prefix=False)
+    return rl_settings(**(base | fields))
 
 
 def tiny(model_type="qwen2", **overrides):
@@ -127,7 +135,7 @@ def build(settings, policy, critic=None, mesh=None):
         value_graphdef, all_params["value"] = nnx.split(critic)
     steps = {}
     for shared in (False, True):
-        s = RLSettings(**{**settings, "shared_prefix": shared})
+        s = settings_of(**{**settings, "shared_prefix": shared})
         steps[shared] = build_rl_step(s, None, graphdef, value_graphdef)
     return steps, all_params
 
@@ -248,9 +256,9 @@ def test_update_equals_the_plain_layout_and_splits_over_eight_devices():
     base = dict(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
                 kl_loss_coef=0.04, agg="seq-mean-token-mean", epochs=2)
     batch = rollout(seed=4)
-    plain, plain_metrics = run_update(RLSettings(**base, shared_prefix=False), batch)
-    shared, shared_metrics = run_update(RLSettings(**base, shared_prefix=True), batch)
-    eight, eight_metrics = run_update(RLSettings(**base, shared_prefix=True), batch,
+    plain, plain_metrics = run_update(settings_of(**base, shared_prefix=False), batch)
+    shared, shared_metrics = run_update(settings_of(**base, shared_prefix=True), batch)
+    eight, eight_metrics = run_update(settings_of(**base, shared_prefix=True), batch,
                                       parallel.make_mesh())
     assert_trees_close(shared, plain)
     assert_trees_close(eight, plain)
@@ -259,7 +267,7 @@ def test_update_equals_the_plain_layout_and_splits_over_eight_devices():
     changed = max(float(np.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(plain), jax.tree.leaves({"policy": nnx.split(tiny())[1]}), strict=True))
     assert changed > 1e-3
-    two = RLSettings(**base, shared_prefix=True, num_minibatches=2)
+    two = settings_of(**base, shared_prefix=True, num_minibatches=2)
     batch = rollout(seed=5, prompts=16)
     one_device, _ = run_update(two, batch)
     eight, _ = run_update(two, batch, parallel.make_mesh())
@@ -273,8 +281,7 @@ def test_each_of_eight_devices_runs_an_eighth_of_the_shared_step():
     and reductions), and prepare's largest dot is 1/8 of the one-device one."""
     graphdef, params = nnx.split(tiny())
     tx = optax.sgd(0.1)
-    settings = RLSettings(estimator="grpo", group_size=GROUP, temperature=1.0, max_len=RESPONSE,
-                          kl_loss_coef=0.04, shared_prefix=True)
+    settings = settings_of(kl_loss_coef=0.04, shared_prefix=True)
     work = {}
     for devices in (1, 8):
         mesh = parallel.make_mesh(devices=jax.devices()[:devices])
@@ -315,8 +322,7 @@ def test_compiled_update_saves_the_prompts_share_of_the_flops():
     mask = jnp.ones((rows, p + r), jnp.float32)
     flops = {}
     for shared in (False, True):
-        settings = RLSettings(estimator="grpo", group_size=g, temperature=1.0, max_len=r,
-                              kl_loss_coef=0.04, shared_prefix=shared)
+        settings = settings_of(group_size=g, max_len=r, kl_loss_coef=0.04, shared_prefix=shared)
         step = build_rl_step(settings, tx, graphdef)
         train = step.prepare.eval_shape(
             state.params, params,
@@ -367,4 +373,4 @@ def test_check_config_accepts_whole_groups_and_the_settings_carry_the_option():
     assert RLSettings.from_config(config).shared_group == 8
     assert RLSettings.from_config(default_config()).shared_group == 0  # off by default
     with pytest.raises(ValueError, match="group_size >= 2"):
-        RLSettings(estimator="gae", group_size=1, temperature=1.0, shared_prefix=True)
+        settings_of(estimator="gae", group_size=1, shared_prefix=True)

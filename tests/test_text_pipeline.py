@@ -7,6 +7,7 @@ import pytest
 
 from rl_jax import data, models, rewards
 from rl_jax.config import ConfigError, check_config, default_config
+from rl_jax.settings import RunSettings, TaskSettings
 from rl_jax.trainers import setup
 
 REAL_GGUF = Path.home() / ".cache" / "rl_jax" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,12 +35,9 @@ def chat_tokenizer(template: str | None = CHATML):
 
 def context(tokenizer, *, chat_template: bool, system_prompt: str = "", eos_ids=(2,)):
     """A Context with only what encoding and decoding read."""
-    config = default_config()
-    config.task.chat_template = chat_template
-    config.task.system_prompt = system_prompt
-    return setup.Context(config=config, workdir="", tokenizer=tokenizer, task=None,
-                         eval_examples=[], policy=None, graphdef=None, sampler=None,
-                         eos_ids=tuple(eos_ids))
+    return setup.Context(workdir="", tokenizer=tokenizer, task=None, eval_examples=[],
+                         policy=None, graphdef=None, sampler=None, eos_ids=tuple(eos_ids),
+                         chat_template=chat_template, system_prompt=system_prompt)
 
 
 def reference_ids(tokenizer, prompt: str, system_prompt: str = "") -> list[int]:
@@ -206,7 +204,8 @@ def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
     config.rl.eos_trick = True  # a response without EOS would score rl.missing_eos_score = -1
     config.eval.num_examples = 8
     check_config(config)
-    ctx = setup.build_context(config, str(tmp_path / "work"))
+    settings = RunSettings.from_config(config)
+    ctx = setup.build_context(settings, str(tmp_path / "work"))
     eos = tuple(dict.fromkeys((2, *first)))
     assert ctx.eos_ids == eos and ctx.sampler.eos_ids == eos
     assert ctx.tokenizer.pad_token_id == 2 and ctx.sampler.pad_id == 2
@@ -214,7 +213,7 @@ def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
     one_loop = Sampler.from_model(ctx.policy, eos_ids=eos, pad_id=2, cache_stages=1)
     ctx = dataclasses.replace(ctx, sampler=one_loop)
     params = nnx.state(ctx.policy)
-    round_, _ = rl.sample_round(ctx, params, 0, jax.random.key(1))
+    round_, _ = rl.sample_round(ctx, settings.rl.rollout, params, 0, jax.random.key(1))
     assert round_.response_mask.sum(1).tolist() == [1, 1, 1, 1]  # each stopped at its EOS id
     assert round_.texts == [""] * 4  # the EOS is not in the text the rewards read
     assert round_.scores.tolist() == [0.0] * 4  # finished: the missing-EOS score is not applied
@@ -240,15 +239,15 @@ def test_a_real_checkpoint_with_two_generation_eos_ids_and_no_pad(tmp_path):
     ctx.eval_examples = [data.Example(ex.prompt, "", text.strip() if i % 2 == 0 else "no")
                          for i, (ex, text) in pairs]
     calls.clear()
-    chunked = evaluation.evaluate(ctx, params, jax.random.key(2), k=2)
+    chunked = evaluation.evaluate(ctx, params, jax.random.key(2), settings.evaluation, k=2)
     assert calls == [4, 4] + [4] * 4  # greedy 4 + 4 prompts, then 2 prompts x 2 samples, 4 times
     # Samples at temperature 1e-4 are the greedy texts; empty ones have no answer and no vote.
     voted = np.mean([i % 2 == 0 and text.strip() != "" for i, text in enumerate(greedy)])
     assert voted > 0, greedy
     assert chunked == pytest.approx({"pass@1": 0.5, "pass@2": 0.5, "maj@2": voted,
                                      "length": chunked["length"], "reward/exact_match": 0.5})
-    ctx.config.rl.num_prompts = 64
-    assert evaluation.evaluate(ctx, params, jax.random.key(2)) == {
+    one_call = dataclasses.replace(settings.evaluation, rows_per_call=64 * 2)
+    assert evaluation.evaluate(ctx, params, jax.random.key(2), one_call) == {
         k: v for k, v in chunked.items() if "@2" not in k}
     assert calls[6:] == [8]  # one call
 
@@ -264,20 +263,21 @@ def test_gsm8k_grpo_defaults_fit_the_fixture_and_errors_name_the_field(tmp_path)
     from configs import gsm8k_grpo
 
     config = gsm8k_grpo.get_config()
-    task = setup.build_task(config)  # the shipped 200-question fixture
+    task = setup.build_task(TaskSettings.from_config(config))  # the shipped 200-question fixture
     question = task.eval_set(config.eval.num_examples)[0].prompt
     assert config.task.chat_template and "####" in config.task.system_prompt
     assert not question.startswith("Question:")  # the user's turn is the question alone
     plain = gsm8k_grpo.get_config("plain")
     assert not plain.task.chat_template and not plain.task.system_prompt
-    assert setup.build_task(plain).eval_set(1)[0].prompt == f"Question: {question}\nAnswer:\n"
+    plain_task = setup.build_task(TaskSettings.from_config(plain))
+    assert plain_task.eval_set(1)[0].prompt == f"Question: {question}\nAnswer:\n"
     config.task.kwargs.eval_size = 256
     with pytest.raises(ValueError, match=r"^config\.task\.kwargs\.eval_size = 256: expected < "
                        r"200 rows in .*gsm8k_200\.jsonl$"):
-        setup.build_task(config)
+        setup.build_task(TaskSettings.from_config(config))
     plain.eval.num_examples = 51
     with pytest.raises(ValueError, match=r"^config\.eval\.num_examples = 51: .*<= 50 held-out"):
-        setup.build_context(plain, str(tmp_path))
+        setup.build_context(RunSettings.from_config(plain), str(tmp_path))
 
 
 def test_sft_examples_are_the_templated_prompt_then_target_and_eos():

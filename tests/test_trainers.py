@@ -150,9 +150,10 @@ def test_config_files_build(name):
     settings = RLSettings.from_config(config)
     assert settings.estimator == config.rl.estimator
     if config.task.name != "gsm8k":
+        from rl_jax.settings import TaskSettings
         from rl_jax.trainers.setup import build_task
 
-        assert len(build_task(config).batch(0, 2)) == 2
+        assert len(build_task(TaskSettings.from_config(config)).batch(0, 2)) == 2
 
 
 @pytest.mark.slow
@@ -264,23 +265,26 @@ def test_evaluation_does_not_change_what_rl_samples_from(tmp_path):
     from flax import nnx
 
     from rl_jax import models
+    from rl_jax.settings import RunSettings
     from rl_jax.trainers import evaluation, rl, setup
 
     config = tiny_config()
+    settings = RunSettings.from_config(config)
+    rollout = settings.rl.rollout
     mesh = parallel.make_mesh()
-    ctx = setup.build_context(config, str(tmp_path), mesh)
+    ctx = setup.build_context(settings, str(tmp_path), mesh)
     assert ctx.sampler.mesh is mesh
     ctx.check_mesh(mesh)
-    with pytest.raises(ValueError, match=r"build_context\(config, workdir, mesh\)"):
+    with pytest.raises(ValueError, match=r"build_context\(settings, workdir, mesh\)"):
         ctx.check_mesh(None)
     params = nnx.state(ctx.policy)
     other = nnx.state(models.CausalLM(ctx.policy.config, rngs=nnx.Rngs(config.seed + 1)))
     key = jax.random.key(3)
-    before, _ = rl.sample_round(ctx, params, 0, key)
-    evaluation.evaluate(ctx, other, jax.random.key(4), k=config.eval.k)
-    after, _ = rl.sample_round(ctx, params, 0, key)
+    before, _ = rl.sample_round(ctx, rollout, params, 0, key)
+    evaluation.evaluate(ctx, other, jax.random.key(4), settings.evaluation, k=config.eval.k)
+    after, _ = rl.sample_round(ctx, rollout, params, 0, key)
     np.testing.assert_array_equal(after.response_tokens, before.response_tokens)
     np.testing.assert_array_equal(after.sampler_logprobs, before.sampler_logprobs)
     # Negative control: the evaluated weights sample something else from the same key.
-    theirs, _ = rl.sample_round(ctx, other, 0, key)
+    theirs, _ = rl.sample_round(ctx, rollout, other, 0, key)
     assert not np.allclose(theirs.sampler_logprobs, before.sampler_logprobs)

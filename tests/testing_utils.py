@@ -1,8 +1,12 @@
-"""Shared helpers for the tests: random masks, and the tiny config of the end-to-end runs."""
+"""Shared helpers for the tests: random masks, the tiny config of the end-to-end runs, and the RL
+step's settings built from it."""
+
+import dataclasses
 
 import ml_collections
 import numpy as np
 
+from rl_jax.algorithm import RLSettings
 from tests.fixtures.tiny_config import get_config as _tiny_config_file
 
 
@@ -32,3 +36,10 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
             node = getattr(node, section)
         setattr(node, name, value)
     return config
+
+
+def rl_settings(**fields) -> RLSettings:
+    """The RL step's options of ``tiny_config()`` as a run builds them (``RLSettings.from_config``),
+    with ``fields`` replaced, e.g. ``rl_settings(estimator="gae", num_minibatches=1)``: for tests
+    of the step alone. Every other value is the config's."""
+    return dataclasses.replace(RLSettings.from_config(tiny_config()), **fields)

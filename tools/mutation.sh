@@ -17,7 +17,9 @@ run() {  # name, modules, tests, [pytest args]
 run shaping rl_jax/algorithm/shaping.py tests/test_option_dispatch.py "-k shaping"
 run advantages rl_jax/advantages.py tests/test_advantages.py
 run mismatch rl_jax/mismatch.py tests/test_mismatch.py
-run registry rl_jax/algorithm/registry.py tests/test_option_dispatch.py "-k 'not shaping'"
+run registry rl_jax/algorithm/registry.py \
+  "tests/test_option_dispatch.py tests/test_loop.py::test_a_value_that_would_be_ignored_is_refused" \
+  "-k 'not shaping'"  # the registry's flags (critic, whitens, uses_agg) are what check_config reads
 run step "rl_jax/algorithm/step.py::advantages_and_returns,make_prepare,make_loss" \
   tests/test_option_dispatch.py "-k 'not update'"
 run losses rl_jax/losses.py "tests/test_losses.py tests/test_policy_variants.py"

@@ -17,6 +17,7 @@ the work: each device's largest dot and temporaries should shrink as 1/d.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -56,6 +57,7 @@ def child(reps: int) -> None:
 
     from rl_jax import models, parallel
     from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+    from rl_jax.config import default_config
     from rl_jax.learned_reward import LearnedReward
     from rl_jax.rollout import Sampler
     from rl_jax.train_state import init_state
@@ -66,8 +68,9 @@ def child(reps: int) -> None:
     policy = models.CausalLM(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(policy)
     mesh = parallel.make_mesh()
-    settings = RLSettings(estimator="grpo", group_size=_GROUP.value, temperature=1.0,
-                          max_len=_NEW.value, kl_loss_coef=0.04, num_minibatches=2)
+    settings = dataclasses.replace(
+        RLSettings.from_config(default_config()), estimator="grpo", group_size=_GROUP.value,
+        temperature=1.0, max_len=_NEW.value, kl_loss_coef=0.04, num_minibatches=2)
     tx = optax.adam(1e-4)
     state, sharding = init_state({"policy": params}, tx, mesh)
     state = jax.device_put(state, sharding)

@@ -26,6 +26,7 @@ same. The rest (~340 MiB) is the backbone, attention scores included.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -36,6 +37,7 @@ from flax import nnx
 
 from rl_jax import models
 from rl_jax.algorithm import RLSettings, RolloutBatch, TrainBatch, build_rl_step
+from rl_jax.config import default_config
 
 _VOCAB = flags.DEFINE_integer("vocab", 151_936, "Vocabulary size (Qwen2.5: 151,936).")
 _HIDDEN = flags.DEFINE_integer("hidden", 64, "Hidden size.")
@@ -83,11 +85,11 @@ def main(argv):
     print(f"{'function':<16} {'logits_chunk':>12} {'temp MiB':>10} {'args MiB':>9}  largest f32 "
           "array with a vocab axis")
     for chunk in (int(c) for c in _CHUNKS.value):
-        settings = RLSettings(estimator="grpo", group_size=2, temperature=0.7, max_len=r,
-                              kl_loss_coef=0.0, logits_chunk=chunk)
+        settings = dataclasses.replace(
+            RLSettings.from_config(default_config()), estimator="grpo", group_size=2,
+            temperature=0.7, max_len=r, kl_loss_coef=0.0, logits_chunk=chunk, num_minibatches=1)
         # prepare as run with several minibatches (old log-probs and entropy) and a reference.
-        prepare_settings = RLSettings(**{**settings.__dict__, "num_minibatches": 2,
-                                         "kl_loss_coef": 0.04})
+        prepare_settings = dataclasses.replace(settings, num_minibatches=2, kl_loss_coef=0.04)
         functions = {
             "loss grad": (jax.jit(jax.value_and_grad(build_rl_step(settings, None, graphdef).loss,
                                                      has_aux=True)),

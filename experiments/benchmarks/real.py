@@ -25,6 +25,7 @@ Both libraries use float32. The model is the GGUF dequantised to float32: rl_jax
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -186,13 +187,15 @@ class RlJaxStep:
 
         from rl_jax import parallel
         from rl_jax.algorithm import RLSettings, build_rl_step
+        from rl_jax.config import default_config
         from rl_jax.train_state import TrainState
 
         self.tokenizer, self.prompts, self.answers = tokenizer, prompts, answers
         graphdef, params = nnx.split(model)
         self.num_params = sum(x.size for x in jax.tree.leaves(params))
         self.sampler, _ = rl_jax_sampler(model, tokenizer.pad_token_id)
-        settings = RLSettings(
+        settings = dataclasses.replace(
+            RLSettings.from_config(default_config()),
             estimator="grpo", group_size=_GROUP.value, temperature=1.0, kl_loss_coef=0.0,
             max_len=_STEP_NEW.value, num_minibatches=1, shared_prefix=shared_prefix,
         )

@@ -20,6 +20,7 @@ measured in the same process on the same model and prompts, is ``experiments/ben
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -31,6 +32,7 @@ from flax import nnx
 
 from rl_jax import models, parallel
 from rl_jax.algorithm import RLSettings, RolloutBatch, build_rl_step
+from rl_jax.config import default_config
 from rl_jax.rollout import Sampler
 from rl_jax.train_state import TrainState
 
@@ -68,12 +70,14 @@ def main(argv):
     ref_params = jax.tree.map(jnp.copy, params)
     steps, states = {}, {}
     for shared in variants:
-        settings = RLSettings(
+        settings = dataclasses.replace(  # the default config's options, one update a rollout
+            RLSettings.from_config(default_config()),
             estimator="grpo",
             group_size=_GROUP.value,
             temperature=1.0,
             kl_loss_coef=0.04,
             max_len=_NEW.value,
+            num_minibatches=1,
             shared_prefix=shared,
         )
         state = TrainState(

@@ -11,6 +11,7 @@ the instructions and while loops of the optimised HLO, and XLA's temp memory.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -21,6 +22,7 @@ from flax import nnx
 
 from rl_jax import models
 from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step
+from rl_jax.config import default_config
 from rl_jax.models.config import REMAT_POLICIES
 
 _LAYERS = flags.DEFINE_integer("layers", 8, "Decoder layers.")
@@ -30,8 +32,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Compilations per setting (the bes
 def compile_once(config: models.ModelConfig, rows: int = 16, width: int = 128):
     graphdef, params = nnx.eval_shape(
         lambda: nnx.split(models.CausalLM(config, rngs=nnx.Rngs(0))))
-    settings = RLSettings(estimator="grpo", group_size=2, temperature=1.0, max_len=width // 2,
-                          logits_chunk=0)
+    settings = dataclasses.replace(
+        RLSettings.from_config(default_config()), estimator="grpo", group_size=2,
+        temperature=1.0, max_len=width // 2, logits_chunk=0, num_minibatches=1)
     grad = jax.value_and_grad(build_rl_step(settings, None, graphdef).loss, has_aux=True)
     spec = jax.ShapeDtypeStruct
     batch = {"tokens": spec((rows, width), jnp.int32), "mask": spec((rows, width), jnp.float32)}

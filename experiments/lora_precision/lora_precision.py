@@ -16,6 +16,7 @@ parameters each trains (its optimizer state's size). float32 (CPU). Writes ``DIR
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -29,6 +30,7 @@ from flax import nnx
 
 from rl_jax import models, parallel
 from rl_jax.algorithm import RLSettings, TrainBatch, build_rl_step, policy_token_stats
+from rl_jax.config import default_config
 from rl_jax.rollout import Sampler
 from rl_jax.train_state import init_state, split_trainable
 
@@ -107,8 +109,9 @@ def measure_update() -> list[dict]:
         ref_logprobs=np.full((rows, response), -3.0, np.float32),
         advantages=rng.normal(size=(rows, response)).astype(np.float32),
     )
-    settings = RLSettings(estimator="grpo", group_size=2, temperature=1.0, kl_loss_coef=0.04,
-                          max_len=response, num_minibatches=1, logits_chunk=128)
+    settings = dataclasses.replace(
+        RLSettings.from_config(default_config()), estimator="grpo", group_size=2,
+        temperature=1.0, kl_loss_coef=0.04, max_len=response, num_minibatches=1, logits_chunk=128)
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     tx = optax.adamw(1e-6)
     runs = {}

@@ -21,9 +21,9 @@ import dataclasses
 from absl import app
 
 from rl_jax import memory
-from rl_jax.algorithm import RLSettings
 from rl_jax.config import default_config
 from rl_jax.models import ModelConfig
+from rl_jax.settings import RunSettings
 
 QWEN = dict(model_type="qwen2", vocab_size=151_936, attention_bias=True, rope_theta=1e6,
             max_position_embeddings=32_768, rms_norm_eps=1e-6)
@@ -75,8 +75,7 @@ def main(argv):
                     scan_layers=True, attention_impl=attention), devices),
             }
             for setting, (config, model_config, fsdp) in settings.items():
-                est = memory.estimate(config, model_config,
-                                      settings=RLSettings.from_config(config),
+                est = memory.estimate(RunSettings.from_config(config), model_config,
                                       num_devices=devices, fsdp=fsdp, prompt_len=PROMPT_LEN)
                 fits = "yes" if est["total"] <= gb * gib else "no"
                 without = est["total"] - est["initial_weights"]

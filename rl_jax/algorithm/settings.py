@@ -7,58 +7,58 @@ import dataclasses
 import ml_collections
 
 from rl_jax.algorithm.registry import ESTIMATORS, NO_CORRECTION
-from rl_jax.chunked import DEFAULT_CHUNK
 
 
 @dataclasses.dataclass(frozen=True)
 class RLSettings:
     """Static options of the RL step (hashable, so jit specialises on them).
 
-    A run builds them once with ``from_config`` from a config that ``check_config`` validated;
-    unit tests may build them directly.
+    A run builds them once with ``from_config`` from a config that ``check_config`` validated
+    (``rl_jax.settings.RunSettings`` holds them as ``rl.algorithm``). No field has a default: the
+    config's are the only ones.
     """
 
     estimator: str
     group_size: int
     temperature: float
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = False
-    whiten_rewards: bool = False  # scale the sequence scores to unit variance (mean kept)
-    kl_loss_coef: float = 0.0  # GRPO's beta: KL to the reference as a loss term
-    kl_in_reward: bool = False  # PPO/REINFORCE++: -coef * KL(token) added to the token rewards
-    kl_estimator: str = "k3"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
-    ratio_level: str = "token"
-    agg: str = "token-mean"
-    max_len: int | None = None
-    vf_coef: float = 0.1
-    value_clip: float | None = 0.2
-    count_empty_rows: bool = False  # TRL: empty responses count in sequence-mean denominators
-    overlong_filter: bool = False  # DAPO: truncated responses count in no loss term
-    policy_loss: str = "ppo"  # a name in POLICY_LOSSES
-    gmpo_clip: float = 0.4  # GMPO's clip of the token log-ratio (log space)
-    cov_ratio: float = 2e-4  # Clip-Cov: share of tokens detached; KL-Cov: share penalised
-    cov_lower: float = 1.0  # Clip-Cov: the covariance band tokens are drawn from
-    cov_upper: float = 5.0
-    kl_cov_coef: float = 1.0
-    sapo_tau_pos: float = 1.0  # SAPO's gate temperature for positive advantages
-    sapo_tau_neg: float = 1.05  # ... and for the others
-    is_correction: str = "none"  # sampler/trainer mismatch: see rl_jax.mismatch
-    is_cap: float = 2.0  # TIS truncation
-    is_low: float = 0.5  # masked IS: the band the ratio must stay in
-    is_high: float = 2.0
-    epochs: int = 1
-    num_minibatches: int = 1
-    seed: int = 0
+    gamma: float
+    lam: float
+    whiten_advantages: bool
+    whiten_rewards: bool  # scale the sequence scores to unit variance (mean kept)
+    kl_loss_coef: float  # GRPO's beta: KL to the reference as a loss term
+    kl_in_reward: bool  # PPO/REINFORCE++: -coef * KL(token) added to the token rewards
+    kl_estimator: str
+    clip_low: float
+    clip_high: float
+    dual_clip: float | None
+    ratio_level: str
+    agg: str
+    max_len: int | None
+    vf_coef: float
+    value_clip: float | None
+    count_empty_rows: bool  # TRL: empty responses count in sequence-mean denominators
+    overlong_filter: bool  # DAPO: truncated responses count in no loss term
+    policy_loss: str  # a name in POLICY_LOSSES
+    gmpo_clip: float  # GMPO's clip of the token log-ratio (log space)
+    cov_ratio: float  # Clip-Cov: share of tokens detached; KL-Cov: share penalised
+    cov_lower: float  # Clip-Cov: the covariance band tokens are drawn from
+    cov_upper: float
+    kl_cov_coef: float
+    sapo_tau_pos: float  # SAPO's gate temperature for positive advantages
+    sapo_tau_neg: float  # ... and for the others
+    is_correction: str  # sampler/trainer mismatch: see rl_jax.mismatch
+    is_cap: float  # TIS truncation
+    is_low: float  # masked IS: the band the ratio must stay in
+    is_high: float
+    epochs: int
+    num_minibatches: int
+    seed: int
     # Response positions per LM-head chunk (rl_jax.chunked): the live logits are
     # [batch, logits_chunk, vocab] float32. 0: the full [batch, P + R, vocab] logits at once.
-    logits_chunk: int = DEFAULT_CHUNK
+    logits_chunk: int
     # Each group's prompt runs once in every forward (rl_jax.models.prefix); the update then
     # shuffles whole groups. Needs group_size >= 2 and the rows of a group contiguous.
-    shared_prefix: bool = False
+    shared_prefix: bool
 
     def __post_init__(self):
         if self.shared_prefix and self.group_size < 2:

@@ -40,8 +40,9 @@ class CheckpointDamagedError(RuntimeError):
     """A checkpoint whose files cannot be read."""
 
 
-def _one_line(error: BaseException, limit: int = 160) -> str:
-    """The first line of ``error`` (TensorStore errors run to hundreds of lines)."""
+def one_line(error: BaseException, limit: int = 160) -> str:
+    """``"<type>: <first line>"`` of ``error``, at most ``limit`` characters (TensorStore and
+    Hugging Face errors run to hundreds of lines)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -107,7 +108,7 @@ class Checkpointer:
             with open(path, encoding="utf-8") as f:
                 return json.load(f)
         except (OSError, ValueError) as error:
-            raise CheckpointDamagedError(f"meta item: {_one_line(error)}") from error
+            raise CheckpointDamagedError(f"meta item: {one_line(error)}") from error
 
     def _restore_step(
         self, template: Any, step: int, shardings: Any = None
@@ -121,7 +122,7 @@ class Checkpointer:
             saved = self._manager.item_metadata(step)["state"]
             saved_shapes = _shapes(saved.tree if hasattr(saved, "tree") else saved)
         except Exception as error:  # noqa: BLE001 - any failure to read the metadata is damage
-            raise CheckpointDamagedError(f"state metadata: {_one_line(error)}") from error
+            raise CheckpointDamagedError(f"state metadata: {one_line(error)}") from error
         if not saved_shapes:
             raise CheckpointDamagedError("state metadata: no arrays")
         wanted = _shapes(template)
@@ -143,7 +144,7 @@ class Checkpointer:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )
         except Exception as error:  # noqa: BLE001 - shapes matched: what is left is damage
-            raise CheckpointDamagedError(f"state arrays: {_one_line(error)}") from error
+            raise CheckpointDamagedError(f"state arrays: {one_line(error)}") from error
         return restored["state"], meta
 
     def restore(

@@ -1,7 +1,8 @@
 """Held-out evaluation: greedy pass@1, and pass@k / maj@k from k samples per prompt.
 
-The eval set is sampled in chunks no larger than the RL rollout batch (``rl.num_prompts *
-rl.group_size`` rows a sampler call), so its memory is the rollout's whatever ``eval.num_examples``.
+The eval set is sampled in chunks no larger than the RL rollout batch
+(``EvalSettings.rows_per_call = rl.num_prompts * rl.group_size`` rows a sampler call), so its
+memory is the rollout's whatever ``eval.num_examples``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from rl_jax import rewards
 from rl_jax.parallel import to_host
+from rl_jax.settings import EvalSettings
 
 
 def eval_chunks(num_prompts: int, prompts_per_call: int) -> list[slice]:
@@ -41,29 +43,32 @@ def majority_correct(answers: Sequence[Hashable | None], correct: np.ndarray) ->
     return float(correct[answers.index(top)])
 
 
-def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, float]:
+def evaluate(
+    ctx: Any, params: Any, key: jax.Array, settings: EvalSettings, *, k: int = 0
+) -> dict[str, float]:
     """Scores the policy ``params`` on ``ctx.eval_examples`` with the correctness reward.
 
     Returns ``pass@1`` (greedy), and with ``k > 1`` also ``pass@k`` (any of ``k`` samples at the
     rollout temperature is correct) and ``maj@k`` (``majority_correct``: the vote is over the
     answers the correctness reward extracts, e.g. GSM8K's final number, not whole texts). Also the
-    mean greedy response length, and the mean of every reward function of ``rewards.weights`` over
-    the greedy responses (``reward/<name>``).
+    mean greedy response length, and the mean of every reward function of
+    ``settings.rewards.weights`` over the greedy responses (``reward/<name>``).
 
-    Sampler calls take at most ``R = rl.num_prompts * rl.group_size`` rows: greedy decoding ``R``
+    Sampler calls take at most ``R = settings.rows_per_call`` rows: greedy decoding ``R``
     prompts a call (the same texts as one call over all prompts, which greedy decoding does not
     depend on), sampling ``max(1, R // k)`` prompts a call, call ``c`` with the key
     ``fold_in(fold_in(key, 1), c)`` (so the draws are a function of ``key`` and ``R``).
     """
-    cfg = ctx.config
     examples = ctx.eval_examples
-    correctness = cfg.rewards.correctness
-    rows_per_call = cfg.rl.num_prompts * cfg.rl.group_size
+    correctness = settings.rewards.correctness
+    weights = settings.rewards.weights
+    sampling = settings.sampling
+    rows_per_call = settings.rows_per_call
     prompts = ctx.encode_prompts(examples)
     texts, lengths = [], []
     for part in eval_chunks(len(prompts), rows_per_call):
         out = ctx.sampler.generate(params, prompts[part], key,
-                                   max_new_tokens=cfg.rollout.max_new_tokens, greedy=True)
+                                   max_new_tokens=sampling.max_new_tokens, greedy=True)
         # The whole output on every process (an all-gather when the mesh spans processes).
         texts += ctx.decode_responses(to_host(out.response_tokens), to_host(out.response_mask))
         lengths.append(to_host(out.response_lengths))
@@ -72,8 +77,8 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
         "pass@1": float(np.mean(correct)),
         "length": float(np.mean(np.concatenate(lengths))),
     }
-    if len(cfg.rewards.weights):
-        per_fn = rewards.combine_rewards(cfg.rewards.weights.to_dict(), texts, examples)[1]
+    if len(weights):
+        per_fn = rewards.combine_rewards(dict(weights), texts, examples)[1]
         result.update({f"reward/{name}": float(np.mean(v)) for name, v in per_fn.items()})
     if k > 1:
         sample_key = jax.random.fold_in(key, 1)
@@ -84,8 +89,8 @@ def evaluate(ctx: Any, params: Any, key: jax.Array, *, k: int = 0) -> dict[str, 
                 prompts[part],
                 jax.random.fold_in(sample_key, c),
                 n=k,
-                max_new_tokens=cfg.rollout.max_new_tokens,
-                temperature=cfg.rollout.temperature,
+                max_new_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
             )
             texts += ctx.decode_responses(to_host(out.response_tokens), to_host(out.response_mask))
         repeated = [ex for ex in examples for _ in range(k)]

@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import ml_collections
 import tqdm
 
+from rl_jax.settings import LoopSettings
 from rl_jax.train_state import Metrics, TrainState
 from rl_jax.trainers.checkpoint import Checkpointer
 from rl_jax.trainers.metrics import MetricWriter, summary_line
@@ -58,13 +58,14 @@ class Stage:
       batch: ``batch(step, state, host) -> (batch, host metrics, new host state)``, a pure function
         of its arguments (so a resumed run makes the same batches); ``host`` is a JSON-able dict
         saved with every checkpoint (data position, KL coefficient).
-      evaluate: ``evaluate(number, state) -> metrics``, every ``eval.every`` steps and at the last.
+      evaluate: ``evaluate(number, state) -> metrics``, every ``LoopSettings.eval_every`` steps
+        and at the last.
       stop: ``stop(number, last_eval)``, asked after each evaluation: True ends the stage early,
         and a restart then only restores it.
       finish_metrics: derives written metrics from a step's host metrics (e.g. rates from
         ``step_time``).
       loss_names: the metrics checked for NaN/inf; log_names: the one-line summary's metrics.
-      samples: ``samples() -> str``, written every ``log.samples_every`` steps.
+      samples: ``samples() -> str``, written every ``LoopSettings.samples_every`` steps.
       limits: ``{metric: (largest allowed value, config field)}``, checked with the NaN/inf check
         at every sync point, before anything is saved (e.g. RL's ``approx_kl``).
     """
@@ -157,8 +158,9 @@ class _StopSignals:
         return False
 
 
-def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> StageResult:
-    """Runs ``stage`` in ``workdir`` from its last checkpoint to ``stage.steps`` or its stop rule.
+def run_stage(stage: Stage, loop: LoopSettings, workdir: str) -> StageResult:
+    """Runs ``stage`` in ``workdir`` from its last checkpoint to ``stage.steps`` or its stop rule,
+    at the cadence of ``loop`` (evaluation, log lines, samples, checkpoints).
 
     A stage that finished (stopped by its rule, or at ``steps``) is only restored.
 
@@ -167,8 +169,8 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
       FloatingPointError / DivergenceError: a step's metrics failed ``check_record`` (nothing of
         that step is saved).
     """
-    every, keep = config.checkpoint.every, config.checkpoint.keep
-    checkpointer = Checkpointer(os.path.join(workdir, stage.name), every=every, keep=keep)
+    checkpointer = Checkpointer(os.path.join(workdir, stage.name), every=loop.checkpoint_every,
+                                keep=loop.checkpoint_keep)
     state, host, last_eval = stage.state, dict(stage.host), {}
     restored = checkpointer.restore(state, shardings=stage.sharding)
     if restored is not None:
@@ -183,17 +185,17 @@ def run_stage(stage: Stage, config: ml_collections.ConfigDict, workdir: str) -> 
                           enabled=jax.process_index() == 0)  # one process writes the files
     try:
         with _StopSignals() as signals:
-            return _train(stage, config, state, host, last_eval, checkpointer, writer, signals)
+            return _train(stage, loop, state, host, last_eval, checkpointer, writer, signals)
     finally:
         writer.close()
         checkpointer.close()
 
 
-def _train(stage, config, state, host, last_eval, checkpointer, writer, signals) -> StageResult:
+def _train(stage, loop, state, host, last_eval, checkpointer, writer, signals) -> StageResult:
     """The steps of ``run_stage`` after the restore."""
-    log, steps = config.log, range(int(state.step), stage.steps)
+    steps = range(int(state.step), stage.steps)
     first = jax.process_index() == 0  # only process 0 prints and writes
-    bar = tqdm.tqdm(steps, desc=stage.name, disable=not (log.progress_bar and first))
+    bar = tqdm.tqdm(steps, desc=stage.name, disable=not (loop.progress_bar and first))
     pending: list[tuple[int, Metrics, Metrics]] = []  # (number, device metrics, host metrics)
     since = time.perf_counter()
     for step in bar:
@@ -201,14 +203,14 @@ def _train(stage, config, state, host, last_eval, checkpointer, writer, signals)
         batch, host_metrics, host = stage.batch(step, state, host)
         state, metrics = stage.step(state, batch)
         pending.append((number, metrics, host_metrics))
-        evaluate = stage.evaluate is not None and itstime(number, config.eval.every, stage.steps)
+        evaluate = stage.evaluate is not None and itstime(number, loop.eval_every, stage.steps)
         save = itstime(number, checkpointer.every, stage.steps)
-        show_samples = stage.samples is not None and itstime(number, log.samples_every, 0)
+        show_samples = stage.samples is not None and itstime(number, loop.samples_every, 0)
         interrupted = signals.signum is not None or (
             jax.process_count() > 1 and checkpointer.reached_preemption(number)
         )
         save = save or interrupted
-        if not (evaluate or save or show_samples or itstime(number, log.every, stage.steps)):
+        if not (evaluate or save or show_samples or itstime(number, loop.log_every, stage.steps)):
             continue
         # A sync point: every pending step's metrics come to the host in one transfer.
         fetched = jax.device_get([m for _, m, _ in pending])
@@ -226,7 +228,7 @@ def _train(stage, config, state, host, last_eval, checkpointer, writer, signals)
             stopped = stage.stop(number, last_eval)
         for n, record in records:
             writer.write(n, record)
-        if first and (itstime(number, log.every, stage.steps) or stopped):
+        if first and (itstime(number, loop.log_every, stage.steps) or stopped):
             bar.write(summary_line(stage.name, number, records[-1][1], stage.log_names))
         if show_samples and first:
             text = stage.samples()

@@ -43,6 +43,7 @@ from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
 from rl_jax.reward_losses import pair_accuracy, preference_loss
 from rl_jax.rollout import right_pad
+from rl_jax.settings import RMSettings, SamplingSettings
 from rl_jax.train_state import TrainState, init_state, make_train_step
 from rl_jax.trainers.loop import Stage, run_stage
 from rl_jax.trainers.setup import Context, stage_key
@@ -163,11 +164,11 @@ def synthetic_preferences(
     gold: str,
     noise: float,
     rng: np.random.Generator,
+    sampling: SamplingSettings,
     chunk: int = 64,
 ) -> list[data.Preference]:
-    """``num_responses`` samples of the policy per example, ranked by the reward ``gold``
-    (prompts whose samples all tie are dropped)."""
-    cfg = ctx.config.rollout
+    """``num_responses`` samples of the policy per example (``sampling``'s budget and
+    temperature), ranked by the reward ``gold`` (prompts whose samples all tie are dropped)."""
     prefs = []
     for start in range(0, len(examples), chunk):
         part = list(examples[start : start + chunk])
@@ -176,8 +177,8 @@ def synthetic_preferences(
             ctx.encode_prompts(part),
             jax.random.fold_in(key, start),
             n=num_responses,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
         )
         texts = ctx.decode_responses(out.response_tokens, out.response_mask)
         repeated = [ex for ex in part for _ in range(num_responses)]
@@ -190,21 +191,21 @@ def synthetic_preferences(
 
 
 def preference_data(
-    ctx: Context, policy_params: Any
+    ctx: Context, policy_params: Any, settings: RMSettings
 ) -> tuple[list[data.Preference], list[data.Preference]]:
-    """The training and held-out preferences of ``config.rm`` (sampled from the policy when
+    """The training and held-out preferences of ``settings`` (sampled from the policy when
     ``rm.data == "synthetic"``)."""
-    cfg = ctx.config.rm
-    if cfg.data == "synthetic":
-        seed = ctx.config.seed
-        prompts = [ex for i in range(0, cfg.num_prompts, 64) for ex in ctx.task.batch(i, 64)]
-        common = dict(num_responses=cfg.num_responses, gold=cfg.gold)
+    if settings.data == "synthetic":
+        seed = settings.seed
+        prompts = [ex for i in range(0, settings.num_prompts, 64) for ex in ctx.task.batch(i, 64)]
+        common = dict(num_responses=settings.num_responses, gold=settings.gold,
+                      sampling=settings.sampling)
         train = synthetic_preferences(
             ctx,
             policy_params,
-            prompts[: cfg.num_prompts],
+            prompts[: settings.num_prompts],
             stage_key(seed, "rm", 0),
-            noise=cfg.label_noise,
+            noise=settings.label_noise,
             rng=np.random.default_rng([seed, 1]),
             **common,
         )
@@ -212,19 +213,21 @@ def preference_data(
         held_out = synthetic_preferences(
             ctx,
             policy_params,
-            ctx.task.eval_set(cfg.eval_size),
+            ctx.task.eval_set(settings.eval_size),
             stage_key(seed, "rm", 1),
             noise=0.0,
             rng=np.random.default_rng([seed, 2]),
             **common,
         )
         return train, held_out
-    prefs, skipped = data.load_preferences(cfg.path, cfg.data, skip_invalid=cfg.skip_invalid)
-    print(f"rm: {len(prefs)} preferences from {cfg.path} ({skipped} malformed rows skipped)")
-    if not 0 < cfg.eval_size < len(prefs):
-        raise ValueError(f"need 0 < rm.eval_size < {len(prefs)} preferences, got {cfg.eval_size}")
-    order = data.eval_rng(ctx.config.seed).permutation(len(prefs))
-    held = set(order[: cfg.eval_size].tolist())
+    prefs, skipped = data.load_preferences(settings.path, settings.data,
+                                           skip_invalid=settings.skip_invalid)
+    print(f"rm: {len(prefs)} preferences from {settings.path} ({skipped} malformed rows skipped)")
+    if not 0 < settings.eval_size < len(prefs):
+        raise ValueError(f"need 0 < rm.eval_size < {len(prefs)} preferences, "
+                         f"got {settings.eval_size}")
+    order = data.eval_rng(settings.seed).permutation(len(prefs))
+    held = set(order[: settings.eval_size].tolist())
     return [p for i, p in enumerate(prefs) if i not in held], [prefs[i] for i in sorted(held)]
 
 
@@ -260,13 +263,14 @@ def pairs_per_step(batch_size: int, num_prompts: int, num_pairs: int, multiple: 
     return max(multiple, -(-pairs // multiple) * multiple)
 
 
-def init_reward_model(ctx: Context, policy_params: Any) -> models.RewardModel:
+def init_reward_model(
+    ctx: Context, policy_params: Any, settings: RMSettings
+) -> models.RewardModel:
     """A reward model from ``rm.init_path`` (a Hugging Face directory) or the policy."""
-    rngs = nnx.Rngs(ctx.config.seed + 2)
-    if ctx.config.rm.init_path:
+    rngs = nnx.Rngs(settings.seed + 2)
+    if settings.init_path:
         policy, _ = models.load_pretrained(
-            ctx.config.rm.init_path, dtype=ctx.config.model.dtype,
-            param_dtype=ctx.config.model.param_dtype,
+            settings.init_path, dtype=settings.dtype, param_dtype=settings.param_dtype
         )
     else:
         policy = nnx.merge(ctx.graphdef, policy_params)
@@ -274,20 +278,18 @@ def init_reward_model(ctx: Context, policy_params: Any) -> models.RewardModel:
 
 
 def run_rm(
-    ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any
+    ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any, settings: RMSettings
 ) -> tuple[LearnedReward, dict[str, float]]:
-    """Trains a reward model (``config.rm``) in ``workdir/rm`` (resumed, or only restored when
-    finished). Returns the learned reward, normalised by the mean and std of its rewards on the
-    held-out responses at the last evaluation, and that evaluation."""
-    config = ctx.config
-    cfg = config.rm
-    model = init_reward_model(ctx, policy_params)
+    """Trains a reward model (``settings``, the config's ``rm``) in ``workdir/rm`` (resumed, or
+    only restored when finished). Returns the learned reward, normalised by the mean and std of
+    its rewards on the held-out responses at the last evaluation, and that evaluation."""
+    model = init_reward_model(ctx, policy_params, settings)
     graphdef, params = nnx.split(model)
     max_len = model.config.max_position_embeddings
     pad_id = ctx.tokenizer.pad_token_id
-    tx = make_optimizer(cfg.optim, cfg.steps)
+    tx = make_optimizer(settings.optim, settings.steps)
     state, sharding = init_state({"reward": params}, tx, mesh)
-    loss_fn = make_rm_loss(graphdef, cfg.loss)
+    loss_fn = make_rm_loss(graphdef, settings.loss)
     step = parallel.data_parallel_step(make_train_step(loss_fn, tx), mesh, sharding)
     ctx.check_mesh(mesh)  # synthetic preferences: each device samples its share
 
@@ -297,19 +299,20 @@ def run_rm(
         items a step: built on first use only, so a finished stage that is only restored samples
         and encodes nothing."""
         start_time = time.perf_counter()
-        train, held_out = preference_data(ctx, policy_params)
+        train, held_out = preference_data(ctx, policy_params, settings)
         k = max(len(p.responses) for p in train + held_out)  # the held-out batches' K
-        train_k, per_step = k, cfg.batch_size
-        if cfg.comparisons == "shuffled_pairs":  # each comparison its own batch element
+        train_k, per_step = k, settings.batch_size
+        if settings.comparisons == "shuffled_pairs":  # each comparison its own batch element
             pairs = data.expand_pairs(train)
-            per_step = pairs_per_step(cfg.batch_size, len(train), len(pairs),
+            per_step = pairs_per_step(settings.batch_size, len(train), len(pairs),
                                       len(mesh.local_devices))
             print(f"rm: {len(train)} rankings -> {len(pairs)} shuffled pairs, {per_step} a step")
             train, train_k = pairs, 2
-        if cfg.loss == "pairwise" and train_k != 2:
+        if settings.loss == "pairwise" and train_k != 2:
             raise ValueError(
                 f"rm.loss='pairwise' needs pairs (K = 2); the data has K = {train_k}")
-        options = dict(truncate_prompts=cfg.truncate_prompts, skip_too_long=cfg.skip_invalid)
+        options = dict(truncate_prompts=settings.truncate_prompts,
+                       skip_too_long=settings.skip_invalid)
         train_items, train_skipped = encode_preferences(ctx, train, max_len, **options)
         eval_items, eval_skipped = encode_preferences(ctx, held_out, max_len, **options)
         print(f"rm: {len(train_items)} training and {len(eval_items)} held-out items, K = {k} "
@@ -317,7 +320,7 @@ def run_rm(
               f"{time.perf_counter() - start_time:.1f}s to build)")
         # The training stream: seeded epoch permutations, a pure function of the step (for
         # shuffled pairs, this is what spreads a ranking's pairs across the dataset).
-        stream = data.FileDataset(train_items, seed=config.seed)
+        stream = data.FileDataset(train_items, seed=settings.seed)
         return stream, eval_items, k, train_k, per_step
 
     def batch(step: int, state: TrainState, host: dict):
@@ -331,11 +334,11 @@ def run_rm(
         return evaluate_rm(reward, eval_items, k, pad_id, max_len)
 
     stage = Stage(
-        "rm", cfg.steps, state, sharding, step, batch,
+        "rm", settings.steps, state, sharding, step, batch,
         evaluate=evaluate,
         log_names=("loss", "accuracy", "eval/pair_accuracy"),
     )
-    result = run_stage(stage, config, ctx.workdir)
+    result = run_stage(stage, settings.loop, ctx.workdir)
     last_eval = result.last_eval
     # The normalisation RL uses: held-out responses (for synthetic data, the policy's samples).
     std = max(last_eval["reward_std"], 1e-6)

@@ -21,9 +21,10 @@ from flax import nnx
 
 import rl_jax
 from rl_jax import models, parallel, rewards
-from rl_jax.algorithm import RLSettings, RolloutBatch, ScoreShaping, build_rl_step, shape_scores
+from rl_jax.algorithm import RolloutBatch, build_rl_step, shape_scores
 from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
+from rl_jax.settings import RewardSettings, RLStageSettings, RolloutSettings
 from rl_jax.train_state import TrainState, init_state
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.loop import Stage, StageResult, run_stage
@@ -80,27 +81,29 @@ def shuffle_scores(scores: np.ndarray, seed: int, position: int) -> np.ndarray:
 
 
 def score_responses(
-    ctx: Context, out, texts: list[str], examples: list, reward_model: LearnedReward | None
+    settings: RewardSettings, out, texts: list[str], examples: list,
+    reward_model: LearnedReward | None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The weighted reward of sampled responses and each reward's own scores.
 
-    ``rewards.weights`` names rule-based rewards (weight 0 only logs one, e.g. a gold reward);
-    with ``rewards.model_weight > 0`` the learned reward's normalised score is added as ``model``.
+    ``settings.weights`` names rule-based rewards (weight 0 only logs one, e.g. a gold reward);
+    with ``settings.model_weight > 0`` the learned reward's normalised score is added as
+    ``model``.
     """
-    cfg = ctx.config.rewards
     total, per_fn = np.zeros(len(texts), np.float32), {}
-    if len(cfg.weights):
-        total, per_fn = rewards.combine_rewards(cfg.weights.to_dict(), texts, examples)
-    if cfg.model_weight:
+    if len(settings.weights):
+        total, per_fn = rewards.combine_rewards(dict(settings.weights), texts, examples)
+    if settings.model_weight:
         tokens = np.concatenate([out.prompt_tokens, out.response_tokens], 1)
         mask = np.concatenate([out.prompt_mask, out.response_mask], 1)
         per_fn["model"] = reward_model(tokens, mask)
-        total = total + np.float32(cfg.model_weight) * per_fn["model"]
+        total = total + np.float32(settings.model_weight) * per_fn["model"]
     return total, per_fn
 
 
 def sample_round(
     ctx: Context,
+    settings: RolloutSettings,
     policy_params: Any,
     position: int,
     key: jax.Array,
@@ -108,18 +111,18 @@ def sample_round(
 ) -> tuple[Round, float]:
     """Samples (from ``policy_params``) and scores the prompts of data position ``position``;
     also the scoring seconds."""
-    cfg = ctx.config
-    examples = ctx.task.batch(position, cfg.rl.num_prompts)
-    n = cfg.rl.group_size
+    examples = ctx.task.batch(position, settings.num_prompts)
+    n = settings.group_size
+    sampling = settings.sampling
     out = ctx.sampler.generate(
         policy_params,
         ctx.encode_prompts(examples),
         key,
         n=n,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        temperature=cfg.rollout.temperature,
-        top_k=cfg.rollout.top_k or None,
-        top_p=cfg.rollout.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k or None,
+        top_p=sampling.top_p,
     )
     # Every process passed every prompt (one decode program, one prompt width); from here on each
     # keeps its own block of the rows (parallel.process_rows): its responses, texts and rewards.
@@ -133,13 +136,13 @@ def sample_round(
     start = time.perf_counter()
     texts = ctx.decode_responses(out.response_tokens, response_mask)
     repeated = [ex for ex in examples for _ in range(n)][share]
-    total, per_fn = score_responses(ctx, out, texts, repeated, reward_model)
-    correct = rewards.combine_rewards({cfg.rewards.correctness: 1.0}, texts, repeated)[0]
+    total, per_fn = score_responses(settings.rewards, out, texts, repeated, reward_model)
+    correct = rewards.combine_rewards({settings.rewards.correctness: 1.0}, texts, repeated)[0]
     lengths = response_mask.sum(1)
     truncated = missing_eos(out.response_tokens, response_mask, ctx.eos_ids)
-    scores = shape_scores(ScoreShaping.from_config(cfg), total, lengths, truncated)
-    if cfg.rl.shuffle_rewards:
-        scores = shuffle_scores(scores, cfg.seed, position)
+    scores = shape_scores(settings.shaping, total, lengths, truncated)
+    if settings.shuffle_rewards:
+        scores = shuffle_scores(scores, settings.seed, position)
     scoring_seconds = time.perf_counter() - start
     round_ = Round(
         prompt_tokens=np.asarray(out.prompt_tokens),
@@ -175,6 +178,7 @@ def _concat(rounds: list[Round], pad_id: int) -> Round:
 
 def collect(
     ctx: Context,
+    settings: RolloutSettings,
     policy_params: Any,
     position: int,
     key: jax.Array,
@@ -188,7 +192,7 @@ def collect(
     sampled (at most ``max_extra_rounds`` more rounds); if the batch is still not full, dropped
     groups fill it with their response masks zeroed, so they count in no loss.
     """
-    rl = ctx.config.rl
+    rl = settings
     n, wanted = rl.group_size, rl.num_prompts
     kept: list[Round] = []
     dropped: list[Round] = []
@@ -199,7 +203,7 @@ def collect(
     scoring = 0.0
     while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
         batch, seconds = sample_round(
-            ctx, policy_params, position, jax.random.fold_in(key, rounds), reward_model
+            ctx, settings, policy_params, position, jax.random.fold_in(key, rounds), reward_model
         )
         scoring += seconds
         position += 1
@@ -274,7 +278,8 @@ def device_batch(batch: Round) -> RolloutBatch:
 
 
 def init_params(
-    ctx: Context, policy_params, settings: RLSettings, reward_model: LearnedReward | None = None
+    ctx: Context, policy_params, settings: RLStageSettings,
+    reward_model: LearnedReward | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """The trained parameters (policy, and a critic for GAE) and the value graphdef (or None).
 
@@ -284,15 +289,14 @@ def init_params(
     """
     params = {"policy": policy_params}
     value_graphdef = None
-    init = ctx.config.rl.critic_init
-    if settings.has_critic:
-        rngs = nnx.Rngs(ctx.config.seed + 1)
-        if init == "policy":
+    if settings.algorithm.has_critic:
+        rngs = nnx.Rngs(settings.seed + 1)
+        if settings.critic_init == "policy":
             policy = nnx.merge(ctx.graphdef, policy_params)
             critic = models.ValueModel.from_policy(policy, rngs=rngs)
         else:
-            config = nnx.merge(reward_model.graphdef, reward_model.params).config
-            critic = models.ValueModel(config, rngs=rngs)
+            model_config = nnx.merge(reward_model.graphdef, reward_model.params).config
+            critic = models.ValueModel(model_config, rngs=rngs)
             nnx.update(critic, jax.tree.map(jnp.copy, reward_model.params))
             # The RL score is the normalised reward (r - mean) / std: so is the critic's head.
             critic.score.kernel[...] = critic.score.kernel[...] / reward_model.std
@@ -305,6 +309,7 @@ def run_rl(
     ctx: Context,
     mesh: jax.sharding.Mesh,
     policy_params: Any,
+    settings: RLStageSettings,
     reward_model: LearnedReward | None = None,
 ) -> StageResult:
     """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
@@ -315,24 +320,23 @@ def run_rl(
     by an earlier stage (SFT) are first folded into the base, so the reference is the policy RL
     starts from.
     """
-    config = ctx.config
-    cfg = config.rl
-    settings = RLSettings.from_config(config)
+    algorithm = settings.algorithm
     lora = models.has_adapters(policy_params)
-    if lora and "sft" in config.stages:
+    if lora and settings.after_sft:
         policy_params = models.fold_adapters(ctx.graphdef, policy_params)
-    tx = make_optimizer(cfg.optim, cfg.steps * cfg.epochs * cfg.num_minibatches)
+    updates = settings.steps * algorithm.epochs * algorithm.num_minibatches
+    tx = make_optimizer(settings.optim, updates)
     params, value_graphdef = init_params(ctx, policy_params, settings, reward_model)
     state, sharding = init_state(params, tx, mesh)
     ref_params = None
-    if settings.needs_reference and not lora:
+    if algorithm.needs_reference and not lora:
         ref_params = jax.device_put(
             jax.tree.map(jnp.copy, policy_params), parallel.param_sharding(policy_params, mesh)
         )
     # Every part runs on each device's share of the rows: prepare and update take the batch split
     # (update re-splits its shuffled minibatches), the sampler and reward model split theirs.
     rl_step = build_rl_step(
-        settings, tx, ctx.graphdef, value_graphdef, mesh=mesh, state_sharding=sharding
+        algorithm, tx, ctx.graphdef, value_graphdef, mesh=mesh, state_sharding=sharding
     )
     ctx.check_mesh(mesh)
     latest: list[Round] = []  # the last rollout batch, for the samples text
@@ -340,27 +344,27 @@ def run_rl(
     def batch(step: int, state: TrainState, host: dict):
         """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
         t0 = time.perf_counter()
-        key = stage_key(config.seed, "rl", step)
+        key = stage_key(settings.seed, "rl", step)
         rollout, position, metrics = collect(
-            ctx, state.params["policy"], host["position"], key, reward_model
+            ctx, settings.rollout, state.params["policy"], host["position"], key, reward_model
         )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
         latest[:] = [rollout]
         arrays = parallel.shard_batch(device_batch(rollout), mesh)
         kl_coef = host["kl_coef"]
         reference = ref_params
-        if settings.needs_reference and lora:
+        if algorithm.needs_reference and lora:
             reference = models.adapters_off(state.params["policy"])
         train_batch, prep_metrics = rl_step.prepare(
             state.params, reference, arrays, jnp.float32(kl_coef)
         )
-        if settings.kl_in_reward and config.kl.target > 0:  # needs this step's KL on the host
+        if algorithm.kl_in_reward and settings.kl_target > 0:  # needs this step's KL on the host
             kl_coef = float(
                 rl_jax.adaptive_kl_update(
                     kl_coef,
                     float(prep_metrics["kl_ref"]),
-                    target=config.kl.target,
-                    horizon=config.kl.horizon,
+                    target=settings.kl_target,
+                    horizon=settings.kl_horizon,
                     n_steps=len(rollout.scores),
                 )
             )
@@ -380,22 +384,23 @@ def run_rl(
         }
 
     def evaluate_policy(number: int, state: TrainState) -> dict[str, float]:
-        key = stage_key(config.seed, "eval/rl", number)
-        return evaluate(ctx, state.params["policy"], key, k=config.eval.k)
+        key = stage_key(settings.seed, "eval/rl", number)
+        evaluation = settings.evaluation
+        return evaluate(ctx, state.params["policy"], key, evaluation, k=evaluation.k)
 
     def samples() -> str:
         texts, scores = latest[0].texts[:3], latest[0].scores[:3]
         return "\n".join(f"  {t!r} -> {s:+.2f}" for t, s in zip(texts, scores, strict=True))
 
     stage = Stage(
-        "rl", cfg.steps, state, sharding, step, batch,
-        host={"position": 0, "kl_coef": config.kl.coef},
+        "rl", settings.steps, state, sharding, step, batch,
+        host={"position": 0, "kl_coef": settings.kl_coef},
         evaluate=evaluate_policy,
         finish_metrics=finish_metrics,
         loss_names=LOSS_METRICS,
         log_names=("score", "accuracy", "eval/pass@1", "kl_ref", "entropy", "clip_frac_high",
                    "length", "tokens_per_second"),
         samples=samples,
-        limits={"approx_kl": (cfg.max_approx_kl, "rl.max_approx_kl")},
+        limits={"approx_kl": (settings.max_approx_kl, "rl.max_approx_kl")},
     )
-    return run_stage(stage, config, ctx.workdir)
+    return run_stage(stage, settings.loop, ctx.workdir)

@@ -14,8 +14,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rl_jax import memory, parallel
-from rl_jax.algorithm import RLSettings
 from rl_jax.config import ConfigError, check_config
+from rl_jax.settings import RunSettings
 from rl_jax.trainers import plots
 from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
 from rl_jax.trainers.reward_model import run_rm
@@ -25,13 +25,13 @@ from rl_jax.trainers.sft import run_sft, sft_batch
 from rl_jax.trainers.workdir import ConfigChangedError, check_workdir_config, locked
 
 
-def _rl_resumes_without_sft(config: ml_collections.ConfigDict, workdir: str) -> bool:
+def _rl_resumes_without_sft(settings: RunSettings, workdir: str) -> bool:
     """Whether RL has a checkpoint (so SFT finished) and needs nothing of SFT's final params: no
     KL reference, no reward-model stage (whose synthetic data come from the SFT policy). RL's
     restore then only needs a template of the policy's structure: the fresh params serve."""
-    if "rl" not in config.stages or "rm" in config.stages:
+    if "rl" not in settings.stages or "rm" in settings.stages:
         return False
-    if RLSettings.from_config(config).needs_reference:
+    if settings.rl.algorithm.needs_reference:
         return False
     directory = os.path.join(workdir, "rl")
     return os.path.isdir(directory) and any(
@@ -63,10 +63,13 @@ def run(
     """Runs ``config.stages`` in ``workdir`` over ``mesh`` (default: all devices, data-parallel).
 
     The whole config is checked first (``check_config``): a bad value fails before any file is
-    written or model built. The workdir is then locked for this process and its config compared
-    with the one it was started with (``rl_jax.trainers.workdir``; ``allow_config_change``
-    accepts a changed one). Writes ``summary.json`` and ``curves.png``, prints the final table,
-    returns the summary (with the final policy ``params``).
+    written or model built. It is then turned, once, into typed settings
+    (``RunSettings.from_config``): every stage and helper below receives the part it uses, and
+    nothing below reads the config (only ``config.json`` of the workdir records it). The workdir
+    is then locked for this process and its config compared with the one it was started with
+    (``rl_jax.trainers.workdir``; ``allow_config_change`` accepts a changed one). Writes
+    ``summary.json`` and ``curves.png``, prints the final table, returns the summary (with the
+    final policy ``params``).
 
     Raises:
       ConfigError, ConfigChangedError, WorkdirLockedError: before any training;
@@ -76,12 +79,13 @@ def run(
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     check_config(config, num_devices=mesh.devices.size)
-    check_processes(config)
+    settings = RunSettings.from_config(config)
+    check_processes(settings)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_count() == 1:
         with locked(workdir):
             check_workdir_config(workdir, config, allow_config_change)
-            return _run(config, workdir, mesh)
+            return _run(settings, workdir, mesh)
     # Many processes: process 0 holds the lock and checks (and writes) config.json; the others
     # learn its verdict, so that all stop together.
     with locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
@@ -95,10 +99,10 @@ def run(
             raise error or ConfigChangedError(
                 f"workdir {workdir}: process 0 refused its config.json (see process 0's output)"
             )
-        return _run(config, workdir, mesh)
+        return _run(settings, workdir, mesh)
 
 
-def check_processes(config: ml_collections.ConfigDict) -> None:
+def check_processes(settings: RunSettings) -> None:
     """The options that do not run across processes yet (``jax.process_count() > 1``).
 
     Raises:
@@ -108,39 +112,40 @@ def check_processes(config: ml_collections.ConfigDict) -> None:
         return
     why = f"one process (this run has jax.process_count() = {jax.process_count()})"
     errors = []
-    if "rm" in config.stages:
-        errors.append(f"config.stages = {tuple(config.stages)!r}: expected no 'rm' stage with more "
+    if "rm" in settings.stages:
+        errors.append(f"config.stages = {settings.stages!r}: expected no 'rm' stage with more "
                       f"than {why}")
-    if config.rewards.model_weight:
-        errors.append(f"config.rewards.model_weight = {config.rewards.model_weight!r}: expected 0 "
-                      f"with more than {why}")
-    if config.rl.dynamic_sampling:
+    if settings.rewards.model_weight:
+        errors.append(f"config.rewards.model_weight = {settings.rewards.model_weight!r}: expected "
+                      f"0 with more than {why}")
+    if settings.rl.rollout.dynamic_sampling:
         errors.append(f"config.rl.dynamic_sampling = True: expected False with more than {why}")
     if errors:
         raise ConfigError("\n".join(errors))
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> dict:
+def _run(settings: RunSettings, workdir: str, mesh: jax.sharding.Mesh) -> dict:
     start = time.perf_counter()
-    ctx = build_context(config, workdir, mesh)
+    ctx = build_context(settings, workdir, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ctx.policy)))
     print(f"devices: {mesh.devices.size} ({jax.devices()[0].platform}) in "
           f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
           f"policy: {num_params:,} parameters")
-    memory_startup_check(config, ctx, mesh)  # MemoryError here, before anything is compiled
+    memory_startup_check(settings, ctx, mesh)  # MemoryError here, before anything is compiled
     params = nnx.state(ctx.policy)
     summary: dict = {}
-    if "sft" in config.stages and _rl_resumes_without_sft(config, workdir):
+    stages = settings.stages
+    if "sft" in stages and _rl_resumes_without_sft(settings, workdir):
         print("sft: finished (rl has a checkpoint and needs nothing of sft); not restored")
         summary["sft_eval"] = _finished_eval(workdir, "sft")
-    elif "sft" in config.stages:
-        result = run_sft(ctx, mesh, params)
+    elif "sft" in stages:
+        result = run_sft(ctx, mesh, params, settings.sft)
         params, summary["sft_eval"] = result.state.params["policy"], result.last_eval
     reward_model = None
-    if "rm" in config.stages:
-        reward_model, summary["rm_eval"] = run_rm(ctx, mesh, params)
-    if "rl" in config.stages:
-        result = run_rl(ctx, mesh, params, reward_model)
+    if "rm" in stages:
+        reward_model, summary["rm_eval"] = run_rm(ctx, mesh, params, settings.rm)
+    if "rl" in stages:
+        result = run_rl(ctx, mesh, params, settings.rl, reward_model)
         params, summary["rl_eval"] = result.state.params["policy"], result.last_eval
     summary["wall_time_s"] = time.perf_counter() - start
     if jax.process_index() == 0:  # the files of the run: written once
@@ -153,29 +158,29 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mes
     return summary
 
 
-def memory_startup_check(config: ml_collections.ConfigDict, ctx, mesh: jax.sharding.Mesh) -> dict:
-    """Prints the memory estimate of a run (``rl_jax.memory``; its context ``ctx`` from
-    ``build_context``) and raises ``MemoryError`` if it exceeds the device (``memory.check``).
-    Returns the estimate.
+def memory_startup_check(settings: RunSettings, ctx, mesh: jax.sharding.Mesh) -> dict:
+    """Prints the memory estimate of a run (``rl_jax.memory``; its ``settings`` and its context
+    ``ctx`` from ``build_context``) and raises ``MemoryError`` if it exceeds the device
+    (``memory.check``). Returns the estimate.
 
     Lengths come from the data: the longest prompt of RL's first batch and of the evaluation set,
     and the SFT batch of step 0 (its bucketed width).
     """
     prompts = ctx.encode_prompts(ctx.eval_examples)
-    if "rl" in config.stages:
-        prompts += ctx.encode_prompts(ctx.task.batch(0, config.rl.num_prompts))
+    if "rl" in settings.stages:
+        prompts += ctx.encode_prompts(ctx.task.batch(0, settings.rl.rollout.num_prompts))
     sft_len = None
-    if "sft" in config.stages:
-        sft_len = sft_batch(ctx, ctx.task.batch(0, config.sft.batch_size))["tokens"].shape[1]
+    if "sft" in settings.stages:
+        sft_len = sft_batch(ctx, ctx.task.batch(0, settings.sft.batch_size))["tokens"].shape[1]
     est = memory.estimate(
-        config, ctx.policy.config, settings=RLSettings.from_config(config),
-        num_devices=mesh.devices.size, fsdp=mesh.shape[parallel.FSDP],
-        prompt_len=max((len(p) for p in prompts), default=0), sft_len=sft_len,
+        settings, ctx.policy.config, num_devices=mesh.devices.size,
+        fsdp=mesh.shape[parallel.FSDP], prompt_len=max((len(p) for p in prompts), default=0),
+        sft_len=sft_len,
     )
-    limit = memory.device_limit(config)
+    limit = memory.device_limit(settings.memory)
     print(memory.format_table(est, limit))
     if limit is None:
         print("  (no device memory limit known: set memory.device_gb to check against one)")
-    if config.memory.check:
+    if settings.memory.check:
         memory.check_fits(est, limit)
     return est

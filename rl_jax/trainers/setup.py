@@ -1,4 +1,5 @@
-"""What every stage shares: tokenizer, task, policy model and sampler, built from a config."""
+"""What every stage shares: tokenizer, task, policy model and sampler, built from the run's
+settings (``rl_jax.settings``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import transformers
 from flax import nnx
@@ -18,13 +18,14 @@ from jax.experimental import multihost_utils
 
 from rl_jax import data, models
 from rl_jax.rollout import Sampler
+from rl_jax.settings import ModelSettings, RunSettings, TaskSettings
+from rl_jax.trainers.checkpoint import one_line
 
 
 @dataclasses.dataclass
 class Context:
     """The objects a run is made of (built once by ``build_context``)."""
 
-    config: ml_collections.ConfigDict
     workdir: str
     tokenizer: transformers.PreTrainedTokenizerBase
     task: Any  # rl_jax.data.Task
@@ -33,22 +34,23 @@ class Context:
     graphdef: nnx.GraphDef
     sampler: Sampler  # built on the run's mesh; every call passes the weights it samples from
     eos_ids: tuple[int, ...]  # every id that ends a response (``resolve_eos_ids``)
+    chat_template: bool  # prompts as the user's turn of the tokenizer's chat template
+    system_prompt: str  # with chat_template: a system message first ("" = none)
 
     def check_mesh(self, mesh: jax.sharding.Mesh | None) -> None:
-        """ValueError unless the sampler was built on ``mesh`` (``build_context(config, workdir,
-        mesh)``): a stage samples on the mesh it trains on."""
+        """ValueError unless the sampler was built on ``mesh`` (``build_context(settings,
+        workdir, mesh)``): a stage samples on the mesh it trains on."""
         if self.sampler.mesh != mesh:
             raise ValueError(f"the context's sampler runs on mesh {self.sampler.mesh}, the stage "
-                             f"on {mesh}; expected build_context(config, workdir, mesh) with the "
+                             f"on {mesh}; expected build_context(settings, workdir, mesh) with the "
                              "stage's mesh")
 
     def encode_prompts(self, examples: Sequence[data.Example]) -> list[list[int]]:
-        """Prompt token ids: with ``task.chat_template``, each prompt as the user's turn of the
+        """Prompt token ids: with ``chat_template``, each prompt as the user's turn of the
         tokenizer's chat template (``chat_prompt_ids``); else the BOS token (when the tokenizer
         has one) and the prompt's tokens."""
-        task = self.config.task
-        if task.chat_template:
-            return [chat_prompt_ids(self.tokenizer, ex.prompt, task.system_prompt)
+        if self.chat_template:
+            return [chat_prompt_ids(self.tokenizer, ex.prompt, self.system_prompt)
                     for ex in examples]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return [bos + self.tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in examples]
@@ -90,24 +92,22 @@ def chat_prompt_ids(
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
+def build_tokenizer(model: ModelSettings, task: Any, workdir: str):
     """The tokenizer: from ``model.path`` (a Hugging Face directory or a GGUF file's metadata), or
     a byte-level BPE trained on the task's text.
 
     A trained tokenizer is saved in ``workdir/tokenizer`` and reloaded on resume, so a resumed run
     uses the same ids.
     """
-    if config.model.path:
+    if model.path:
         try:
-            if models.is_gguf(config.model.path):  # vocabulary and chat template in its metadata
-                return models.load_gguf_tokenizer(config.model.path)
-            return transformers.AutoTokenizer.from_pretrained(
-                config.model.path, local_files_only=True
-            )
+            if models.is_gguf(model.path):  # vocabulary and chat template in its metadata
+                return models.load_gguf_tokenizer(model.path)
+            return transformers.AutoTokenizer.from_pretrained(model.path, local_files_only=True)
         except Exception as error:  # HF raises OSError, ValueError, TypeError, ...
             raise ValueError(
-                f"config.model.path = {config.model.path!r}: cannot load its tokenizer "
-                f"({_one_line(error)}); expected a Hugging Face directory with tokenizer files"
+                f"config.model.path = {model.path!r}: cannot load its tokenizer "
+                f"({one_line(error)}); expected a Hugging Face directory with tokenizer files"
             ) from error
     saved = os.path.join(workdir, "tokenizer")
     found = os.path.isdir(saved)
@@ -118,7 +118,7 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
     tokenizer = None
     if jax.process_index() == 0:  # one process trains and writes it; the others read it
         texts = [ex.prompt + ex.target for ex in task.batch(0, 2000)]
-        tokenizer = models.train_bpe_tokenizer(texts, config.model.vocab_size)
+        tokenizer = models.train_bpe_tokenizer(texts, model.vocab_size)
         tokenizer.save_pretrained(saved)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("tokenizer written")
@@ -128,29 +128,28 @@ def build_tokenizer(config: ml_collections.ConfigDict, task: Any, workdir: str):
 
 
 def build_policy(
-    config: ml_collections.ConfigDict, tokenizer, mesh: jax.sharding.Mesh | None = None
+    model: ModelSettings, tokenizer, mesh: jax.sharding.Mesh | None = None
 ) -> models.CausalLM:
-    """The policy: a Hugging Face checkpoint (``model.path``) or a fresh model from the config,
+    """The policy: a Hugging Face checkpoint (``model.path``) or a fresh model of ``model``,
     computing in ``model.dtype`` with parameters stored in ``model.param_dtype``; with
     ``model.lora.rank`` > 0, fresh LoRA adapters (B = 0) on ``model.lora.targets``.
 
     With a ``mesh``, loaded parameters are placed shard by shard in the training layout
     (``parallel.param_sharding``): no device receives the whole checkpoint. A fresh model is
-    built on the default device (the models built from a config are small)."""
-    policy = _build_base_policy(config, tokenizer, mesh)
-    lora = config.model.lora
+    built on the default device (the fresh models are small)."""
+    policy = _build_base_policy(model, tokenizer, mesh)
+    lora = model.lora
     if lora.rank == 0:
         return policy
     return models.add_adapters(
-        policy, rank=lora.rank, alpha=lora.alpha, targets=tuple(lora.targets),
-        rngs=nnx.Rngs(config.seed + 7),
+        policy, rank=lora.rank, alpha=lora.alpha, targets=lora.targets,
+        rngs=nnx.Rngs(model.seed + 7),
     )
 
 
 def _build_base_policy(
-    config: ml_collections.ConfigDict, tokenizer, mesh: jax.sharding.Mesh | None
+    m: ModelSettings, tokenizer, mesh: jax.sharding.Mesh | None
 ) -> models.CausalLM:
-    m = config.model
     if m.path:
         try:
             policy, _ = models.load_pretrained(
@@ -158,7 +157,7 @@ def _build_base_policy(
             )
         except Exception as error:  # safetensors.SafetensorError, OSError, KeyError, ...
             raise ValueError(
-                f"config.model.path = {m.path!r}: cannot load the model ({_one_line(error)}); "
+                f"config.model.path = {m.path!r}: cannot load the model ({one_line(error)}); "
                 "expected a Hugging Face directory with config.json and complete *.safetensors"
             ) from error
         # The file holds one tensor per layer: the config's layout and remat policy go on here.
@@ -184,37 +183,33 @@ def _build_base_policy(
         scan_layers=m.scan_layers,
         attention_impl=m.attention_impl,
     )
-    return models.CausalLM(model_config, rngs=nnx.Rngs(config.seed))
+    return models.CausalLM(model_config, rngs=nnx.Rngs(m.seed))
 
 
-def _one_line(error: BaseException) -> str:
-    text = (str(error).strip().splitlines() or [""])[0][:200]
-    return f"{type(error).__name__}: {text}"
-
-
-def build_task(config: ml_collections.ConfigDict):
-    """The task of ``config.task``; a data file (``task.kwargs.path``) must hold examples."""
-    path = config.task.kwargs.get("path", "")
+def build_task(task: TaskSettings):
+    """The task of ``task``; a data file (``task.kwargs.path``) must hold examples."""
+    path = task.kwargs.get("path", "")
     if path and os.path.isfile(path):
         with open(path, encoding="utf-8", errors="replace") as f:
             if not any(line.strip() for line in f):
                 raise ValueError(f"config.task.kwargs.path = {path!r}: the file is empty "
-                                 f"(expected the examples of task {config.task.name!r})")
+                                 f"(expected the examples of task {task.name!r})")
     try:
-        return data.make_task(config.task.name, seed=config.seed, **config.task.kwargs.to_dict())
+        return data.make_task(task.name, seed=task.seed, **task.kwargs)
     except data.EvalSizeError as error:
         raise ValueError(f"config.task.kwargs.eval_size = {error.eval_size}: expected < "
                          f"{error.num_examples} rows in {path}") from error
     except (ValueError, KeyError) as error:
         if not path:
             raise
-        raise ValueError(f"config.task.kwargs.path = {path!r}: {_one_line(error)}") from error
+        raise ValueError(f"config.task.kwargs.path = {path!r}: {one_line(error)}") from error
 
 
 def build_context(
-    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None
+    settings: RunSettings, workdir: str, mesh: jax.sharding.Mesh | None = None
 ) -> Context:
-    """Task, tokenizer (checked against ``task.chat_template``), policy and sampler.
+    """Task, tokenizer (checked against ``task.chat_template``), policy and sampler, of the
+    run's ``settings`` (its task, model, evaluation set and extra EOS ids).
 
     ``mesh``: where a loaded policy's parameters are placed, shard by shard (``build_policy``),
     and what the sampler splits its rows over (the stages run on it; None: one device).
@@ -223,26 +218,28 @@ def build_context(
     one (``resolve_pad_id``), said once here.
     """
     os.makedirs(workdir, exist_ok=True)
-    task = build_task(config)
+    num_eval = settings.evaluation.num_examples
+    extra_eos_ids = settings.sampling.extra_eos_ids
+    task = build_task(settings.task)
     try:
-        eval_examples = task.eval_set(config.eval.num_examples)
+        eval_examples = task.eval_set(num_eval)
     except ValueError as error:
-        raise ValueError(f"config.eval.num_examples = {config.eval.num_examples}: "
-                         f"{_one_line(error)} (a file task holds out task.kwargs.eval_size rows "
+        raise ValueError(f"config.eval.num_examples = {num_eval}: "
+                         f"{one_line(error)} (a file task holds out task.kwargs.eval_size rows "
                          "or the rows of task.kwargs.eval_path)") from error
-    tokenizer = build_tokenizer(config, task, workdir)
-    if config.task.chat_template:
-        check_chat_template(tokenizer, f"config.model.path = {config.model.path!r}")
-    policy = build_policy(config, tokenizer, mesh)
+    tokenizer = build_tokenizer(settings.model, task, workdir)
+    if settings.task.chat_template:
+        check_chat_template(tokenizer, f"config.model.path = {settings.model.path!r}")
+    policy = build_policy(settings.model, tokenizer, mesh)
     eos_ids = resolve_eos_ids(
         tokenizer.eos_token_id,
         policy.config.eos_token_id,
-        generation_config_eos_ids(config.model.path),
-        tuple(config.rollout.extra_eos_ids),
+        generation_config_eos_ids(settings.model.path),
+        extra_eos_ids,
     )
     vocab = policy.config.vocab_size
-    if any(not 0 <= i < vocab for i in config.rollout.extra_eos_ids):
-        raise ValueError(f"config.rollout.extra_eos_ids = {tuple(config.rollout.extra_eos_ids)}: "
+    if any(not 0 <= i < vocab for i in extra_eos_ids):
+        raise ValueError(f"config.rollout.extra_eos_ids = {extra_eos_ids}: "
                          f"expected ids of the model's vocabulary [0, {vocab})")
     if tokenizer.pad_token_id is None:
         pad_id = resolve_pad_id(tokenizer, eos_ids)
@@ -252,7 +249,6 @@ def build_context(
     sampler = Sampler.from_model(policy, eos_ids=eos_ids, pad_id=tokenizer.pad_token_id,
                                  mesh=mesh)
     return Context(
-        config=config,
         workdir=workdir,
         tokenizer=tokenizer,
         task=task,
@@ -261,6 +257,8 @@ def build_context(
         graphdef=graphdef,
         sampler=sampler,
         eos_ids=eos_ids,
+        chat_template=settings.task.chat_template,
+        system_prompt=settings.task.system_prompt,
     )
 
 
@@ -285,7 +283,7 @@ def generation_config_eos_ids(model_path: str) -> tuple[int, ...]:
         return _ids(json.loads(file.read_text()).get("eos_token_id"))
     except (ValueError, TypeError) as error:
         raise ValueError(f"{file}: eos_token_id is not an id or a list of ids "
-                         f"({_one_line(error)})") from error
+                         f"({one_line(error)})") from error
 
 
 def resolve_eos_ids(tokenizer_eos: Any, model_eos: Any, generation_eos: Any,

@@ -17,6 +17,7 @@ from rl_jax import models, parallel
 from rl_jax.chunked import DEFAULT_CHUNK, chunked_token_stats
 from rl_jax.optim import make_optimizer
 from rl_jax.rollout import right_pad
+from rl_jax.settings import SFTSettings
 from rl_jax.train_state import TrainState, init_state, make_train_step
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.loop import Stage, StageResult, run_stage
@@ -82,29 +83,30 @@ def make_sft_loss(graphdef, logits_chunk: int = DEFAULT_CHUNK):
     return loss_fn
 
 
-def run_sft(ctx: Context, mesh: jax.sharding.Mesh, params: Any) -> StageResult:
+def run_sft(
+    ctx: Context, mesh: jax.sharding.Mesh, params: Any, settings: SFTSettings
+) -> StageResult:
     """Trains ``params`` (the policy state) with SFT in ``workdir/sft`` (resumed, or only restored
     when finished); the result's ``state.params["policy"]`` is the fine-tuned policy."""
-    cfg = ctx.config.sft
-    tx = make_optimizer(cfg.optim, cfg.steps)
+    tx = make_optimizer(settings.optim, settings.steps)
     state, sharding = init_state({"policy": params}, tx, mesh)
-    train_step = make_train_step(make_sft_loss(ctx.graphdef, ctx.config.model.logits_chunk), tx)
+    train_step = make_train_step(make_sft_loss(ctx.graphdef, settings.logits_chunk), tx)
     step = parallel.data_parallel_step(train_step, mesh, sharding)
     ctx.check_mesh(mesh)  # evaluation decodes each device's share of the prompts
 
     def batch(step: int, state: TrainState, host: dict):
-        examples = parallel.process_share(ctx.task.batch(step, cfg.batch_size), mesh)
+        examples = parallel.process_share(ctx.task.batch(step, settings.batch_size), mesh)
         arrays = sft_batch(ctx, examples, mesh=mesh)
         return parallel.shard_batch(arrays, mesh), {}, host
 
     def evaluate_policy(number: int, state: TrainState) -> dict[str, float]:
-        key = stage_key(ctx.config.seed, "eval/sft", number)
-        return evaluate(ctx, state.params["policy"], key)
+        key = stage_key(settings.seed, "eval/sft", number)
+        return evaluate(ctx, state.params["policy"], key, settings.evaluation)
 
     stage = Stage(
-        "sft", cfg.steps, state, sharding, step, batch,
+        "sft", settings.steps, state, sharding, step, batch,
         evaluate=evaluate_policy,
-        stop=lambda number, last_eval: last_eval["pass@1"] >= cfg.stop_accuracy,
+        stop=lambda number, last_eval: last_eval["pass@1"] >= settings.stop_accuracy,
         log_names=("loss", "eval/pass@1"),
     )
-    return run_stage(stage, ctx.config, ctx.workdir)
+    return run_stage(stage, settings.loop, ctx.workdir)
