@@ -7,9 +7,12 @@ The math is a set of pure, jit-compatible functions of arrays, exported here; mo
 from rl_jax.advantages import (
     gae,
     group_advantages,
+    grpo_gradient_coefficient,
     masked_mean,
     masked_var,
+    process_advantages,
     reinforce_pp_baseline_advantages,
+    rft_gradient_coefficient,
     rloo_advantages,
     whiten,
 )
@@ -23,13 +26,19 @@ from rl_jax.losses import (
     entropy,
     gmpo_loss,
     kl_cov_loss,
+    likelihood_loss,
     policy_loss,
     token_covariance,
     token_logprobs,
     value_loss,
 )
 from rl_jax.mismatch import sequence_masked_is, sequence_tis, token_masked_is, token_tis
-from rl_jax.reward_losses import listwise_loss, pairwise_loss, ranking_loss
+from rl_jax.reward_losses import (
+    listwise_loss,
+    pairwise_loss,
+    process_reward_loss,
+    ranking_loss,
+)
 
 __all__ = [
     "AGG_MODES",
@@ -42,15 +51,20 @@ __all__ = [
     "gae",
     "gmpo_loss",
     "group_advantages",
+    "grpo_gradient_coefficient",
     "kl",
     "kl_cov_loss",
+    "likelihood_loss",
     "listwise_loss",
     "masked_mean",
     "masked_var",
     "pairwise_loss",
     "policy_loss",
+    "process_advantages",
+    "process_reward_loss",
     "ranking_loss",
     "reinforce_pp_baseline_advantages",
+    "rft_gradient_coefficient",
     "rloo_advantages",
     "sequence_masked_is",
     "sequence_tis",

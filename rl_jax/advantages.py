@@ -266,3 +266,124 @@ def reinforce_pp_baseline_advantages(
         centered = group_advantages(scores, group_size, scale="none")
     token_scores = jnp.broadcast_to(centered[:, None], response_mask.shape)
     return whiten(token_scores, response_mask, eps=eps)
+
+
+# --- The unified paradigm (DeepSeekMath, Shao et al. 2024, §5.2) ---------------------------------
+# Every method's gradient is E[ GC(q, o, t) * grad log pi(o_t | q, o_<t) ]: the methods differ in
+# their data source (which policy samples o) and their gradient coefficient GC.
+
+
+def rft_gradient_coefficient(correct: jax.Array, mask: jax.Array) -> jax.Array:
+    r"""The gradient coefficient of RFT and Online RFT (DeepSeekMath eq. 10, §5.2.1)::
+
+        GC_RFT(q, o, t) = GC_OnlineRFT(q, o, t) = I(o)
+
+    with ``I(o)`` 1 when the answer of ``o`` is correct, else 0: a correct response's tokens are
+    fine-tuned on as SFT data, the others count for nothing (no penalty). RFT and Online RFT differ
+    only in their data source: the SFT (initial) policy, or the policy being trained.
+
+    Args:
+      correct: ``[batch]`` the correctness reward of each response; ``I(o) = 1[correct > 0]``.
+      mask: ``[batch, time]`` 1 for real response tokens.
+
+    Returns:
+      ``[batch, time]`` float32 coefficients, ``correct[b]`` on each real token, 0 at padding.
+    """
+    chex.assert_rank([correct, mask], [1, 2])
+    chex.assert_equal(correct.shape[0], mask.shape[0])
+    indicator = (correct > 0).astype(jnp.float32)
+    return indicator[:, None] * mask.astype(jnp.float32)
+
+
+def grpo_gradient_coefficient(
+    advantages: jax.Array,
+    logprobs: jax.Array,
+    ref_logprobs: jax.Array,
+    kl_coef: float,
+    mask: jax.Array,
+) -> jax.Array:
+    r"""GRPO's gradient coefficient (DeepSeekMath eq. 21, §5.2.1 and Appendix A.1.6)::
+
+        GC_GRPO(q, o, t) = A_hat_t + beta * (pi_ref(o_t | o_<t) / pi(o_t | o_<t) - 1)
+
+    ``A_hat_t`` is the group-normalised advantage (outcome: the response's ``(r - mean) / std``;
+    process: ``process_advantages``) and the second term is the gradient of the k3 KL estimate
+    ``pi_ref / pi - log(pi_ref / pi) - 1`` with respect to ``log pi``, with the sign that makes it
+    a coefficient: ``d k3 / d log pi = 1 - pi_ref / pi``. At ratio 1 the gradient of GRPO's loss
+    (``-A_hat * ratio + beta * k3``, summed over tokens) with respect to ``log pi_t`` is
+    ``-GC_GRPO(t)``.
+
+    Args:
+      advantages: ``[batch, time]`` the normalised advantages ``A_hat``.
+      logprobs: ``[batch, time]`` ``log pi(o_t | q, o_<t)`` of the policy.
+      ref_logprobs: ``[batch, time]`` the reference policy's.
+      kl_coef: ``beta``.
+      mask: ``[batch, time]`` 1 for real response tokens.
+
+    Returns:
+      ``[batch, time]`` float32 coefficients, 0 at padding.
+    """
+    chex.assert_rank([advantages, logprobs, ref_logprobs, mask], 2)
+    chex.assert_equal_shape([advantages, logprobs, ref_logprobs, mask])
+    real = mask.astype(bool)
+    log_ratio = jnp.where(real, ref_logprobs - logprobs, 0.0).astype(jnp.float32)
+    coefficient = advantages.astype(jnp.float32) + kl_coef * (jnp.exp(log_ratio) - 1.0)
+    return jnp.where(real, coefficient, 0.0)
+
+
+def process_advantages(
+    step_rewards: jax.Array,
+    step_ends: jax.Array,
+    mask: jax.Array,
+    group_size: int,
+    *,
+    eps: float = 1e-6,
+) -> jax.Array:
+    r"""GRPO with process supervision (DeepSeekMath §4.1.3): step rewards normalised over the
+    group, each token's advantage the sum of the normalised rewards of the steps ending at or
+    after it.
+
+    Response ``i`` of a group of ``G`` has ``K_i`` steps; step ``j`` ends at token ``e_{i,j}`` and
+    has reward ``r_{i,j}``. With ``R = {r_{i,j}}`` every step reward of the group's ``G``
+    responses::
+
+        r_tilde_{i,j} = (r_{i,j} - mean(R)) / (std(R) + eps)
+        A_hat_{i,t}   = sum_{j : e_{i,j} >= t} r_tilde_{i,j}
+
+    ``std`` is the sample standard deviation (``ddof=1``, as ``group_advantages``; 0 when the
+    group has a single step). A group whose step rewards are all equal gets advantage 0.
+
+    Args:
+      step_rewards: ``[batch, S]`` the reward of step ``s`` of each response (read where
+        ``step_ends >= 0``).
+      step_ends: ``[batch, S]`` int, the response token index where step ``s`` ends, ``-1`` for
+        no step (a response's steps need not be sorted; several may end at one token).
+      mask: ``[batch, time]`` 1 for real response tokens.
+      group_size: responses per prompt ``G``; groups are contiguous rows.
+      eps: added to the standard deviation.
+
+    Returns:
+      ``[batch, time]`` advantages, 0 at padding.
+    """
+    chex.assert_rank([step_rewards, step_ends, mask], 2)
+    chex.assert_equal_shape([step_rewards, step_ends])
+    chex.assert_equal(step_rewards.shape[0], mask.shape[0])
+    batch, time = mask.shape
+    num_steps = step_rewards.shape[1]
+    if group_size < 1 or batch % group_size:
+        raise ValueError(f"{batch} rows is not a multiple of group_size={group_size}")
+    valid = step_ends >= 0
+    rewards = jnp.where(valid, step_rewards, 0.0).astype(jnp.float32)
+    grouped_valid = valid.reshape(-1, group_size * num_steps).astype(jnp.float32)
+    grouped = rewards.reshape(-1, group_size * num_steps)
+    count = grouped_valid.sum(1, keepdims=True)
+    mean = grouped.sum(1, keepdims=True) / jnp.maximum(count, 1.0)
+    centered = (grouped - mean) * grouped_valid
+    std = jnp.sqrt(jnp.square(centered).sum(1, keepdims=True) / jnp.maximum(count - 1.0, 1.0))
+    normalised = (centered / (std + eps)).reshape(batch, num_steps)
+    # Each step's normalised reward on its end token, then the reverse cumulative sum over time:
+    # token t collects the steps ending at t or later.
+    at_end = (step_ends[:, :, None] == jnp.arange(time)[None, None, :]) & valid[:, :, None]
+    per_token = (normalised[:, :, None] * at_end).sum(1)
+    advantages = jnp.cumsum(per_token[:, ::-1], axis=1)[:, ::-1]
+    return advantages * mask.astype(jnp.float32)

@@ -138,8 +138,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = 1000
     # gae (PPO) | grpo | dr_grpo | rloo | reinforce_pp (return-to-go, whitened; no baseline) |
-    # reinforce_pp_baseline (REINFORCE++ with a group baseline: centred per group, then whitened)
+    # reinforce_pp_baseline (REINFORCE++ with a group baseline: centred per group, then whitened) |
+    # rft (DeepSeekMath: SFT on the correct responses of the initial policy, sampled afresh each
+    # step but never from the trained one) | online_rft (the same on the current policy's samples;
+    # both need loss.policy_loss='likelihood') | grpo_process (GRPO on per-step rewards, with
+    # rl.step_rewards)
     c.rl.estimator = "grpo"
+    # Per-step rewards for grpo_process: none | gold (the task's gold step checker,
+    # rl_jax.data.steps.STEP_CHECKERS)
+    c.rl.step_rewards = "none"
     c.rl.num_prompts = 32
     c.rl.group_size = 8
     c.rl.epochs = 1  # passes over each rollout batch
@@ -177,7 +184,8 @@ def default_config() -> ml_collections.ConfigDict:
     # ppo (clipped ratio) | cispo (MiniMax-M1: clipped, stop-gradient weight on every token's
     # log-prob) | gmpo (geometric mean of token ratios, clipped in log space) | clip_cov | kl_cov
     # (Cui et al. 2025: detach, or KL-penalise, the tokens of largest log-prob/advantage covariance)
-    # | sapo (Gao et al. 2025: a soft sigmoid gate on the ratio in place of the clip)
+    # | sapo (Gao et al. 2025: a soft sigmoid gate on the ratio in place of the clip) | likelihood
+    # (-A * log pi, no ratio or clip: the SFT-like loss of rft and online_rft)
     c.loss.policy_loss = "ppo"
     c.loss.clip_low = 0.2
     c.loss.clip_high = 0.2  # > clip_low: DAPO clip-higher
@@ -451,6 +459,7 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
                 "the rows of a minibatch, rl.num_prompts * rl.group_size / rl.num_minibatches,")
     if rl.shared_prefix is True:
         _check_shared_prefix(rl, divides, bad)
+    _check_estimator(config, choice, bad)
     token_rewards = [name for name, e in algorithm.ESTIMATORS.items() if e.uses_token_rewards]
     if kl.in_reward and kl.coef > 0 and rl.estimator not in token_rewards:
         bad("kl.in_reward", True, f"False with rl.estimator={rl.estimator!r} (a KL in the reward "
@@ -479,6 +488,26 @@ def _check_shared_prefix(rl, divides, bad) -> None:
         divides("rl.num_minibatches", rl.num_prompts // rl.num_minibatches,
                 "the prompts of a minibatch (whole groups on each device with "
                 "rl.shared_prefix=True), rl.num_prompts / rl.num_minibatches,")
+
+
+def _check_estimator(config, choice, bad) -> None:
+    """What the estimator's registry entry asks for: its one policy loss, and the step rewards
+    (from a task that declares steps) of an estimator that reads them."""
+    rl = config.rl
+    choice("rl.step_rewards", ("none", "gold"))
+    entry = algorithm.ESTIMATORS.get(rl.estimator)
+    if entry is None:
+        return
+    if entry.policy_loss is not None and config.loss.policy_loss != entry.policy_loss:
+        bad("loss.policy_loss", config.loss.policy_loss, f"{entry.policy_loss!r} with "
+            f"rl.estimator={rl.estimator!r} (its gradient is GC * grad log pi, no ratio)")
+    if entry.reads == "steps" and rl.step_rewards == "none":
+        bad("rl.step_rewards", rl.step_rewards, f"'gold' with rl.estimator={rl.estimator!r} "
+            "(it reads per-step rewards)")
+    if rl.step_rewards == "gold" and config.task.name not in data.STEP_CHECKERS:
+        bad("rl.step_rewards", rl.step_rewards, f"'none' with task.name={config.task.name!r}: the "
+            "task declares no steps (tasks with a gold step checker: "
+            + ", ".join(sorted(data.STEP_CHECKERS)) + ")")
 
 
 # Fields of a fresh model's architecture: a model file (``model.path``) brings its own.
@@ -535,9 +564,9 @@ def _check_ignored(config, stages, bad) -> None:
     unused("loss.count_empty_rows", policy_loss != "gmpo" and loss.agg == "token-mean",
            "with loss.agg='token-mean' (it changes the seq-mean-* denominators and GMPO's)")
     for field in ("loss.clip_low", "loss.clip_high"):
-        unused(field, policy_loss in ("gmpo", "kl_cov", "sapo"), f"with loss.policy_loss="
-               f"{policy_loss!r} (gmpo clips with loss.gmpo_clip; kl_cov does not clip; sapo "
-               "gates softly with loss.sapo_tau_*)")
+        unused(field, policy_loss in ("gmpo", "kl_cov", "sapo", "likelihood"),
+               f"with loss.policy_loss={policy_loss!r} (gmpo clips with loss.gmpo_clip; kl_cov "
+               "and likelihood do not clip; sapo gates softly with loss.sapo_tau_*)")
     unused("loss.gmpo_clip", policy_loss != "gmpo", "without loss.policy_loss='gmpo'")
     unused("loss.cov_ratio", policy_loss not in ("clip_cov", "kl_cov"),
            "without loss.policy_loss='clip_cov' or 'kl_cov'")
@@ -557,6 +586,21 @@ def _check_ignored(config, stages, bad) -> None:
                "has one)")
     unused("rl.gamma", not estimator.uses_token_rewards, f"with rl.estimator="
            f"{rl.estimator!r} (only 'gae' and 'reinforce_pp' discount)")
+    unused("rl.step_rewards", rl.estimator in algorithm.ESTIMATORS and estimator.reads != "steps",
+           f"with rl.estimator={rl.estimator!r} (only 'grpo_process' reads step rewards)")
+    if estimator.reads != "scores":
+        why = (f"with rl.estimator={rl.estimator!r} (its coefficient is made of "
+               + ("the correctness indicator" if estimator.reads == "correct" else "step rewards")
+               + ", not the scores)")
+        for field in ("rl.whiten_rewards", "rl.shuffle_rewards", "rl.dynamic_sampling",
+                      "rl.overlong_buffer", "rl.eos_trick"):
+            unused(field, True, why)
+    if estimator.reads == "correct":
+        unused("rl.whiten_advantages", True, f"with rl.estimator={rl.estimator!r} (its "
+               "coefficient is the indicator I(o))")
+    if estimator.sampler == "reference":
+        unused("loss.is_correction", True, f"with rl.estimator={rl.estimator!r} (its samples come "
+               "from the initial policy: nothing to correct for the sampler)")
     unused("rl.whiten_advantages", estimator.whitens,
            f"with rl.estimator={rl.estimator!r} (its advantages are always whitened)")
     unused("rl.max_extra_rounds", not rl.dynamic_sampling, "without rl.dynamic_sampling=True")

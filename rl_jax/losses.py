@@ -381,6 +381,43 @@ def sapo_loss(
     return loss, metrics
 
 
+def likelihood_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    coefficients: jax.Array,
+    mask: jax.Array,
+    *,
+    agg: AggMode = "token-mean",
+    max_len: int | None = None,
+    count_empty_rows: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    r"""The weighted log-likelihood: the loss whose gradient is the unified paradigm's
+    (DeepSeekMath eq. 5, §5.2)::
+
+        loss_t = -GC_t * log pi(y_t)        so        grad loss_t = -GC_t * grad log pi(y_t)
+
+    With ``GC = I(o)`` (``rft_gradient_coefficient``) it is SFT on the correct responses: RFT and
+    Online RFT. No ratio, no clip: the old log-probs only feed the ratio metrics. Reduced with
+    ``aggregate(..., agg)`` like ``policy_loss``.
+
+    Args:
+      logprobs, old_logprobs, mask, agg, max_len, count_empty_rows: as ``policy_loss``.
+      coefficients: ``[batch, time]`` (or ``[batch]``) gradient coefficients ``GC``.
+
+    Returns:
+      ``(loss, metrics)``: ``approx_kl``, ``ratio_mean``, ``ratio_min``, ``ratio_max`` of
+      ``pi / pi_old`` (how far the update moved from the sampling weights).
+    """
+    chex.assert_rank([logprobs, old_logprobs, mask], 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, mask])
+    real = mask.astype(bool)
+    coefficients = _per_token(coefficients, mask).astype(jnp.float32)
+    per_token = -coefficients * jnp.where(real, logprobs, 0.0)
+    loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
+    log_ratio = _log_ratio(logprobs, old_logprobs, mask, "token")
+    return loss, _ratio_metrics(jax.lax.stop_gradient(log_ratio), mask)
+
+
 def _sequence_mean(per_seq: jax.Array, mask: jax.Array, count_empty_rows: bool) -> jax.Array:
     """Mean of ``[batch]`` values over the rows with a real token (or over all rows)."""
     nonempty = mask.sum(axis=1) > 0

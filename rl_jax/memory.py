@@ -19,7 +19,8 @@ Persistent (whole run):
     others are replicated.
   * ``optimizer``: AdamW's two moments, like the parameters (optax keeps them in ``p``); a third
     copy with ``optim.grad_accum_steps > 1`` (``optax.MultiSteps``' accumulator).
-  * ``reference``: a copy of the policy when ``kl.coef > 0`` (``RLSettings.needs_reference``).
+  * ``reference``: a copy of the policy when ``kl.coef > 0`` (``RLSettings.needs_reference``) or
+    when RFT samples the initial policy (``RLSettings.samples_from_reference``).
   * ``critic``: GAE's value model (the policy's backbone + a scalar head) with its optimizer
     state and gradient: 4x its parameters.
   * ``reward_model``: the learned reward's backbone when ``rewards.model_weight != 0``.
@@ -219,7 +220,7 @@ def estimate(
     out["optimizer"] = (2 + accum) * per_device
     out["initial_weights"] = per_device if settings.model.path else n_params * p_bytes
     if is_rl:
-        if step.needs_reference:
+        if step.needs_reference or step.samples_from_reference:
             out["reference"] = per_device
         if step.has_critic:
             out["critic"] = 4 * backbone // fsdp

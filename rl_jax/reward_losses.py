@@ -1,4 +1,5 @@
-"""Reward-model losses from human preferences: pairs (Bradley-Terry) and K-wise rankings."""
+"""Reward-model losses from human preferences: pairs (Bradley-Terry) and K-wise rankings; and a
+process reward model's per-step loss."""
 
 from __future__ import annotations
 
@@ -125,3 +126,38 @@ def pair_accuracy(scores: jax.Array, ranks: jax.Array, present: jax.Array) -> ja
     diff = scores[:, :, None] - scores[:, None, :]
     right = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
     return (right * pairs).sum() / jnp.maximum(pairs.sum(), 1)
+
+
+def process_reward_loss(
+    token_logits: jax.Array, step_ends: jax.Array, step_labels: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    r"""A process reward model's loss (Lightman et al. 2023; DeepSeekMath §4.1.3's step rewards):
+    per-step binary cross-entropy on the step-end tokens.
+
+    With ``z_{b,s} = token_logits[b, step_ends[b, s]]`` the model's logit at the token where step
+    ``s`` of response ``b`` ends and ``y_{b,s}`` its 0/1 label (e.g. a gold step checker's)::
+
+        loss = mean_{(b, s) : step_ends[b, s] >= 0} -[y log sigmoid(z) + (1 - y) log sigmoid(-z)]
+
+    Args:
+      token_logits: ``[batch, time]`` the model's step-correctness logit at every response token.
+      step_ends: ``[batch, S]`` int, the token index where step ``s`` ends, ``-1`` for no step.
+      step_labels: ``[batch, S]`` 1.0 where the step is right, 0.0 where not.
+
+    Returns:
+      ``(loss, metrics)``: ``step_accuracy``, the share of steps whose logit has the label's sign
+      (``z > 0`` for 1). Both 0 when there is no step.
+    """
+    chex.assert_rank([token_logits, step_ends, step_labels], 2)
+    chex.assert_equal_shape([step_ends, step_labels])
+    chex.assert_equal(token_logits.shape[0], step_ends.shape[0])
+    valid = step_ends >= 0
+    logits = jnp.take_along_axis(
+        token_logits.astype(jnp.float32), jnp.maximum(step_ends, 0), axis=1
+    )
+    labels = step_labels.astype(jnp.float32)
+    per_step = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+    count = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+    loss = jnp.where(valid, per_step, 0.0).sum() / count
+    right = jnp.where(valid, (logits > 0) == (labels > 0.5), False)
+    return loss, {"step_accuracy": right.sum() / count}

@@ -20,7 +20,9 @@ from typing import Any
 
 import ml_collections
 
+from rl_jax import data
 from rl_jax.algorithm import RLSettings, ScoreShaping
+from rl_jax.data import StepChecker
 from rl_jax.optim import OptimSettings
 
 
@@ -218,6 +220,8 @@ class RolloutSettings:
     sampling: SamplingSettings
     rewards: RewardSettings
     shaping: ScoreShaping
+    # The task's gold step checker with rl.step_rewards="gold" (rl_jax.data.steps), else None.
+    step_checker: StepChecker | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +285,8 @@ class RunSettings:
             dynamic_sampling=rl.dynamic_sampling, max_extra_rounds=rl.max_extra_rounds,
             shuffle_rewards=rl.shuffle_rewards, seed=config.seed, sampling=sampling,
             rewards=reward, shaping=ScoreShaping.from_config(config),
+            step_checker=(data.STEP_CHECKERS[config.task.name] if rl.step_rewards == "gold"
+                          else None),
         )
         return cls(
             stages=tuple(config.stages),

@@ -92,6 +92,12 @@ def test_stage_restarted_at_k_equals_a_straight_2k_run(tmp_path, stage):
         train = lambda c, w: _rl(c, w).state.params  # noqa: E731
     else:
         make, train = _rm_config, lambda c, w: _rm(c, w).params
+    _check_resume(tmp_path, make, train, stage, k)
+
+
+def _check_resume(tmp_path, make, train, stage, k):
+    """``train(make(2k))`` straight equals ``train(make(k))`` then ``train(make(2k))`` in one
+    workdir, and a third call of the finished stage only restores it."""
     straight = train(make(2 * k), tmp_path / "straight")
     first = train(make(k), tmp_path / "resumed")
     resumed = train(make(2 * k), tmp_path / "resumed")
@@ -101,6 +107,41 @@ def test_stage_restarted_at_k_equals_a_straight_2k_run(tmp_path, stage):
     again = train(make(2 * k), tmp_path / "resumed")  # finished: only restored
     np.testing.assert_array_equal(flat(again), flat(resumed))
     assert _stage_lines(tmp_path / "resumed", stage) == list(range(1, 2 * k + 1))
+
+
+def _length_steps(completion, example):
+    """A stand-in step checker with varied rewards on any text: a step every two characters,
+    rewarded when it ends on a digit."""
+    ends = list(range(1, len(completion), 2)) or ([0] if completion else [])
+    return [(end, float(completion[end].isdigit())) for end in ends]
+
+
+PARADIGM = {
+    "rft": {"rl.estimator": "rft", "loss.policy_loss": "likelihood"},
+    "online_rft": {"rl.estimator": "online_rft", "loss.policy_loss": "likelihood"},
+    "grpo_process": {"rl.estimator": "grpo_process", "rl.step_rewards": "gold",
+                     "task.name": "addition_scratchpad", "rewards.correctness": "final_answer",
+                     "rewards.weights": {"final_answer": 1.0}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", sorted(PARADIGM))
+def test_paradigm_run_restarted_at_k_equals_a_straight_2k_run(tmp_path, monkeypatch, estimator):
+    """RFT, Online RFT and GRPO with process rewards resume like any RL run. The untrained tiny
+    policy is never right, so the rewards are stand-ins with signal: a response is correct when
+    its text has even length, and steps come from ``_length_steps``."""
+    from rl_jax import data, rewards
+
+    def even_length(weights, texts, examples):
+        return np.array([len(t) % 2 == 0 for t in texts], np.float32), {}
+
+    monkeypatch.setattr(rewards, "combine_rewards", even_length)
+    monkeypatch.setitem(data.STEP_CHECKERS, "addition_scratchpad", _length_steps)
+    make = lambda steps: tiny_config(**{  # noqa: E731
+        "rl.steps": steps, "model.logits_chunk": 0, "checkpoint.every": 2,
+        "rl.optim.lr": 1e-2} | PARADIGM[estimator])
+    _check_resume(tmp_path, make, lambda c, w: _rl(c, w).state.params, "rl", 2)
 
 
 @pytest.mark.slow
@@ -166,6 +207,10 @@ BAD_CONFIGS = [
     ("memory.device_gb", -1.0, "config.memory.device_gb = -1.0: expected a number >= 0"),
     ("loss.policy_loss", "ppo2", "config.loss.policy_loss = 'ppo2': expected one of 'ppo'"),
     ("loss.is_correction", "tis", "config.loss.is_correction = 'tis': expected one of 'none'"),
+    ("rl.step_rewards", "gold", "config.rl.step_rewards = 'gold': expected 'none' with "
+     "task.name='addition': the task declares no steps"),
+    ("rl.estimator", "rft", "config.loss.policy_loss = 'ppo': expected 'likelihood' with "
+     "rl.estimator='rft'"),
 ]
 
 
@@ -239,6 +284,7 @@ def test_flat_fields_names_every_leaf_of_a_config_and_of_its_json():
 
 # Every config file with each of its arguments, and every variant of every ablation file.
 CONFIG_ARGS = {"gsm8k_grpo": (None, "chat", "plain"), "preference_rm_ppo": (None, "grpo", "rloo"),
+               "arithmetic_rft": (None, "rft", "online_rft", "grpo", "grpo_process"),
                "smollm2_arithmetic_grpo": (None, "shuffled", "ppo")}
 
 

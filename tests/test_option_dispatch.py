@@ -100,6 +100,14 @@ def _world():
         "sampler_logprobs": (old + rng.uniform(-0.4, 0.4, old.shape)).astype(np.float32),
         "scores": SCORES,
         "truncated": (LENGTHS == R).astype(np.float32) * np.array([1, 0, 1, 0, 0, 1, 0, 0]),
+        "correct": (SCORES == 1.0).astype(np.float32),
+        # Steps of each response (token index of its end, -1: none) and their 0/1 rewards.
+        "step_ends": np.array([[1, 3, -1, -1], [1, -1, -1, -1], [0, 2, 3, -1], [0, -1, -1, -1],
+                               [2, -1, -1, -1], [0, 1, 3, -1], [1, -1, -1, -1], [3, -1, -1, -1]],
+                              np.int32)[:, :R],
+        "step_rewards": np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0],
+                                  [1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]],
+                                 np.float32)[:, :R],
     }
     return types.SimpleNamespace(
         graphdef=graphdef, params=params, ref_params=moved(0.1, 1), new_params=moved(0.1, 2),
@@ -210,6 +218,7 @@ def _pure_policy_loss(config, logprobs, mb):
                                              kl_coef=loss.kl_cov_coef, **agg),
         "sapo": lambda: rl_jax.losses.sapo_loss(*args, tau_pos=loss.sapo_tau_pos,
                                                 tau_neg=loss.sapo_tau_neg, **agg),
+        "likelihood": lambda: rl_jax.likelihood_loss(*args, **agg),
     }[loss.policy_loss]()[0]
 
 
@@ -256,6 +265,7 @@ POLICY_LOSS_OPTIONS = {  # fields that let each loss show itself on the small ba
     "clip_cov": {"loss.cov_ratio": 0.3, "loss.cov_lower": -10.0, "loss.cov_upper": 10.0},
     "kl_cov": {"loss.cov_ratio": 0.3},
     "sapo": {"loss.sapo_tau_pos": 2.0, "loss.sapo_tau_neg": 3.0},
+    "likelihood": {},
 }
 
 
@@ -334,7 +344,14 @@ def _pure_advantages(config, out, w):
         "dr_grpo": lambda: rl_jax.group_advantages(scores, G, scale="none"),
         "rloo": lambda: rl_jax.rloo_advantages(scores, G),
         "reinforce_pp_baseline": None,
+        "rft": None,
+        "online_rft": None,
+        "grpo_process": None,
     }[est]
+    if est in ("rft", "online_rft"):
+        return rl_jax.rft_gradient_coefficient(w.batch["correct"], mask)
+    if est == "grpo_process":
+        return rl_jax.process_advantages(w.batch["step_rewards"], w.batch["step_ends"], mask, G)
     if per_row is None:
         return rl_jax.reinforce_pp_baseline_advantages(scores, mask, G)
     return np.asarray(per_row())[:, None] * mask
@@ -357,16 +374,42 @@ def _prepare_advantages(**overrides):
     return config, settings, out, np.asarray(expected)
 
 
+ESTIMATOR_OPTIONS = {  # the fields an estimator needs (check_config asks for them)
+    "rft": {"loss.policy_loss": "likelihood"},
+    "online_rft": {"loss.policy_loss": "likelihood"},
+    "grpo_process": {"task.name": "addition_scratchpad", "rl.step_rewards": "gold",
+                     "rewards.weights": {"final_answer": 1.0},
+                     "rewards.correctness": "final_answer"},
+}
+
+
+def _estimator(name):
+    return {"rl.estimator": name} | ESTIMATOR_OPTIONS.get(name, {})
+
+
 @pytest.mark.parametrize("estimator", config_lib.ESTIMATORS)
 def test_each_estimator_prepares_its_own_advantages(estimator):
-    _, _, out, expected = _prepare_advantages(**{"rl.estimator": estimator})
+    _, _, out, expected = _prepare_advantages(**_estimator(estimator))
     _assert_close(out.advantages, expected, estimator)
     assert (out.returns is not None) == (estimator == "gae")
 
 
 def test_the_estimators_give_different_advantages():
-    _distinct({est: _prepare_advantages(**{"rl.estimator": est})[2].advantages
-               for est in config_lib.ESTIMATORS})
+    """Estimators that sample the same policy differ in their advantages; RFT and Online RFT share
+    their coefficient I(o) and differ only in the policy they sample (the next test)."""
+    same_sampler = [e for e in config_lib.ESTIMATORS
+                    if rl_jax.algorithm.ESTIMATORS[e].sampler == "policy"]
+    assert "online_rft" in same_sampler and "rft" not in same_sampler
+    _distinct({est: _prepare_advantages(**_estimator(est))[2].advantages
+               for est in same_sampler})
+
+
+def test_rft_and_online_rft_differ_in_their_data_source_only():
+    rft, online = (RLSettings.from_config(_config(**_estimator(e))) for e in ("rft", "online_rft"))
+    assert rft.samples_from_reference and not online.samples_from_reference
+    assert rl_jax.algorithm.ESTIMATORS["rft"].fn is rl_jax.algorithm.ESTIMATORS["online_rft"].fn
+    _assert_close(_prepare_advantages(**_estimator("rft"))[2].advantages,
+                  _prepare_advantages(**_estimator("online_rft"))[2].advantages)
 
 
 @pytest.mark.parametrize("estimator", ["gae", "reinforce_pp"])

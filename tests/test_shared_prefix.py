@@ -165,6 +165,7 @@ POLICY_LOSS_OPTIONS = {
     "clip_cov": {"cov_ratio": 0.2, "cov_lower": -10.0, "cov_upper": 10.0},
     "kl_cov": {"cov_ratio": 0.2},
     "sapo": {},
+    "likelihood": {},
 }
 
 

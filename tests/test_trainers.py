@@ -135,6 +135,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
     [
         "arithmetic_grpo",
         "arithmetic_ppo",
+        "arithmetic_rft",
         "countdown_grpo",
         "gsm8k_grpo",
         "preference_rm_ppo",

@@ -22,6 +22,10 @@ class RolloutBatch:
     sampler_logprobs: jax.Array  # [batch, R] the sampler's log-probs of the response tokens
     scores: jax.Array  # [batch] the shaped sequence reward
     truncated: jax.Array  # [batch] float32: 1.0 where the response has no EOS
+    # What an estimator reads besides the scores (``Estimator.reads``); None when none does.
+    correct: jax.Array | None = None  # [batch] float32: I(o), 1.0 where the answer is correct
+    step_rewards: jax.Array | None = None  # [batch, S] float32: each step's reward
+    step_ends: jax.Array | None = None  # [batch, S] int32: the token a step ends at, -1: none
 
 
 @struct.dataclass

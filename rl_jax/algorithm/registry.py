@@ -32,7 +32,10 @@ Metrics = dict[str, jax.Array]
 
 # --- Advantage estimators -------------------------------------------------------------------------
 # (settings, scores [batch], response_mask [batch, R], values [batch, R] | None,
-#  token_kl [batch, R] | None, kl_coef) -> (advantages [batch, R], returns [batch, R] | None)
+#  token_kl [batch, R] | None, kl_coef, rollout: RolloutBatch)
+#   -> (advantages [batch, R], returns [batch, R] | None)
+# ``rollout`` carries what an estimator reads besides the scores (``Estimator.reads``): the
+# correctness indicator, or the per-step rewards.
 
 
 def _token_rewards(settings, scores, mask, token_kl, kl_coef) -> jax.Array:
@@ -45,31 +48,42 @@ def _token_rewards(settings, scores, mask, token_kl, kl_coef) -> jax.Array:
     return rewards
 
 
-def _gae(settings, scores, mask, values, token_kl, kl_coef):
+def _gae(settings, scores, mask, values, token_kl, kl_coef, rollout):
     rewards = _token_rewards(settings, scores, mask, token_kl, kl_coef)
     return rl_jax.gae(rewards, values, mask, gamma=settings.gamma, lam=settings.lam)
 
 
-def _reinforce_pp(settings, scores, mask, values, token_kl, kl_coef):
+def _reinforce_pp(settings, scores, mask, values, token_kl, kl_coef, rollout):
     rewards = _token_rewards(settings, scores, mask, token_kl, kl_coef)
     adv, _ = rl_jax.gae(rewards, jnp.zeros_like(mask), mask, gamma=settings.gamma, lam=1.0)
     return rl_jax.whiten(adv, mask), None
 
 
-def _grpo(settings, scores, mask, values, token_kl, kl_coef):
+def _grpo(settings, scores, mask, values, token_kl, kl_coef, rollout):
     return rl_jax.group_advantages(scores, settings.group_size, scale="group")[:, None] * mask, None
 
 
-def _dr_grpo(settings, scores, mask, values, token_kl, kl_coef):
+def _dr_grpo(settings, scores, mask, values, token_kl, kl_coef, rollout):
     return rl_jax.group_advantages(scores, settings.group_size, scale="none")[:, None] * mask, None
 
 
-def _rloo(settings, scores, mask, values, token_kl, kl_coef):
+def _rloo(settings, scores, mask, values, token_kl, kl_coef, rollout):
     return rl_jax.rloo_advantages(scores, settings.group_size)[:, None] * mask, None
 
 
-def _reinforce_pp_baseline(settings, scores, mask, values, token_kl, kl_coef):
+def _reinforce_pp_baseline(settings, scores, mask, values, token_kl, kl_coef, rollout):
     return rl_jax.reinforce_pp_baseline_advantages(scores, mask, settings.group_size), None
+
+
+def _rft(settings, scores, mask, values, token_kl, kl_coef, rollout):
+    return rl_jax.rft_gradient_coefficient(rollout.correct, mask), None
+
+
+def _grpo_process(settings, scores, mask, values, token_kl, kl_coef, rollout):
+    advantages = rl_jax.process_advantages(
+        rollout.step_rewards, rollout.step_ends, mask, settings.group_size
+    )
+    return advantages, None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +94,12 @@ class Estimator:
     grouped: its baseline comes from the other responses of a prompt (``group_size >= 2``).
     whitens: it whitens its own output, so ``rl.whiten_advantages`` does not apply.
     uses_token_rewards: it reads per-token rewards, so ``kl.in_reward`` can act on it.
+    reads: what its coefficient is made of: ``"scores"`` (the shaped sequence scores),
+      ``"correct"`` (the correctness indicator ``I(o)`` of ``rewards.correctness``, unshaped) or
+      ``"steps"`` (per-step rewards from ``rl.step_rewards``).
+    sampler: the policy its responses are drawn from: ``"policy"`` (the one being trained) or
+      ``"reference"`` (the initial policy, frozen: RFT's offline data).
+    policy_loss: the one ``loss.policy_loss`` it is defined with (None: any).
     """
 
     fn: Callable[..., tuple[jax.Array, jax.Array | None]]
@@ -87,6 +107,9 @@ class Estimator:
     grouped: bool = False
     whitens: bool = False
     uses_token_rewards: bool = False
+    reads: str = "scores"
+    sampler: str = "policy"
+    policy_loss: str | None = None
 
 
 ESTIMATORS: dict[str, Estimator] = {
@@ -96,6 +119,12 @@ ESTIMATORS: dict[str, Estimator] = {
     "rloo": Estimator(_rloo, grouped=True),
     "reinforce_pp": Estimator(_reinforce_pp, whitens=True, uses_token_rewards=True),
     "reinforce_pp_baseline": Estimator(_reinforce_pp_baseline, grouped=True, whitens=True),
+    # DeepSeekMath's unified paradigm (§5.2): SFT on the correct responses, sampled from the
+    # frozen initial policy (RFT) or from the current one (Online RFT); GC = I(o).
+    "rft": Estimator(_rft, reads="correct", sampler="reference", policy_loss="likelihood"),
+    "online_rft": Estimator(_rft, reads="correct", policy_loss="likelihood"),
+    # GRPO with process supervision (§4.1.3): step rewards normalised over the group.
+    "grpo_process": Estimator(_grpo_process, grouped=True, reads="steps"),
 }
 
 
@@ -131,6 +160,10 @@ def _clip_cov(s, logprobs, old_logprobs, adv, mask, key):
                                 cov_upper=s.cov_upper, **_agg(s))
 
 
+def _likelihood(s, logprobs, old_logprobs, adv, mask, key):
+    return rl_jax.likelihood_loss(logprobs, old_logprobs, adv, mask, **_agg(s))
+
+
 def _kl_cov(s, logprobs, old_logprobs, adv, mask, key):
     return rl_jax.kl_cov_loss(logprobs, old_logprobs, adv, mask, kl_ratio=s.cov_ratio,
                               kl_coef=s.kl_cov_coef, **_agg(s))
@@ -155,6 +188,7 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {
     "gmpo": PolicyLoss(_gmpo, uses_agg=False),
     "clip_cov": PolicyLoss(_clip_cov, needs_key=True),
     "kl_cov": PolicyLoss(_kl_cov),
+    "likelihood": PolicyLoss(_likelihood),
     "sapo": PolicyLoss(lambda s, logprobs, old_logprobs, adv, mask, key: rl_jax.losses.sapo_loss(
         logprobs, old_logprobs, adv, mask, tau_pos=s.sapo_tau_pos, tau_neg=s.sapo_tau_neg,
         **_agg(s))),

@@ -84,6 +84,11 @@ class RLSettings:
         return ESTIMATORS[self.estimator].critic
 
     @property
+    def samples_from_reference(self) -> bool:
+        """Responses are drawn from the initial (reference) policy, not the trained one (RFT)."""
+        return ESTIMATORS[self.estimator].sampler == "reference"
+
+    @property
     def needs_reference(self) -> bool:
         return self.kl_loss_coef > 0 or self.kl_in_reward
 

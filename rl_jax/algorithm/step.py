@@ -145,17 +145,20 @@ def advantages_and_returns(
     values: jax.Array | None,
     token_kl: jax.Array | None,
     kl_coef: jax.Array,
+    rollout: RolloutBatch | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Advantages ``[batch, R]`` (and returns for a critic) by the configured estimator.
 
     ``scores`` ``[batch]`` is the sequence reward, placed on the last real token; ``token_kl``
     ``[batch, R]`` (k1 to the reference) is subtracted from the token rewards when
-    ``kl_in_reward``.
+    ``kl_in_reward``. ``rollout`` gives an estimator that reads the correctness indicator or the
+    step rewards (``Estimator.reads``) its arrays.
     """
     estimator = ESTIMATORS[settings.estimator]
     if settings.whiten_rewards:
         scores = rl_jax.whiten(scores, jnp.ones_like(scores), shift_mean=False)
-    adv, returns = estimator.fn(settings, scores, response_mask, values, token_kl, kl_coef)
+    adv, returns = estimator.fn(settings, scores, response_mask, values, token_kl, kl_coef,
+                                rollout)
     if settings.whiten_advantages and not estimator.whitens:
         adv = rl_jax.whiten(adv, response_mask)
     return adv, returns
@@ -241,7 +244,7 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
             values = critic_values(value_graphdef, params["value"], tokens, mask, response_len,
                                    settings.shared_group)
         adv, returns = advantages_and_returns(
-            settings, batch.scores, response_mask, values, token_kl, kl_coef
+            settings, batch.scores, response_mask, values, token_kl, kl_coef, batch
         )
         loss_mask = policy_mask = None  # the response mask
         if settings.is_correction != NO_CORRECTION:

@@ -37,8 +37,10 @@ from rl_jax.data.scratchpad import (
     ScratchpadAdditionTask,
     column_notes,
     final_answer,
+    gold_steps,
 )
 from rl_jax.data.sorting import SORTING_FORMAT, SortingTask
+from rl_jax.data.steps import STEP_CHECKERS, StepChecker, step_arrays, step_token_ends
 from rl_jax.data.word_arithmetic import WORD_ARITHMETIC_FORMAT, WordArithmeticTask
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "PREFERENCE_FORMATS",
     "SCRATCHPAD_FORMAT",
     "SORTING_FORMAT",
+    "STEP_CHECKERS",
     "TASKS",
     "WORD_ARITHMETIC_FORMAT",
     "ArithmeticTask",
@@ -64,6 +67,7 @@ __all__ = [
     "Preference",
     "ScratchpadAdditionTask",
     "SortingTask",
+    "StepChecker",
     "Task",
     "WordArithmeticTask",
     "check_preference",
@@ -75,6 +79,7 @@ __all__ = [
     "gold_ranks",
     "evaluate_expression",
     "final_answer",
+    "gold_steps",
     "is_countdown_solution",
     "load_countdown",
     "load_gsm8k",
@@ -83,6 +88,8 @@ __all__ = [
     "make_task",
     "read_jsonl",
     "solve_countdown",
+    "step_arrays",
+    "step_token_ends",
     "split_hh_dialogue",
     "strip_annotations",
     "train_rng",

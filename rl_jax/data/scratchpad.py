@@ -14,6 +14,9 @@ next column's carry), so a longer response may be a more accurate one, but nothi
 asks for any length: how much to write is the policy's choice. SFT targets draw the number of
 notes uniformly from 0 to the number of columns, so the policy starts with a spread of lengths
 for RL to move (Dr. GRPO, Liu et al. 2025, §3).
+
+Steps (process supervision): each note, with the separator after it, is a step, and the answer is
+the last; ``gold_steps`` checks each against the true working.
 """
 
 from __future__ import annotations
@@ -79,3 +82,28 @@ class ScratchpadAdditionTask(GeneratedTask):
         target = ",".join(notes[:k]) + SCRATCHPAD_SEPARATOR + answer if k else answer
         info = {"operands": (a, b), "notes": tuple(notes), "format": SCRATCHPAD_FORMAT}
         return Example(prompt=f"{a}+{b}=", target=target, answer=answer, info=info)
+
+
+def gold_steps(completion: str, example: Example) -> list[tuple[int, float]]:
+    """The steps of a scratchpad completion and their gold rewards: ``[(end, reward), ...]``.
+
+    Step ``j < k`` is note ``j`` with the separator after it (``","`` or ``">"``); ``end`` is the
+    separator's character index, and ``reward`` is 1.0 when the note equals the true column sum
+    ``example.info["notes"][j]`` (a note past the last column is wrong). The last step is the
+    answer: it ends at the completion's last character and is rewarded 1.0 when
+    ``final_answer(completion) == example.answer``. ``"15,13>531"`` for ``58+67``: notes 15 (right)
+    and 13 (wrong), answer wrong: ``[(2, 1.0), (5, 0.0), (8, 0.0)]``. An empty completion has no
+    step.
+    """
+    if not completion:
+        return []
+    gold = example.info["notes"]
+    steps, start = [], 0
+    separator = completion.rfind(SCRATCHPAD_SEPARATOR)
+    if separator >= 0:
+        for j, note in enumerate(completion[:separator].split(",")):
+            end = start + len(note)
+            steps.append((end, float(j < len(gold) and note.strip() == gold[j])))
+            start = end + 1
+    steps.append((len(completion) - 1, float(final_answer(completion) == example.answer)))
+    return steps

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 import rl_jax
-from rl_jax import models, parallel, rewards
+from rl_jax import data, models, parallel, rewards
 from rl_jax.algorithm import RolloutBatch, build_rl_step, shape_scores
 from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
@@ -47,9 +47,14 @@ class Round:
     correct: np.ndarray
     truncated: np.ndarray  # [rows] bool: no EOS (hit max_new_tokens), see missing_eos
     texts: list[str]
+    # With rl.step_rewards: each step's reward and end token ([rows, max_new_tokens]; -1: none).
+    step_rewards: np.ndarray | None = None
+    step_ends: np.ndarray | None = None
 
     def rows(self, index: np.ndarray) -> Round:
         def take(x):
+            if x is None:
+                return None
             if isinstance(x, dict):
                 return {k: v[index] for k, v in x.items()}
             return [x[i] for i in index] if isinstance(x, list) else x[index]
@@ -78,6 +83,31 @@ def shuffle_scores(scores: np.ndarray, seed: int, position: int) -> np.ndarray:
     """
     perm = np.random.default_rng([seed, position, SHUFFLE_STREAM]).permutation(len(scores))
     return scores[perm]
+
+
+def token_text_ends(tokenizer, response_tokens: np.ndarray, response_mask: np.ndarray,
+                    eos_ids) -> list[np.ndarray]:
+    """Per response, ``[n]``: the length of the text its first ``t + 1`` non-EOS tokens decode
+    to (``decode_responses``' text), for mapping characters to tokens."""
+    eos = set(eos_ids)
+    ends = []
+    for row, row_mask in zip(np.asarray(response_tokens), np.asarray(response_mask), strict=True):
+        ids = [int(t) for t, m in zip(row, row_mask, strict=True) if m and int(t) not in eos]
+        prefixes = tokenizer.batch_decode([ids[: t + 1] for t in range(len(ids))],
+                                          skip_special_tokens=False)
+        ends.append(np.array([len(p) for p in prefixes], np.int64))
+    return ends
+
+
+def gold_step_rewards(ctx: Context, settings: RolloutSettings, out, texts: list[str],
+                      examples: list) -> tuple[np.ndarray, np.ndarray]:
+    """``(step_rewards, step_ends)`` ``[rows, max_new_tokens]`` of the responses, from the task's
+    gold step checker (``rl_jax.data.steps``)."""
+    steps = [settings.step_checker(text, ex) for text, ex in zip(texts, examples, strict=True)]
+    response_mask = np.asarray(out.response_mask)
+    text_ends = token_text_ends(ctx.tokenizer, out.response_tokens, response_mask, ctx.eos_ids)
+    lengths = response_mask.sum(1).astype(np.int64)
+    return data.step_arrays(steps, text_ends, lengths, response_mask.shape[1])
 
 
 def score_responses(
@@ -143,8 +173,13 @@ def sample_round(
     scores = shape_scores(settings.shaping, total, lengths, truncated)
     if settings.shuffle_rewards:
         scores = shuffle_scores(scores, settings.seed, position)
+    steps = {}
+    if settings.step_checker is not None:
+        steps = dict(zip(("step_rewards", "step_ends"),
+                         gold_step_rewards(ctx, settings, out, texts, repeated), strict=True))
     scoring_seconds = time.perf_counter() - start
     round_ = Round(
+        **steps,
         prompt_tokens=np.asarray(out.prompt_tokens),
         prompt_mask=np.asarray(out.prompt_mask),
         response_tokens=np.asarray(out.response_tokens),
@@ -170,6 +205,8 @@ def _concat(rounds: list[Round], pad_id: int) -> Round:
                      for x in parts]
         if name == "rewards":
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if parts[0] is None:
+            return None
         return sum(parts, []) if name == "texts" else np.concatenate(parts)
 
     names = [f.name for f in dataclasses.fields(Round)]
@@ -244,7 +281,8 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
     over every process's rows of it (``parallel.gather_rows``).
 
     ``length_incorrect``: the mean response length (tokens, EOS included) of the rows with
-    ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise.
+    ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise. With step
+    rewards, ``step_reward`` (the mean over all steps) and ``steps`` (per response).
     """
     lengths = parallel.gather_rows(batch.response_mask.sum(1).astype(np.float32))
     correct_values = parallel.gather_rows(batch.correct)
@@ -262,6 +300,10 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
         "truncated": mean(parallel.gather_rows(batch.truncated.astype(np.float32))),
     }
     metrics.update({f"reward/{k}": mean(parallel.gather_rows(v)) for k, v in batch.rewards.items()})
+    if batch.step_rewards is not None:  # the share of right steps, and steps per response
+        ends = parallel.gather_rows(batch.step_ends)
+        metrics["step_reward"] = mean(parallel.gather_rows(batch.step_rewards)[ends >= 0])
+        metrics["steps"] = float(np.mean((ends >= 0).sum(1)))
     return metrics
 
 
@@ -274,6 +316,9 @@ def device_batch(batch: Round) -> RolloutBatch:
         sampler_logprobs=batch.sampler_logprobs.astype(np.float32),
         scores=batch.scores.astype(np.float32),
         truncated=batch.truncated.astype(np.float32),
+        correct=batch.correct.astype(np.float32),
+        step_rewards=None if batch.step_rewards is None else batch.step_rewards.astype(np.float32),
+        step_ends=None if batch.step_ends is None else batch.step_ends.astype(np.int32),
     )
 
 
@@ -329,7 +374,7 @@ def run_rl(
     params, value_graphdef = init_params(ctx, policy_params, settings, reward_model)
     state, sharding = init_state(params, tx, mesh)
     ref_params = None
-    if algorithm.needs_reference and not lora:
+    if (algorithm.needs_reference or algorithm.samples_from_reference) and not lora:
         ref_params = jax.device_put(
             jax.tree.map(jnp.copy, policy_params), parallel.param_sharding(policy_params, mesh)
         )
@@ -345,14 +390,19 @@ def run_rl(
         """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
         t0 = time.perf_counter()
         key = stage_key(settings.seed, "rl", step)
+        # RFT's data source is the initial policy, frozen; every other estimator samples the
+        # policy being trained.
+        sampling_params = state.params["policy"]
+        if algorithm.samples_from_reference:
+            sampling_params = models.adapters_off(sampling_params) if lora else ref_params
         rollout, position, metrics = collect(
-            ctx, settings.rollout, state.params["policy"], host["position"], key, reward_model
+            ctx, settings.rollout, sampling_params, host["position"], key, reward_model
         )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
         latest[:] = [rollout]
         arrays = parallel.shard_batch(device_batch(rollout), mesh)
         kl_coef = host["kl_coef"]
-        reference = ref_params
+        reference = ref_params if algorithm.needs_reference else None
         if algorithm.needs_reference and lora:
             reference = models.adapters_off(state.params["policy"])
         train_batch, prep_metrics = rl_step.prepare(
