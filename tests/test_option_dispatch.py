@@ -253,6 +253,8 @@ def _check_loss_uncached(config):
     expected, d_logprobs = jax.value_and_grad(lambda lp: _pure_total_loss(config, lp, fields))(
         logprobs)
     _assert_close(loss, expected, "loss")
+    _assert_close(metrics["policy_loss"], _pure_policy_loss(config, logprobs, fields),
+                  "the policy_loss metric")
     expected_grads = w.vjp(w.new_params, d_logprobs)
     _assert_tree_close(grads["policy"], expected_grads)
     return np.array([float(loss), float(optax.tree.norm(grads))])
@@ -307,6 +309,14 @@ def test_the_aggregations_differ():
 @pytest.mark.parametrize("estimator", typing.get_args(KLEstimator))
 def test_kl_loss_term_with_each_estimator(estimator):
     _check_loss(_config(**{"kl.coef": 0.5, "kl.estimator": estimator}))
+
+
+@pytest.mark.parametrize("agg", rl_jax.AGG_MODES)
+def test_kl_loss_term_with_each_aggregation(agg):
+    # The term reads loss.agg and the length budget; a budget wider than the batch's responses
+    # shows whether seq-mean-token-sum-norm divides by the budget, not by the batch's width.
+    width = tiny_config().rollout.max_new_tokens
+    _check_loss(_config(**{"kl.coef": 0.5, "loss.agg": agg, "rollout.max_new_tokens": width + 5}))
 
 
 def test_the_kl_estimators_differ_and_the_kl_term_counts():
@@ -392,6 +402,27 @@ def test_each_estimator_prepares_its_own_advantages(estimator):
     _, _, out, expected = _prepare_advantages(**_estimator(estimator))
     _assert_close(out.advantages, expected, estimator)
     assert (out.returns is not None) == (estimator == "gae")
+
+
+def test_whiten_advantages_reaches_prepare():
+    _, _, out, expected = _prepare_advantages(**{"rl.whiten_advantages": True})
+    mask = _world().batch["response_mask"]
+    _assert_close(out.advantages, rl_jax.whiten(expected, mask), "whitened advantages")
+    assert not np.allclose(out.advantages, expected, atol=1e-3)
+
+
+def test_whiten_rewards_reaches_prepare():
+    # dr_grpo (no std scaling) shows the scores' scale: whitened without the mean shift.
+    overrides = {"rl.estimator": "dr_grpo", "rl.whiten_rewards": True}
+    _, _, out, _ = _prepare_advantages(**overrides)
+    config, w = _config(**overrides), _world()
+    scores = np.asarray(rl_jax.whiten(w.batch["scores"], np.ones_like(w.batch["scores"]),
+                                      shift_mean=False))
+    expected = rl_jax.group_advantages(scores, config.rl.group_size, scale="none")
+    mask = w.batch["response_mask"]
+    _assert_close(out.advantages, np.asarray(expected)[:, None] * mask, "whitened rewards")
+    _, _, plain, _ = _prepare_advantages(**{"rl.estimator": "dr_grpo"})
+    assert not np.allclose(out.advantages, plain.advantages, atol=1e-3)
 
 
 def test_the_estimators_give_different_advantages():
