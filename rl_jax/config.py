@@ -168,6 +168,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.eos_trick = False  # PPO: a response without EOS scores missing_eos_score
     c.rl.missing_eos_score = -1.0
     c.rl.critic_init = "policy"  # gae: the critic starts from the "policy" or the "reward_model"
+    # Shared-prefix forward (rl_jax.models.prefix): each prompt runs once for its group_size
+    # responses in prepare, the update and the reference (and the critic); the update then
+    # shuffles whole groups into minibatches. Needs group_size >= 2.
+    c.rl.shared_prefix = False
     c.rl.optim = optim_config(lr=3e-4)
     # Divergence guard: stop the run (before the step is checkpointed) when a step's approx_kl,
     # the k3 estimate of KL(pi_old || pi) between the rollout policy and the policy being updated,
@@ -406,6 +410,7 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     choice("rl.estimator", ESTIMATORS)
     choice("rl.critic_init", ("policy", "reward_model"))
     choice("rl.overlong_filter", (False, True))
+    choice("rl.shared_prefix", (False, True))
     choice("loss.agg", AGG_MODES)
     choice("loss.ratio_level", ("token", "sequence", "sequence-token"))
     choice("loss.policy_loss", POLICY_LOSSES)
@@ -452,6 +457,8 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     elif rl.num_minibatches >= 1:  # each minibatch is split over the devices too
         divides("rl.num_minibatches", rows // rl.num_minibatches,
                 "the rows of a minibatch, rl.num_prompts * rl.group_size / rl.num_minibatches,")
+    if rl.shared_prefix is True:
+        _check_shared_prefix(rl, divides, bad)
     _check_estimator(config, choice, bad)
     token_rewards = [name for name, e in algorithm.ESTIMATORS.items() if e.uses_token_rewards]
     if kl.in_reward and kl.coef > 0 and rl.estimator not in token_rewards:
@@ -466,6 +473,21 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     if not len(config.rewards.weights) and not config.rewards.model_weight:
         bad("rewards.weights", {}, "at least one reward (or rewards.model_weight > 0)")
     _check_optim(config, "rl.optim", at_least, bad)
+
+
+def _check_shared_prefix(rl, divides, bad) -> None:
+    """A shared prompt needs a group to share it over, and whole groups in every minibatch and
+    on every device (a group's rows are contiguous; its prompt is computed where they are)."""
+    if rl.group_size < 2:
+        bad("rl.shared_prefix", True, f"False with rl.group_size = {rl.group_size} (a prompt is "
+            "shared by the group_size >= 2 responses of its group)")
+    elif rl.num_minibatches < 1 or rl.num_prompts % rl.num_minibatches:
+        bad("rl.num_minibatches", rl.num_minibatches, f"a divisor of rl.num_prompts = "
+            f"{rl.num_prompts} with rl.shared_prefix=True (a minibatch holds whole groups)")
+    else:
+        divides("rl.num_minibatches", rl.num_prompts // rl.num_minibatches,
+                "the prompts of a minibatch (whole groups on each device with "
+                "rl.shared_prefix=True), rl.num_prompts / rl.num_minibatches,")
 
 
 def _check_estimator(config, choice, bad) -> None:

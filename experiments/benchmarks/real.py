@@ -14,6 +14,8 @@ TRL, side by side in one process, alternating, median of --repeats.
     whole batch) against TRL's ``GRPOTrainer`` (one generation batch, one optimizer step) on the
     same model, prompts, group size and completion length (min = max new tokens, so both train on
     the same number of tokens), no KL term on either side; each side's time split.
+    ``--shared_prefix=both`` adds rl_jax's shared-prefix step (``rl.shared_prefix``), alternating
+    with the plain one; ``--torch_threads=`` (empty) leaves TRL out.
 (c) Train-step MFU: ``6 * params * tokens / update seconds`` against this CPU's float32 matmul rate,
     measured here (``jnp.dot`` of 2048 x 2048 float32 matrices, median of 5).
 
@@ -46,6 +48,9 @@ _THREADS = flags.DEFINE_list("torch_threads", ["1", "2"], "torch thread counts t
 _PROMPTS = flags.DEFINE_integer("num_prompts", 8, "GRPO: prompts per step.")
 _GROUP = flags.DEFINE_integer("group_size", 8, "GRPO: samples per prompt.")
 _STEP_NEW = flags.DEFINE_integer("step_new_tokens", 64, "GRPO: completion tokens per sample.")
+_SHARED = flags.DEFINE_enum("shared_prefix", "off", ["off", "on", "both"],
+                            "GRPO: rl_jax's step with rl.shared_prefix (each prompt's forward "
+                            "once per group); both: the plain and the shared step alternately.")
 _PARTS = flags.DEFINE_list("parts", ["compile", "sampling", "grpo", "matmul"], "What to run.")
 _PROBE = flags.DEFINE_string("compile_probe", "", "internal: time one first call with this cache.")
 
@@ -174,7 +179,7 @@ class RlJaxStep:
     """rl_jax's GRPO step, as the RL loop runs it: sample, score on the host, ``prepare`` (old
     log-probs, advantages), ``update`` (one AdamW step over the whole batch)."""
 
-    def __init__(self, model, tokenizer, prompts, answers):
+    def __init__(self, model, tokenizer, prompts, answers, shared_prefix: bool = False):
         import jax
         import jax.numpy as jnp
         import optax
@@ -192,11 +197,11 @@ class RlJaxStep:
         settings = dataclasses.replace(
             RLSettings.from_config(default_config()),
             estimator="grpo", group_size=_GROUP.value, temperature=1.0, kl_loss_coef=0.0,
-            max_len=_STEP_NEW.value, num_minibatches=1,
+            max_len=_STEP_NEW.value, num_minibatches=1, shared_prefix=shared_prefix,
         )
         tx = optax.adamw(1e-6)
         self.mesh = parallel.make_mesh()
-        policy = {"policy": params}
+        policy = {"policy": jax.tree.map(jnp.copy, params)}  # its own: update donates it
         state = TrainState(jnp.zeros((), jnp.int32), policy, tx.init(policy))
         sharding = parallel.param_sharding(state, self.mesh)
         self.state = jax.device_put(state, sharding)
@@ -379,7 +384,7 @@ def main(argv):
                f"{time.perf_counter() - start:.1f} s")
 
     hf_model = hf_tokenizer = None
-    if "sampling" in parts or "grpo" in parts:
+    if "sampling" in parts or ("grpo" in parts and _THREADS.value):
         start = time.perf_counter()
         hf_model, hf_tokenizer = load_hf()
         report(f"load GGUF, transformers (dequantised by transformers): "
@@ -423,27 +428,45 @@ def main(argv):
                 tokenize=False), add_special_tokens=False)
             for ex in examples
         ]
-        ours = RlJaxStep(model, tokenizer, prompts, examples)
-        start = time.perf_counter()
-        ours()  # compiles
-        report(f"  rl_jax first step (compiles): {time.perf_counter() - start:.1f} s")
+        variants = {"off": (False,), "on": (True,), "both": (False, True)}[_SHARED.value]
+        steps = {shared: RlJaxStep(model, tokenizer, prompts, examples, shared_prefix=shared)
+                 for shared in variants}
+        ours = steps[variants[0]]
+        for shared, step in steps.items():
+            start = time.perf_counter()
+            step()  # compiles
+            report(f"  rl_jax{' (shared prefix)' * shared} first step (compiles): "
+                   f"{time.perf_counter() - start:.1f} s")
         best_threads = None
         trl_runs: dict[str, list] = {}
         with tempfile.TemporaryDirectory() as workdir:
-            trl = TrlStep(hf_model.train(), hf_tokenizer, examples, workdir)
+            trl = TrlStep(hf_model.train(), hf_tokenizer, examples, workdir) if (
+                _THREADS.value) else None
             for t in _THREADS.value:  # a warm-up step with each thread setting
                 torch.set_num_threads(int(t))
                 trl.run(1)
-            ours_runs = []
-            for _ in range(_REPEATS.value):
-                ours_runs.append(ours())
+            runs = {shared: [] for shared in variants}
+            for repeat in range(_REPEATS.value):
+                for shared in variants if repeat % 2 == 0 else variants[::-1]:
+                    runs[shared].append(steps[shared]())
                 for t in _THREADS.value:
                     torch.set_num_threads(int(t))
                     trl_runs.setdefault(t, []).extend(trl.run(1))
-        med = {k: statistics.median(r[k] for r in ours_runs) for k in ours_runs[0]}
         tokens = _PROMPTS.value * _GROUP.value * _STEP_NEW.value
-        report(f"  rl_jax: {med['total']:.2f} s a step ({tokens / med['total']:,.0f} completion "
-               "tokens/s): " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items() if k != "total"))
+        meds = {}
+        for shared, shared_runs in runs.items():
+            meds[shared] = {k: statistics.median(r[k] for r in shared_runs)
+                            for k in shared_runs[0]}
+            med = meds[shared]
+            report(f"  rl_jax{' (shared prefix)' * shared}: {med['total']:.2f} s a step "
+                   f"({tokens / med['total']:,.0f} completion tokens/s): " + ", ".join(
+                       f"{k} {v:.2f} s" for k, v in med.items() if k != "total"))
+        med = meds[variants[0]]
+        if len(variants) == 2:
+            prompt_len = len(max(prompts, key=len))
+            report(f"  shared prefix: prompts of {prompt_len} tokens at most; update "
+                   f"{med['update'] / meds[True]['update']:.2f}x, whole step "
+                   f"{med['total'] / meds[True]['total']:.2f}x faster than the plain step")
         trl_best = None
         for t, runs in trl_runs.items():
             tmed = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -452,8 +475,9 @@ def main(argv):
                        f"{k} {v:.2f} s" for k, v in tmed.items() if k != "total"))
             if trl_best is None or tmed["total"] < trl_best:
                 trl_best, best_threads = tmed["total"], t
-        report(f"  speed-up of the whole step (best TRL, {best_threads} thread(s)): "
-               f"{trl_best / med['total']:.2f}x")
+        if trl_best is not None:
+            report(f"  speed-up of the whole step (best TRL, {best_threads} thread(s)): "
+                   f"{trl_best / med['total']:.2f}x")
         if gflops:
             flops = 6 * ours.num_params * ours.tokens
             rate = flops / med["update"] / 1e9

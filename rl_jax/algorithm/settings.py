@@ -56,6 +56,18 @@ class RLSettings:
     # Response positions per LM-head chunk (rl_jax.chunked): the live logits are
     # [batch, logits_chunk, vocab] float32. 0: the full [batch, P + R, vocab] logits at once.
     logits_chunk: int
+    # Each group's prompt runs once in every forward (rl_jax.models.prefix); the update then
+    # shuffles whole groups. Needs group_size >= 2 and the rows of a group contiguous.
+    shared_prefix: bool
+
+    def __post_init__(self):
+        if self.shared_prefix and self.group_size < 2:
+            raise ValueError(f"shared_prefix needs group_size >= 2, got {self.group_size}")
+
+    @property
+    def shared_group(self) -> int:
+        """The group size the forward shares a prompt over (0: every row runs its prompt)."""
+        return self.group_size if self.shared_prefix else 0
 
     @property
     def single_pass(self) -> bool:
@@ -122,4 +134,5 @@ class RLSettings:
             num_minibatches=rl.num_minibatches,
             seed=config.seed,
             logits_chunk=config.model.logits_chunk,
+            shared_prefix=rl.shared_prefix,
         )

@@ -25,7 +25,7 @@ from rl_jax import models, parallel
 from rl_jax.algorithm.batch import RolloutBatch, TrainBatch
 from rl_jax.algorithm.registry import ESTIMATORS, IS_CORRECTIONS, NO_CORRECTION, POLICY_LOSSES
 from rl_jax.algorithm.settings import RLSettings
-from rl_jax.chunked import chunked_token_stats
+from rl_jax.chunked import chunked_token_stats, head_logits
 from rl_jax.train_state import Metrics, TrainState, optimizer_step
 
 
@@ -40,6 +40,21 @@ def policy_logits(graphdef: nnx.GraphDef, params, tokens, mask, response_len: in
     return _response_part(logits, response_len)
 
 
+def split_prompts(
+    tokens: jax.Array, mask: jax.Array, response_len: int, group_size: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The shared-prefix layout of rows ``[n * G, P + R]`` whose groups of ``G`` contiguous rows
+    share a prompt: ``(prompt_tokens [n, P], prompt_mask [n, P], response_tokens [n * G, R],
+    response_mask [n * G, R])``, each prompt read from its group's first row."""
+    rows, width = tokens.shape
+    prompt_len = width - response_len
+
+    def prompts(x):
+        return x.reshape(rows // group_size, group_size, width)[:, 0, :prompt_len]
+
+    return prompts(tokens), prompts(mask), tokens[:, prompt_len:], mask[:, prompt_len:]
+
+
 def policy_token_stats(
     graphdef: nnx.GraphDef,
     params,
@@ -50,6 +65,7 @@ def policy_token_stats(
     temperature: float,
     logits_chunk: int,
     with_entropy: bool = False,
+    shared_group: int = 0,
 ) -> tuple[jax.Array, jax.Array | None]:
     """``(logprobs, entropy)`` ``[batch, R]`` of the response tokens under ``softmax(logits / T)``.
 
@@ -58,19 +74,29 @@ def policy_token_stats(
     array exists, forward or backward. ``logits_chunk = 0`` takes the full logits
     (``policy_logits``), equal numbers. The entropy (None unless ``with_entropy``) is a metric:
     no gradient.
+
+    With ``shared_group = G > 0`` the rows are groups of ``G`` sharing a prompt and the forward
+    runs each prompt once (``models.apply_lm_shared_prefix``); the head then sees only the ``R``
+    predicting positions whatever ``logits_chunk``.
     """
     response_tokens = tokens[:, -response_len:]
-    if logits_chunk <= 0:
+    if shared_group:
+        hidden, head, vocab_major = models.apply_lm_shared_prefix(
+            graphdef, params, *split_prompts(tokens, mask, response_len, shared_group)
+        )
+        if logits_chunk <= 0:
+            logits = head_logits(hidden, head, vocab_major=vocab_major)
+            return _stats_from_logits(logits, response_tokens, temperature, with_entropy)
+    elif logits_chunk <= 0:
         logits = policy_logits(graphdef, params, tokens, mask, response_len)
-        logprobs = rl_jax.token_logprobs(logits, response_tokens, temperature=temperature)
-        if not with_entropy:
-            return logprobs, None
-        return logprobs, rl_jax.entropy(jax.lax.stop_gradient(logits) / temperature)
-    hidden, head, vocab_major = models.apply_lm_hidden(
-        graphdef, params, tokens, models.positions_from_mask(mask), mask
-    )
+        return _stats_from_logits(logits, response_tokens, temperature, with_entropy)
+    else:
+        hidden, head, vocab_major = models.apply_lm_hidden(
+            graphdef, params, tokens, models.positions_from_mask(mask), mask
+        )
+        hidden = _response_part(hidden, response_len)
     return chunked_token_stats(
-        _response_part(hidden, response_len),
+        hidden,
         head,
         response_tokens,
         vocab_major=vocab_major,
@@ -80,10 +106,36 @@ def policy_token_stats(
     )
 
 
-def critic_values(graphdef: nnx.GraphDef, params, tokens, mask, response_len: int) -> jax.Array:
-    """``[batch, R]`` values V(s_t) of the states before each response token."""
+def _stats_from_logits(logits, response_tokens, temperature, with_entropy):
+    logprobs = rl_jax.token_logprobs(logits, response_tokens, temperature=temperature)
+    if not with_entropy:
+        return logprobs, None
+    return logprobs, rl_jax.entropy(jax.lax.stop_gradient(logits) / temperature)
+
+
+def critic_values(
+    graphdef: nnx.GraphDef, params, tokens, mask, response_len: int, shared_group: int = 0
+) -> jax.Array:
+    """``[batch, R]`` values V(s_t) of the states before each response token (with
+    ``shared_group = G > 0``, each group's prompt computed once, as in ``policy_token_stats``)."""
+    if shared_group:
+        return models.apply_values_shared_prefix(
+            graphdef, params, *split_prompts(tokens, mask, response_len, shared_group)
+        )
     critic = nnx.merge(graphdef, params)
     return _response_part(critic(tokens, models.positions_from_mask(mask), mask), response_len)
+
+
+def group_rows(batch: TrainBatch, group_size: int) -> TrainBatch:
+    """Every per-row leaf ``[n * G, ...]`` of ``batch`` as ``[n, G, ...]``: the shared-prefix
+    layout, whose leading axis (what ``update`` shuffles and splits over devices) is the prompt."""
+    return jax.tree.map(lambda x: x.reshape(-1, group_size, *x.shape[1:]), batch)
+
+
+def ungroup_rows(batch: TrainBatch) -> TrainBatch:
+    """The inverse of ``group_rows`` (a minibatch's PRNG key, not a row leaf, is kept as is)."""
+    rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch.replace(loss_key=None))
+    return rows.replace(loss_key=batch.loss_key)
 
 
 def advantages_and_returns(
@@ -156,12 +208,17 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
     Recomputes the old log-probs with the trainer's own forward pass (unless
     ``settings.single_pass``; the sampler's are kept for the mismatch metric and truncated
     importance sampling), the reference log-probs, the values and the advantages.
+
+    With ``settings.shared_prefix`` every forward runs each group's prompt once and the
+    ``TrainBatch`` comes out grouped (``group_rows``: leaves ``[num_prompts, G, ...]``), so that
+    ``update`` shuffles, splits and trains on whole groups.
     """
 
     def prepare(params, ref_params, batch: RolloutBatch, kl_coef):
         tokens, mask, response_mask = batch.tokens, batch.mask, batch.response_mask
         response_len = response_mask.shape[1]
-        stats = dict(temperature=settings.temperature, logits_chunk=settings.logits_chunk)
+        stats = dict(temperature=settings.temperature, logits_chunk=settings.logits_chunk,
+                     shared_group=settings.shared_group)
         metrics = {}
         # The policy's log-probs at the sampling weights (the sampler's, in a single pass).
         stored_old_logprobs = None
@@ -184,7 +241,8 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
             metrics["kl_ref"] = (token_kl * response_mask).sum(1).mean()  # per sequence
         values = None
         if settings.has_critic:
-            values = critic_values(value_graphdef, params["value"], tokens, mask, response_len)
+            values = critic_values(value_graphdef, params["value"], tokens, mask, response_len,
+                                   settings.shared_group)
         adv, returns = advantages_and_returns(
             settings, batch.scores, response_mask, values, token_kl, kl_coef, batch
         )
@@ -215,6 +273,8 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
             old_values=values,
             returns=returns,
         )
+        if settings.shared_prefix:
+            train_batch = group_rows(train_batch, settings.group_size)
         return train_batch, metrics
 
     return prepare
@@ -236,15 +296,18 @@ def policy_objective(settings: RLSettings, logprobs, old_logprobs, advantages, m
 
 def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
     """``loss(params, minibatch: TrainBatch) -> (loss, metrics)``: the policy loss (+ KL, +
-    value loss)."""
+    value loss). With ``settings.shared_prefix`` the minibatch is grouped (``group_rows``) and
+    each group's prompt runs once in the forward, its gradient summed over the group."""
 
     def loss_fn(params, mb: TrainBatch):
+        if settings.shared_prefix:
+            mb = ungroup_rows(mb)
         tokens, mask, response_mask = mb.tokens, mb.mask, mb.response_mask
         response_len = response_mask.shape[1]
         logprobs, entropy = policy_token_stats(
             policy_graphdef, params["policy"], tokens, mask, response_len,
             temperature=settings.temperature, logits_chunk=settings.logits_chunk,
-            with_entropy=settings.single_pass,
+            with_entropy=settings.single_pass, shared_group=settings.shared_group,
         )
         metrics = {}
         if settings.single_pass:
@@ -270,7 +333,8 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
             metrics["kl_loss"] = kl_term
             loss = loss + settings.kl_loss_coef * kl_term
         if settings.has_critic:
-            values = critic_values(value_graphdef, params["value"], tokens, mask, response_len)
+            values = critic_values(value_graphdef, params["value"], tokens, mask, response_len,
+                                   settings.shared_group)
             v_loss, v_metrics = rl_jax.value_loss(
                 values,
                 mb.old_values,
@@ -299,7 +363,9 @@ def make_update(
 
     Each epoch draws a random permutation of the whole batch (``fold_in(key(seed), step)``, split
     per epoch) and cuts it into ``num_minibatches`` equal minibatches: a random partition that
-    does not depend on the devices, so any mesh gives the one-device result.
+    does not depend on the devices, so any mesh gives the one-device result. With
+    ``settings.shared_prefix`` the batch's rows are groups (``group_rows``): the permutation and
+    the minibatches are of whole groups.
 
     With ``mesh``, the minibatches are constrained to stay split over all its devices (their rows
     must divide by the device count; ``check_config`` asks for it). Without the constraint the

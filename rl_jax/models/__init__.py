@@ -34,6 +34,11 @@ from rl_jax.models.lora import (
     merge_adapters,
     save_merged,
 )
+from rl_jax.models.prefix import (
+    apply_lm_shared_prefix,
+    apply_values_shared_prefix,
+    shared_prefix_hidden,
+)
 from rl_jax.models.tokenizer import train_bpe_tokenizer
 from rl_jax.models.transformer import (
     CausalLM,
@@ -66,7 +71,9 @@ __all__ = [
     "add_adapters",
     "apply_lm",
     "apply_lm_hidden",
+    "apply_lm_shared_prefix",
     "apply_model",
+    "apply_values_shared_prefix",
     "attention_mask",
     "find_gguf_file",
     "fold_adapters",
@@ -89,6 +96,7 @@ __all__ = [
     "reconfigure",
     "save_merged",
     "save_pretrained",
+    "shared_prefix_hidden",
     "tiny_config",
     "to_hf_tensors",
     "train_bpe_tokenizer",
