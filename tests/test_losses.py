@@ -237,3 +237,18 @@ class TokenLogprobsTest(chex.TestCase):
         np.testing.assert_allclose(self.variant(rl_jax.entropy)(logits), expected, atol=1e-5)
         # Uniform logits: entropy log(V).
         np.testing.assert_allclose(rl_jax.entropy(np.zeros((1, 1, 17))), [[np.log(17)]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["ppo", "gmpo"])
+def test_a_token_with_zero_advantage_is_never_counted_as_clipped(loss):
+    """The clip fractions count tokens whose gradient the clip cuts; a zero advantage (every
+    response of an all-correct group) has no gradient to cut, whatever its ratio."""
+    old = np.zeros((2, 3), np.float32)
+    new = np.array([[2.0, -2.0, 0.0], [2.0, -2.0, 0.0]], np.float32)  # ratios e^2, e^-2, 1
+    mask = np.ones((2, 3), np.float32)
+    fn = {"ppo": rl_jax.policy_loss, "gmpo": rl_jax.gmpo_loss}[loss]
+    _, metrics = fn(new, old, np.zeros(2, np.float32), mask)
+    assert float(metrics["clip_frac_high"]) == 0.0
+    assert float(metrics["clip_frac_low"]) == 0.0
+    _, metrics = fn(new, old, np.array([1.0, -1.0], np.float32), mask)  # the control: counted
+    assert float(metrics["clip_frac_high"]) > 0 and float(metrics["clip_frac_low"]) > 0
