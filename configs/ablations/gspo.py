@@ -25,7 +25,7 @@ aggregation in both variants, so the ratio level and the clip range are the only
 Both variants get the same rollouts a step and the same 4 updates a rollout.
 
 Pilot: the three seeds 0-2 of this exact config, run before these claims were registered
-(``experiments/results/ablations/gspo/pilot.json``): clip fraction GRPO 0.0109, GSPO 0.262,
+(``experiments/results/ablations/gspo/pilot/``): clip fraction GRPO 0.0109, GSPO 0.262,
 paired log10 difference 1.40 (sd 0.10), held-out accuracy GSPO - GRPO -0.025 (sd 0.031); the
 power calculation asks for 4 seeds at the clip claims' smallest effect and 6 at the accuracy
 claim's; the verdict runs seeds 3-8 (fresh). About 5 min a seed (both variants) on a 2-core CPU.
