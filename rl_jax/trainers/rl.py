@@ -241,7 +241,8 @@ def rollout_metrics(batch: Round, group_size: int | None = None) -> dict[str, fl
 
     ``length_incorrect``: the mean response length (tokens, EOS included) of the rows with
     ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise.
-    ``truncated_correct``: the share of correct rows that are truncated (0.0 with none correct).
+    ``truncated_correct``: the share of correct rows that are truncated (0.0 with none correct);
+    ``truncated_incorrect``: the share of all rows that are truncated and not correct.
     With ``group_size`` (consecutive rows of a prompt), ``length_ratio_in_group``: the mean over
     groups of ``max |o| / min |o|``, how far apart GRPO's 1/|o| weights of a group are.
     """
@@ -261,6 +262,7 @@ def rollout_metrics(batch: Round, group_size: int | None = None) -> dict[str, fl
         "length_incorrect": mean(lengths[~correct]),
         "truncated": mean(truncated),
         "truncated_correct": mean(truncated[correct]),
+        "truncated_incorrect": mean(truncated * ~correct),
     }
     if group_size is not None:
         grouped = lengths.reshape(-1, group_size)
