@@ -473,7 +473,8 @@ def test_overrides_and_config_diff():
 
 
 @pytest.mark.parametrize(
-    "name", ["gspo", "rloo", "policy_losses", "eos_trick", "instructgpt_rm", "dapo", "dr_grpo"]
+    "name", ["gspo", "rloo", "policy_losses", "eos_trick", "instructgpt_rm", "dapo", "dr_grpo",
+             "deepseekmath_majk", "ppo_grpo"]
 )
 def test_ablation_files_build(name):
     ablation = ab.load_ablation(str(ROOT / "configs" / "ablations" / f"{name}.py"))

@@ -25,7 +25,9 @@ The paper's claims, as it states them (section numbers not checked here):
 Equal updates: every variant takes ``rl.epochs = 2`` passes of 4 minibatches over each rollout
 (8 updates a rollout), PPO's setting in the config, so that PPO no longer gets twice the others'
 updates. The paper compares at equal samples; the updates a rollout are made equal here so that
-the comparison is of the estimators, not of the number of optimizer steps.
+the comparison is of the estimators, not of the number of optimizer steps. The earlier sweep
+(PPO 8 updates a rollout, the others 4) is kept in
+``experiments/results/ablations/rloo/unequal_updates/``.
 
 Engagement: the claims compare what RL did, so RL must move the policy away from its start: the
 KL to the reference (nats per response, mean of the last 10 steps) at least 1 for the variant
