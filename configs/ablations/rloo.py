@@ -33,8 +33,10 @@ Engagement: the claims compare what RL did, so RL must move the policy away from
 KL to the reference (nats per response, mean of the last 10 steps) at least 1 for the variant
 the claim is about (RLOO for the reward claims, PPO for the clip claim).
 
-Pilot (``experiments/results/ablations/rloo/pilot/``, seeds 0-2, PPO and RLOO): see pilot.json
-there for the paired spread and the seeds the power calculation asks for. Size: the reward model
+Pilot (``experiments/results/ablations/rloo/pilot/``, seeds 0-2, PPO and RLOO, 18 min): gold
+reward RLOO - PPO -0.038 (paired sd 0.0084); KL to the reference 3.96 (RLOO), 4.00 (PPO); PPO's
+clip fraction 0.055. The power calculation asks for 4 seeds at the smallest effect 0.02: the
+verdict runs seeds 3-6. Size: the reward model
 trains 200 steps and each variant 80 RL steps, a few minutes a run on a 2-core CPU.
 """
 
