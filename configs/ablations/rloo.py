@@ -1,4 +1,4 @@
-r"""RLOO (Ahmadian et al. 2024): RLOO k=4 against PPO on a gold reward, at equal samples and updates.
+r"""RLOO (Ahmadian et al. 2024): RLOO k=4 against PPO on a gold reward, equal samples and updates.
 
     python experiments/ablate.py --ablation=configs/ablations/rloo.py --workdir=/tmp/ablate_rloo \
         --variants=ppo,rloo
