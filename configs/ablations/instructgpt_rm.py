@@ -26,8 +26,8 @@ the digits task of ``configs/preference_rm_ppo.py``, 1536 prompts with ``K = 8``
 SFT policy each (28 comparisons a prompt), ranked by the hidden gold labeller with label noise
 0.15 (a Gumbel scale; at K = 4 it flipped about a quarter of the pairs, near the ~27%
 disagreement between InstructGPT's labellers), then one pass: 96 steps of 16 prompts'
-comparisons. Held-out pair loss and accuracy on 256 other prompts' samples against the noiseless gold ranking, every 12 steps
-(8 points within the pass).
+comparisons. Held-out pair loss and accuracy on 256 other prompts' samples against the
+noiseless gold ranking, every 12 steps (8 points within the pass).
 
   * ``grouped``: InstructGPT's way (``rm.loss = "ranking"``): a batch element is a prompt with all
     its 8 responses; the loss is the mean over its 28 ordered pairs of ``-log sigmoid(r_w - r_l)``.
