@@ -49,9 +49,14 @@ The claims, as the paper states them, fixed before results:
   of different lengths (mean within-group max/min length ratio at least 1.3); dynamic sampling
   drops groups whose rewards are all equal (their share in the previous row at least 10%).
 
-Pilot: seeds 0-2 of the rows overlong_filter and clip_higher (``--variants``), sized by the
-entropy and clip-higher accuracy claims; numbers in
-``experiments/results/ablations/dapo/pilot/pilot.json`` when it has run.
+Pilot (``experiments/results/ablations/dapo/pilot/``, seeds 0-1 of the rows overlong_filter and
+clip_higher, 7 min): NOT ENGAGED. With 16 updates a rollout the symmetric upper clip still acts on
+only 0.66% of the tokens (per seed 0.58%, 0.74%; floor 3%), and held-out accuracy falls over RL
+in both rows (-0.18, -0.19 from SFT); entropy clip-higher - symmetric -0.039 (paired sd 0.060),
+accuracy -0.014 (sd 0.058); the power calculation asks for 12 seeds (entropy) and 68 (accuracy).
+No verdict sweep was run: more updates a rollout alone do not move the ratios to the clip here,
+so a regime with larger policy steps a rollout (a larger learning rate, or larger minibatches
+of longer responses) comes next.
 """
 
 from configs import arithmetic_grpo
