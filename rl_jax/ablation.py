@@ -69,7 +69,10 @@ class Metric:
     ``clip_frac_high``). The value is the mean over the last ``last_n`` records that have it
     (``last_n=1``: the final value). ``baseline_stage`` subtracts the final value of ``key`` in that
     stage (held-out accuracy after RL minus after SFT); ``log10`` takes ``log10(max(mean, 1e-6))``
-    of that mean, so a claimed ratio ("10x larger") becomes a difference (``margin=1``).
+    of that mean, so a claimed ratio ("10x larger") becomes a difference (``margin=1``);
+    ``above_min`` subtracts the smallest value of the curve (the mean of the last ``last_n``
+    values above the curve's lowest point: how far a held-out loss has risen from its best, the
+    onset of overfitting; the curve itself is unchanged).
     """
 
     stage: str
@@ -77,12 +80,15 @@ class Metric:
     last_n: int = 1
     baseline_stage: str = ""
     log10: bool = False
+    above_min: bool = False
 
     def __post_init__(self):
         if self.last_n < 1:
             raise ValueError(f"Metric.last_n must be >= 1, got {self.last_n}")
         if self.log10 and self.baseline_stage:
             raise ValueError("Metric: log10 and baseline_stage together are ambiguous")
+        if self.above_min and self.log10:
+            raise ValueError("Metric: above_min and log10 together are ambiguous")
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -94,6 +100,7 @@ class Metric:
         name = f"{self.stage} {' + '.join(self.keys)}"
         name += f", mean of last {self.last_n}" if self.last_n > 1 else ", final"
         name += f" - {self.baseline_stage} final" if self.baseline_stage else ""
+        name += " - its minimum" if self.above_min else ""
         return name + (", log10" if self.log10 else "")
 
 
@@ -152,9 +159,11 @@ class Claim:
         return (self.engagement[0], self.engagement[1])
 
 
-# Fields added to Claim after sweeps were registered: a saved claim without them had these values.
+# Fields added to Claim and Metric after sweeps were registered: a saved claim or metric without
+# them had these values.
 _CLAIM_DEFAULTS = {"smallest_effect": None, "relative": False, "engagement": None,
                    "engagement_floor": None}
+_METRIC_DEFAULTS = {"above_min": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -595,7 +604,8 @@ def metric_value(records: Sequence[Mapping[str, Any]], metric: Metric) -> float:
     _, values = _raw_curve(records, metric)
     if not values:
         raise ValueError(f"no records of {metric.label}")
-    return _transform(metric, float(np.mean(values[-metric.last_n :])))
+    offset = min(values) if metric.above_min else 0.0
+    return _transform(metric, float(np.mean(values[-metric.last_n :])) - offset)
 
 
 # --- configs --------------------------------------------------------------------------------------
@@ -697,6 +707,7 @@ def _check_preregistration(ablation: Ablation, workdir: str) -> None:
             saved = json.load(f)
         fixed = ("metrics", "claims")
         saved["claims"] = [{**_CLAIM_DEFAULTS, **c} for c in saved["claims"]]
+        saved["metrics"] = {k: {**_METRIC_DEFAULTS, **m} for k, m in saved["metrics"].items()}
         if {k: saved[k] for k in fixed} != {k: spec[k] for k in fixed}:
             raise ValueError(
                 f"the metrics or claims differ from those registered in {path} when this sweep "

@@ -556,8 +556,8 @@ def clip_cov_loss(
       cov_lower, cov_upper: the covariance band ``(cov_lower, cov_upper)`` of eligible tokens.
 
     Returns:
-      ``(loss, metrics)``: ``policy_loss``'s clip and ratio metrics and ``cov_clip_frac`` (share
-      of real tokens detached).
+      ``(loss, metrics)``: ``policy_loss``'s clip and ratio metrics, ``cov_clip_frac`` (share
+      of real tokens detached) and ``cov_clip_tokens`` (their number in this call: a minibatch).
     """
     chex.assert_rank([logprobs, old_logprobs, mask], 2)
     chex.assert_equal_shape([logprobs, old_logprobs, mask])
@@ -575,6 +575,7 @@ def clip_cov_loss(
     metrics = {
         **_clip_fracs(ratio, advantages, mask, clip_low, clip_high),
         "cov_clip_frac": masked_mean(detached * 1.0, mask),
+        "cov_clip_tokens": jnp.sum(detached * 1.0),
         **_ratio_metrics(log_ratio, mask),
     }
     return loss, metrics
@@ -612,7 +613,8 @@ def kl_cov_loss(
       kl_coef: the penalty coefficient.
 
     Returns:
-      ``(loss, metrics)``: ``kl_cov_frac`` (share of real tokens penalised), ``abs_log_ratio``
+      ``(loss, metrics)``: ``kl_cov_frac`` (share of real tokens penalised), ``kl_cov_tokens``
+      (their number in this call: a minibatch), ``abs_log_ratio``
       (mean ``|log rho|``), ``approx_kl`` and the ratio metrics.
     """
     chex.assert_rank([logprobs, old_logprobs, mask], 2)
@@ -630,6 +632,7 @@ def kl_cov_loss(
     loss = aggregate(per_token, mask, agg, max_len=max_len, count_empty_rows=count_empty_rows)
     metrics = {
         "kl_cov_frac": masked_mean(penalised * 1.0, mask),
+        "kl_cov_tokens": jnp.sum(penalised * 1.0),
         "abs_log_ratio": masked_mean(jnp.abs(jax.lax.stop_gradient(log_ratio)), mask),
         **_ratio_metrics(log_ratio, mask),
     }

@@ -215,6 +215,8 @@ def test_ablation_checks_engagement_and_accepts_claims_registered_before_it(tmp_
     for claim in old["claims"]:
         for field in ("smallest_effect", "relative", "engagement", "engagement_floor"):
             del claim[field]
+    for metric in old["metrics"].values():  # and before Metric.above_min
+        del metric["above_min"]
     (tmp_path / "ablation.json").write_text(json.dumps(old))
     ab._check_preregistration(ablation, str(tmp_path))
     changed = ab.Ablation(**kwargs, claims=[ab.Claim("x", "acc", "a", "b", smallest_effect=0.1)])
@@ -429,6 +431,14 @@ def test_metric_value_and_curve_from_records():
     assert gain.label == "rl eval/pass@1, final - sft final"
     with pytest.raises(ValueError, match="no records"):
         ab.metric_value(RECORDS, ab.Metric("rm", "accuracy"))
+    rise = ab.Metric("rl", "clip_frac_low", last_n=2, above_min=True)  # curve 0.1, 0.0, 0.2
+    assert ab.metric_value(RECORDS, rise) == pytest.approx(0.1)  # mean(0.0, 0.2) - 0.0
+    assert ab.metric_value(RECORDS, ab.Metric("rl", "clip_frac_low", above_min=True)) == (
+        pytest.approx(0.2))
+    assert ab.metric_curve(RECORDS, rise)[1] == pytest.approx([0.1, 0.0, 0.2])
+    assert rise.label == "rl clip_frac_low, mean of last 2 - its minimum"
+    with pytest.raises(ValueError, match="above_min and log10"):
+        ab.Metric("rl", "clip_frac_low", log10=True, above_min=True)
 
 
 def test_table_markdown():
@@ -463,7 +473,8 @@ def test_overrides_and_config_diff():
 
 
 @pytest.mark.parametrize(
-    "name", ["gspo", "rloo", "policy_losses", "eos_trick", "instructgpt_rm", "dapo", "dr_grpo"]
+    "name", ["gspo", "rloo", "policy_losses", "eos_trick", "instructgpt_rm", "dapo", "dr_grpo",
+             "deepseekmath_majk", "ppo_grpo"]
 )
 def test_ablation_files_build(name):
     ablation = ab.load_ablation(str(ROOT / "configs" / "ablations" / f"{name}.py"))

@@ -131,6 +131,11 @@ def test_rollout_length_metrics_by_correctness():
     assert metrics["length_correct"] == pytest.approx((3 + 5) / 2)
     assert metrics["length_incorrect"] == pytest.approx((7 + 2 + 9) / 3)
     assert metrics["truncated"] == pytest.approx(2 / 5)
+    assert metrics["truncated_correct"] == 0.0 and "length_ratio_in_group" not in metrics
+    cut = rollout_metrics(_round([3, 7, 5, 2], [1, 1, 0, 1], [False, True, True, False]), 2)
+    assert cut["truncated_correct"] == pytest.approx(1 / 3)  # 7 of the correct 3, 7, 2
+    assert cut["truncated_incorrect"] == pytest.approx(1 / 4)  # 5 of the four rows
+    assert cut["length_ratio_in_group"] == pytest.approx((7 / 3 + 5 / 2) / 2)
     assert device_batch(batch).truncated.tolist() == [0, 1, 0, 0, 1]
     assert rollout_metrics(_round([4, 6], [1, 1], [False, False]))["length_incorrect"] == 0.0
 

@@ -238,6 +238,7 @@ class KlCovTest(chex.TestCase):
         np.testing.assert_allclose(loss, (per_token * w).sum(), rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(grad, dper_token * w, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(metrics["kl_cov_frac"], k / real.sum(), rtol=1e-6)
+        assert metrics["kl_cov_tokens"] == k
 
     def test_penalty_has_no_gradient_at_ratio_one(self):
         # A single on-policy pass: old = sg(logp), every |log rho| = 0. Its subgradient must be 0
@@ -319,6 +320,7 @@ class ClipCovTest(chex.TestCase):
             assert detached.sum() == k and np.all(self.eligible[detached])
             np.testing.assert_allclose(grad[detached], 0.0)
             np.testing.assert_allclose(metrics["cov_clip_frac"], k / n_real, rtol=1e-6)
+            assert metrics["cov_clip_tokens"] == k
             chosen.append(detached)
         np.testing.assert_array_equal(chosen[0], chosen[1])
         assert any(not np.array_equal(chosen[0], c) for c in chosen[2:])

@@ -27,6 +27,18 @@ last quarter of RL. Both variants of a seed start from the same SFT weights and 
 rollout with the same key, so their first-step values are identical and the paired difference of
 the end values is the difference of their growth (the start, step 1, is in the curves and in each
 run's ``metrics.jsonl``).
+
+Registered before results: the paper's claim is a direction with a visible gap (Figure 5: GRPO's
+incorrect responses keep lengthening, Dr. GRPO's do not), so the claim is GRPO's incorrect
+responses ending longer than Dr. GRPO's, smallest effect 10% of Dr. GRPO's length.
+Engagement: the 1/|o| weights act only when lengths differ within a group: GRPO's mean
+within-group ratio of the longest to the shortest response (``length_ratio_in_group``) over the
+last quarter of RL at least 1.5.
+
+Not run in this form: in the earlier sweep (``experiments/results/ablations/dr_grpo/
+twenty_token_budget/``, inconclusive) every response grew to the 14-token full scratchpad, so the
+1/|o| weights of a group were within 2x; a regime where lengths stay spread (notes that do not
+help, or a task whose answers differ in length) is needed and has had no pilot yet.
 """
 
 from configs import arithmetic_grpo
@@ -63,9 +75,12 @@ def get_ablation() -> ab.Ablation:
             "heldout_accuracy": ab.Metric("rl", "eval/pass@1"),
             "heldout_gain": ab.Metric("rl", "eval/pass@1", baseline_stage="sft"),
             "train_reward": ab.Metric("rl", "score", last_n=QUARTER),
+            "length_ratio": ab.Metric("rl", "length_ratio_in_group", last_n=QUARTER),
         },
         claims=[
             ab.Claim("incorrect responses end longer under GRPO than under Dr. GRPO (same start)",
-                     "length_incorrect", a="dr_grpo", b="grpo", direction=">", margin=0.0),
+                     "length_incorrect", a="dr_grpo", b="grpo", direction=">", margin=0.0,
+                     smallest_effect=0.1, relative=True, engagement=("grpo", "length_ratio"),
+                     engagement_floor=1.5),
         ],
     )

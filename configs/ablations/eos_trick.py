@@ -12,15 +12,28 @@ by both variants of a seed; only RL differs.
 
 One change to the base, for a stated reason: with the config's ``max_new_tokens = 8`` the longest
 well-formed answer (6 digits + EOS = 7 tokens; the task's BPE writes a digit per token) always
-fits, so no response is cut and the trick would have nothing to act on. With ``max_new_tokens = 6`` an
-answer to ``"6 digits:"`` (a quarter of the prompts) cannot end with EOS unless it is shorter than
-asked, and any answer of 6 or more characters is cut: the policy can trade truncation against the
-gold labeller's length penalty, and the learned reward scores cut responses (which the reward
-model, trained on ``response + EOS`` rows, never saw without their EOS) at their last token.
+fits, so no response is cut and the trick would have nothing to act on. With
+``max_new_tokens = 6`` an answer to ``"6 digits:"`` (a quarter of the prompts) cannot end with
+EOS unless it is shorter than asked, and any answer of 6 or more characters is cut: the policy
+can trade truncation against the gold labeller's length penalty, and the learned reward scores
+cut responses (which the reward model, trained on ``response + EOS`` rows, never saw without
+their EOS) at their last token.
 
 Size, set so that the 9 runs fit a CPU: the reward model learns from 512 prompts in 100 steps
 and PPO runs 40 steps of 32 prompts x 4 (half the config's batch); PPO on this task reaches most
 of its gold-reward gain in the first 15 steps.
+
+The paper's claim, registered before results: with the EOS trick, PPO produces fewer truncated
+responses (the trick exists to stop the policy from running past the budget) and responses no
+longer than without it. Smallest effect of the first: 20% of the truncated share without the
+trick. Engagement: the trick acts only on responses that the policy chose to run long, not on
+correct answers the budget cuts; the share of the no-trick run's responses truncated while not
+well formed (``truncated_incorrect``, mean of the last 10 steps) must be at least 5%. Read
+off the earlier sweep (``experiments/results/ablations/eos_trick/six_token_budget/``,
+inconclusive): there the cut responses were mostly well-formed 6-digit answers and the learned
+reward did not pay for length, so the trick had nothing of the paper's kind to act on. A regime
+where the reward pays for length (and every well-formed answer fits) is needed and has had no
+pilot yet.
 """
 
 from configs import preference_rm_ppo
@@ -53,12 +66,19 @@ def get_ablation() -> ab.Ablation:
             "learned_reward": ab.Metric("rl", "reward/model", last_n=LAST),
             "well_formed": ab.Metric("rl", "accuracy", last_n=LAST),
             "kl_ref": ab.Metric("rl", "kl_ref", last_n=LAST),
+            # well-formed responses that were cut, and what is left of the truncated share
+            "truncated_correct": ab.Metric("rl", "truncated_correct", last_n=LAST),
+            "truncated_incorrect": ab.Metric("rl", "truncated_incorrect", last_n=LAST),
         },
         claims=[
             ab.Claim("with the EOS trick, a smaller share of responses is truncated (no EOS)",
-                     "truncated", a="no_trick", b="eos_trick", direction="<", margin=0.0),
+                     "truncated", a="no_trick", b="eos_trick", direction="<", margin=0.0,
+                     smallest_effect=0.2, relative=True,
+                     engagement=("no_trick", "truncated_incorrect"), engagement_floor=0.05),
             # "not longer": at most 0.1 token longer on average (non-inferiority)
             ab.Claim("with the EOS trick, responses are not longer (margin 0.1 token)",
-                     "length", a="no_trick", b="eos_trick", direction="<", margin=0.1),
+                     "length", a="no_trick", b="eos_trick", direction="<", margin=0.1,
+                     smallest_effect=0.1, engagement=("no_trick", "truncated_incorrect"),
+                     engagement_floor=0.05),
         ],
     )

@@ -2,14 +2,33 @@ r"""GSPO (Zheng et al. 2025, §5.2, Figure 2): sequence-level ratios clip far mo
 
     python experiments/ablate.py --ablation=configs/ablations/gspo.py --workdir=/tmp/ablate_gspo
 
-The default addition task (SFT to 30% held-out accuracy, shared by both variants of a seed), then
-a shorter GRPO run with 4 minibatches a rollout (clipping only acts off-policy) and GRPO's
-sequence-mean aggregation in both variants, so the ratio level and the clip range are the only
-differences: GRPO token-level ratios clipped at 0.2 / 0.27, GSPO sequence-level ratios
-``exp(mean_t log rho_t)`` clipped at 3e-4 / 4e-4, the ranges of the paper.
+The claim as the paper states it (§5.2, "Curious Observation on Clipping Fractions", and the
+clipping-fraction figure): with its sequence-level ratios clipped at 3e-4 / 4e-4, GSPO clips
+"two orders of magnitude" more tokens than GRPO's token-level ratios clipped at 0.2 / 0.27 (the
+figure: about 0.15 against about 0.0013), and still trains more efficiently (Figure 1: higher
+training reward and benchmark accuracy at equal compute). Registered, before results:
 
-Size: 300 RL steps a variant, so that 3 seeds of both variants fit in well under an hour on a
-2-core CPU (an RL step of this task takes about 0.5 s there).
+* the paper's size: the share of clipped tokens is at least 10^1.5 (about 32x) that of GRPO
+  (``log10_clip_fraction`` difference > 1.5: on a log scale nearer 100x than 10x, which is what
+  "two orders of magnitude" rounds from); smallest effect 0.25 in log10 (a factor of 1.8);
+* weaker, beside it: at least 10x (difference > 1);
+* GSPO's held-out accuracy after RL is higher than GRPO's (smallest effect 0.05 accuracy);
+* weaker, beside it: GSPO's held-out accuracy rises over SFT.
+
+Engagement: GRPO's clip must act at all for a ratio of clip fractions to mean anything: the
+share of GRPO's tokens clipped, mean over RL, at least 1e-3 (the paper's GRPO is near 1.3e-3).
+
+Regime: the default addition task (SFT to 30% held-out accuracy, shared by both variants of a
+seed), then 300 GRPO steps with 4 minibatches a rollout, as in the paper ("each batch of rollout
+data is partitioned into four minibatches"; clipping acts only off-policy), GRPO's sequence-mean
+aggregation in both variants, so the ratio level and the clip range are the only differences.
+Both variants get the same rollouts a step and the same 4 updates a rollout.
+
+Pilot: the three seeds 0-2 of this exact config, run before these claims were registered
+(``experiments/results/ablations/gspo/pilot/``): clip fraction GRPO 0.0109, GSPO 0.262,
+paired log10 difference 1.40 (sd 0.10), held-out accuracy GSPO - GRPO -0.025 (sd 0.031); the
+power calculation asks for 4 seeds at the clip claims' smallest effect and 6 at the accuracy
+claim's; the verdict runs seeds 3-8 (fresh). About 5 min a seed (both variants) on a 2-core CPU.
 """
 
 from configs import arithmetic_grpo
@@ -28,10 +47,10 @@ def get_ablation() -> ab.Ablation:
     clipped = ("clip_frac_low", "clip_frac_high")
     return ab.Ablation(
         claim=(
-            "GSPO (Zheng et al. 2025), §5.2 and Figure 2: with sequence-level importance ratios "
-            "clipped at 3e-4/4e-4, GSPO clips about two orders of magnitude more tokens than "
-            "GRPO's token-level 0.2/0.27, yet trains better; here: at least 10x more, and held-out "
-            "accuracy still rises over RL."
+            "GSPO (Zheng et al. 2025), §5.2 and the clipping-fraction figure: with sequence-level "
+            "importance ratios clipped at 3e-4/4e-4, GSPO clips two orders of magnitude more "
+            "tokens than GRPO's token-level 0.2/0.27 (about 0.15 against 0.0013), yet trains "
+            "better (Figure 1)."
         ),
         base=base,
         variants={
@@ -50,9 +69,20 @@ def get_ablation() -> ab.Ablation:
             "train_reward": ab.Metric("rl", "score", last_n=LAST),
         },
         claims=[
-            ab.Claim("GSPO clips at least 10x the share of tokens GRPO clips",
-                     "log10_clip_fraction", a="grpo", b="gspo", direction=">", margin=1.0),
-            ab.Claim("GSPO raises held-out accuracy over RL (gain over SFT > 0)",
+            ab.Claim("the paper's size: GSPO clips about two orders of magnitude more tokens "
+                     "than GRPO (at least 10^1.5, about 32x)",
+                     "log10_clip_fraction", a="grpo", b="gspo", direction=">", margin=1.5,
+                     smallest_effect=0.25, engagement=("grpo", "clip_fraction"),
+                     engagement_floor=1e-3),
+            ab.Claim("weaker: GSPO clips at least 10x the share of tokens GRPO clips",
+                     "log10_clip_fraction", a="grpo", b="gspo", direction=">", margin=1.0,
+                     smallest_effect=0.25, engagement=("grpo", "clip_fraction"),
+                     engagement_floor=1e-3),
+            ab.Claim("GSPO ends with a higher held-out accuracy than GRPO",
+                     "heldout_accuracy", a="grpo", b="gspo", direction=">", margin=0.0,
+                     smallest_effect=0.05, engagement=("grpo", "clip_fraction"),
+                     engagement_floor=1e-3),
+            ab.Claim("weaker: GSPO raises held-out accuracy over RL (gain over SFT > 0)",
                      "heldout_gain", a=None, b="gspo", direction=">", margin=0.0),
         ],
     )

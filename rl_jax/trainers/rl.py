@@ -267,7 +267,7 @@ def collect(
     grouped = parallel.gather_rows(first.scores).reshape(-1, n)
     # Rollout statistics of the first round: the policy's own performance, before any filtering;
     # over the global batch (every process's rows).
-    metrics = rollout_metrics(first) | {
+    metrics = rollout_metrics(first, group_size=n) | {
         "zero_adv_groups": float(np.mean(grouped.max(1) == grouped.min(1))),
         "sampling_rounds": float(rounds),
         "generated_tokens": float(parallel.gather_rows(np.float64([generated])).sum()),
@@ -276,17 +276,22 @@ def collect(
     return out, position, metrics
 
 
-def rollout_metrics(batch: Round) -> dict[str, float]:
+def rollout_metrics(batch: Round, group_size: int | None = None) -> dict[str, float]:
     """Reward, accuracy, response length (all, correct, incorrect) and truncated share of a round,
     over every process's rows of it (``parallel.gather_rows``).
 
     ``length_incorrect``: the mean response length (tokens, EOS included) of the rows with
-    ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise. With step
+    ``correct == 0`` (0.0 when every row is correct); ``length_correct`` likewise.
+    ``truncated_correct``: the share of correct rows that are truncated (0.0 with none correct);
+    ``truncated_incorrect``: the share of all rows that are truncated and not correct.
+    With ``group_size`` (consecutive rows of a prompt), ``length_ratio_in_group``: the mean over
+    groups of ``max |o| / min |o|``, how far apart GRPO's 1/|o| weights of a group are. With step
     rewards, ``step_reward`` (the mean over all steps) and ``steps`` (per response).
     """
     lengths = parallel.gather_rows(batch.response_mask.sum(1).astype(np.float32))
     correct_values = parallel.gather_rows(batch.correct)
     correct = correct_values > 0
+    truncated = parallel.gather_rows(batch.truncated.astype(np.float32))
 
     def mean(x):
         return float(np.mean(x)) if len(x) else 0.0
@@ -297,8 +302,13 @@ def rollout_metrics(batch: Round) -> dict[str, float]:
         "length": mean(lengths),
         "length_correct": mean(lengths[correct]),
         "length_incorrect": mean(lengths[~correct]),
-        "truncated": mean(parallel.gather_rows(batch.truncated.astype(np.float32))),
+        "truncated": mean(truncated),
+        "truncated_correct": mean(truncated[correct]),
+        "truncated_incorrect": mean(truncated * ~correct),
     }
+    if group_size is not None:
+        grouped = lengths.reshape(-1, group_size)
+        metrics["length_ratio_in_group"] = mean(grouped.max(1) / np.maximum(grouped.min(1), 1.0))
     metrics.update({f"reward/{k}": mean(parallel.gather_rows(v)) for k, v in batch.rewards.items()})
     if batch.step_rewards is not None:  # the share of right steps, and steps per response
         ends = parallel.gather_rows(batch.step_ends)
