@@ -174,3 +174,12 @@ def test_reward_errors():
     with pytest.raises(ValueError, match="2 completions for 1 examples"):
         combine_rewards({"format": 1.0}, ["1", "2"], [ex])
     assert exact_match_reward([], []).shape == (0,)
+
+
+def test_final_answer_and_last_number_rewards_by_hand():
+    ex = Example(prompt="", target="", answer="12")
+    completions = ["3 > 12", "12 > 3", "12", "9 - 4 = 12.0", "no number"]
+    np.testing.assert_array_equal(REWARD_FNS["final_answer"](completions, [ex] * 5),
+                                  [1.0, 0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(REWARD_FNS["last_number"](completions, [ex] * 5),
+                                  [1.0, 0.0, 1.0, 1.0, 0.0])
