@@ -199,6 +199,7 @@ def test_chunked_rl_gradient_holds_no_batch_time_vocab_buffer():
     assert max(_vocab_arrays(chunked.as_text())) <= max(B * CHUNK, HIDDEN) < B * R
 
 
+@pytest.mark.slow
 def test_data_parallel_chunks_stay_split():
     """Over 8 fake devices each holds [B / 8, CHUNK, V] chunks, and the gradient is the same."""
     config = models.tiny_config("qwen2", vocab_size=BIG_VOCAB, hidden_size=HIDDEN,

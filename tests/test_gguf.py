@@ -259,6 +259,7 @@ def test_unsupported_architecture_type_and_tensor(tmp_path):
         models.load_causal_lm(path)
 
 
+@pytest.mark.slow
 def test_loads_without_torch(tmp_path):
     """The GGUF path never imports torch: load in a process where `import torch` fails."""
     config, tensors = tiny_llama(tied=True)

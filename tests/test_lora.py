@@ -103,6 +103,7 @@ def _lora_policy(targets=("q_proj", "v_proj", "down_proj")) -> models.CausalLM:
     return models.add_adapters(base, rank=RANK, alpha=ALPHA, targets=targets, rngs=nnx.Rngs(1))
 
 
+@pytest.mark.slow
 def test_only_adapters_are_trained_and_in_the_optimizer_state():
     policy = _lora_policy()
     graphdef, params = nnx.split(policy)
@@ -148,6 +149,7 @@ def test_only_adapters_are_trained_and_in_the_optimizer_state():
     )
 
 
+@pytest.mark.slow
 def test_fold_adapters_keeps_the_function_and_zeroes_b():
     graphdef, state = nnx.split(_perturbed(_lora_policy()))
     folded = models.fold_adapters(graphdef, state)

@@ -171,6 +171,7 @@ class MismatchTest(chex.TestCase):
             np.testing.assert_array_equal(jax.grad(fn)(old), 0.0)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

@@ -160,6 +160,7 @@ RANKINGS = [
 ]
 
 
+@pytest.mark.slow
 def test_all_pairs_shuffled_equal_the_ranking_loss_over_the_full_batch():
     """The same comparisons batched two ways: the grouped ranking loss over every prompt equals
     the pairwise loss over every expanded pair (value and gradients), and a pair in the wrong
@@ -364,6 +365,7 @@ def test_kl_in_reward_is_rejected_for_group_estimators():
         preference_rm_ppo.get_config("dpo")
 
 
+@pytest.mark.slow
 def test_malformed_preference_file_stops_the_rm_stage(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", PAIRS + [{"prompt": "p", "chosen": "z"}])
     config = hh_rm.get_config()

@@ -79,6 +79,7 @@ def test_each_option_trains_with_finite_metrics(options):
         assert any(name.startswith("is_") for name in metrics)
 
 
+@pytest.mark.slow
 def test_a_correction_that_masks_every_token_leaves_the_policy_unchanged():
     """token_mis with the band [1, 1]: every token's ratio leaves it, so the policy loss has no
     token and the gradient is 0 (the masked tokens really leave the loss)."""

@@ -485,6 +485,7 @@ def tiny_hf_model(model_type: str):
     return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_greedy_matches_transformers(model_type, tmp_path):
     """Greedy tokens equal transformers generate(do_sample=False) for left-padded prompts.
