@@ -19,13 +19,12 @@ Not run yet; the earlier RLOO sweep (``experiments/results/ablations/rloo/unequa
 holds PPO and GRPO rows at unequal updates (PPO 8 a rollout, GRPO 4), not this claim's regime.
 """
 
-from configs.ablations.rloo import LAST, RL_STEPS, algorithm
+from configs.ablations.rloo import algorithm, metrics
 from rl_jax import ablation as ab
 
 
 def get_ablation() -> ab.Ablation:
     base = algorithm("ppo")
-    clipped = ("clip_frac_low", "clip_frac_high")
     return ab.Ablation(
         claim=(
             "DeepSeekMath (Shao et al. 2024), §4.1: GRPO replaces PPO's value model by the "
@@ -34,13 +33,7 @@ def get_ablation() -> ab.Ablation:
         base=base,
         variants={"ppo": {}, "grpo": ab.config_diff(base, algorithm("grpo"))},
         seeds=(0, 1, 2),
-        metrics={
-            "gold_reward": ab.Metric("rl", "reward/digits_gold", last_n=LAST),
-            "learned_reward": ab.Metric("rl", "reward/model", last_n=LAST),
-            "kl_ref": ab.Metric("rl", "kl_ref", last_n=LAST),
-            "clip_fraction": ab.Metric("rl", clipped, last_n=RL_STEPS),
-            "well_formed": ab.Metric("rl", "accuracy", last_n=LAST),
-        },
+        metrics=metrics(),
         claims=[
             ab.Claim("GRPO reaches a gold reward at least as high as PPO (margin 0.03)",
                      "gold_reward", a="ppo", b="grpo", direction=">", margin=-0.03,

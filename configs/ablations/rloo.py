@@ -59,6 +59,18 @@ def algorithm(name: str):
     )
 
 
+def metrics() -> dict[str, ab.Metric]:
+    """What every variant on the learned reward is measured by (shared with ``ppo_grpo.py``)."""
+    clipped = ("clip_frac_low", "clip_frac_high")
+    return {
+        "gold_reward": ab.Metric("rl", "reward/digits_gold", last_n=LAST),
+        "learned_reward": ab.Metric("rl", "reward/model", last_n=LAST),
+        "kl_ref": ab.Metric("rl", "kl_ref", last_n=LAST),
+        "clip_fraction": ab.Metric("rl", clipped, last_n=RL_STEPS),
+        "well_formed": ab.Metric("rl", "accuracy", last_n=LAST),
+    }
+
+
 def get_ablation() -> ab.Ablation:
     base = algorithm("ppo")
     grpo = ab.config_diff(base, algorithm("grpo"))
@@ -68,7 +80,6 @@ def get_ablation() -> ab.Ablation:
         "rloo": ab.config_diff(base, algorithm("rloo")),
         "reinforce_pp": {**grpo, "rl.estimator": "reinforce_pp", "kl.in_reward": True},
     }
-    clipped = ("clip_frac_low", "clip_frac_high")
     return ab.Ablation(
         claim=(
             "RLOO (Ahmadian et al. 2024, 'Back to Basics', arXiv:2402.14740; section numbers not "
@@ -78,13 +89,7 @@ def get_ablation() -> ab.Ablation:
         base=base,
         variants=variants,
         seeds=(0, 1, 2),
-        metrics={
-            "gold_reward": ab.Metric("rl", "reward/digits_gold", last_n=LAST),
-            "learned_reward": ab.Metric("rl", "reward/model", last_n=LAST),
-            "kl_ref": ab.Metric("rl", "kl_ref", last_n=LAST),
-            "clip_fraction": ab.Metric("rl", clipped, last_n=RL_STEPS),
-            "well_formed": ab.Metric("rl", "accuracy", last_n=LAST),
-        },
+        metrics=metrics(),
         claims=[
             ab.Claim("RLOO k=4 reaches a higher gold reward than PPO", "gold_reward", a="ppo",
                      b="rloo", direction=">", margin=0.0, smallest_effect=0.02,
