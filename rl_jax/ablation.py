@@ -72,7 +72,10 @@ class Metric:
     of that mean, so a claimed ratio ("10x larger") becomes a difference (``margin=1``);
     ``above_min`` subtracts the smallest value of the curve (the mean of the last ``last_n``
     values above the curve's lowest point: how far a held-out loss has risen from its best, the
-    onset of overfitting; the curve itself is unchanged).
+    onset of overfitting; the curve itself is unchanged). ``variants`` limits the metric to the
+    variants that log it (a loss's own count, such as the tokens Clip-Cov selects); in the others
+    it is ``nan`` ("n/a" in the table) and has no curve. Empty: every variant, and a run with no
+    record of the key is an error.
     """
 
     stage: str
@@ -81,6 +84,7 @@ class Metric:
     baseline_stage: str = ""
     log10: bool = False
     above_min: bool = False
+    variants: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.last_n < 1:
@@ -163,7 +167,7 @@ class Claim:
 # them had these values.
 _CLAIM_DEFAULTS = {"smallest_effect": None, "relative": False, "engagement": None,
                    "engagement_floor": None}
-_METRIC_DEFAULTS = {"above_min": False}
+_METRIC_DEFAULTS = {"above_min": False, "variants": []}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +199,19 @@ class Ablation:
                 if variant not in self.variants or metric not in self.metrics:
                     raise ValueError(f"claim {claim.text!r}: engagement {claim.engagement!r} "
                                      "needs a known variant and metric")
+                if self.metrics[metric].variants and variant not in self.metrics[metric].variants:
+                    raise ValueError(f"claim {claim.text!r}: engagement {claim.engagement!r} is "
+                                     f"read on {variant!r}, not among metric {metric!r}'s "
+                                     f"variants {self.metrics[metric].variants}")
+        for metric_name, metric in self.metrics.items():
+            unknown = [v for v in metric.variants if v not in self.variants]
+            if unknown:
+                raise ValueError(f"metric {metric_name!r}: unknown variants {unknown}")
+            for claim in self.claims:
+                if claim.metric == metric_name and metric.variants and not {
+                        claim.a, claim.b} - {None} <= set(metric.variants):
+                    raise ValueError(f"claim {claim.text!r}: metric {metric_name!r} is read only "
+                                     f"on {metric.variants}")
 
     def spec(self) -> dict[str, Any]:
         """The pre-registered part (claim, variants, metrics, claims) as JSON-able data."""
@@ -990,6 +1007,9 @@ def table_markdown(
     for variant, by_metric in values.items():
         cells = [variant]
         for name in metrics:
+            if metrics[name].variants and variant not in metrics[name].variants:
+                cells.append("n/a")
+                continue
             iv = mean_interval(by_metric[name])
             ci = "" if iv.n < 2 else f" [{iv.low:.4g}, {iv.high:.4g}]"
             per_seed = ", ".join(f"{s}: {v:.4g}" for s, v in zip(seeds, by_metric[name],
@@ -1048,6 +1068,10 @@ def read_values(
         for seed in seeds:
             records = run_records(run_dir(workdir, name, seed))
             for metric_name, metric in ablation.metrics.items():
+                if metric.variants and name not in metric.variants:  # not logged by this variant
+                    values[name][metric_name].append(math.nan)
+                    curves[metric_name][name].append(([], []))
+                    continue
                 values[name][metric_name].append(metric_value(records, metric))
                 curves[metric_name][name].append(metric_curve(records, metric))
     return values, curves

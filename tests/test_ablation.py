@@ -215,8 +215,8 @@ def test_ablation_checks_engagement_and_accepts_claims_registered_before_it(tmp_
     for claim in old["claims"]:
         for field in ("smallest_effect", "relative", "engagement", "engagement_floor"):
             del claim[field]
-    for metric in old["metrics"].values():  # and before Metric.above_min
-        del metric["above_min"]
+    for metric in old["metrics"].values():  # and before Metric.above_min and .variants
+        del metric["above_min"], metric["variants"]
     (tmp_path / "ablation.json").write_text(json.dumps(old))
     ab._check_preregistration(ablation, str(tmp_path))
     changed = ab.Ablation(**kwargs, claims=[ab.Claim("x", "acc", "a", "b", smallest_effect=0.1)])
@@ -452,6 +452,43 @@ def test_table_markdown():
     assert lines[3].startswith("| gspo | 0.5 [0.5, 0.5] (0: 0.5, 1: 0.5, 2: 0.5) | 0.3 [")
     single = ab.table_markdown({"grpo": {"acc": [0.5], "clip": [0.1]}}, [7], metrics)
     assert "| grpo | 0.5 (7: 0.5) | 0.1 (7: 0.1) |" in single
+    own = {"acc": metrics["acc"], "clip": ab.Metric("rl", "clip_frac_high", variants=("gspo",))}
+    scoped = ab.table_markdown({"grpo": {"acc": [0.5], "clip": [math.nan]},
+                                "gspo": {"acc": [0.5], "clip": [0.2]}}, [7], own)
+    assert "| grpo | 0.5 (7: 0.5) | n/a |" in scoped
+    assert "| gspo | 0.5 (7: 0.5) | 0.2 (7: 0.2) |" in scoped
+
+
+def test_a_metric_of_some_variants_is_read_only_there(tmp_path):
+    """A loss's own count (logged by its variant only) is n/a elsewhere; a claim or engagement
+    that reads it on another variant is refused when the file is built."""
+    own = ab.Metric("rl", "clip_frac_high", variants=("b",))
+    kwargs = dict(claim="test", base=arithmetic_grpo.get_config(), variants={"a": {}, "b": {}},
+                  seeds=(0,))
+    metrics = {"acc": ab.Metric("rl", "eval/pass@1"), "own": own}
+    for bad_claim in (ab.Claim("x", "acc", "b", "a", engagement="own", engagement_floor=0.1),
+                      ab.Claim("x", "own", "a", "b")):
+        with pytest.raises(ValueError, match="own"):
+            ab.Ablation(**kwargs, metrics=metrics, claims=[bad_claim])
+    with pytest.raises(ValueError, match="unknown variants"):
+        ab.Ablation(**kwargs, metrics={"own": ab.Metric("rl", "x", variants=("c",))}, claims=[])
+    ablation = ab.Ablation(**kwargs, metrics=metrics, claims=[
+        ab.Claim("x", "acc", "a", "b", engagement="own", engagement_floor=0.1)])
+    for name, clip in (("a", None), ("b", 0.1)):  # variant a logs no clip_frac_high
+        run = tmp_path / name / "seed0"
+        run.mkdir(parents=True)
+        record = {"stage": "rl", "step": 1, "eval/pass@1": 0.5}
+        if clip is not None:
+            record["clip_frac_high"] = clip
+        (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (run / "overrides.json").write_text("{}")
+    values, curves = ab.read_values(ablation, str(tmp_path), [0], ["a", "b"])
+    assert math.isnan(values["a"]["own"][0]) and values["b"]["own"] == [0.1]
+    assert curves["own"]["a"] == [([], [])]
+    unscoped = dataclasses.replace(ablation, metrics={"own": ab.Metric("rl", "clip_frac_high")},
+                                   claims=[])
+    with pytest.raises(ValueError, match="no records"):  # unscoped, a missing key is an error
+        ab.read_values(unscoped, str(tmp_path), [0], ["a", "b"])
 
 
 def test_overrides_and_config_diff():

@@ -63,8 +63,10 @@ def get_ablation() -> ab.Ablation:
             "heldout_gain": ab.Metric("rl", "eval/pass@1", baseline_stage="sft"),
             "entropy": ab.Metric("rl", "entropy", last_n=LAST),
             "log10_entropy": ab.Metric("rl", "entropy", last_n=LAST, log10=True),
-            "cov_clip_tokens": ab.Metric("rl", "cov_clip_tokens", last_n=RL_STEPS),
-            "kl_cov_tokens": ab.Metric("rl", "kl_cov_tokens", last_n=RL_STEPS),
+            "cov_clip_tokens": ab.Metric("rl", "cov_clip_tokens", last_n=RL_STEPS,
+                                         variants=("clip_cov",)),
+            "kl_cov_tokens": ab.Metric("rl", "kl_cov_tokens", last_n=RL_STEPS,
+                                       variants=("kl_cov",)),
             "train_reward": ab.Metric("rl", "score", last_n=LAST),
         },
         claims=[
