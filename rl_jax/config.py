@@ -161,10 +161,11 @@ def default_config() -> ml_collections.ConfigDict:
     # rl_jax.data.steps.STEP_CHECKERS) | model (the "prm" stage's process reward model: sigmoid of
     # its logit at each step's last token, the steps from rl_jax.data.steps.STEP_SEGMENTERS)
     c.rl.step_rewards = "none"
-    # Iterative RL (DeepSeekMath §4.2, Figure 6): every N RL steps the learned reward (the process
-    # reward model of rl.step_rewards='model') is trained further, its stage's settings, on new
-    # samples of the current policy plus a share reward_replay of its earlier training data; then
-    # RL continues. 0 = off.
+    # Iterative RL (DeepSeekMath §4.2, Figure 6): every N RL steps each learned reward RL reads
+    # (the "rm" stage's with rewards.model_weight != 0 and rm.data='synthetic'; the "prm" stage's
+    # with rl.step_rewards='model') trains further, with its stage's settings, on new samples of
+    # the current policy plus a share reward_replay of its earlier training data; then RL
+    # continues (rl_jax/trainers/reward_rounds.py). 0 = off.
     c.rl.reward_refresh_every = 0
     c.rl.reward_replay = 0.1  # the share of replayed (earlier) items in a refresh's training set
     c.rl.num_prompts = 32
@@ -547,17 +548,23 @@ def _check_estimator(config, stages, choice, bad) -> None:
 
 
 def _check_refresh(config, at_least, bad) -> None:
-    """Iterative RL: a refresh needs a learned reward to retrain (the process reward model) and
-    must fall inside the run."""
+    """Iterative RL: a refresh needs a learned reward to retrain (the reward model of
+    rewards.model_weight != 0 with synthetic labels, or the process reward model of
+    rl.step_rewards='model') and must fall inside the run."""
     rl = config.rl
     at_least("rl.reward_refresh_every", 0)
     refresh = rl.reward_refresh_every
     if not refresh > 0:
         return
-    if rl.step_rewards != "model":
+    outcome = config.rewards.model_weight != 0
+    if rl.step_rewards != "model" and not outcome:
         bad("rl.reward_refresh_every", refresh, "0 without a learned reward to retrain (it "
-            f"retrains the process reward model of rl.step_rewards='model'; rl.step_rewards="
-            f"{rl.step_rewards!r})")
+            "retrains the reward model of rewards.model_weight != 0 and the process reward model "
+            f"of rl.step_rewards='model'; rl.step_rewards={rl.step_rewards!r}, "
+            "rewards.model_weight=0)")
+    elif outcome and config.rm.data != "synthetic":
+        bad("rl.reward_refresh_every", refresh, f"0 with rm.data={config.rm.data!r} (a refresh "
+            "labels the policy's new samples: rm.data='synthetic')")
     elif refresh >= rl.steps:
         bad("rl.reward_refresh_every", refresh, f"< rl.steps = {rl.steps} (no refresh would "
             "happen), or 0")

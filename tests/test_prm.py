@@ -20,6 +20,7 @@ from rl_jax.config import ConfigError, check_config
 from rl_jax.data.example import Example
 from rl_jax.settings import RunSettings
 from rl_jax.trainers import process_reward as prm
+from rl_jax.trainers import reward_rounds
 from rl_jax.trainers import rl as rl_trainer
 from rl_jax.trainers.metrics import read_metrics
 from rl_jax.trainers.setup import build_context
@@ -80,13 +81,30 @@ def test_prm_loss_of_a_model_is_the_cross_entropy_at_the_step_ends():
 
 def test_replay_items_are_a_seeded_share_of_the_history():
     history = [prm.StepItem((i,), (0,), (1.0,)) for i in range(50)]
-    chosen = prm.replay_items(history, num_new=90, replay=0.1, seed=0, round_=1)
+    replay_items = reward_rounds.replay_items
+    chosen = replay_items(history, num_new=90, replay=0.1, seed=0, round_=1)
     assert len(chosen) == 10  # 10 / (90 + 10) = the share 0.1
-    assert chosen == prm.replay_items(history, 90, 0.1, seed=0, round_=1)
-    assert chosen != prm.replay_items(history, 90, 0.1, seed=0, round_=2)
+    assert chosen == replay_items(history, 90, 0.1, seed=0, round_=1)
+    assert chosen != replay_items(history, 90, 0.1, seed=0, round_=2)
     assert [item.tokens for item in chosen] == sorted(item.tokens for item in chosen)
-    assert len(prm.replay_items(history, 900, 0.1, 0, 1)) == 50  # at most the whole history
-    assert prm.replay_items(history, 90, 0.0, 0, 1) == []
+    assert len(replay_items(history, 900, 0.1, 0, 1)) == 50  # at most the whole history
+    assert replay_items(history, 90, 0.0, 0, 1) == []
+
+
+def test_a_rounds_training_set_is_its_saved_new_items_and_the_replayed_ones(tmp_path):
+    def make(values):
+        return lambda: [[v] for v in values]
+
+    same = dict(encode=list, decode=list, replay=0.5, seed=0)
+    train, new = reward_rounds.round_training_set(str(tmp_path), "prm", 0, make([1, 2, 3]), **same)
+    assert (train, new) == ([[1], [2], [3]], 3)
+    assert os.path.exists(tmp_path / "prm_data" / "prm.json")
+    # Saved: a second call reads the file and makes nothing.
+    assert reward_rounds.round_training_set(str(tmp_path), "prm", 0, make([]), **same)[0] == train
+    train, new = reward_rounds.round_training_set(str(tmp_path), "prm", 1, make([7, 8]), **same)
+    assert new == 2 and train[:2] == [[7], [8]] and len(train) == 4  # 2 / 4 = the share 0.5
+    assert all(item in [[1], [2], [3]] for item in train[2:])
+    assert os.path.exists(tmp_path / "prm_data" / "prm_1.json")
 
 
 # --- Config rules ---------------------------------------------------------------------------------
@@ -98,10 +116,14 @@ def _errors(**overrides):
     return str(error.value)
 
 
+OUTCOME = {"stages": ("sft", "rm", "rl"), "rewards.model_weight": 1.0}
+
+
 def test_the_prm_configs_pass():
     check_config(tiny_config(**PRM))
     check_config(tiny_config(**PRM | {"rl.reward_refresh_every": 2, "rl.reward_replay": 0.2}))
     check_config(tiny_config(**{"task.name": "addition_scratchpad", "stages": ("prm",)}))
+    check_config(tiny_config(**OUTCOME | {"rl.reward_refresh_every": 2}))
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -118,6 +140,8 @@ def test_the_prm_configs_pass():
     (SCRATCHPAD | {"rl.step_rewards": "gold", "rl.reward_refresh_every": 2},
      "config.rl.reward_refresh_every = 2: expected 0 without a learned reward to retrain"),
     ({"rl.reward_refresh_every": 2}, "config.rl.reward_refresh_every = 2: expected 0 without"),
+    (OUTCOME | {"rl.reward_refresh_every": 2, "rm.data": "pairs"},
+     "config.rl.reward_refresh_every = 2: expected 0 with rm.data='pairs' (a refresh labels"),
     (PRM | {"rl.reward_refresh_every": 4}, "config.rl.reward_refresh_every = 4: expected < "
      "rl.steps = 4"),
     (PRM | {"rl.reward_refresh_every": 2, "rl.reward_replay": 1.0},
@@ -328,3 +352,49 @@ def test_grpo_iterative_config_runs_from_train_py(tmp_path):
     steps = [(r["stage"], r["step"]) for r in read_metrics(tmp_path) if r["stage"] != "sft"]
     assert steps == [("prm", 1), ("prm", 2), ("rl", 1), ("rl", 2), ("prm_1", 1), ("prm_1", 2),
                      ("rl", 3)]
+
+
+@pytest.mark.slow
+def test_iterative_rl_with_an_outcome_reward_model_resumes_exactly(tmp_path, monkeypatch):
+    """The reward model of ``rewards.model_weight`` is retrained after RL step 2 (stage rm_1,
+    synthetic labels of the current policy's samples) and scores RL's steps 3-4; a run crashed
+    inside the refresh and restarted ends with the straight run's policy, bit for bit."""
+    import ml_collections
+
+    from rl_jax.trainers import reward_model as rm_trainer
+    from rl_jax.trainers import run as run_module
+
+    def config():
+        return tiny_config(**{
+            "stages": ("rm", "rl"), "task.name": "digits",
+            "task.kwargs": ml_collections.ConfigDict(dict(min_digits=2, max_digits=3)),
+            "rewards.weights": {"digits_gold": 0.0}, "rewards.correctness": "format",
+            "rewards.model_weight": 1.0, "rm.num_prompts": 8, "rm.num_responses": 3,
+            "rm.eval_size": 8, "rm.steps": 2, "rm.batch_size": 4, "rl.steps": 4,
+            "rl.reward_refresh_every": 2, "rl.num_prompts": 2, "rl.num_minibatches": 2,
+            "eval.every": 0, "eval.k": 0, "eval.num_examples": 4, "model.logits_chunk": 0,
+            "checkpoint.every": 1})
+
+    used = []
+    score_responses = rl_trainer.score_responses
+
+    def recording(settings, out, texts, examples, reward_model):
+        used.append(reward_model)
+        return score_responses(settings, out, texts, examples, reward_model)
+
+    monkeypatch.setattr(rl_trainer, "score_responses", recording)
+    straight = run_module.run(config(), str(tmp_path / "straight"), _mesh())
+    order = [(r["stage"], r["step"]) for r in read_metrics(tmp_path / "straight")]
+    assert order == [("rm", 1), ("rm", 2), ("rl", 1), ("rl", 2), ("rm_1", 1), ("rm_1", 2),
+                     ("rl", 3), ("rl", 4)]
+    assert len(used) == 4 and used[0] is used[1] and used[2] is used[3] and used[1] is not used[2]
+    assert os.path.exists(tmp_path / "straight" / "rm_data" / "rm_1.json")
+
+    workdir = str(tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        _crash_at(patch, rm_trainer, "rm_1", 1)
+        with pytest.raises(_Crash):
+            run_module.run(config(), workdir, _mesh())
+    resumed = run_module.run(config(), workdir, _mesh())
+    np.testing.assert_array_equal(flat(resumed["params"]), flat(straight["params"]))
+    assert resumed["rm_1_eval"] == straight["rm_1_eval"]

@@ -9,9 +9,9 @@ the rollout's budget and temperature. The task's gold step checker (``rl_jax.dat
 each response into steps and labels each 1 (right) or 0 (wrong); ``data.step_token_ends`` maps each
 step to the token it ends on (the last step to the response's last token, its EOS). A response
 with no step (empty) is dropped. The held-out set is made the same way from ``eval_size`` prompts
-of the evaluation set. The items (``StepItem``: token ids, step-end indices, labels) of every
-round's training set are written to ``workdir/prm_data/<name>.json``, read back on a restart and
-by later refreshes (replay).
+of the evaluation set. The new items (``StepItem``: token ids, step-end indices, labels) of every
+round are written to ``workdir/prm_data/<name>.json``, read back on a restart and by later
+refreshes (replay: ``trainers.reward_rounds``).
 
 The model is the policy's backbone with a scalar head (``models.ProcessRewardModel``, the critic's
 and reward model's ``from_policy``), trained by the loop every stage shares
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,10 +45,8 @@ from rl_jax.rollout import right_pad
 from rl_jax.settings import PRMSettings, SamplingSettings
 from rl_jax.train_state import TrainState, init_state, make_train_step
 from rl_jax.trainers.loop import Stage, run_stage
+from rl_jax.trainers.reward_rounds import round_name, round_training_set
 from rl_jax.trainers.setup import Context, stage_key
-
-# Third word of the replay draw's seed ("rply" in ASCII): apart from the data streams.
-REPLAY_STREAM = 0x72706C79
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,45 +182,12 @@ def evaluate_prm(reward: LearnedReward, items: Sequence[StepItem], pad_id: int, 
             "last_step_accuracy": float(right[is_last].mean())}
 
 
-def _items_file(workdir: str, name: str) -> str:
-    return os.path.join(workdir, "prm_data", f"{name}.json")
+def _encode(item: StepItem) -> list:
+    return [item.tokens, item.step_ends, item.labels]
 
 
-def read_items(path: str) -> list[StepItem]:
-    """The items ``saved_items`` wrote to ``path``."""
-    with open(path, encoding="utf-8") as f:
-        return [StepItem(tuple(t), tuple(e), tuple(y)) for t, e, y in json.load(f)]
-
-
-def saved_items(path: str, make) -> list[StepItem]:
-    """The items of ``path`` when it exists; else ``make()``'s, written there first (atomically:
-    a restart reads them back rather than sampling again)."""
-    if os.path.exists(path):
-        return read_items(path)
-    items = make()
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump([[item.tokens, item.step_ends, item.labels] for item in items], f)
-        os.replace(path + ".tmp", path)
-    return items
-
-
-def replay_items(history: Sequence[StepItem], num_new: int, replay: float, seed: int,
-                 round_: int) -> list[StepItem]:
-    """The earlier items a refresh trains on again: ``ceil(replay / (1 - replay) * num_new)``
-    (so that they are a share ``replay`` of the refresh's training set; at most all of
-    ``history``), drawn without replacement from ``default_rng([seed, round_, REPLAY_STREAM])``,
-    in ``history`` order."""
-    count = min(len(history), int(np.ceil(replay / (1.0 - replay) * num_new - 1e-9)))
-    rng = np.random.default_rng([seed, round_, REPLAY_STREAM])
-    chosen = np.sort(rng.choice(len(history), size=count, replace=False))
-    return [history[i] for i in chosen]
-
-
-def stage_name(round_: int) -> str:
-    """``prm`` for the stage, ``prm_<k>`` for its ``k``-th refresh."""
-    return "prm" if round_ == 0 else f"prm_{round_}"
+def _decode(row: list) -> StepItem:
+    return StepItem(*(tuple(x) for x in row))
 
 
 def run_prm(
@@ -238,12 +201,12 @@ def run_prm(
     replay: float = 0.0,
 ) -> tuple[LearnedReward, dict[str, float]]:
     """Trains a process reward model on ``policy_params``' labelled samples in
-    ``workdir/<stage_name(round_)>`` (resumed, or only restored when finished; nothing is
+    ``workdir/<round_name("prm", round_)>`` (resumed, or only restored when finished; nothing is
     sampled then). Round 0 starts from the policy's backbone with a fresh head; round ``k >= 1``
     from ``start`` (round ``k - 1``'s model), on new items plus a share ``replay`` of rounds
     ``0 .. k-1``'s. Returns the model (``LearnedReward``; RL reads ``raw``) and its last
     evaluation."""
-    name = stage_name(round_)
+    name = round_name("prm", round_)
     if start is None:
         policy = nnx.merge(ctx.graphdef, policy_params)
         model = models.ProcessRewardModel.from_policy(policy, rngs=nnx.Rngs(settings.seed + 3))
@@ -269,19 +232,15 @@ def run_prm(
     def prepared() -> tuple[data.FileDataset, list[StepItem]]:
         """The training stream and held-out items, built on first use only."""
         prompts = [ex for i in range(0, settings.num_prompts, 64) for ex in ctx.task.batch(i, 64)]
-        new = saved_items(_items_file(ctx.workdir, name),
-                          lambda: sample(prompts[: settings.num_prompts], 0))
-        train = list(new)
-        if round_ > 0:
-            history = [item for k in range(round_)
-                       for item in read_items(_items_file(ctx.workdir, stage_name(k)))]
-            train += replay_items(history, len(new), replay, settings.seed, round_)
+        train, num_new = round_training_set(
+            ctx.workdir, "prm", round_, lambda: sample(prompts[: settings.num_prompts], 0),
+            _encode, _decode, replay, settings.seed)
         held_out = sample(ctx.task.eval_set(settings.eval_size), 1)
         if not train or not held_out:
             raise ValueError(f"{name}: no response with a step to train or evaluate on")
         steps = np.mean([len(item.labels) for item in train])
         right = np.mean([y for item in train for y in item.labels])
-        print(f"{name}: {len(new)} new and {len(train) - len(new)} replayed training responses "
+        print(f"{name}: {num_new} new and {len(train) - num_new} replayed training responses "
               f"({steps:.1f} steps each, {right:.0%} right), {len(held_out)} held out")
         return data.FileDataset(train, seed=settings.seed + round_), held_out
 

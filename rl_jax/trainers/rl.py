@@ -370,7 +370,7 @@ def run_rl(
     settings: RLStageSettings,
     reward_model: LearnedReward | None = None,
     process_reward: LearnedReward | None = None,
-    refresh: Callable[[int, Any, LearnedReward], LearnedReward] | None = None,
+    refresh: Callable[..., tuple[LearnedReward | None, LearnedReward | None]] | None = None,
 ) -> StageResult:
     """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
     functions, ``reward_model`` and ``process_reward`` (``rl.step_rewards="model"``) in
@@ -379,10 +379,10 @@ def run_rl(
     Iterative RL (``settings.reward_refresh_every = N > 0``): the run is cut into segments that
     end at steps ``N, 2N, ...`` and ``settings.steps``; each segment's last step evaluates and
     saves (the loop's rule for a stage's last step). After segment ``k``, ``refresh(k, policy,
-    process_reward)`` returns the process reward model retrained on the policy of step ``kN``
-    (``trainers.process_reward.run_prm`` round ``k``, a stage of its own), and the next segment
-    restores RL from step ``kN`` and scores with it. A restart runs the same sequence: finished
-    segments and refreshes are only restored.
+    reward_model, process_reward)`` returns the learned rewards retrained on the policy of step
+    ``kN`` (round ``k`` of ``run_rm`` / ``run_prm``, each a stage of its own:
+    ``trainers.reward_rounds``), and the next segment restores RL from step ``kN`` and scores with
+    them. A restart runs the same sequence: finished segments and refreshes are only restored.
 
     With LoRA adapters in ``policy_params`` the reference is the policy with its adapters off
     (``models.adapters_off``: the frozen base, no second copy of the weights). Adapters trained
@@ -412,7 +412,8 @@ def run_rl(
     # The restore template of the segments after the first (the first one's state is donated).
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    current = {"process": process_reward}  # the process reward model of the running segment
+    # The learned rewards of the running segment.
+    current = {"outcome": reward_model, "process": process_reward}
 
     def batch(step: int, state: TrainState, host: dict):
         """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
@@ -424,7 +425,7 @@ def run_rl(
         if algorithm.samples_from_reference:
             sampling_params = models.adapters_off(sampling_params) if lora else ref_params
         rollout, position, metrics = collect(
-            ctx, settings.rollout, sampling_params, host["position"], key, reward_model,
+            ctx, settings.rollout, sampling_params, host["position"], key, current["outcome"],
             current["process"],
         )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
@@ -488,6 +489,7 @@ def run_rl(
     ends = [*range(every, settings.steps, every), settings.steps] if every else [settings.steps]
     result = run_stage(segment(ends[0], state), settings.loop, ctx.workdir)
     for round_, end in enumerate(ends[1:], start=1):
-        current["process"] = refresh(round_, result.state.params["policy"], current["process"])
+        current["outcome"], current["process"] = refresh(
+            round_, result.state.params["policy"], current["outcome"], current["process"])
         result = run_stage(segment(end, abstract), settings.loop, ctx.workdir)
     return result

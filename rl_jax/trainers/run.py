@@ -151,12 +151,19 @@ def _run(settings: RunSettings, workdir: str, mesh: jax.sharding.Mesh) -> dict:
     if "prm" in stages:
         process_reward, summary["prm_eval"] = run_prm(ctx, mesh, params, settings.prm)
 
-    def refresh(round_: int, policy_params, previous):
-        """Iterative RL: round ``round_`` of the process reward model, on the current policy."""
-        reward, summary[f"prm_{round_}_eval"] = run_prm(
-            ctx, mesh, policy_params, settings.prm, round_=round_, start=previous,
-            replay=settings.rl.reward_replay)
-        return reward
+    def refresh(round_: int, policy_params, outcome, process):
+        """Iterative RL: round ``round_`` of each learned reward RL reads, on the current
+        policy."""
+        replay = settings.rl.reward_replay
+        if settings.rewards.model_weight:  # (an rm stage only for the critic's start is not read)
+            outcome, summary[f"rm_{round_}_eval"] = run_rm(
+                ctx, mesh, policy_params, settings.rm, round_=round_, start=outcome,
+                replay=replay)
+        if process is not None:
+            process, summary[f"prm_{round_}_eval"] = run_prm(
+                ctx, mesh, policy_params, settings.prm, round_=round_, start=process,
+                replay=replay)
+        return outcome, process
 
     if "rl" in stages:
         result = run_rl(ctx, mesh, params, settings.rl, reward_model, process_reward,
