@@ -107,6 +107,22 @@ def test_a_rounds_training_set_is_its_saved_new_items_and_the_replayed_ones(tmp_
     assert os.path.exists(tmp_path / "prm_data" / "prm_1.json")
 
 
+def test_settings_carry_the_prm_and_refresh_fields():
+    config = tiny_config(**PRM | {"prm.num_prompts": 12, "prm.batch_size": 6,
+                                  "rl.reward_refresh_every": 2, "rl.reward_replay": 0.3})
+    s = RunSettings.from_config(config)
+    assert (s.prm.num_prompts, s.prm.batch_size, s.prm.steps) == (12, 6, config.prm.steps)
+    assert s.prm.checker is data.gold_steps and s.prm.max_steps == config.rollout.max_new_tokens
+    assert s.prm.sampling is s.sampling and s.prm.loop is s.loop
+    assert (s.rl.reward_refresh_every, s.rl.reward_replay) == (2, 0.3)
+    rollout = s.rl.rollout
+    assert rollout.step_rewards == "model" and rollout.step_segmenter is data.step_ends
+    assert rollout.step_checker is None  # the gold labels are not read with a learned model
+    gold = RunSettings.from_config(tiny_config(**SCRATCHPAD | {"rl.step_rewards": "gold"}))
+    assert gold.rl.rollout.step_checker is data.gold_steps
+    assert gold.rl.rollout.step_segmenter is None
+
+
 # --- Config rules ---------------------------------------------------------------------------------
 
 
