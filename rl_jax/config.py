@@ -12,8 +12,8 @@ Fields shared by every stage (SFT, reward model, RL):
     the tqdm bar on stderr;
   * ``checkpoint.every`` / ``checkpoint.keep``;
   * PRNG keys: every random draw comes from ``fold_in(fold_in(key(seed), stream), step)`` with a
-    named stream (``"sft"``, ``"rm"``, ``"rl"``, and ``"eval/<stage>"`` for each stage's
-    evaluation at step ``step``): see ``rl_jax.trainers.setup.stage_key``.
+    named stream (``"sft"``, ``"rm"``, ``"prm"``, ``"rl"``, and ``"eval/<stage>"`` for each
+    stage's evaluation at step ``step``): see ``rl_jax.trainers.setup.stage_key``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from rl_jax.models.config import REMAT_POLICIES
 from rl_jax.optim import SCHEDULES, optim_config
 from rl_jax.reward_losses import RM_LOSSES
 
-STAGES = ("sft", "rm", "rl")
+STAGES = ("sft", "rm", "prm", "rl")
 # The algorithm's choices are the names registered in rl_jax.algorithm.registry.
 ESTIMATORS = tuple(algorithm.ESTIMATORS)
 POLICY_LOSSES = tuple(algorithm.POLICY_LOSSES)
@@ -41,6 +41,8 @@ IS_CORRECTIONS = (algorithm.NO_CORRECTION, *algorithm.IS_CORRECTIONS)
 GROUP_ESTIMATORS = tuple(name for name, e in algorithm.ESTIMATORS.items() if e.grouped)
 RM_COMPARISONS = ("grouped", "shuffled_pairs")
 RM_DATA = ("synthetic",) + data.PREFERENCE_FORMATS
+# rl.step_rewards: none, the task's gold step checker, or the "prm" stage's model.
+STEP_REWARDS = ("none", "gold", "model")
 DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 
@@ -135,6 +137,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.rm.batch_size = 32  # prompts a step, each with all its responses
     c.rm.optim = optim_config(lr=1e-3, warmup_steps=20)
 
+    # The process reward model stage (rl_jax/trainers/process_reward.py): num_responses samples of
+    # the policy (after SFT) for each of num_prompts training prompts, every step labelled by the
+    # task's gold step checker; per-step binary cross-entropy on the step-end tokens.
+    c.prm = ml_collections.ConfigDict()
+    c.prm.num_prompts = 256
+    c.prm.num_responses = 4
+    c.prm.eval_size = 64  # held-out prompts (of the evaluation set), labelled the same way
+    c.prm.steps = 200
+    c.prm.batch_size = 32  # responses a step
+    c.prm.optim = optim_config(lr=1e-3, warmup_steps=20)
+
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = 1000
     # gae (PPO) | grpo | dr_grpo | rloo | reinforce_pp (return-to-go, whitened; no baseline) |
@@ -145,8 +158,16 @@ def default_config() -> ml_collections.ConfigDict:
     # rl.step_rewards)
     c.rl.estimator = "grpo"
     # Per-step rewards for grpo_process: none | gold (the task's gold step checker,
-    # rl_jax.data.steps.STEP_CHECKERS)
+    # rl_jax.data.steps.STEP_CHECKERS) | model (the "prm" stage's process reward model: sigmoid of
+    # its logit at each step's last token, the steps from rl_jax.data.steps.STEP_SEGMENTERS)
     c.rl.step_rewards = "none"
+    # Iterative RL (DeepSeekMath §4.2, Figure 6): every N RL steps each learned reward RL reads
+    # (the "rm" stage's with rewards.model_weight != 0 and rm.data='synthetic'; the "prm" stage's
+    # with rl.step_rewards='model') trains further, with its stage's settings, on new samples of
+    # the current policy plus a share reward_replay of its earlier training data; then RL
+    # continues (rl_jax/trainers/reward_rounds.py). 0 = off.
+    c.rl.reward_refresh_every = 0
+    c.rl.reward_replay = 0.1  # the share of replayed (earlier) items in a refresh's training set
     c.rl.num_prompts = 32
     c.rl.group_size = 8
     c.rl.epochs = 1  # passes over each rollout batch
@@ -352,6 +373,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
         rm = config.rm
         if rm.loss == "pairwise" and rm.data == "synthetic" and rm.num_responses != 2:
             bad("rm.num_responses", config.rm.num_responses, "2 with rm.loss='pairwise'")
+    if "prm" in stages:
+        _check_stage(config, "prm", at_least, divides, bad)
+        for field in ("prm.num_prompts", "prm.num_responses", "prm.eval_size"):
+            at_least(field, 1)
+        if config.task.name not in data.STEP_CHECKERS:
+            bad("stages", stages, f"no 'prm' with task.name={config.task.name!r}: the task "
+                "declares no steps to label (tasks with a gold step checker: "
+                + ", ".join(sorted(data.STEP_CHECKERS)) + ")")
     if "rl" in stages:
         _check_rl(config, stages, choice, at_least, divides, bad)
     _check_ignored(config, stages, bad)
@@ -459,7 +488,8 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
                 "the rows of a minibatch, rl.num_prompts * rl.group_size / rl.num_minibatches,")
     if rl.shared_prefix is True:
         _check_shared_prefix(rl, divides, bad)
-    _check_estimator(config, choice, bad)
+    _check_estimator(config, stages, choice, bad)
+    _check_refresh(config, at_least, bad)
     token_rewards = [name for name, e in algorithm.ESTIMATORS.items() if e.uses_token_rewards]
     if kl.in_reward and kl.coef > 0 and rl.estimator not in token_rewards:
         bad("kl.in_reward", True, f"False with rl.estimator={rl.estimator!r} (a KL in the reward "
@@ -490,11 +520,22 @@ def _check_shared_prefix(rl, divides, bad) -> None:
                 "rl.shared_prefix=True), rl.num_prompts / rl.num_minibatches,")
 
 
-def _check_estimator(config, choice, bad) -> None:
+def _check_estimator(config, stages, choice, bad) -> None:
     """What the estimator's registry entry asks for: its one policy loss, and the step rewards
-    (from a task that declares steps) of an estimator that reads them."""
+    (from a task that declares steps; a learned one from the ``prm`` stage) of an estimator that
+    reads them."""
     rl = config.rl
-    choice("rl.step_rewards", ("none", "gold"))
+    choice("rl.step_rewards", STEP_REWARDS)
+    if rl.step_rewards in ("gold", "model") and config.task.name not in data.STEP_CHECKERS:
+        bad("rl.step_rewards", rl.step_rewards, f"'none' with task.name={config.task.name!r}: the "
+            "task declares no steps (tasks with a gold step checker: "
+            + ", ".join(sorted(data.STEP_CHECKERS)) + ")")
+    if rl.step_rewards == "model" and "prm" not in stages:
+        bad("stages", tuple(stages), "to include 'prm' for rl.step_rewards='model' (the process "
+            "reward model it reads is trained by that stage)")
+    if "prm" in stages and rl.step_rewards != "model":
+        bad("stages", tuple(stages), f"no 'prm' with rl.step_rewards={rl.step_rewards!r} (RL "
+            "would not read the process reward model; use rl.step_rewards='model')")
     entry = algorithm.ESTIMATORS.get(rl.estimator)
     if entry is None:
         return
@@ -502,12 +543,34 @@ def _check_estimator(config, choice, bad) -> None:
         bad("loss.policy_loss", config.loss.policy_loss, f"{entry.policy_loss!r} with "
             f"rl.estimator={rl.estimator!r} (its gradient is GC * grad log pi, no ratio)")
     if entry.reads == "steps" and rl.step_rewards == "none":
-        bad("rl.step_rewards", rl.step_rewards, f"'gold' with rl.estimator={rl.estimator!r} "
-            "(it reads per-step rewards)")
-    if rl.step_rewards == "gold" and config.task.name not in data.STEP_CHECKERS:
-        bad("rl.step_rewards", rl.step_rewards, f"'none' with task.name={config.task.name!r}: the "
-            "task declares no steps (tasks with a gold step checker: "
-            + ", ".join(sorted(data.STEP_CHECKERS)) + ")")
+        bad("rl.step_rewards", rl.step_rewards, f"'gold' or 'model' with rl.estimator="
+            f"{rl.estimator!r} (it reads per-step rewards)")
+
+
+def _check_refresh(config, at_least, bad) -> None:
+    """Iterative RL: a refresh needs a learned reward to retrain (the reward model of
+    rewards.model_weight != 0 with synthetic labels, or the process reward model of
+    rl.step_rewards='model') and must fall inside the run."""
+    rl = config.rl
+    at_least("rl.reward_refresh_every", 0)
+    refresh = rl.reward_refresh_every
+    if not refresh > 0:
+        return
+    outcome = config.rewards.model_weight != 0
+    if rl.step_rewards != "model" and not outcome:
+        bad("rl.reward_refresh_every", refresh, "0 without a learned reward to retrain (it "
+            "retrains the reward model of rewards.model_weight != 0 and the process reward model "
+            f"of rl.step_rewards='model'; rl.step_rewards={rl.step_rewards!r}, "
+            "rewards.model_weight=0)")
+    elif outcome and config.rm.data != "synthetic":
+        bad("rl.reward_refresh_every", refresh, f"0 with rm.data={config.rm.data!r} (a refresh "
+            "labels the policy's new samples: rm.data='synthetic')")
+    elif refresh >= rl.steps:
+        bad("rl.reward_refresh_every", refresh, f"< rl.steps = {rl.steps} (no refresh would "
+            "happen), or 0")
+    if not 0 <= rl.reward_replay < 1:
+        bad("rl.reward_replay", rl.reward_replay, "a number in [0, 1) (the share of earlier "
+            "data in a refresh's training set)")
 
 
 # Fields of a fresh model's architecture: a model file (``model.path``) brings its own.
@@ -538,9 +601,13 @@ def _check_ignored(config, stages, bad) -> None:
         for name in ("num_prompts", "num_responses", "gold", "label_noise"):
             unused(f"rm.{name}", data != "synthetic", f"with rm.data={data!r} (it sets the "
                    "synthetic preferences)")
+    for name in ("num_prompts", "num_responses", "eval_size", "steps", "batch_size"):
+        unused(f"prm.{name}", "prm" not in stages, "without the 'prm' stage in config.stages")
     if "rl" not in stages:
         return
     rl, loss, kl = config.rl, config.loss, config.kl
+    unused("rl.reward_replay", rl.reward_refresh_every == 0, "with rl.reward_refresh_every = 0 "
+           "(no refresh to replay earlier data in)")
     # What the chosen estimator and loss read, from their registry entries (a bad name was
     # already reported by choice(); it reads everything here, so nothing more is said of it).
     reads_all = algorithm.Estimator(None, critic=True, uses_token_rewards=True)

@@ -23,7 +23,8 @@ Persistent (whole run):
     when RFT samples the initial policy (``RLSettings.samples_from_reference``).
   * ``critic``: GAE's value model (the policy's backbone + a scalar head) with its optimizer
     state and gradient: 4x its parameters.
-  * ``reward_model``: the learned reward's backbone when ``rewards.model_weight != 0``.
+  * ``reward_model``: the learned reward's backbone when ``rewards.model_weight != 0``, and the
+    process reward model's with ``rl.step_rewards = "model"``.
   * ``initial_weights``: ``ctx.policy``, the model as built or loaded, stays alive for the run
     (``trainers.setup.build_context``): a loaded model (``model.path``) is placed shard by shard
     in the policy's layout, so it counts like ``policy``; a fresh model is built on the first
@@ -226,6 +227,8 @@ def estimate(
             out["critic"] = 4 * backbone // fsdp
         if settings.rewards.model_weight != 0:
             out["reward_model"] = backbone // fsdp
+        if rl.rollout.step_rewards == "model":  # the process reward model
+            out["reward_model"] += backbone // fsdp
     rows = rl.rollout.num_prompts * rl.rollout.group_size
     prompt = bucket_length(prompt_len, 16)
     new = settings.sampling.max_new_tokens

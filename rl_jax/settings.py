@@ -22,7 +22,7 @@ import ml_collections
 
 from rl_jax import data
 from rl_jax.algorithm import RLSettings, ScoreShaping
-from rl_jax.data import StepChecker
+from rl_jax.data import StepChecker, StepSegmenter
 from rl_jax.optim import OptimSettings
 
 
@@ -206,6 +206,26 @@ class RMSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PRMSettings:
+    """The process reward model stage (``prm``): ``num_responses`` samples of the policy for each
+    of ``num_prompts`` prompts (``eval_size`` held-out prompts), labelled by the task's gold step
+    ``checker``; ``steps`` updates of ``batch_size`` responses. ``max_steps`` (the rollout's
+    ``max_new_tokens``) bounds the steps of a response."""
+
+    num_prompts: int
+    num_responses: int
+    eval_size: int
+    steps: int
+    batch_size: int
+    optim: OptimSettings
+    seed: int
+    max_steps: int
+    checker: StepChecker | None  # None: the task declares no steps (then no prm stage runs)
+    sampling: SamplingSettings
+    loop: LoopSettings
+
+
+@dataclasses.dataclass(frozen=True)
 class RolloutSettings:
     """What one RL step's rollout reads (``trainers.rl.collect``): ``num_prompts`` prompts with
     ``group_size`` responses each, DAPO's dynamic sampling, the shuffled-reward control, the
@@ -220,15 +240,20 @@ class RolloutSettings:
     sampling: SamplingSettings
     rewards: RewardSettings
     shaping: ScoreShaping
-    # The task's gold step checker with rl.step_rewards="gold" (rl_jax.data.steps), else None.
+    # rl.step_rewards: "none", "gold" (the task's gold step checker, step_checker) or "model"
+    # (the process reward model on the steps of step_segmenter); see rl_jax.data.steps.
+    step_rewards: str
     step_checker: StepChecker | None
+    step_segmenter: StepSegmenter | None
 
 
 @dataclasses.dataclass(frozen=True)
 class RLStageSettings:
     """The RL stage: the step's options (``algorithm``), the rollout, the optimizer, the critic's
     start, the KL coefficient (initial, and the adaptive controller's target and horizon), the
-    divergence guard, and whether it follows an SFT stage (whose LoRA adapters it folds)."""
+    divergence guard, whether it follows an SFT stage (whose LoRA adapters it folds), and iterative
+    RL: the learned reward retrained every ``reward_refresh_every`` steps (0 = never) with a share
+    ``reward_replay`` of earlier data."""
 
     steps: int
     optim: OptimSettings
@@ -239,6 +264,8 @@ class RLStageSettings:
     max_approx_kl: float
     after_sft: bool
     seed: int
+    reward_refresh_every: int
+    reward_replay: float
     algorithm: RLSettings
     rollout: RolloutSettings
     evaluation: EvalSettings
@@ -266,6 +293,7 @@ class RunSettings:
     loop: LoopSettings
     sft: SFTSettings
     rm: RMSettings
+    prm: PRMSettings
     rl: RLStageSettings
     memory: MemorySettings
 
@@ -275,7 +303,7 @@ class RunSettings:
         sampling = SamplingSettings.from_config(config)
         reward = RewardSettings.from_config(config)
         loop = LoopSettings.from_config(config)
-        rl, sft, rm = config.rl, config.sft, config.rm
+        rl, sft, rm, prm = config.rl, config.sft, config.rm, config.prm
         evaluation = EvalSettings(
             num_examples=config.eval.num_examples, k=config.eval.k,
             rows_per_call=rl.num_prompts * rl.group_size, sampling=sampling, rewards=reward,
@@ -285,8 +313,11 @@ class RunSettings:
             dynamic_sampling=rl.dynamic_sampling, max_extra_rounds=rl.max_extra_rounds,
             shuffle_rewards=rl.shuffle_rewards, seed=config.seed, sampling=sampling,
             rewards=reward, shaping=ScoreShaping.from_config(config),
+            step_rewards=rl.step_rewards,
             step_checker=(data.STEP_CHECKERS[config.task.name] if rl.step_rewards == "gold"
                           else None),
+            step_segmenter=(data.STEP_SEGMENTERS[config.task.name]
+                            if rl.step_rewards == "model" else None),
         )
         return cls(
             stages=tuple(config.stages),
@@ -312,11 +343,19 @@ class RunSettings:
                 param_dtype=config.model.param_dtype, seed=config.seed, sampling=sampling,
                 loop=loop,
             ),
+            prm=PRMSettings(
+                num_prompts=prm.num_prompts, num_responses=prm.num_responses,
+                eval_size=prm.eval_size, steps=prm.steps, batch_size=prm.batch_size,
+                optim=OptimSettings.from_config(prm.optim), seed=config.seed,
+                max_steps=config.rollout.max_new_tokens,
+                checker=data.STEP_CHECKERS.get(config.task.name), sampling=sampling, loop=loop,
+            ),
             rl=RLStageSettings(
                 steps=rl.steps, optim=OptimSettings.from_config(rl.optim),
                 critic_init=rl.critic_init, kl_coef=config.kl.coef, kl_target=config.kl.target,
                 kl_horizon=config.kl.horizon, max_approx_kl=rl.max_approx_kl,
                 after_sft="sft" in config.stages, seed=config.seed,
+                reward_refresh_every=rl.reward_refresh_every, reward_replay=rl.reward_replay,
                 algorithm=RLSettings.from_config(config), rollout=rollout,
                 evaluation=evaluation, loop=loop,
             ),

@@ -284,7 +284,8 @@ def test_flat_fields_names_every_leaf_of_a_config_and_of_its_json():
 
 # Every config file with each of its arguments, and every variant of every ablation file.
 CONFIG_ARGS = {"gsm8k_grpo": (None, "chat", "plain"), "preference_rm_ppo": (None, "grpo", "rloo"),
-               "arithmetic_rft": (None, "rft", "online_rft", "grpo", "grpo_process"),
+               "arithmetic_rft": (None, "rft", "online_rft", "grpo", "grpo_process",
+                                  "grpo_prm", "grpo_iterative"),
                "smollm2_arithmetic_grpo": (None, "shuffled", "ppo")}
 
 

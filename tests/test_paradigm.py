@@ -204,7 +204,7 @@ def test_the_paradigm_configs_pass():
     (PROCESS | {"task.name": "countdown"}, "config.rl.step_rewards = 'gold': expected 'none' "
      "with task.name='countdown': the task declares no steps"),
     (PROCESS | {"rl.step_rewards": "none"}, "config.rl.step_rewards = 'none': expected 'gold' "
-     "with rl.estimator='grpo_process'"),
+     "or 'model' with rl.estimator='grpo_process'"),
     (PROCESS | {"rl.estimator": "grpo"}, "config.rl.step_rewards = 'gold': expected 'none' (the "
      "default) with rl.estimator='grpo'"),
     (PROCESS | {"rl.dynamic_sampling": True}, "config.rl.dynamic_sampling = True"),

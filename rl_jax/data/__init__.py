@@ -38,9 +38,17 @@ from rl_jax.data.scratchpad import (
     column_notes,
     final_answer,
     gold_steps,
+    step_ends,
 )
 from rl_jax.data.sorting import SORTING_FORMAT, SortingTask
-from rl_jax.data.steps import STEP_CHECKERS, StepChecker, step_arrays, step_token_ends
+from rl_jax.data.steps import (
+    STEP_CHECKERS,
+    STEP_SEGMENTERS,
+    StepChecker,
+    StepSegmenter,
+    step_arrays,
+    step_token_ends,
+)
 from rl_jax.data.word_arithmetic import WORD_ARITHMETIC_FORMAT, WordArithmeticTask
 
 __all__ = [
@@ -55,6 +63,7 @@ __all__ = [
     "SCRATCHPAD_FORMAT",
     "SORTING_FORMAT",
     "STEP_CHECKERS",
+    "STEP_SEGMENTERS",
     "TASKS",
     "WORD_ARITHMETIC_FORMAT",
     "ArithmeticTask",
@@ -68,6 +77,7 @@ __all__ = [
     "ScratchpadAdditionTask",
     "SortingTask",
     "StepChecker",
+    "StepSegmenter",
     "Task",
     "WordArithmeticTask",
     "check_preference",
@@ -89,6 +99,7 @@ __all__ = [
     "read_jsonl",
     "solve_countdown",
     "step_arrays",
+    "step_ends",
     "step_token_ends",
     "split_hh_dialogue",
     "strip_annotations",

@@ -84,6 +84,22 @@ class ScratchpadAdditionTask(GeneratedTask):
         return Example(prompt=f"{a}+{b}=", target=target, answer=answer, info=info)
 
 
+def step_ends(completion: str) -> list[int]:
+    """The character index where each step of a scratchpad completion ends: each note's
+    separator (``","`` or ``">"``), then the completion's last character (the answer).
+    ``step_ends("15,13>531") == [2, 5, 8]``; an empty completion has no step. The segmentation
+    alone, read without the example (a process reward model scores these steps)."""
+    if not completion:
+        return []
+    ends, start = [], 0
+    separator = completion.rfind(SCRATCHPAD_SEPARATOR)
+    if separator >= 0:
+        for note in completion[:separator].split(","):
+            ends.append(start + len(note))
+            start = ends[-1] + 1
+    return [*ends, len(completion) - 1]
+
+
 def gold_steps(completion: str, example: Example) -> list[tuple[int, float]]:
     """The steps of a scratchpad completion and their gold rewards: ``[(end, reward), ...]``.
 
@@ -95,15 +111,13 @@ def gold_steps(completion: str, example: Example) -> list[tuple[int, float]]:
     and 13 (wrong), answer wrong: ``[(2, 1.0), (5, 0.0), (8, 0.0)]``. An empty completion has no
     step.
     """
-    if not completion:
+    ends = step_ends(completion)
+    if not ends:
         return []
     gold = example.info["notes"]
-    steps, start = [], 0
     separator = completion.rfind(SCRATCHPAD_SEPARATOR)
-    if separator >= 0:
-        for j, note in enumerate(completion[:separator].split(",")):
-            end = start + len(note)
-            steps.append((end, float(j < len(gold) and note.strip() == gold[j])))
-            start = end + 1
-    steps.append((len(completion) - 1, float(final_answer(completion) == example.answer)))
+    notes = completion[:separator].split(",") if separator >= 0 else []
+    steps = [(end, float(j < len(gold) and note.strip() == gold[j]))
+             for j, (end, note) in enumerate(zip(ends, notes, strict=False))]
+    steps.append((ends[-1], float(final_answer(completion) == example.answer)))
     return steps

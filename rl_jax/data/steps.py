@@ -3,7 +3,10 @@ mapping of steps from characters to response tokens.
 
 A gold step checker is a pure function ``(completion, example) -> [(end, reward), ...]``: each
 step's last character index in the completion and its 0/1 reward. ``STEP_CHECKERS`` names the
-tasks that have one (``rl.step_rewards = "gold"`` needs it).
+tasks that have one (``rl.step_rewards = "gold"`` needs it; so does the ``prm`` stage, whose
+labels it makes). A step segmenter ``completion -> [end, ...]`` gives the same ends without
+reading the example: ``STEP_SEGMENTERS``, what ``rl.step_rewards = "model"`` scores. A task with
+steps has both.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from rl_jax.data import scratchpad
 from rl_jax.data.example import Example
 
 StepChecker = Callable[[str, Example], list[tuple[int, float]]]
+StepSegmenter = Callable[[str], list[int]]
 
 STEP_CHECKERS: dict[str, StepChecker] = {
     "addition_scratchpad": scratchpad.gold_steps,
+}
+STEP_SEGMENTERS: dict[str, StepSegmenter] = {
+    "addition_scratchpad": scratchpad.step_ends,
 }
 
 

@@ -43,6 +43,7 @@ from rl_jax.models.tokenizer import train_bpe_tokenizer
 from rl_jax.models.transformer import (
     CausalLM,
     DecodeCache,
+    ProcessRewardModel,
     RewardModel,
     Transformer,
     ValueModel,
@@ -63,6 +64,7 @@ __all__ = [
     "CausalLM",
     "DecodeCache",
     "ModelConfig",
+    "ProcessRewardModel",
     "RewardModel",
     "RopeScaling",
     "Transformer",

@@ -398,6 +398,15 @@ class RewardModel(_ScalarHeadModel):
         return jnp.take_along_axis(scores, index[:, None], axis=-1)[:, 0]
 
 
+class ProcessRewardModel(_ScalarHeadModel):
+    """Process reward model: a step-correctness logit at every token, read at the tokens where
+    steps end (``rl_jax.reward_losses.process_reward_loss``)."""
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, key_mask: jax.Array) -> jax.Array:
+        """tokens, positions, key_mask: [B, T] -> logits [B, T] float32."""
+        return self.token_scores(tokens, positions, key_mask)
+
+
 def apply_lm(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -435,5 +444,6 @@ def apply_model(
     graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, positions: jax.Array,
     key_mask: jax.Array,
 ) -> jax.Array:
-    """Pure call of a `ValueModel` ([B, T]) or `RewardModel` ([B]) from its split state."""
+    """Pure call of a `ValueModel` or `ProcessRewardModel` ([B, T]) or `RewardModel` ([B]) from
+    its split state."""
     return nnx.merge(graphdef, state)(tokens, positions, key_mask)

@@ -46,6 +46,7 @@ from rl_jax.rollout import right_pad
 from rl_jax.settings import RMSettings, SamplingSettings
 from rl_jax.train_state import TrainState, init_state, make_train_step
 from rl_jax.trainers.loop import Stage, run_stage
+from rl_jax.trainers.reward_rounds import round_name, round_training_set
 from rl_jax.trainers.setup import Context, stage_key
 
 
@@ -190,36 +191,56 @@ def synthetic_preferences(
     return prefs
 
 
+def _encode(pref: data.Preference) -> list:
+    return [pref.prompt, list(pref.responses), list(pref.ranks), pref.margin]
+
+
+def _decode(row: list) -> data.Preference:
+    prompt, responses, ranks, margin = row
+    return data.Preference(prompt, tuple(responses), tuple(ranks), margin)
+
+
 def preference_data(
-    ctx: Context, policy_params: Any, settings: RMSettings
+    ctx: Context, policy_params: Any, settings: RMSettings, round_: int = 0, replay: float = 0.0
 ) -> tuple[list[data.Preference], list[data.Preference]]:
     """The training and held-out preferences of ``settings`` (sampled from the policy when
-    ``rm.data == "synthetic"``)."""
+    ``rm.data == "synthetic"``). Synthetic training preferences are saved in
+    ``workdir/rm_data/`` (``trainers.reward_rounds``); round ``round_ >= 1`` of iterative RL
+    samples its own (PRNG draws ``2 round_`` and ``2 round_ + 1`` of the ``"rm"`` stream) and adds
+    the share ``replay`` of the earlier rounds'."""
     if settings.data == "synthetic":
         seed = settings.seed
         prompts = [ex for i in range(0, settings.num_prompts, 64) for ex in ctx.task.batch(i, 64)]
         common = dict(num_responses=settings.num_responses, gold=settings.gold,
                       sampling=settings.sampling)
-        train = synthetic_preferences(
-            ctx,
-            policy_params,
-            prompts[: settings.num_prompts],
-            stage_key(seed, "rm", 0),
-            noise=settings.label_noise,
-            rng=np.random.default_rng([seed, 1]),
-            **common,
+        extra = [round_] if round_ else []  # round 0 keeps the stage's own streams
+        train, _ = round_training_set(
+            ctx.workdir, "rm", round_,
+            lambda: synthetic_preferences(
+                ctx,
+                policy_params,
+                prompts[: settings.num_prompts],
+                stage_key(seed, "rm", 2 * round_),
+                noise=settings.label_noise,
+                rng=np.random.default_rng([seed, 1, *extra]),
+                **common,
+            ),
+            _encode, _decode, replay, seed,
         )
         # Held-out labels are the gold function itself (no noise): accuracy against the truth.
         held_out = synthetic_preferences(
             ctx,
             policy_params,
             ctx.task.eval_set(settings.eval_size),
-            stage_key(seed, "rm", 1),
+            stage_key(seed, "rm", 2 * round_ + 1),
             noise=0.0,
-            rng=np.random.default_rng([seed, 2]),
+            rng=np.random.default_rng([seed, 2, *extra]),
             **common,
         )
         return train, held_out
+    if round_:
+        raise ValueError("a reward-model refresh needs rm.data='synthetic' (new labels for the "
+                         "policy's samples)")
     prefs, skipped = data.load_preferences(settings.path, settings.data,
                                            skip_invalid=settings.skip_invalid)
     print(f"rm: {len(prefs)} preferences from {settings.path} ({skipped} malformed rows skipped)")
@@ -278,13 +299,23 @@ def init_reward_model(
 
 
 def run_rm(
-    ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any, settings: RMSettings
+    ctx: Context, mesh: jax.sharding.Mesh, policy_params: Any, settings: RMSettings, *,
+    round_: int = 0, start: LearnedReward | None = None, replay: float = 0.0,
 ) -> tuple[LearnedReward, dict[str, float]]:
     """Trains a reward model (``settings``, the config's ``rm``) in ``workdir/rm`` (resumed, or
     only restored when finished). Returns the learned reward, normalised by the mean and std of
-    its rewards on the held-out responses at the last evaluation, and that evaluation."""
-    model = init_reward_model(ctx, policy_params, settings)
-    graphdef, params = nnx.split(model)
+    its rewards on the held-out responses at the last evaluation, and that evaluation.
+
+    Iterative RL: round ``round_ >= 1`` (stage ``rm_<k>``, ``trainers.reward_rounds``) continues
+    ``start`` (round ``k - 1``'s model) with a fresh optimizer on synthetic preferences of
+    ``policy_params`` (the current policy) plus a share ``replay`` of the earlier rounds'."""
+    if start is None:
+        model = init_reward_model(ctx, policy_params, settings)
+        graphdef, params = nnx.split(model)
+    else:  # a copy: the step donates the state it trains, and ``start`` keeps its own
+        graphdef, params = start.graphdef, jax.tree.map(jnp.copy, start.params)
+        model = nnx.merge(graphdef, params)
+    name = round_name("rm", round_)
     max_len = model.config.max_position_embeddings
     pad_id = ctx.tokenizer.pad_token_id
     tx = make_optimizer(settings.optim, settings.steps)
@@ -299,14 +330,15 @@ def run_rm(
         items a step: built on first use only, so a finished stage that is only restored samples
         and encodes nothing."""
         start_time = time.perf_counter()
-        train, held_out = preference_data(ctx, policy_params, settings)
+        train, held_out = preference_data(ctx, policy_params, settings, round_, replay)
         k = max(len(p.responses) for p in train + held_out)  # the held-out batches' K
         train_k, per_step = k, settings.batch_size
         if settings.comparisons == "shuffled_pairs":  # each comparison its own batch element
             pairs = data.expand_pairs(train)
             per_step = pairs_per_step(settings.batch_size, len(train), len(pairs),
                                       len(mesh.local_devices))
-            print(f"rm: {len(train)} rankings -> {len(pairs)} shuffled pairs, {per_step} a step")
+            print(f"{name}: {len(train)} rankings -> {len(pairs)} shuffled pairs, {per_step} a "
+                  "step")
             train, train_k = pairs, 2
         if settings.loss == "pairwise" and train_k != 2:
             raise ValueError(
@@ -315,12 +347,12 @@ def run_rm(
                        skip_too_long=settings.skip_invalid)
         train_items, train_skipped = encode_preferences(ctx, train, max_len, **options)
         eval_items, eval_skipped = encode_preferences(ctx, held_out, max_len, **options)
-        print(f"rm: {len(train_items)} training and {len(eval_items)} held-out items, K = {k} "
+        print(f"{name}: {len(train_items)} training and {len(eval_items)} held-out items, K = {k} "
               f"({train_skipped + eval_skipped} skipped: a response longer than the context; "
               f"{time.perf_counter() - start_time:.1f}s to build)")
         # The training stream: seeded epoch permutations, a pure function of the step (for
         # shuffled pairs, this is what spreads a ranking's pairs across the dataset).
-        stream = data.FileDataset(train_items, seed=settings.seed)
+        stream = data.FileDataset(train_items, seed=settings.seed + round_)
         return stream, eval_items, k, train_k, per_step
 
     def batch(step: int, state: TrainState, host: dict):
@@ -334,7 +366,7 @@ def run_rm(
         return evaluate_rm(reward, eval_items, k, pad_id, max_len)
 
     stage = Stage(
-        "rm", settings.steps, state, sharding, step, batch,
+        name, settings.steps, state, sharding, step, batch,
         evaluate=evaluate,
         log_names=("loss", "accuracy", "eval/pair_accuracy"),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 import rl_jax
-from rl_jax import data, models, parallel, rewards
+from rl_jax import models, parallel, rewards
 from rl_jax.algorithm import RolloutBatch, build_rl_step, shape_scores
 from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
@@ -28,6 +29,7 @@ from rl_jax.settings import RewardSettings, RLStageSettings, RolloutSettings
 from rl_jax.train_state import TrainState, init_state
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.loop import Stage, StageResult, run_stage
+from rl_jax.trainers.process_reward import response_steps, step_scores
 from rl_jax.trainers.setup import Context, stage_key
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
@@ -85,29 +87,25 @@ def shuffle_scores(scores: np.ndarray, seed: int, position: int) -> np.ndarray:
     return scores[perm]
 
 
-def token_text_ends(tokenizer, response_tokens: np.ndarray, response_mask: np.ndarray,
-                    eos_ids) -> list[np.ndarray]:
-    """Per response, ``[n]``: the length of the text its first ``t + 1`` non-EOS tokens decode
-    to (``decode_responses``' text), for mapping characters to tokens."""
-    eos = set(eos_ids)
-    ends = []
-    for row, row_mask in zip(np.asarray(response_tokens), np.asarray(response_mask), strict=True):
-        ids = [int(t) for t, m in zip(row, row_mask, strict=True) if m and int(t) not in eos]
-        prefixes = tokenizer.batch_decode([ids[: t + 1] for t in range(len(ids))],
-                                          skip_special_tokens=False)
-        ends.append(np.array([len(p) for p in prefixes], np.int64))
-    return ends
-
-
-def gold_step_rewards(ctx: Context, settings: RolloutSettings, out, texts: list[str],
-                      examples: list) -> tuple[np.ndarray, np.ndarray]:
-    """``(step_rewards, step_ends)`` ``[rows, max_new_tokens]`` of the responses, from the task's
-    gold step checker (``rl_jax.data.steps``)."""
-    steps = [settings.step_checker(text, ex) for text, ex in zip(texts, examples, strict=True)]
-    response_mask = np.asarray(out.response_mask)
-    text_ends = token_text_ends(ctx.tokenizer, out.response_tokens, response_mask, ctx.eos_ids)
-    lengths = response_mask.sum(1).astype(np.int64)
-    return data.step_arrays(steps, text_ends, lengths, response_mask.shape[1])
+def step_rewards_of(ctx: Context, settings: RolloutSettings, out, texts: list[str],
+                    examples: list, process_reward: LearnedReward | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(step_rewards, step_ends)`` ``[rows, max_new_tokens]`` of the responses
+    (``rl_jax.data.steps``): with ``settings.step_rewards == "gold"`` the task's gold step checker
+    gives the steps and their rewards; with ``"model"`` the task's segmenter gives the steps and
+    ``process_reward`` scores them (``process_reward.step_scores``: the sigmoid of its logit at
+    each step's last token of ``prompt + response``)."""
+    width = np.asarray(out.response_mask).shape[1]
+    if settings.step_rewards == "gold":
+        steps = [settings.step_checker(text, ex) for text, ex in zip(texts, examples, strict=True)]
+        return response_steps(ctx, steps, out.response_tokens, out.response_mask, width)
+    steps = [[(end, 0.0) for end in settings.step_segmenter(text)] for text in texts]
+    _, ends = response_steps(ctx, steps, out.response_tokens, out.response_mask, width)
+    tokens = np.concatenate([out.prompt_tokens, out.response_tokens], 1)
+    mask = np.concatenate([out.prompt_mask, out.response_mask], 1)
+    prompt_width = np.asarray(out.prompt_tokens).shape[1]
+    at = np.where(ends >= 0, ends + prompt_width, -1)  # the prompts are left-padded to one width
+    return step_scores(process_reward.raw(tokens, mask), at), ends
 
 
 def score_responses(
@@ -138,9 +136,11 @@ def sample_round(
     position: int,
     key: jax.Array,
     reward_model: LearnedReward | None = None,
+    process_reward: LearnedReward | None = None,
 ) -> tuple[Round, float]:
-    """Samples (from ``policy_params``) and scores the prompts of data position ``position``;
-    also the scoring seconds."""
+    """Samples (from ``policy_params``) and scores the prompts of data position ``position``
+    (``reward_model``: the learned outcome reward; ``process_reward``: the process reward model of
+    ``step_rewards="model"``); also the scoring seconds."""
     examples = ctx.task.batch(position, settings.num_prompts)
     n = settings.group_size
     sampling = settings.sampling
@@ -174,9 +174,10 @@ def sample_round(
     if settings.shuffle_rewards:
         scores = shuffle_scores(scores, settings.seed, position)
     steps = {}
-    if settings.step_checker is not None:
+    if settings.step_rewards != "none":
         steps = dict(zip(("step_rewards", "step_ends"),
-                         gold_step_rewards(ctx, settings, out, texts, repeated), strict=True))
+                         step_rewards_of(ctx, settings, out, texts, repeated, process_reward),
+                         strict=True))
     scoring_seconds = time.perf_counter() - start
     round_ = Round(
         **steps,
@@ -220,6 +221,7 @@ def collect(
     position: int,
     key: jax.Array,
     reward_model: LearnedReward | None = None,
+    process_reward: LearnedReward | None = None,
 ) -> tuple[Round, int, dict[str, float]]:
     """The rollout batch of one step, sampled from ``policy_params``, with dynamic sampling when
     configured.
@@ -240,7 +242,8 @@ def collect(
     scoring = 0.0
     while num_kept < wanted and rounds <= (rl.max_extra_rounds if rl.dynamic_sampling else 0):
         batch, seconds = sample_round(
-            ctx, settings, policy_params, position, jax.random.fold_in(key, rounds), reward_model
+            ctx, settings, policy_params, position, jax.random.fold_in(key, rounds), reward_model,
+            process_reward,
         )
         scoring += seconds
         position += 1
@@ -366,9 +369,20 @@ def run_rl(
     policy_params: Any,
     settings: RLStageSettings,
     reward_model: LearnedReward | None = None,
+    process_reward: LearnedReward | None = None,
+    refresh: Callable[..., tuple[LearnedReward | None, LearnedReward | None]] | None = None,
 ) -> StageResult:
     """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
-    functions and ``reward_model`` in ``workdir/rl`` (resumed, or only restored when finished).
+    functions, ``reward_model`` and ``process_reward`` (``rl.step_rewards="model"``) in
+    ``workdir/rl`` (resumed, or only restored when finished).
+
+    Iterative RL (``settings.reward_refresh_every = N > 0``): the run is cut into segments that
+    end at steps ``N, 2N, ...`` and ``settings.steps``; each segment's last step evaluates and
+    saves (the loop's rule for a stage's last step). After segment ``k``, ``refresh(k, policy,
+    reward_model, process_reward)`` returns the learned rewards retrained on the policy of step
+    ``kN`` (round ``k`` of ``run_rm`` / ``run_prm``, each a stage of its own:
+    ``trainers.reward_rounds``), and the next segment restores RL from step ``kN`` and scores with
+    them. A restart runs the same sequence: finished segments and refreshes are only restored.
 
     With LoRA adapters in ``policy_params`` the reference is the policy with its adapters off
     (``models.adapters_off``: the frozen base, no second copy of the weights). Adapters trained
@@ -395,6 +409,11 @@ def run_rl(
     )
     ctx.check_mesh(mesh)
     latest: list[Round] = []  # the last rollout batch, for the samples text
+    # The restore template of the segments after the first (the first one's state is donated).
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    # The learned rewards of the running segment.
+    current = {"outcome": reward_model, "process": process_reward}
 
     def batch(step: int, state: TrainState, host: dict):
         """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
@@ -406,7 +425,8 @@ def run_rl(
         if algorithm.samples_from_reference:
             sampling_params = models.adapters_off(sampling_params) if lora else ref_params
         rollout, position, metrics = collect(
-            ctx, settings.rollout, sampling_params, host["position"], key, reward_model
+            ctx, settings.rollout, sampling_params, host["position"], key, current["outcome"],
+            current["process"],
         )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
         latest[:] = [rollout]
@@ -452,15 +472,24 @@ def run_rl(
         texts, scores = latest[0].texts[:3], latest[0].scores[:3]
         return "\n".join(f"  {t!r} -> {s:+.2f}" for t, s in zip(texts, scores, strict=True))
 
-    stage = Stage(
-        "rl", settings.steps, state, sharding, step, batch,
-        host={"position": 0, "kl_coef": settings.kl_coef},
-        evaluate=evaluate_policy,
-        finish_metrics=finish_metrics,
-        loss_names=LOSS_METRICS,
-        log_names=("score", "accuracy", "eval/pass@1", "kl_ref", "entropy", "clip_frac_high",
-                   "length", "tokens_per_second"),
-        samples=samples,
-        limits={"approx_kl": (settings.max_approx_kl, "rl.max_approx_kl")},
-    )
-    return run_stage(stage, settings.loop, ctx.workdir)
+    def segment(end: int, template) -> Stage:
+        return Stage(
+            "rl", end, template, sharding, step, batch,
+            host={"position": 0, "kl_coef": settings.kl_coef},
+            evaluate=evaluate_policy,
+            finish_metrics=finish_metrics,
+            loss_names=LOSS_METRICS,
+            log_names=("score", "accuracy", "eval/pass@1", "kl_ref", "entropy", "clip_frac_high",
+                       "length", "tokens_per_second"),
+            samples=samples,
+            limits={"approx_kl": (settings.max_approx_kl, "rl.max_approx_kl")},
+        )
+
+    every = settings.reward_refresh_every
+    ends = [*range(every, settings.steps, every), settings.steps] if every else [settings.steps]
+    result = run_stage(segment(ends[0], state), settings.loop, ctx.workdir)
+    for round_, end in enumerate(ends[1:], start=1):
+        current["outcome"], current["process"] = refresh(
+            round_, result.state.params["policy"], current["outcome"], current["process"])
+        result = run_stage(segment(end, abstract), settings.loop, ctx.workdir)
+    return result

@@ -18,6 +18,7 @@ from rl_jax.config import ConfigError, check_config
 from rl_jax.settings import RunSettings
 from rl_jax.trainers import plots
 from rl_jax.trainers.checkpoint import CheckpointDamagedError, Checkpointer
+from rl_jax.trainers.process_reward import run_prm
 from rl_jax.trainers.reward_model import run_rm
 from rl_jax.trainers.rl import run_rl
 from rl_jax.trainers.setup import build_context
@@ -27,9 +28,10 @@ from rl_jax.trainers.workdir import ConfigChangedError, check_workdir_config, lo
 
 def _rl_resumes_without_sft(settings: RunSettings, workdir: str) -> bool:
     """Whether RL has a checkpoint (so SFT finished) and needs nothing of SFT's final params: no
-    KL reference, no reward-model stage (whose synthetic data come from the SFT policy). RL's
+    KL reference, no reward-model stage (whose synthetic data, like the process reward model's,
+    come from the SFT policy). RL's
     restore then only needs a template of the policy's structure: the fresh params serve."""
-    if "rl" not in settings.stages or "rm" in settings.stages:
+    if "rl" not in settings.stages or "rm" in settings.stages or "prm" in settings.stages:
         return False
     if settings.rl.algorithm.needs_reference:
         return False
@@ -112,9 +114,10 @@ def check_processes(settings: RunSettings) -> None:
         return
     why = f"one process (this run has jax.process_count() = {jax.process_count()})"
     errors = []
-    if "rm" in settings.stages:
-        errors.append(f"config.stages = {settings.stages!r}: expected no 'rm' stage with more "
-                      f"than {why}")
+    for stage in ("rm", "prm"):
+        if stage in settings.stages:
+            errors.append(f"config.stages = {settings.stages!r}: expected no {stage!r} stage "
+                          f"with more than {why}")
     if settings.rewards.model_weight:
         errors.append(f"config.rewards.model_weight = {settings.rewards.model_weight!r}: expected "
                       f"0 with more than {why}")
@@ -144,8 +147,27 @@ def _run(settings: RunSettings, workdir: str, mesh: jax.sharding.Mesh) -> dict:
     reward_model = None
     if "rm" in stages:
         reward_model, summary["rm_eval"] = run_rm(ctx, mesh, params, settings.rm)
+    process_reward = None
+    if "prm" in stages:
+        process_reward, summary["prm_eval"] = run_prm(ctx, mesh, params, settings.prm)
+
+    def refresh(round_: int, policy_params, outcome, process):
+        """Iterative RL: round ``round_`` of each learned reward RL reads, on the current
+        policy."""
+        replay = settings.rl.reward_replay
+        if settings.rewards.model_weight:  # (an rm stage only for the critic's start is not read)
+            outcome, summary[f"rm_{round_}_eval"] = run_rm(
+                ctx, mesh, policy_params, settings.rm, round_=round_, start=outcome,
+                replay=replay)
+        if process is not None:
+            process, summary[f"prm_{round_}_eval"] = run_prm(
+                ctx, mesh, policy_params, settings.prm, round_=round_, start=process,
+                replay=replay)
+        return outcome, process
+
     if "rl" in stages:
-        result = run_rl(ctx, mesh, params, settings.rl, reward_model)
+        result = run_rl(ctx, mesh, params, settings.rl, reward_model, process_reward,
+                        refresh if settings.rl.reward_refresh_every else None)
         params, summary["rl_eval"] = result.state.params["policy"], result.last_eval
     summary["wall_time_s"] = time.perf_counter() - start
     if jax.process_index() == 0:  # the files of the run: written once

@@ -317,7 +317,7 @@ def resolve_pad_id(tokenizer: transformers.PreTrainedTokenizerBase,
     return int(tokenizer.pad_token_id)
 
 
-STREAMS = {"sft": 1, "rl": 2, "eval/sft": 3, "rm": 4, "eval/rl": 5, "eval/rm": 6}
+STREAMS = {"sft": 1, "rl": 2, "eval/sft": 3, "rm": 4, "eval/rl": 5, "eval/rm": 6, "prm": 7}
 
 
 def stage_key(seed: int, stream: str, step: int) -> jax.Array:
