@@ -173,6 +173,15 @@ def default_config() -> ml_collections.ConfigDict:
     # shuffles whole groups into minibatches. Needs group_size >= 2.
     c.rl.shared_prefix = False
     c.rl.optim = optim_config(lr=3e-4)
+    # Off-policy rollouts (rl_jax.trainers.staleness): the rollouts trained on at step s were
+    # sampled by the policy of step s - max_staleness (0 = on-policy: sample, then train). The
+    # behaviour log-probs of loss.is_correction are then the sampling policy's.
+    c.rl.max_staleness = 0
+    # With max_staleness >= 1, what happens to leftover groups (dynamic sampling's surplus) that
+    # would be trained on more than max_staleness steps after they were sampled: "wait" (never
+    # kept: a short batch waits for fresh rounds), "drop" (kept in a buffer, dropped once too old)
+    # or "keep" (kept, trained on with loss.is_correction). "" = not set (max_staleness = 0).
+    c.rl.stale_policy = ""
     # Divergence guard: stop the run (before the step is checkpointed) when a step's approx_kl,
     # the k3 estimate of KL(pi_old || pi) between the rollout policy and the policy being updated,
     # averaged over the step's minibatch updates, exceeds this (nats/token; 0 = off). Healthy PPO
@@ -473,6 +482,32 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     if not len(config.rewards.weights) and not config.rewards.model_weight:
         bad("rewards.weights", {}, "at least one reward (or rewards.model_weight > 0)")
     _check_optim(config, "rl.optim", at_least, bad)
+    _check_staleness(config, at_least, bad)
+
+
+STALE_POLICIES = ("wait", "drop", "keep")
+
+
+def _check_staleness(config, at_least, bad) -> None:
+    """``rl.max_staleness`` and ``rl.stale_policy`` (``rl_jax.trainers.staleness``)."""
+    rl = config.rl
+    at_least("rl.max_staleness", 0)
+    k = rl.max_staleness
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if rl.stale_policy != "":
+            bad("rl.stale_policy", rl.stale_policy, "'' (the default) with rl.max_staleness = "
+                f"{k!r} (on-policy: no sample is ever late)")
+        return
+    if rl.stale_policy not in STALE_POLICIES:
+        bad("rl.stale_policy", rl.stale_policy, "one of " + ", ".join(map(repr, STALE_POLICIES))
+            + f" with rl.max_staleness = {k} (what happens to samples older than that)")
+    elif rl.stale_policy != "wait" and not rl.dynamic_sampling:
+        bad("rl.stale_policy", rl.stale_policy, "'wait' without rl.dynamic_sampling=True (only "
+            "its surplus groups can outlive the staleness bound)")
+    if algorithm.ESTIMATORS.get(rl.estimator) and algorithm.ESTIMATORS[rl.estimator].sampler \
+            == "reference":
+        bad("rl.max_staleness", k, f"0 with rl.estimator={rl.estimator!r} (it samples the "
+            "frozen initial policy: no policy version to be stale)")
 
 
 def _check_shared_prefix(rl, divides, bad) -> None:

@@ -29,6 +29,12 @@ from rl_jax.train_state import TrainState, init_state
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.loop import Stage, StageResult, run_stage
 from rl_jax.trainers.setup import Context, stage_key
+from rl_jax.trainers.staleness import (
+    Pending,
+    decode_pending,
+    encode_pending,
+    staleness_metrics,
+)
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
 
@@ -50,6 +56,8 @@ class Round:
     # With rl.step_rewards: each step's reward and end token ([rows, max_new_tokens]; -1: none).
     step_rewards: np.ndarray | None = None
     step_ends: np.ndarray | None = None
+    # [rows] int32: the policy version (TrainState.step) that sampled each row (staleness.py).
+    version: np.ndarray | None = None
 
     def rows(self, index: np.ndarray) -> Round:
         def take(x):
@@ -395,20 +403,47 @@ def run_rl(
     )
     ctx.check_mesh(mesh)
     latest: list[Round] = []  # the last rollout batch, for the samples text
+    k = algorithm.max_staleness
+
+    def produce(t: int, version: int, params: Any, position: int) -> tuple[Pending, int]:
+        """The rollout of step ``t``, sampled by ``params`` (policy version ``version``) from
+        data position ``position``; and the next position."""
+        t0 = time.perf_counter()
+        key = stage_key(settings.seed, "rl", t)
+        rollout, position, metrics = collect(
+            ctx, settings.rollout, params, position, key, reward_model
+        )
+        metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
+        rollout.version = np.full(len(rollout.scores), version, np.int32)
+        return Pending(t, version, rollout, metrics), position
 
     def batch(step: int, state: TrainState, host: dict):
-        """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
-        t0 = time.perf_counter()
-        key = stage_key(settings.seed, "rl", step)
+        """Sample and score (host) the rollouts due (``staleness``: the one of step ``step + k``,
+        by the policy of step ``step``), then ``prepare`` (device) step ``step``'s; the next KL
+        coefficient."""
         # RFT's data source is the initial policy, frozen; every other estimator samples the
         # policy being trained.
         sampling_params = state.params["policy"]
         if algorithm.samples_from_reference:
             sampling_params = models.adapters_off(sampling_params) if lora else ref_params
-        rollout, position, metrics = collect(
-            ctx, settings.rollout, sampling_params, host["position"], key, reward_model
-        )
-        metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
+        queue, position = list(host["pending"]), host["position"]
+        produced = []
+        while not queue or queue[-1].step < step + k:
+            t = queue[-1].step + 1 if queue else step
+            entry, position = produce(t, step, sampling_params, position)
+            queue.append(entry)
+            produced.append(entry)
+        entry = queue.pop(0)
+        if entry.step != step:
+            raise RuntimeError(f"rl step {step}: the queue's next rollout is for step {entry.step}")
+        rollout = entry.rollout
+        # The rollout's own metrics; the time spent sampling and scoring during this step.
+        metrics = entry.metrics | {
+            name: sum(p.metrics[name] for p in produced)
+            for name in ("time_sampling", "time_scoring")
+        }
+        if k:
+            metrics.update(staleness_metrics(rollout.version, step))
         latest[:] = [rollout]
         arrays = parallel.shard_batch(device_batch(rollout), mesh)
         kl_coef = host["kl_coef"]
@@ -429,7 +464,8 @@ def run_rl(
                 )
             )
         metrics["kl_coef"] = kl_coef
-        return (train_batch, prep_metrics), metrics, {"position": position, "kl_coef": kl_coef}
+        new_host = {"position": position, "kl_coef": kl_coef, "pending": queue}
+        return (train_batch, prep_metrics), metrics, new_host
 
     def step(state: TrainState, batch):
         train_batch, prep_metrics = batch
@@ -454,7 +490,7 @@ def run_rl(
 
     stage = Stage(
         "rl", settings.steps, state, sharding, step, batch,
-        host={"position": 0, "kl_coef": settings.kl_coef},
+        host={"position": 0, "kl_coef": settings.kl_coef, "pending": []},
         evaluate=evaluate_policy,
         finish_metrics=finish_metrics,
         loss_names=LOSS_METRICS,
@@ -462,5 +498,9 @@ def run_rl(
                    "length", "tokens_per_second"),
         samples=samples,
         limits={"approx_kl": (settings.max_approx_kl, "rl.max_approx_kl")},
+        encode_host=lambda host: host | {"pending": encode_pending(host["pending"])},
+        # (a checkpoint written before rl.max_staleness existed has no queue)
+        decode_host=lambda host: host | {"pending": decode_pending(Round,
+                                                                   host.get("pending", []))},
     )
     return run_stage(stage, settings.loop, ctx.workdir)
