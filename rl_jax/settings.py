@@ -239,6 +239,7 @@ class RLStageSettings:
     max_approx_kl: float
     after_sft: bool
     seed: int
+    stale_policy: str  # with algorithm.max_staleness >= 1: "wait", "drop" or "keep" (staleness.py)
     algorithm: RLSettings
     rollout: RolloutSettings
     evaluation: EvalSettings
@@ -317,7 +318,8 @@ class RunSettings:
                 critic_init=rl.critic_init, kl_coef=config.kl.coef, kl_target=config.kl.target,
                 kl_horizon=config.kl.horizon, max_approx_kl=rl.max_approx_kl,
                 after_sft="sft" in config.stages, seed=config.seed,
-                algorithm=RLSettings.from_config(config), rollout=rollout,
+                stale_policy=rl.stale_policy, algorithm=RLSettings.from_config(config),
+                rollout=rollout,
                 evaluation=evaluation, loop=loop,
             ),
             memory=MemorySettings(device_gb=config.memory.device_gb, check=config.memory.check),

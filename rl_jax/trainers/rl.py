@@ -31,9 +31,13 @@ from rl_jax.trainers.loop import Stage, StageResult, run_stage
 from rl_jax.trainers.setup import Context, stage_key
 from rl_jax.trainers.staleness import (
     Pending,
+    add_to_carry,
     decode_pending,
+    decode_round,
     encode_pending,
+    encode_round,
     staleness_metrics,
+    use_carry,
 )
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
@@ -237,10 +241,26 @@ def collect(
     sampled (at most ``max_extra_rounds`` more rounds); if the batch is still not full, dropped
     groups fill it with their response masks zeroed, so they count in no loss.
     """
+    return collect_with_surplus(ctx, settings, policy_params, position, key, reward_model)[:3]
+
+
+def collect_with_surplus(
+    ctx: Context,
+    settings: RolloutSettings,
+    policy_params: Any,
+    position: int,
+    key: jax.Array,
+    reward_model: LearnedReward | None = None,
+) -> tuple[Round, int, dict[str, float], Round | None, int]:
+    """``collect``'s batch, position and metrics, then what it leaves over: the informative
+    groups of the last round beyond the ``num_prompts`` wanted (None without any), and the
+    number of groups at the batch's end that are fillers (masks zeroed: dynamic sampling fell
+    short). ``rl_jax.trainers.staleness.use_carry`` trains on those surplus groups later."""
     rl = settings
     n, wanted = rl.group_size, rl.num_prompts
     kept: list[Round] = []
     dropped: list[Round] = []
+    surplus: list[Round] = []
     first: Round | None = None
     num_kept = 0
     rounds = 0
@@ -263,9 +283,11 @@ def collect(
         informative = grouped.max(1) > grouped.min(1)
         rows = lambda groups: (groups[:, None] * n + np.arange(n)).reshape(-1)  # noqa: E731
         take = np.flatnonzero(informative)[: wanted - num_kept]
+        surplus.append(batch.rows(rows(np.flatnonzero(informative)[wanted - num_kept:])))
         kept.append(batch.rows(rows(take)))
         num_kept += len(take)
         dropped.append(batch.rows(rows(np.flatnonzero(~informative))))
+    fillers = wanted - num_kept
     if num_kept < wanted:
         filler = _concat(dropped, ctx.tokenizer.pad_token_id)
         filler = filler.rows(np.arange((wanted - num_kept) * n))
@@ -281,7 +303,9 @@ def collect(
         "generated_tokens": float(parallel.gather_rows(np.float64([generated])).sum()),
         "time_scoring": scoring,
     }
-    return out, position, metrics
+    extra = [r for r in surplus if len(r.scores)]
+    extra = _concat(extra, ctx.tokenizer.pad_token_id) if extra else None
+    return out, position, metrics, extra, fillers
 
 
 def rollout_metrics(batch: Round, group_size: int | None = None) -> dict[str, float]:
@@ -404,18 +428,31 @@ def run_rl(
     ctx.check_mesh(mesh)
     latest: list[Round] = []  # the last rollout batch, for the samples text
     k = algorithm.max_staleness
+    carrying = k > 0 and settings.stale_policy in ("drop", "keep")  # dynamic sampling's surplus
+    group_size = settings.rollout.group_size
 
-    def produce(t: int, version: int, params: Any, position: int) -> tuple[Pending, int]:
+    def concat(parts: list[Round]) -> Round:
+        return _concat(parts, ctx.tokenizer.pad_token_id)
+
+    def produce(t: int, version: int, params: Any, position: int):
         """The rollout of step ``t``, sampled by ``params`` (policy version ``version``) from
-        data position ``position``; and the next position."""
+        data position ``position``; the next position; its surplus groups (when carried)."""
         t0 = time.perf_counter()
         key = stage_key(settings.seed, "rl", t)
-        rollout, position, metrics = collect(
-            ctx, settings.rollout, params, position, key, reward_model
-        )
+        surplus, fillers = None, 0
+        if carrying:
+            rollout, position, metrics, surplus, fillers = collect_with_surplus(
+                ctx, settings.rollout, params, position, key, reward_model
+            )
+        else:
+            rollout, position, metrics = collect(
+                ctx, settings.rollout, params, position, key, reward_model
+            )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
-        rollout.version = np.full(len(rollout.scores), version, np.int32)
-        return Pending(t, version, rollout, metrics), position
+        for part in (rollout, surplus):
+            if part is not None:
+                part.version = np.full(len(part.scores), version, np.int32)
+        return Pending(t, version, rollout, metrics, fillers), position, surplus
 
     def batch(step: int, state: TrainState, host: dict):
         """Sample and score (host) the rollouts due (``staleness``: the one of step ``step + k``,
@@ -426,13 +463,17 @@ def run_rl(
         sampling_params = state.params["policy"]
         if algorithm.samples_from_reference:
             sampling_params = models.adapters_off(sampling_params) if lora else ref_params
-        queue, position = list(host["pending"]), host["position"]
-        produced = []
+        queue, position, carry = list(host["pending"]), host["position"], host["carry"]
+        produced, evicted = [], 0
         while not queue or queue[-1].step < step + k:
             t = queue[-1].step + 1 if queue else step
-            entry, position = produce(t, step, sampling_params, position)
+            entry, position, surplus = produce(t, step, sampling_params, position)
             queue.append(entry)
             produced.append(entry)
+            if carrying:
+                carry, out = add_to_carry(carry, surplus, group_size=group_size,
+                                          max_groups=settings.rollout.num_prompts, concat=concat)
+                evicted += out
         entry = queue.pop(0)
         if entry.step != step:
             raise RuntimeError(f"rl step {step}: the queue's next rollout is for step {entry.step}")
@@ -442,6 +483,16 @@ def run_rl(
             name: sum(p.metrics[name] for p in produced)
             for name in ("time_sampling", "time_scoring")
         }
+        if carrying:
+            rollout, carry, carried = use_carry(
+                rollout, entry.fillers, carry, step=step, max_staleness=k,
+                policy=settings.stale_policy, group_size=group_size, concat=concat,
+            )
+            metrics.update(carried, carry_evicted=float(evicted),
+                           carry_groups=float(0 if carry is None else len(carry.scores)
+                                              // group_size))
+        elif k:
+            metrics.update(late_dropped=0.0, late_kept=0.0)
         if k:
             metrics.update(staleness_metrics(rollout.version, step))
         latest[:] = [rollout]
@@ -464,7 +515,7 @@ def run_rl(
                 )
             )
         metrics["kl_coef"] = kl_coef
-        new_host = {"position": position, "kl_coef": kl_coef, "pending": queue}
+        new_host = {"position": position, "kl_coef": kl_coef, "pending": queue, "carry": carry}
         return (train_batch, prep_metrics), metrics, new_host
 
     def step(state: TrainState, batch):
@@ -488,9 +539,20 @@ def run_rl(
         texts, scores = latest[0].texts[:3], latest[0].scores[:3]
         return "\n".join(f"  {t!r} -> {s:+.2f}" for t, s in zip(texts, scores, strict=True))
 
+    def encode_host(host: dict) -> dict:
+        carry = host["carry"]
+        return host | {"pending": encode_pending(host["pending"]),
+                       "carry": None if carry is None else encode_round(carry)}
+
+    def decode_host(host: dict) -> dict:
+        # (a checkpoint written before rl.max_staleness existed has no queue and no carry)
+        carry = host.get("carry")
+        return host | {"pending": decode_pending(Round, host.get("pending", [])),
+                       "carry": None if carry is None else decode_round(Round, carry)}
+
     stage = Stage(
         "rl", settings.steps, state, sharding, step, batch,
-        host={"position": 0, "kl_coef": settings.kl_coef, "pending": []},
+        host={"position": 0, "kl_coef": settings.kl_coef, "pending": [], "carry": None},
         evaluate=evaluate_policy,
         finish_metrics=finish_metrics,
         loss_names=LOSS_METRICS,
@@ -498,9 +560,7 @@ def run_rl(
                    "length", "tokens_per_second"),
         samples=samples,
         limits={"approx_kl": (settings.max_approx_kl, "rl.max_approx_kl")},
-        encode_host=lambda host: host | {"pending": encode_pending(host["pending"])},
-        # (a checkpoint written before rl.max_staleness existed has no queue)
-        decode_host=lambda host: host | {"pending": decode_pending(Round,
-                                                                   host.get("pending", []))},
+        encode_host=encode_host,
+        decode_host=decode_host,
     )
     return run_stage(stage, settings.loop, ctx.workdir)

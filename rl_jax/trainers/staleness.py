@@ -17,6 +17,17 @@ trains on the very rollouts an uninterrupted one would. Every rollout row carrie
 
 Each rollout is drawn with the PRNG key and data position the step it is for would use
 on-policy, so ``k = 0`` through this queue is today's loop, operation for operation.
+
+Late samples (``rl.stale_policy``): with dynamic sampling a round can hold more informative
+groups than a step wants. ``"wait"`` drops that surplus (the on-policy behaviour: a short batch
+waits for fresh rounds and is topped up with masked fillers), so every trained row has staleness
+<= k. ``"drop"`` and ``"keep"`` put it in a carry buffer (``add_to_carry``, at most
+``num_prompts`` groups, the newest kept) from which later short batches take groups, oldest
+first, in place of their fillers (``use_carry``). A carried group sampled by version ``v`` is
+late at step ``s`` when ``s - v > k``: ``"drop"`` discards it, ``"keep"`` trains on it with the
+configured ``loss.is_correction`` (its rows keep their own sampler log-probs and version). The
+counts are metrics (``late_dropped``, ``late_kept``, ``carried_used``, ``carry_evicted``,
+``carry_groups``), so the bias each choice brings is visible.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,6 +54,7 @@ class Pending:
     version: int
     rollout: Any  # rl_jax.trainers.rl.Round
     metrics: dict[str, float]  # its rollout metrics (collect's), written with step ``step``
+    fillers: int = 0  # its last groups are fillers (dynamic sampling fell short; masks zeroed)
 
 
 def staleness_metrics(versions: np.ndarray, step: int) -> dict[str, float]:
@@ -98,11 +111,72 @@ def decode_round(cls: type, encoded: dict[str, Any]) -> Any:
 def encode_pending(queue: list[Pending]) -> list[dict[str, Any]]:
     """The queue as JSON (the checkpoint's host state): exact, see ``encode_round``."""
     return [{"step": p.step, "version": p.version, "rollout": encode_round(p.rollout),
-             "metrics": dict(p.metrics)} for p in queue]
+             "metrics": dict(p.metrics), "fillers": p.fillers} for p in queue]
 
 
 def decode_pending(cls: type, encoded: list[dict[str, Any]]) -> list[Pending]:
     """The queue ``encode_pending`` encoded (``cls``: the ``Round`` class)."""
     return [Pending(step=int(p["step"]), version=int(p["version"]),
-                    rollout=decode_round(cls, p["rollout"]), metrics=dict(p["metrics"]))
+                    rollout=decode_round(cls, p["rollout"]), metrics=dict(p["metrics"]),
+                    fillers=int(p["fillers"]))
             for p in encoded]
+
+
+def _groups(rollout: Any, group_size: int) -> int:
+    return 0 if rollout is None else len(rollout.scores) // group_size
+
+
+def _take_groups(rollout: Any, groups: np.ndarray, group_size: int) -> Any:
+    """The rows of ``groups`` (indices of consecutive ``group_size``-row groups); None if empty."""
+    if len(groups) == 0:
+        return None
+    return rollout.rows((groups[:, None] * group_size + np.arange(group_size)).reshape(-1))
+
+
+def add_to_carry(
+    carry: Any, surplus: Any, *, group_size: int, max_groups: int, concat: Callable
+) -> tuple[Any, int]:
+    """``carry`` then ``surplus`` (each a ``Round`` of whole groups, or None), cut to the newest
+    ``max_groups`` groups: ``(carry, evicted groups)``. ``concat``: joins Rounds."""
+    parts = [r for r in (carry, surplus) if r is not None]
+    if not parts:
+        return None, 0
+    joined = concat(parts) if len(parts) > 1 else parts[0]
+    total = _groups(joined, group_size)
+    evicted = max(total - max_groups, 0)
+    return _take_groups(joined, np.arange(evicted, total), group_size), evicted
+
+
+def use_carry(
+    batch: Any, fillers: int, carry: Any, *, step: int, max_staleness: int, policy: str,
+    group_size: int, concat: Callable,
+) -> tuple[Any, Any, dict[str, float]]:
+    """Replaces the last ``fillers`` groups of ``batch`` (masked fillers) with carried groups,
+    oldest first. ``(batch, carry, metrics)``.
+
+    A carried group (rows stamped ``version``) is late at ``step`` when ``step - version >
+    max_staleness``. ``policy="drop"``: late groups leave the carry first (``late_dropped``);
+    ``"keep"``: they are used like any other (``late_kept`` counts the late ones used).
+    ``carried_used``: carried groups put in the batch.
+    """
+    if policy not in ("drop", "keep"):
+        raise ValueError(f"use_carry: policy must be 'drop' or 'keep', got {policy!r}")
+    n = group_size
+    metrics = {"late_dropped": 0.0, "late_kept": 0.0, "carried_used": 0.0}
+    if carry is not None:
+        late = step - carry.version[::n].astype(np.int64) > max_staleness
+        if policy == "drop":
+            metrics["late_dropped"] = float(late.sum())
+            carry = _take_groups(carry, np.flatnonzero(~late), n)
+    use = min(fillers, _groups(carry, n))
+    if use:
+        total, rows = _groups(carry, n), len(batch.scores)
+        taken = _take_groups(carry, np.arange(use), n)
+        carry = _take_groups(carry, np.arange(use, total), n)
+        real = batch.rows(np.arange(rows - fillers * n))
+        rest = batch.rows(np.arange(rows - (fillers - use) * n, rows))
+        batch = concat([real, taken, rest])
+        metrics["carried_used"] = float(use)
+        metrics["late_kept"] = float(np.sum(step - taken.version[::n].astype(np.int64)
+                                            > max_staleness))
+    return batch, carry, metrics
