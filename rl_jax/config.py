@@ -237,6 +237,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.memory.device_gb = 0.0
     c.memory.check = True  # raise before compiling when the estimate exceeds it (False: print only)
 
+    c.mesh = ml_collections.ConfigDict()  # how the run's devices are used (rl_jax.parallel)
+    # Devices of the RL sampler's own mesh (the last ones); the trainer keeps the others. Weights
+    # go to the sampler after each update; with rl.max_staleness >= 1 the sampling of step s + k
+    # runs while step s trains. 0 = the sampler shares the trainer's devices.
+    c.mesh.rollout_devices = 0
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 100
     c.checkpoint.keep = 2
@@ -283,6 +289,21 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
             bad(field, _get(config, field), expected)
 
     stages = tuple(config.stages)
+    rollout_devices = config.mesh.rollout_devices
+    if isinstance(rollout_devices, bool) or not isinstance(rollout_devices, int) or not (
+        0 <= rollout_devices < num_devices
+    ):
+        bad("mesh.rollout_devices", rollout_devices, f"an int in [0, {num_devices}) (the "
+            f"sampler's devices; the trainer keeps the rest of the {num_devices})")
+    elif rollout_devices:
+        rows = config.rl.num_prompts * config.rl.group_size
+        if rows % rollout_devices:
+            bad("mesh.rollout_devices", rollout_devices, f"a divisor of the rollout batch "
+                f"rl.num_prompts * rl.group_size = {rows} (the sampler splits its rows)")
+        if "rl" not in stages:
+            bad("mesh.rollout_devices", rollout_devices, "0 without an 'rl' stage (only RL "
+                "samples on its own devices)")
+        num_devices -= rollout_devices  # every batch check below is of the trainer's devices
     if not stages or any(s not in STAGES for s in stages) or list(stages) != sorted(
         set(stages), key=STAGES.index
     ):

@@ -255,6 +255,14 @@ class MemorySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    """How the run's devices are used (``mesh``): ``rollout_devices`` (the last ones) form the
+    RL sampler's own mesh, the trainer keeps the others (``parallel.split_mesh``); 0 = shared."""
+
+    rollout_devices: int
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
     """Every part of a run, from one checked config (``from_config``)."""
 
@@ -269,6 +277,7 @@ class RunSettings:
     rm: RMSettings
     rl: RLStageSettings
     memory: MemorySettings
+    mesh: MeshSettings
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
@@ -323,4 +332,5 @@ class RunSettings:
                 evaluation=evaluation, loop=loop,
             ),
             memory=MemorySettings(device_gb=config.memory.device_gb, check=config.memory.check),
+            mesh=MeshSettings(rollout_devices=config.mesh.rollout_devices),
         )

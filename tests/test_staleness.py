@@ -247,40 +247,42 @@ def test_add_to_carry_keeps_the_newest_groups():
     assert add_to_carry(None, None, group_size=2, max_groups=3, concat=_concat) == (None, 0)
 
 
-def _crc_rewards(weights, texts, examples):
-    """A deterministic reward under which about half the groups are informative: on a prompt
-    whose CRC32 is even, 1 for a text whose CRC32 is even; 0 on the other prompts."""
-    import zlib
+def _scripted_leftovers(real):
+    """``collect_with_surplus`` whose leftovers follow a script: every rollout has a surplus
+    group (a copy of its first), and one from an odd data position ends with a filler group."""
 
-    def crc(text):
-        return zlib.crc32(text.encode())
+    def collect_with_surplus(ctx, settings, params, position, key, reward_model=None):
+        out, after, metrics, _, _ = real(ctx, settings, params, position, key, reward_model)
+        n = settings.group_size
+        fillers = position % 2
+        if fillers:
+            out.response_mask[-n:] = 0
+        return out, after, metrics, out.rows(np.arange(n)), fillers
 
-    scores = np.array([crc(ex.prompt) % 2 == 0 and crc(t) % 2 == 0
-                       for t, ex in zip(texts, examples, strict=True)], np.float32)
-    return scores, {"crc": scores}
+    return collect_with_surplus
 
 
 @pytest.mark.slow
 def test_carried_surplus_is_used_counted_and_resumes_bit_for_bit(tmp_path, monkeypatch):
-    """k = 1, dynamic sampling, stale_policy="keep": surplus groups fill later short batches
-    (some late, trained on), and a run stopped after 3 steps and resumed (queue and carry from
-    the checkpoint) equals the straight run bit for bit; "drop" trains on no late group.
-
-    (Measured here: the keep run uses carried groups at steps 2 and 8, those of step 8 sampled
-    3 versions earlier.)"""
+    """k = 1, stale_policy="keep", a scripted surplus every step and a filler every other step:
+    carried groups fill the short batches, late ones too (trained on, counted); a run stopped
+    after 3 steps and resumed (queue and carry from the checkpoint) equals the straight run bit
+    for bit; "drop" discards the late groups and trains on none."""
     from rl_jax.trainers import rl as rl_trainer
 
-    monkeypatch.setattr(rl_trainer.rewards, "combine_rewards", _crc_rewards)
-    options = {"rl.max_staleness": 1, "rl.dynamic_sampling": True, "rl.max_extra_rounds": 2,
+    monkeypatch.setattr(rl_trainer, "collect_with_surplus",
+                        _scripted_leftovers(rl_trainer.collect_with_surplus))
+    options = {"rl.max_staleness": 1, "rl.dynamic_sampling": True, "rl.max_extra_rounds": 0,
                "rl.stale_policy": "keep"}
-    straight, lines = _rl_run(tmp_path / "a", 8, **options)
+    straight, lines = _rl_run(tmp_path / "a", 6, **options)
     _rl_run(tmp_path / "b", 3, **options)
-    resumed, lines_resumed = _rl_run(tmp_path / "b", 8, **options)
+    resumed, lines_resumed = _rl_run(tmp_path / "b", 6, **options)
     _assert_same_params(straight, resumed)
     assert lines == lines_resumed
-    assert sum(r["carried_used"] for r in lines) > 0
+    assert [r["carried_used"] for r in lines] == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     assert sum(r["late_kept"] for r in lines) > 0
     assert max(r["staleness_max"] for r in lines) > 1  # a late group was trained on
-    _, dropped = _rl_run(tmp_path / "drop", 8, **options | {"rl.stale_policy": "drop"})
+    assert max(r["carry_groups"] for r in lines) == 4  # at most num_prompts groups
+    _, dropped = _rl_run(tmp_path / "drop", 6, **options | {"rl.stale_policy": "drop"})
     assert all(r["late_kept"] == 0 and r["staleness_max"] <= 1 for r in dropped)
     assert sum(r["late_dropped"] for r in dropped) > 0

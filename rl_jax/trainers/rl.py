@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -24,6 +25,7 @@ from rl_jax import data, models, parallel, rewards
 from rl_jax.algorithm import RolloutBatch, build_rl_step, shape_scores
 from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
+from rl_jax.rollout import Sampler
 from rl_jax.settings import RewardSettings, RLStageSettings, RolloutSettings
 from rl_jax.train_state import TrainState, init_state
 from rl_jax.trainers.evaluation import evaluate
@@ -398,9 +400,15 @@ def run_rl(
     policy_params: Any,
     settings: RLStageSettings,
     reward_model: LearnedReward | None = None,
+    rollout_mesh: jax.sharding.Mesh | None = None,
 ) -> StageResult:
     """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
     functions and ``reward_model`` in ``workdir/rl`` (resumed, or only restored when finished).
+
+    With ``rollout_mesh`` (devices apart from ``mesh``'s: ``parallel.split_mesh``) the rollouts
+    are sampled there: before each sampling the weights go to it with ``jax.device_put``,
+    resharded to the sampler's layout. With ``rl.max_staleness = k >= 1`` as well, the sampling
+    of step ``s + k`` runs in a thread, on those devices, while step ``s`` trains on the others.
 
     With LoRA adapters in ``policy_params`` the reference is the policy with its adapters off
     (``models.adapters_off``: the frozen base, no second copy of the weights). Adapters trained
@@ -434,6 +442,19 @@ def run_rl(
     def concat(parts: list[Round]) -> Round:
         return _concat(parts, ctx.tokenizer.pad_token_id)
 
+    sampling_ctx, to_sampler = ctx, lambda params: params
+    if rollout_mesh is not None:
+        sampling_ctx = dataclasses.replace(ctx, sampler=Sampler.from_model(
+            ctx.policy, eos_ids=ctx.eos_ids, pad_id=ctx.sampler.pad_id, mesh=rollout_mesh))
+        sampler_sharding = parallel.param_sharding(policy_params, rollout_mesh)
+
+        def to_sampler(params):
+            # Copied before the update (which donates the state) is dispatched.
+            return jax.block_until_ready(jax.device_put(params, sampler_sharding))
+
+    overlap = rollout_mesh is not None and k >= 1
+    executor = ThreadPoolExecutor(1, thread_name_prefix="rl-sampler") if overlap else None
+
     def produce(t: int, version: int, params: Any, position: int):
         """The rollout of step ``t``, sampled by ``params`` (policy version ``version``) from
         data position ``position``; the next position; its surplus groups (when carried)."""
@@ -442,11 +463,11 @@ def run_rl(
         surplus, fillers = None, 0
         if carrying:
             rollout, position, metrics, surplus, fillers = collect_with_surplus(
-                ctx, settings.rollout, params, position, key, reward_model
+                sampling_ctx, settings.rollout, params, position, key, reward_model
             )
         else:
             rollout, position, metrics = collect(
-                ctx, settings.rollout, params, position, key, reward_model
+                sampling_ctx, settings.rollout, params, position, key, reward_model
             )
         metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
         for part in (rollout, surplus):
@@ -454,45 +475,71 @@ def run_rl(
                 part.version = np.full(len(part.scores), version, np.int32)
         return Pending(t, version, rollout, metrics, fillers), position, surplus
 
+    def add_surplus(carry: Round | None, surplus: Round | None) -> tuple[Round | None, int]:
+        if not carrying:
+            return carry, 0
+        return add_to_carry(carry, surplus, group_size=group_size,
+                            max_groups=settings.rollout.num_prompts, concat=concat)
+
+    def settle(host: dict):
+        """``(queue, position, carry, finished, evicted)`` of ``host`` once its running sampling
+        (if any) has finished and joined the queue (a pure function of ``host``)."""
+        queue, position, carry = list(host["pending"]), host["position"], host["carry"]
+        finished, evicted = [], 0
+        if host["running"] is not None:
+            entry, position, surplus = host["running"].result()
+            queue.append(entry)
+            finished.append(entry)
+            carry, evicted = add_surplus(carry, surplus)
+        return queue, position, carry, finished, evicted
+
     def batch(step: int, state: TrainState, host: dict):
-        """Sample and score (host) the rollouts due (``staleness``: the one of step ``step + k``,
-        by the policy of step ``step``), then ``prepare`` (device) step ``step``'s; the next KL
-        coefficient."""
+        """Sample and score (host) the rollouts due, then ``prepare`` (device) step ``step``'s
+        rollout; the next KL coefficient. With ``k >= 1`` the rollout of step ``step + k`` is
+        sampled by the policy of step ``step`` after this step's rollout is taken (in a thread
+        with a rollout mesh: it finishes during ``update``, and the next step, or a checkpoint,
+        waits for it); the rollouts of steps ``0 .. k - 1`` by version 0, at step 0."""
         # RFT's data source is the initial policy, frozen; every other estimator samples the
         # policy being trained.
         sampling_params = state.params["policy"]
         if algorithm.samples_from_reference:
             sampling_params = models.adapters_off(sampling_params) if lora else ref_params
-        queue, position, carry = list(host["pending"]), host["position"], host["carry"]
-        produced, evicted = [], 0
-        while not queue or queue[-1].step < step + k:
+        sampling_params = to_sampler(sampling_params)
+        queue, position, carry, produced, evicted = settle(host)
+        while not queue or queue[-1].step < step + max(k - 1, 0):
             t = queue[-1].step + 1 if queue else step
             entry, position, surplus = produce(t, step, sampling_params, position)
             queue.append(entry)
             produced.append(entry)
-            if carrying:
-                carry, out = add_to_carry(carry, surplus, group_size=group_size,
-                                          max_groups=settings.rollout.num_prompts, concat=concat)
-                evicted += out
+            carry, out = add_surplus(carry, surplus)
+            evicted += out
         entry = queue.pop(0)
         if entry.step != step:
             raise RuntimeError(f"rl step {step}: the queue's next rollout is for step {entry.step}")
-        rollout = entry.rollout
-        # The rollout's own metrics; the time spent sampling and scoring during this step.
-        metrics = entry.metrics | {
-            name: sum(p.metrics[name] for p in produced)
-            for name in ("time_sampling", "time_scoring")
-        }
+        rollout, metrics = entry.rollout, dict(entry.metrics)
         if carrying:
             rollout, carry, carried = use_carry(
                 rollout, entry.fillers, carry, step=step, max_staleness=k,
                 policy=settings.stale_policy, group_size=group_size, concat=concat,
             )
-            metrics.update(carried, carry_evicted=float(evicted),
-                           carry_groups=float(0 if carry is None else len(carry.scores)
-                                              // group_size))
+            metrics.update(carried)
         elif k:
             metrics.update(late_dropped=0.0, late_kept=0.0)
+        running = None
+        if k and overlap:
+            running = executor.submit(produce, step + k, step, sampling_params, position)
+        elif k:
+            ahead, position, surplus = produce(step + k, step, sampling_params, position)
+            queue.append(ahead)
+            produced.append(ahead)
+            carry, out = add_surplus(carry, surplus)
+            evicted += out
+        if carrying:
+            metrics.update(carry_evicted=float(evicted), carry_groups=float(
+                0 if carry is None else len(carry.scores) // group_size))
+        # The time spent sampling and scoring in this call (in a thread: finished by it).
+        metrics.update({name: sum(p.metrics[name] for p in produced)
+                        for name in ("time_sampling", "time_scoring")})
         if k:
             metrics.update(staleness_metrics(rollout.version, step))
         latest[:] = [rollout]
@@ -515,7 +562,8 @@ def run_rl(
                 )
             )
         metrics["kl_coef"] = kl_coef
-        new_host = {"position": position, "kl_coef": kl_coef, "pending": queue, "carry": carry}
+        new_host = {"position": position, "kl_coef": kl_coef, "pending": queue, "carry": carry,
+                    "running": running}
         return (train_batch, prep_metrics), metrics, new_host
 
     def step(state: TrainState, batch):
@@ -540,19 +588,21 @@ def run_rl(
         return "\n".join(f"  {t!r} -> {s:+.2f}" for t, s in zip(texts, scores, strict=True))
 
     def encode_host(host: dict) -> dict:
-        carry = host["carry"]
-        return host | {"pending": encode_pending(host["pending"]),
-                       "carry": None if carry is None else encode_round(carry)}
+        queue, position, carry, _, _ = settle(host)  # waits for a running sampling
+        return {"position": position, "kl_coef": host["kl_coef"], "pending": encode_pending(queue),
+                "carry": None if carry is None else encode_round(carry)}
 
     def decode_host(host: dict) -> dict:
         # (a checkpoint written before rl.max_staleness existed has no queue and no carry)
         carry = host.get("carry")
         return host | {"pending": decode_pending(Round, host.get("pending", [])),
-                       "carry": None if carry is None else decode_round(Round, carry)}
+                       "carry": None if carry is None else decode_round(Round, carry),
+                       "running": None}
 
     stage = Stage(
         "rl", settings.steps, state, sharding, step, batch,
-        host={"position": 0, "kl_coef": settings.kl_coef, "pending": [], "carry": None},
+        host={"position": 0, "kl_coef": settings.kl_coef, "pending": [], "carry": None,
+              "running": None},
         evaluate=evaluate_policy,
         finish_metrics=finish_metrics,
         loss_names=LOSS_METRICS,
@@ -563,4 +613,8 @@ def run_rl(
         encode_host=encode_host,
         decode_host=decode_host,
     )
-    return run_stage(stage, settings.loop, ctx.workdir)
+    try:
+        return run_stage(stage, settings.loop, ctx.workdir)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
