@@ -147,24 +147,26 @@ def _assert_same_params(a, b):
 
 
 @pytest.mark.slow
-def test_k1_is_deterministic_resumes_bit_for_bit_and_reports_staleness(tmp_path):
-    """k = 1: a run of 4 steps twice, and one stopped after 2 steps (its queue saved) and
-    resumed: the same params bit for bit and the same metrics, line for line."""
-    k1 = {"rl.max_staleness": 1, "rl.stale_policy": "wait"}
-    straight, lines = _rl_run(tmp_path / "a", 4, **k1)
-    again, lines_again = _rl_run(tmp_path / "b", 4, **k1)
-    _rl_run(tmp_path / "c", 2, **k1)
-    resumed, lines_resumed = _rl_run(tmp_path / "c", 4, **k1)
+@pytest.mark.parametrize("k, steps", [(1, 4), (4, 6)])
+def test_k_is_deterministic_resumes_bit_for_bit_and_reports_staleness(tmp_path, k, steps):
+    """k = 1 and k = 4: a run twice, and one stopped after 2 steps (its queue of k rollouts
+    saved) and resumed: the same params bit for bit and the same metrics, line for line."""
+    options = {"rl.max_staleness": k, "rl.stale_policy": "wait"}
+    straight, lines = _rl_run(tmp_path / "a", steps, **options)
+    again, lines_again = _rl_run(tmp_path / "b", steps, **options)
+    _rl_run(tmp_path / "c", 2, **options)
+    resumed, lines_resumed = _rl_run(tmp_path / "c", steps, **options)
     _assert_same_params(straight, again)
     _assert_same_params(straight, resumed)
     assert lines == lines_again == lines_resumed
-    assert [r["staleness_max"] for r in lines] == [0.0, 1.0, 1.0, 1.0]
-    assert [r["staleness_mean"] for r in lines] == [0.0, 1.0, 1.0, 1.0]
+    assert [r["staleness_max"] for r in lines] == [float(min(s, k)) for s in range(steps)]
+    assert [r["staleness_mean"] for r in lines] == [float(min(s, k)) for s in range(steps)]
     for r in lines:
         assert r["behaviour_iw_max"] >= r["behaviour_iw_mean"] > 0
         assert 0 <= r["behaviour_iw_clipped"] <= 1
+        assert r["late_dropped"] == r["late_kept"] == 0
     # Step 0 trains on version 0's own samples: the weights are the sampler/trainer mismatch
-    # only; later steps train on the previous policy's samples.
+    # only; later steps train on an older policy's samples.
     assert abs(lines[0]["behaviour_iw_mean"] - 1) < 1e-4
     assert max(abs(r["behaviour_iw_mean"] - 1) for r in lines[1:]) > 1e-4
 
