@@ -1,10 +1,12 @@
 """Off-policy rollouts with a staleness bound (rl.max_staleness): the schedule, the version
 stamps, the behaviour importance-weight statistics, the exact checkpointed queue, and runs that
-equal the on-policy loop (k = 0), are deterministic and resume bit for bit (k = 1)."""
+equal the on-policy loop (k = 0), are deterministic and resume bit for bit (k = 1, 4), and the
+late-sample policies' carry buffer."""
 
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from testing_utils import random_mask, tiny_config
@@ -288,3 +290,42 @@ def test_carried_surplus_is_used_counted_and_resumes_bit_for_bit(tmp_path, monke
     _, dropped = _rl_run(tmp_path / "drop", 6, **options | {"rl.stale_policy": "drop"})
     assert all(r["late_kept"] == 0 and r["staleness_max"] <= 1 for r in dropped)
     assert sum(r["late_dropped"] for r in dropped) > 0
+
+
+@pytest.mark.slow
+def test_k0_stage_is_the_on_policy_loop_written_by_hand(tmp_path):
+    """The RL stage with max_staleness = 0 (through the queue) trains exactly what a hand-written
+    on-policy loop does: sample from the current params with the step's key and data position,
+    prepare, update; same params bit for bit after 3 steps."""
+    from flax import nnx
+
+    from rl_jax.algorithm import build_rl_step
+    from rl_jax.optim import make_optimizer
+    from rl_jax.settings import RunSettings
+    from rl_jax.train_state import init_state
+    from rl_jax.trainers import rl as rl_trainer
+    from rl_jax.trainers.setup import build_context, stage_key
+
+    config = tiny_config(**{"rl.steps": 3, "model.logits_chunk": 0, "rl.epochs": 2,
+                            "checkpoint.every": 3})
+    config.stages = ("rl",)
+    check_config(config)
+    settings = RunSettings.from_config(config)
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    ctx = build_context(settings, str(tmp_path), mesh)
+    params = nnx.state(ctx.policy)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731 - the updates donate theirs
+    stage = rl_trainer.run_rl(ctx, mesh, copy(params), settings.rl).state.params["policy"]
+
+    rl = settings.rl
+    tx = make_optimizer(rl.optim, rl.steps * rl.algorithm.epochs * rl.algorithm.num_minibatches)
+    state, sharding = init_state({"policy": copy(params)}, tx, mesh)
+    step_fns = build_rl_step(rl.algorithm, tx, ctx.graphdef, mesh=mesh, state_sharding=sharding)
+    position = 0
+    for step in range(rl.steps):
+        rollout, position, _ = rl_trainer.collect(
+            ctx, rl.rollout, state.params["policy"], position, stage_key(rl.seed, "rl", step))
+        arrays = parallel.shard_batch(rl_trainer.device_batch(rollout), mesh)
+        train, _ = step_fns.prepare(state.params, None, arrays, jnp.float32(rl.kl_coef))
+        state, _ = step_fns.update(state, train)
+    _assert_same_params(stage, state.params["policy"])
