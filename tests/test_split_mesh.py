@@ -79,6 +79,7 @@ def _rollout_batch(seed=0):
     )
 
 
+@pytest.mark.slow
 def test_compiled_programs_touch_only_their_own_devices(policy, meshes):
     """The sampler's decode program runs on the sampler's 4 devices, prepare and update on the
     trainer's 4; a negative control: the sampler cannot take the trainer's arrays."""
