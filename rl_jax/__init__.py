@@ -32,7 +32,13 @@ from rl_jax.losses import (
     token_logprobs,
     value_loss,
 )
-from rl_jax.mismatch import sequence_masked_is, sequence_tis, token_masked_is, token_tis
+from rl_jax.mismatch import (
+    behaviour_weight_stats,
+    sequence_masked_is,
+    sequence_tis,
+    token_masked_is,
+    token_tis,
+)
 from rl_jax.reward_losses import (
     listwise_loss,
     pairwise_loss,
@@ -45,6 +51,7 @@ __all__ = [
     "adaptive_kl_update",
     "aggregate",
     "aggregate_terms",
+    "behaviour_weight_stats",
     "cispo_loss",
     "clip_cov_loss",
     "entropy",

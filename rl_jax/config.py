@@ -194,6 +194,15 @@ def default_config() -> ml_collections.ConfigDict:
     # shuffles whole groups into minibatches. Needs group_size >= 2.
     c.rl.shared_prefix = False
     c.rl.optim = optim_config(lr=3e-4)
+    # Off-policy rollouts (rl_jax.trainers.staleness): the rollouts trained on at step s were
+    # sampled by the policy of step s - max_staleness (0 = on-policy: sample, then train). The
+    # behaviour log-probs of loss.is_correction are then the sampling policy's.
+    c.rl.max_staleness = 0
+    # With max_staleness >= 1, what happens to leftover groups (dynamic sampling's surplus) that
+    # would be trained on more than max_staleness steps after they were sampled: "wait" (never
+    # kept: a short batch waits for fresh rounds), "drop" (kept in a buffer, dropped once too old)
+    # or "keep" (kept, trained on with loss.is_correction). "" = not set (max_staleness = 0).
+    c.rl.stale_policy = ""
     # Divergence guard: stop the run (before the step is checkpointed) when a step's approx_kl,
     # the k3 estimate of KL(pi_old || pi) between the rollout policy and the policy being updated,
     # averaged over the step's minibatch updates, exceeds this (nats/token; 0 = off). Healthy PPO
@@ -249,6 +258,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.memory.device_gb = 0.0
     c.memory.check = True  # raise before compiling when the estimate exceeds it (False: print only)
 
+    c.mesh = ml_collections.ConfigDict()  # how the run's devices are used (rl_jax.parallel)
+    # Devices of the RL sampler's own mesh (the last ones); the trainer keeps the others. Weights
+    # go to the sampler after each update; with rl.max_staleness >= 1 the sampling of step s + k
+    # runs while step s trains. 0 = the sampler shares the trainer's devices.
+    c.mesh.rollout_devices = 0
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 100
     c.checkpoint.keep = 2
@@ -295,6 +310,21 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Non
             bad(field, _get(config, field), expected)
 
     stages = tuple(config.stages)
+    rollout_devices = config.mesh.rollout_devices
+    if isinstance(rollout_devices, bool) or not isinstance(rollout_devices, int) or not (
+        0 <= rollout_devices < num_devices
+    ):
+        bad("mesh.rollout_devices", rollout_devices, f"an int in [0, {num_devices}) (the "
+            f"sampler's devices; the trainer keeps the rest of the {num_devices})")
+    elif rollout_devices:
+        rows = config.rl.num_prompts * config.rl.group_size
+        if rows % rollout_devices:
+            bad("mesh.rollout_devices", rollout_devices, f"a divisor of the rollout batch "
+                f"rl.num_prompts * rl.group_size = {rows} (the sampler splits its rows)")
+        if "rl" not in stages:
+            bad("mesh.rollout_devices", rollout_devices, "0 without an 'rl' stage (only RL "
+                "samples on its own devices)")
+        num_devices -= rollout_devices  # every batch check below is of the trainer's devices
     if not stages or any(s not in STAGES for s in stages) or list(stages) != sorted(
         set(stages), key=STAGES.index
     ):
@@ -503,6 +533,32 @@ def _check_rl(config, stages, choice, at_least, divides, bad) -> None:
     if not len(config.rewards.weights) and not config.rewards.model_weight:
         bad("rewards.weights", {}, "at least one reward (or rewards.model_weight > 0)")
     _check_optim(config, "rl.optim", at_least, bad)
+    _check_staleness(config, at_least, bad)
+
+
+STALE_POLICIES = ("wait", "drop", "keep")
+
+
+def _check_staleness(config, at_least, bad) -> None:
+    """``rl.max_staleness`` and ``rl.stale_policy`` (``rl_jax.trainers.staleness``)."""
+    rl = config.rl
+    at_least("rl.max_staleness", 0)
+    k = rl.max_staleness
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if rl.stale_policy != "":
+            bad("rl.stale_policy", rl.stale_policy, "'' (the default) with rl.max_staleness = "
+                f"{k!r} (on-policy: no sample is ever late)")
+        return
+    if rl.stale_policy not in STALE_POLICIES:
+        bad("rl.stale_policy", rl.stale_policy, "one of " + ", ".join(map(repr, STALE_POLICIES))
+            + f" with rl.max_staleness = {k} (what happens to samples older than that)")
+    elif rl.stale_policy != "wait" and not rl.dynamic_sampling:
+        bad("rl.stale_policy", rl.stale_policy, "'wait' without rl.dynamic_sampling=True (only "
+            "its surplus groups can outlive the staleness bound)")
+    if algorithm.ESTIMATORS.get(rl.estimator) and algorithm.ESTIMATORS[rl.estimator].sampler \
+            == "reference":
+        bad("rl.max_staleness", k, f"0 with rl.estimator={rl.estimator!r} (it samples the "
+            "frozen initial policy: no policy version to be stale)")
 
 
 def _check_shared_prefix(rl, divides, bad) -> None:
@@ -568,6 +624,10 @@ def _check_refresh(config, at_least, bad) -> None:
     elif refresh >= rl.steps:
         bad("rl.reward_refresh_every", refresh, f"< rl.steps = {rl.steps} (no refresh would "
             "happen), or 0")
+    elif isinstance(rl.max_staleness, int) and rl.max_staleness > 0:
+        bad("rl.reward_refresh_every", refresh, f"0 with rl.max_staleness = {rl.max_staleness} "
+            "(rollouts sampled ahead would be scored by the reward model of the segment before "
+            "its refresh)")
     if not 0 <= rl.reward_replay < 1:
         bad("rl.reward_replay", rl.reward_replay, "a number in [0, 1) (the share of earlier "
             "data in a refresh's training set)")

@@ -178,3 +178,36 @@ def sequence_masked_is(
         "is_masked_token_frac": 1.0 - masked_mean(new_mask.astype(jnp.float32), mask),
     }
     return weights, new_mask, metrics
+
+
+def behaviour_weight_stats(
+    logprobs: jax.Array, behaviour_logprobs: jax.Array, mask: jax.Array, *, low: float,
+    high: float,
+) -> dict[str, jax.Array]:
+    r"""Statistics of the importance weights between the current policy and the behaviour policy
+    (the one that sampled the tokens, possibly ``k`` updates older: ``rl.max_staleness``).
+
+    ``w_t = pi(y_t) / mu(y_t) = exp(logprobs - behaviour_logprobs)`` over the real tokens::
+
+        behaviour_iw_mean    = sum_t mask_t w_t / sum_t mask_t
+        behaviour_iw_max     = max_{t: mask_t = 1} w_t      (0.0 without real tokens)
+        behaviour_iw_clipped = share of real tokens with w_t outside [low, high]
+
+    With ``[low, high] = [1 - clip_low, 1 + clip_high]`` the last is the share of tokens a PPO
+    ratio taken against the behaviour policy would clip. No gradient.
+
+    Args:
+      logprobs: ``[batch, time]`` the current policy's log-probs of the sampled tokens.
+      behaviour_logprobs: ``[batch, time]`` the sampler's log-probs of them.
+      mask: ``[batch, time]`` 1 for real tokens.
+      low, high: the band, ``0 <= low <= 1 <= high``.
+    """
+    log_ratio = _mismatch_log_ratio(logprobs, behaviour_logprobs, mask)
+    real = mask.astype(bool)
+    weights = jnp.where(real, jnp.exp(log_ratio), 0.0)
+    outside = real & ((weights < low) | (weights > high))
+    return {
+        "behaviour_iw_mean": masked_mean(weights, mask),
+        "behaviour_iw_max": jnp.max(weights),  # weights are 0 at padding and > 0 elsewhere
+        "behaviour_iw_clipped": masked_mean(outside * 1.0, mask),
+    }

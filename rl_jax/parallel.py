@@ -62,6 +62,25 @@ def make_mesh(*, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> 
     )
 
 
+def split_mesh(mesh: Mesh, rollout_devices: int) -> tuple[Mesh, Mesh | None]:
+    """``(trainer mesh, sampler mesh)``: the last ``rollout_devices`` devices of ``mesh`` (in its
+    order) form the sampler's ``("data", "fsdp")`` mesh (fsdp 1: each holds whole weights), the
+    others the trainer's, with ``mesh``'s fsdp. ``rollout_devices = 0``: ``(mesh, None)``.
+
+    Raises:
+      ValueError: ``rollout_devices`` not in ``[0, devices)``, or the trainer's devices do not
+        divide by ``mesh``'s fsdp.
+    """
+    devices = list(mesh.devices.flat)
+    if not 0 <= rollout_devices < len(devices):
+        raise ValueError(f"rollout_devices = {rollout_devices}: expected 0 <= it < the mesh's "
+                         f"{len(devices)} devices")
+    if rollout_devices == 0:
+        return mesh, None
+    trainer, sampler = devices[:-rollout_devices], devices[-rollout_devices:]
+    return make_mesh(fsdp=mesh.shape[FSDP], devices=trainer), make_mesh(devices=sampler)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """The sharding of an array that every device holds whole (metrics, scalars)."""
     return NamedSharding(mesh, P())
@@ -264,6 +283,15 @@ def data_parallel_step(
 
 
 _DOT = re.compile(r"= (\w+)\[([\d,]*)\]\S* dot\(")
+
+
+def program_devices(compiled: jax.stages.Compiled | jax.stages.Lowered) -> frozenset:
+    """The devices a compiled program runs on: the union of its inputs' and outputs' sharding
+    device sets (a ``Lowered`` is compiled here)."""
+    if isinstance(compiled, jax.stages.Lowered):
+        compiled = compiled.compile()
+    shardings = jax.tree.leaves((compiled.input_shardings, compiled.output_shardings))
+    return frozenset(device for sharding in shardings for device in sharding.device_set)
 
 
 def compiled_work(compiled: jax.stages.Compiled | jax.stages.Lowered) -> dict[str, Any]:

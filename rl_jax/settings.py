@@ -266,6 +266,7 @@ class RLStageSettings:
     seed: int
     reward_refresh_every: int
     reward_replay: float
+    stale_policy: str  # with algorithm.max_staleness >= 1: "wait", "drop" or "keep" (staleness.py)
     algorithm: RLSettings
     rollout: RolloutSettings
     evaluation: EvalSettings
@@ -278,6 +279,14 @@ class MemorySettings:
 
     device_gb: float
     check: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    """How the run's devices are used (``mesh``): ``rollout_devices`` (the last ones) form the
+    RL sampler's own mesh, the trainer keeps the others (``parallel.split_mesh``); 0 = shared."""
+
+    rollout_devices: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +305,7 @@ class RunSettings:
     prm: PRMSettings
     rl: RLStageSettings
     memory: MemorySettings
+    mesh: MeshSettings
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
@@ -356,8 +366,10 @@ class RunSettings:
                 kl_horizon=config.kl.horizon, max_approx_kl=rl.max_approx_kl,
                 after_sft="sft" in config.stages, seed=config.seed,
                 reward_refresh_every=rl.reward_refresh_every, reward_replay=rl.reward_replay,
-                algorithm=RLSettings.from_config(config), rollout=rollout,
+                stale_policy=rl.stale_policy, algorithm=RLSettings.from_config(config),
+                rollout=rollout,
                 evaluation=evaluation, loop=loop,
             ),
             memory=MemorySettings(device_gb=config.memory.device_gb, check=config.memory.check),
+            mesh=MeshSettings(rollout_devices=config.mesh.rollout_devices),
         )

@@ -160,6 +160,8 @@ def test_the_prm_configs_pass():
      "config.rl.reward_refresh_every = 2: expected 0 with rm.data='pairs' (a refresh labels"),
     (PRM | {"rl.reward_refresh_every": 4}, "config.rl.reward_refresh_every = 4: expected < "
      "rl.steps = 4"),
+    (PRM | {"rl.reward_refresh_every": 2, "rl.max_staleness": 1, "rl.stale_policy": "wait"},
+     "config.rl.reward_refresh_every = 2: expected 0 with rl.max_staleness = 1"),
     (PRM | {"rl.reward_refresh_every": 2, "rl.reward_replay": 1.0},
      "config.rl.reward_replay = 1.0: expected a number in [0, 1)"),
     (PRM | {"rl.reward_replay": 0.2}, "config.rl.reward_replay = 0.2: expected 0.1 (the default) "

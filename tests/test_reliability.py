@@ -207,6 +207,20 @@ def test_config_change_is_refused_unless_harmless_or_allowed(tmp_path, capsys):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["hidden_size"] == 48
 
 
+def test_a_field_added_since_the_workdir_started_is_no_change_at_its_default(tmp_path):
+    """A workdir started before ``rl.max_staleness`` existed resumes with it at its default (0),
+    and is refused with another value."""
+    check_workdir_config(str(tmp_path), tiny_config())
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["rl"]["max_staleness"], saved["mesh"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_workdir_config(str(tmp_path), tiny_config())
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigChangedError, match="rl.max_staleness: '<absent>' -> 1"):
+        check_workdir_config(str(tmp_path), tiny_config(**{"rl.max_staleness": 1,
+                                                           "rl.stale_policy": "wait"}))
+
+
 # --- the full run ---------------------------------------------------------------------------------
 
 

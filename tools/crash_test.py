@@ -3,6 +3,8 @@ an uninterrupted run: the final checkpoints must be bit-identical and metrics.js
 exactly one line per stage and step, with the same losses.
 
     python tools/crash_test.py --trials=10 --kills=2 --root=/tmp/crash
+    python tools/crash_test.py --trials=3 --override=--config.rl.max_staleness=1 \
+        --override=--config.rl.stale_policy=wait   # the off-policy queue in the checkpoint
 
 Each kill waits until the running process has written a checkpoint of its own (distinct steps
 drawn at random for the kills of a trial, the last save excepted), then a random 0..--jitter
@@ -195,12 +197,12 @@ def check_trial(trial: Trial, kills: int) -> list[str]:
 
 
 def kill_once(workdir, order, target: int, rng: random.Random, jitter: float,
-              kill: bool) -> tuple[Kill, str]:
+              kill: bool, overrides: tuple[str, ...] = ()) -> tuple[Kill, str]:
     """Starts the run, waits until it has written checkpoint ``order[target]`` (or, if that one
     exists already, the next one: one of its own) and ``uniform(0, jitter)`` seconds more, and
     kills it (or, with ``kill`` False, lets it finish). Returns the record and its output."""
     target = min(max(target, progress(newest_checkpoints(workdir), order) + 1), len(order) - 1)
-    process = start(workdir)
+    process = start(workdir, *overrides)
     record = Kill(pid=process.pid, target="/".join(map(str, order[target])))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
@@ -223,18 +225,18 @@ def kill_once(workdir, order, target: int, rng: random.Random, jitter: float,
 
 
 def trial(reference, workdir, kills: int, rng: random.Random, jitter: float = 1.0,
-          kill: bool = True) -> Trial:
+          kill: bool = True, overrides: tuple[str, ...] = ()) -> Trial:
     """Kills a run ``kills`` times (see ``kill_once``), lets the last start finish and compares
     it with ``reference``; ``check_trial`` says whether it proves anything."""
     order, records = save_order(reference), []
     # Distinct checkpoints to wait for, in order, the last save excepted (the run must go on).
     targets = sorted(rng.sample(range(len(order) - 1), kills))
     for target in targets:
-        record, output = kill_once(workdir, order, target, rng, jitter, kill)
+        record, output = kill_once(workdir, order, target, rng, jitter, kill, overrides)
         if records:
             records[-1].resumed = resumed_steps(output)
         records.append(record)
-    final = train(workdir)
+    final = train(workdir, *overrides)
     if records:
         records[-1].resumed = resumed_steps(final.stdout)
     result = Trial(records, final.returncode)
@@ -251,6 +253,9 @@ _ROOT = flags.DEFINE_string("root", "/tmp/crash_test", "Directory of the runs (e
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
 _JITTER = flags.DEFINE_float(
     "jitter", 1.0, "Seconds, at most, between the awaited checkpoint and the kill.")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "override", [], "A config override of every run, e.g. --override=--config.rl.max_staleness=1 "
+    "--override=--config.rl.stale_policy=wait (the off-policy queue in the checkpoint).")
 _KILL = flags.DEFINE_bool(
     "kill", True, "false: send no signal (a control: every trial must then fail).")
 
@@ -262,14 +267,15 @@ def main(argv) -> int:
     root.mkdir(parents=True)
     rng = random.Random(_SEED.value)
     began = time.monotonic()
-    straight = train(root / "reference")
+    overrides = tuple(_OVERRIDES.value)
+    straight = train(root / "reference", *overrides)
     if straight.returncode != 0:
         print(straight.stderr[-3000:])
         return 1
     totals, restored, failed = collections.Counter(), [], 0
     for i in range(_TRIALS.value):
         result = trial(root / "reference", root / f"trial{i}", _KILLS.value, rng, _JITTER.value,
-                       _KILL.value)
+                       _KILL.value, overrides)
         problems = check_trial(result, _KILLS.value)
         failed += bool(problems)
         landed = [k for k in result.kills if k.sent and k.alive and k.returncode == -9]

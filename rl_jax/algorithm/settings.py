@@ -59,6 +59,9 @@ class RLSettings:
     # Each group's prompt runs once in every forward (rl_jax.models.prefix); the update then
     # shuffles whole groups. Needs group_size >= 2 and the rows of a group contiguous.
     shared_prefix: bool
+    # rl.max_staleness: the rollouts trained on at step s come from the policy of step s - k at
+    # most (rl_jax.trainers.staleness); k >= 1 adds the behaviour importance-weight metrics.
+    max_staleness: int
 
     def __post_init__(self):
         if self.shared_prefix and self.group_size < 2:
@@ -135,4 +138,5 @@ class RLSettings:
             seed=config.seed,
             logits_chunk=config.model.logits_chunk,
             shared_prefix=rl.shared_prefix,
+            max_staleness=rl.max_staleness,
         )

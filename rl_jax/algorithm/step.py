@@ -187,6 +187,22 @@ def rollout_policy_metrics(
     }
 
 
+def behaviour_weight_metrics(
+    settings: RLSettings, logprobs: jax.Array, sampler_logprobs: jax.Array,
+    response_mask: jax.Array,
+) -> dict[str, jax.Array]:
+    """With ``settings.max_staleness >= 1``, the importance weights ``pi / mu`` between the
+    policy at the update (``logprobs`` ``[batch, R]``) and the one that sampled the rollout
+    (``sampler_logprobs``): ``rl_jax.mismatch.behaviour_weight_stats`` over PPO's band
+    ``[1 - clip_low, 1 + clip_high]``. Empty (no metric) on-policy, so that run is unchanged."""
+    if settings.max_staleness < 1:
+        return {}
+    return rl_jax.behaviour_weight_stats(
+        jax.lax.stop_gradient(logprobs), sampler_logprobs, response_mask,
+        low=1.0 - settings.clip_low, high=1.0 + settings.clip_high,
+    )
+
+
 def overlong_filter_mask(response_mask: jax.Array, truncated: jax.Array) -> jax.Array:
     """DAPO's overlong filtering: the loss mask ``[batch, R]`` without the truncated responses.
 
@@ -232,6 +248,8 @@ def make_prepare(settings: RLSettings, policy_graphdef, value_graphdef=None):
             metrics = rollout_policy_metrics(
                 entropy, old_logprobs, batch.sampler_logprobs, response_mask
             )
+            metrics.update(behaviour_weight_metrics(settings, old_logprobs, batch.sampler_logprobs,
+                                             response_mask))
         token_kl = ref_logprobs = None
         if ref_params is not None:
             ref_logprobs, _ = policy_token_stats(
@@ -313,6 +331,8 @@ def make_loss(settings: RLSettings, policy_graphdef, value_graphdef=None):
         if settings.single_pass:
             old_logprobs = jax.lax.stop_gradient(logprobs)
             metrics = rollout_policy_metrics(entropy, logprobs, mb.sampler_logprobs, response_mask)
+            metrics.update(behaviour_weight_metrics(settings, logprobs, mb.sampler_logprobs,
+                                             response_mask))
         else:
             old_logprobs = mb.old_logprobs
         loss_mask = response_mask if mb.loss_mask is None else mb.loss_mask
@@ -401,7 +421,7 @@ def make_update(
             return jax.lax.scan(minibatch_step, state, minibatches)
 
         state, metrics = jax.lax.scan(epoch_step, state, jax.random.split(key, settings.epochs))
-        reducers = {"ratio_min": jnp.min, "ratio_max": jnp.max}
+        reducers = {"ratio_min": jnp.min, "ratio_max": jnp.max, "behaviour_iw_max": jnp.max}
         metrics = {name: reducers.get(name, jnp.mean)(value) for name, value in metrics.items()}
         return TrainState(state.step + 1, state.params, state.opt_state), metrics
 

@@ -68,6 +68,8 @@ class Stage:
       samples: ``samples() -> str``, written every ``LoopSettings.samples_every`` steps.
       limits: ``{metric: (largest allowed value, config field)}``, checked with the NaN/inf check
         at every sync point, before anything is saved (e.g. RL's ``approx_kl``).
+      encode_host / decode_host: the host state to JSON for a checkpoint, and back after a
+        restore (default: the host state is JSON already), e.g. RL's queue of pending rollouts.
     """
 
     name: str
@@ -84,6 +86,8 @@ class Stage:
     log_names: Sequence[str] = ("loss",)
     samples: Callable[[], str] | None = None
     limits: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
+    encode_host: Callable[[dict], dict] = lambda host: host
+    decode_host: Callable[[dict], dict] = lambda host: host
 
 
 @dataclasses.dataclass
@@ -175,7 +179,7 @@ def run_stage(stage: Stage, loop: LoopSettings, workdir: str) -> StageResult:
     restored = checkpointer.restore(state, shardings=stage.sharding)
     if restored is not None:
         state, meta = restored
-        host, last_eval = meta["host"], meta["eval"]
+        host, last_eval = stage.decode_host(meta["host"]), meta["eval"]
         print(f"{stage.name}: resumed from step {int(state.step)} of {checkpointer.directory}")
         if meta["stopped"] or int(state.step) >= stage.steps:
             checkpointer.close()
@@ -235,7 +239,7 @@ def _train(stage, loop, state, host, last_eval, checkpointer, writer, signals) -
             bar.write(f"{stage.name} {number} samples:\n{text}")
             writer.write_text(number, "samples", text)
         if save or stopped:
-            meta = {"host": host, "eval": last_eval, "stopped": stopped}
+            meta = {"host": stage.encode_host(host), "eval": last_eval, "stopped": stopped}
             checkpointer.save(number, state, meta)
         since = time.perf_counter()
         if stopped:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -25,12 +26,23 @@ from rl_jax import models, parallel, rewards
 from rl_jax.algorithm import RolloutBatch, build_rl_step, shape_scores
 from rl_jax.learned_reward import LearnedReward
 from rl_jax.optim import make_optimizer
+from rl_jax.rollout import Sampler
 from rl_jax.settings import RewardSettings, RLStageSettings, RolloutSettings
 from rl_jax.train_state import TrainState, init_state
 from rl_jax.trainers.evaluation import evaluate
 from rl_jax.trainers.loop import Stage, StageResult, run_stage
 from rl_jax.trainers.process_reward import response_steps, step_scores
 from rl_jax.trainers.setup import Context, stage_key
+from rl_jax.trainers.staleness import (
+    Pending,
+    add_to_carry,
+    decode_pending,
+    decode_round,
+    encode_pending,
+    encode_round,
+    staleness_metrics,
+    use_carry,
+)
 
 LOSS_METRICS = ("loss", "policy_loss", "value_loss", "kl_loss", "grad_norm")
 
@@ -52,6 +64,8 @@ class Round:
     # With rl.step_rewards: each step's reward and end token ([rows, max_new_tokens]; -1: none).
     step_rewards: np.ndarray | None = None
     step_ends: np.ndarray | None = None
+    # [rows] int32: the policy version (TrainState.step) that sampled each row (staleness.py).
+    version: np.ndarray | None = None
 
     def rows(self, index: np.ndarray) -> Round:
         def take(x):
@@ -231,10 +245,28 @@ def collect(
     sampled (at most ``max_extra_rounds`` more rounds); if the batch is still not full, dropped
     groups fill it with their response masks zeroed, so they count in no loss.
     """
+    return collect_with_surplus(ctx, settings, policy_params, position, key, reward_model,
+                                process_reward)[:3]
+
+
+def collect_with_surplus(
+    ctx: Context,
+    settings: RolloutSettings,
+    policy_params: Any,
+    position: int,
+    key: jax.Array,
+    reward_model: LearnedReward | None = None,
+    process_reward: LearnedReward | None = None,
+) -> tuple[Round, int, dict[str, float], Round | None, int]:
+    """``collect``'s batch, position and metrics, then what it leaves over: the informative
+    groups of the last round beyond the ``num_prompts`` wanted (None without any), and the
+    number of groups at the batch's end that are fillers (masks zeroed: dynamic sampling fell
+    short). ``rl_jax.trainers.staleness.use_carry`` trains on those surplus groups later."""
     rl = settings
     n, wanted = rl.group_size, rl.num_prompts
     kept: list[Round] = []
     dropped: list[Round] = []
+    surplus: list[Round] = []
     first: Round | None = None
     num_kept = 0
     rounds = 0
@@ -258,9 +290,11 @@ def collect(
         informative = grouped.max(1) > grouped.min(1)
         rows = lambda groups: (groups[:, None] * n + np.arange(n)).reshape(-1)  # noqa: E731
         take = np.flatnonzero(informative)[: wanted - num_kept]
+        surplus.append(batch.rows(rows(np.flatnonzero(informative)[wanted - num_kept:])))
         kept.append(batch.rows(rows(take)))
         num_kept += len(take)
         dropped.append(batch.rows(rows(np.flatnonzero(~informative))))
+    fillers = wanted - num_kept
     if num_kept < wanted:
         filler = _concat(dropped, ctx.tokenizer.pad_token_id)
         filler = filler.rows(np.arange((wanted - num_kept) * n))
@@ -276,7 +310,9 @@ def collect(
         "generated_tokens": float(parallel.gather_rows(np.float64([generated])).sum()),
         "time_scoring": scoring,
     }
-    return out, position, metrics
+    extra = [r for r in surplus if len(r.scores)]
+    extra = _concat(extra, ctx.tokenizer.pad_token_id) if extra else None
+    return out, position, metrics, extra, fillers
 
 
 def rollout_metrics(batch: Round, group_size: int | None = None) -> dict[str, float]:
@@ -371,6 +407,7 @@ def run_rl(
     reward_model: LearnedReward | None = None,
     process_reward: LearnedReward | None = None,
     refresh: Callable[..., tuple[LearnedReward | None, LearnedReward | None]] | None = None,
+    rollout_mesh: jax.sharding.Mesh | None = None,
 ) -> StageResult:
     """Trains the policy from ``policy_params`` (also the frozen reference) against the reward
     functions, ``reward_model`` and ``process_reward`` (``rl.step_rewards="model"``) in
@@ -383,6 +420,11 @@ def run_rl(
     ``kN`` (round ``k`` of ``run_rm`` / ``run_prm``, each a stage of its own:
     ``trainers.reward_rounds``), and the next segment restores RL from step ``kN`` and scores with
     them. A restart runs the same sequence: finished segments and refreshes are only restored.
+
+    With ``rollout_mesh`` (devices apart from ``mesh``'s: ``parallel.split_mesh``) the rollouts
+    are sampled there: before each sampling the weights go to it with ``jax.device_put``,
+    resharded to the sampler's layout. With ``rl.max_staleness = k >= 1`` as well, the sampling
+    of step ``s + k`` runs in a thread, on those devices, while step ``s`` trains on the others.
 
     With LoRA adapters in ``policy_params`` the reference is the policy with its adapters off
     (``models.adapters_off``: the frozen base, no second copy of the weights). Adapters trained
@@ -414,21 +456,115 @@ def run_rl(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     # The learned rewards of the running segment.
     current = {"outcome": reward_model, "process": process_reward}
+    k = algorithm.max_staleness
+    carrying = k > 0 and settings.stale_policy in ("drop", "keep")  # dynamic sampling's surplus
+    group_size = settings.rollout.group_size
+
+    def concat(parts: list[Round]) -> Round:
+        return _concat(parts, ctx.tokenizer.pad_token_id)
+
+    sampling_ctx, to_sampler = ctx, lambda params: params
+    if rollout_mesh is not None:
+        sampling_ctx = dataclasses.replace(ctx, sampler=Sampler.from_model(
+            ctx.policy, eos_ids=ctx.eos_ids, pad_id=ctx.sampler.pad_id, mesh=rollout_mesh))
+        sampler_sharding = parallel.param_sharding(policy_params, rollout_mesh)
+
+        def to_sampler(params):
+            # Copied before the update (which donates the state) is dispatched.
+            return jax.block_until_ready(jax.device_put(params, sampler_sharding))
+
+    overlap = rollout_mesh is not None and k >= 1
+    executor = ThreadPoolExecutor(1, thread_name_prefix="rl-sampler") if overlap else None
+
+    def produce(t: int, version: int, params: Any, position: int):
+        """The rollout of step ``t``, sampled by ``params`` (policy version ``version``) from
+        data position ``position``; the next position; its surplus groups (when carried)."""
+        t0 = time.perf_counter()
+        key = stage_key(settings.seed, "rl", t)
+        surplus, fillers = None, 0
+        if carrying:
+            rollout, position, metrics, surplus, fillers = collect_with_surplus(
+                sampling_ctx, settings.rollout, params, position, key, current["outcome"],
+                current["process"],
+            )
+        else:
+            rollout, position, metrics = collect(
+                sampling_ctx, settings.rollout, params, position, key, current["outcome"],
+                current["process"],
+            )
+        metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
+        for part in (rollout, surplus):
+            if part is not None:
+                part.version = np.full(len(part.scores), version, np.int32)
+        return Pending(t, version, rollout, metrics, fillers), position, surplus
+
+    def add_surplus(carry: Round | None, surplus: Round | None) -> tuple[Round | None, int]:
+        if not carrying:
+            return carry, 0
+        return add_to_carry(carry, surplus, group_size=group_size,
+                            max_groups=settings.rollout.num_prompts, concat=concat)
+
+    def settle(host: dict):
+        """``(queue, position, carry, finished, evicted)`` of ``host`` once its running sampling
+        (if any) has finished and joined the queue (a pure function of ``host``)."""
+        queue, position, carry = list(host["pending"]), host["position"], host["carry"]
+        finished, evicted = [], 0
+        if host["running"] is not None:
+            entry, position, surplus = host["running"].result()
+            queue.append(entry)
+            finished.append(entry)
+            carry, evicted = add_surplus(carry, surplus)
+        return queue, position, carry, finished, evicted
 
     def batch(step: int, state: TrainState, host: dict):
-        """Sample and score (host), then ``prepare`` (device); the next KL coefficient."""
-        t0 = time.perf_counter()
-        key = stage_key(settings.seed, "rl", step)
+        """Sample and score (host) the rollouts due, then ``prepare`` (device) step ``step``'s
+        rollout; the next KL coefficient. With ``k >= 1`` the rollout of step ``step + k`` is
+        sampled by the policy of step ``step`` after this step's rollout is taken (in a thread
+        with a rollout mesh: it finishes during ``update``, and the next step, or a checkpoint,
+        waits for it); the rollouts of steps ``0 .. k - 1`` by version 0, at step 0."""
         # RFT's data source is the initial policy, frozen; every other estimator samples the
         # policy being trained.
         sampling_params = state.params["policy"]
         if algorithm.samples_from_reference:
             sampling_params = models.adapters_off(sampling_params) if lora else ref_params
-        rollout, position, metrics = collect(
-            ctx, settings.rollout, sampling_params, host["position"], key, current["outcome"],
-            current["process"],
-        )
-        metrics["time_sampling"] = time.perf_counter() - t0 - metrics["time_scoring"]
+        sampling_params = to_sampler(sampling_params)
+        queue, position, carry, produced, evicted = settle(host)
+        while not queue or queue[-1].step < step + max(k - 1, 0):
+            t = queue[-1].step + 1 if queue else step
+            entry, position, surplus = produce(t, step, sampling_params, position)
+            queue.append(entry)
+            produced.append(entry)
+            carry, out = add_surplus(carry, surplus)
+            evicted += out
+        entry = queue.pop(0)
+        if entry.step != step:
+            raise RuntimeError(f"rl step {step}: the queue's next rollout is for step {entry.step}")
+        rollout, metrics = entry.rollout, dict(entry.metrics)
+        if carrying:
+            rollout, carry, carried = use_carry(
+                rollout, entry.fillers, carry, step=step, max_staleness=k,
+                policy=settings.stale_policy, group_size=group_size, concat=concat,
+            )
+            metrics.update(carried)
+        elif k:
+            metrics.update(late_dropped=0.0, late_kept=0.0)
+        running = None
+        if k and overlap:
+            running = executor.submit(produce, step + k, step, sampling_params, position)
+        elif k:
+            ahead, position, surplus = produce(step + k, step, sampling_params, position)
+            queue.append(ahead)
+            produced.append(ahead)
+            carry, out = add_surplus(carry, surplus)
+            evicted += out
+        if carrying:
+            metrics.update(carry_evicted=float(evicted), carry_groups=float(
+                0 if carry is None else len(carry.scores) // group_size))
+        # The time spent sampling and scoring in this call (in a thread: finished by it).
+        metrics.update({name: sum(p.metrics[name] for p in produced)
+                        for name in ("time_sampling", "time_scoring")})
+        if k:
+            metrics.update(staleness_metrics(rollout.version, step))
         latest[:] = [rollout]
         arrays = parallel.shard_batch(device_batch(rollout), mesh)
         kl_coef = host["kl_coef"]
@@ -449,7 +585,9 @@ def run_rl(
                 )
             )
         metrics["kl_coef"] = kl_coef
-        return (train_batch, prep_metrics), metrics, {"position": position, "kl_coef": kl_coef}
+        new_host = {"position": position, "kl_coef": kl_coef, "pending": queue, "carry": carry,
+                    "running": running}
+        return (train_batch, prep_metrics), metrics, new_host
 
     def step(state: TrainState, batch):
         train_batch, prep_metrics = batch
@@ -472,10 +610,23 @@ def run_rl(
         texts, scores = latest[0].texts[:3], latest[0].scores[:3]
         return "\n".join(f"  {t!r} -> {s:+.2f}" for t, s in zip(texts, scores, strict=True))
 
+    def encode_host(host: dict) -> dict:
+        queue, position, carry, _, _ = settle(host)  # waits for a running sampling
+        return {"position": position, "kl_coef": host["kl_coef"], "pending": encode_pending(queue),
+                "carry": None if carry is None else encode_round(carry)}
+
+    def decode_host(host: dict) -> dict:
+        # (a checkpoint written before rl.max_staleness existed has no queue and no carry)
+        carry = host.get("carry")
+        return host | {"pending": decode_pending(Round, host.get("pending", [])),
+                       "carry": None if carry is None else decode_round(Round, carry),
+                       "running": None}
+
     def segment(end: int, template) -> Stage:
         return Stage(
             "rl", end, template, sharding, step, batch,
-            host={"position": 0, "kl_coef": settings.kl_coef},
+            host={"position": 0, "kl_coef": settings.kl_coef, "pending": [], "carry": None,
+                  "running": None},
             evaluate=evaluate_policy,
             finish_metrics=finish_metrics,
             loss_names=LOSS_METRICS,
@@ -483,13 +634,19 @@ def run_rl(
                        "length", "tokens_per_second"),
             samples=samples,
             limits={"approx_kl": (settings.max_approx_kl, "rl.max_approx_kl")},
+            encode_host=encode_host,
+            decode_host=decode_host,
         )
 
     every = settings.reward_refresh_every
     ends = [*range(every, settings.steps, every), settings.steps] if every else [settings.steps]
-    result = run_stage(segment(ends[0], state), settings.loop, ctx.workdir)
-    for round_, end in enumerate(ends[1:], start=1):
-        current["outcome"], current["process"] = refresh(
-            round_, result.state.params["policy"], current["outcome"], current["process"])
-        result = run_stage(segment(end, abstract), settings.loop, ctx.workdir)
-    return result
+    try:
+        result = run_stage(segment(ends[0], state), settings.loop, ctx.workdir)
+        for round_, end in enumerate(ends[1:], start=1):
+            current["outcome"], current["process"] = refresh(
+                round_, result.state.params["policy"], current["outcome"], current["process"])
+            result = run_stage(segment(end, abstract), settings.loop, ctx.workdir)
+        return result
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)

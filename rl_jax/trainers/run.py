@@ -129,10 +129,14 @@ def check_processes(settings: RunSettings) -> None:
 
 def _run(settings: RunSettings, workdir: str, mesh: jax.sharding.Mesh) -> dict:
     start = time.perf_counter()
+    # With mesh.rollout_devices, every stage trains on the other devices; RL samples on these.
+    mesh, rollout_mesh = parallel.split_mesh(mesh, settings.mesh.rollout_devices)
     ctx = build_context(settings, workdir, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(ctx.policy)))
     print(f"devices: {mesh.devices.size} ({jax.devices()[0].platform}) in "
-          f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
+          f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}"
+          + ("" if rollout_mesh is None else f" + sampler mesh {dict(rollout_mesh.shape)}")
+          + "; "
           f"policy: {num_params:,} parameters")
     memory_startup_check(settings, ctx, mesh)  # MemoryError here, before anything is compiled
     params = nnx.state(ctx.policy)
@@ -167,7 +171,8 @@ def _run(settings: RunSettings, workdir: str, mesh: jax.sharding.Mesh) -> dict:
 
     if "rl" in stages:
         result = run_rl(ctx, mesh, params, settings.rl, reward_model, process_reward,
-                        refresh if settings.rl.reward_refresh_every else None)
+                        refresh if settings.rl.reward_refresh_every else None,
+                        rollout_mesh=rollout_mesh)
         params, summary["rl_eval"] = result.state.params["policy"], result.last_eval
     summary["wall_time_s"] = time.perf_counter() - start
     if jax.process_index() == 0:  # the files of the run: written once

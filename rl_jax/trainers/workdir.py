@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from rl_jax.config import flat_fields
+from rl_jax.config import default_config, flat_fields
 
 # Fields (or sections, ending in ".") a restart may change: they do not change what was trained.
 HARMLESS = ("sft.steps", "rm.steps", "rl.steps", "rl.max_approx_kl", "log.", "eval.",
@@ -100,11 +100,14 @@ def flat_config(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """The fields (not ``HARMLESS``) whose value differs: ``"field: saved -> now"``."""
-    now = flat_config(config)
+    """The fields (not ``HARMLESS``) whose value differs: ``"field: saved -> now"``. A field the
+    saved config lacks (added to rl_jax since) is no change while it has its default value."""
+    now, defaults = flat_config(config), flat_config(default_config())
     saved, changes = flat_config(saved), []
     for field in sorted(set(saved) | set(now)):
         if any(field == h or (h.endswith(".") and field.startswith(h)) for h in HARMLESS):
+            continue
+        if field not in saved and field in defaults and now.get(field) == defaults[field]:
             continue
         before, after = saved.get(field, "<absent>"), now.get(field, "<absent>")
         if before != after:
