@@ -43,9 +43,29 @@ them, is not logged; its held-out step accuracy on the SFT policy's samples and 
 model's on the policy's are (``prm_step_accuracy``, ``prm_1_step_accuracy``).
 
 Size: per seed an SFT (shared), three process reward models (the ``prm`` stage is not shared
-between variants; the same seed trains the same model), 500 RL steps and one refresh; about 14
-minutes a seed on the shared 2-core CPU, 3 seeds about 45 minutes (estimated from the Figure 5
-pilot's run times; not run yet, no pilot).
+between variants; the same seed trains the same model), 500 RL steps and one refresh: 14 minutes
+for 2 seeds on the shared 2-core CPU (the pilot), about 21 minutes for the file's 3 seeds.
+
+Pilot (``experiments/results/ablations/deepseekmath_iterative/pilot/``, seeds 0-1, 14 min): NOT
+ENGAGED, and for a reason that matters to the claim: the first iteration does not improve the
+policy, it destroys it. The first process reward model reaches a held-out step accuracy of 0.89 /
+0.77 (seed 0 / 1) on the SFT policy's samples (48% of their steps right), and GRPO on its step
+probabilities exploits it within about 40 steps: the policy's sampled accuracy falls from 0.11 /
+0.19 (steps 1-10) to about 0 by steps 80-90, while the model's mean step reward rises from 0.50
+to 0.72 / 0.71 by then (0.79 / 0.86 at the end without a refresh); seed 1's responses grow to
+the 20-token budget with one step each. Held-out accuracy is 0 at step 100 in every variant and seed
+(engagement: gain over SFT -0.39, floor 0.05), and stays 0 at step 200 with or without the
+refresh, so both claims' paired differences are exactly 0 (paired sd 0; the power calculation's
+2 seeds mean nothing here). The refresh does act on the reward: the retrained model learns the
+policy's new samples (only 9-10% of their steps right; its held-out step accuracy on them 0.96 /
+0.99) and the mean step reward drops to 0.13 / 0.05 right after step 100, but a policy with no
+correct samples left has nothing for it to reward, and 100 more steps do not bring accuracy back.
+
+What it says about the regime: iterative RL can only be tested where the first iteration's
+learned reward holds long enough for the policy to improve, and the refresh comes before the
+reward is exploited: a process reward model trained on more (and more varied) samples, a KL term
+to the SFT policy, or the outcome reward beside the process one, with the first refresh before
+accuracy starts to fall (here by step 20). That is the next pilot, with the claims re-registered.
 """
 
 from configs import arithmetic_rft
