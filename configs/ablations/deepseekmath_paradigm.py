@@ -30,8 +30,8 @@ at the end of RL, each claim with smallest effect 0.02 held-out accuracy (margin
 * ``grpo`` above ``online_rft``. Engagement: GRPO's coefficients differ from online RFT's only in
   groups with both right and wrong responses (an all-wrong group gets 0 from both; an all-right
   group gets 0 from GRPO, +1 from online RFT): GRPO's mean |advantage| over its tokens
-  (``advantage_abs``, mean of the last 20 RL steps) at least 0.2, about a quarter of the groups mixed (a mixed
-  group's mean |A| is ``2 sqrt(p(1-p))``, 0.66-1).
+  (``advantage_abs``, mean of the last 20 RL steps) at least 0.2, about a quarter of the groups
+  mixed (a mixed group's mean |A| is ``2 sqrt(p(1-p))``, 0.66-1).
 * ``grpo_process`` above ``grpo``. Engagement: process supervision differs from outcome
   supervision only when a response has steps before its answer (a response that is just its
   answer is one step, rewarded as its outcome): ``grpo_process``'s steps a response (``steps``,
