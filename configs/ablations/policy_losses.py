@@ -28,7 +28,24 @@ same mechanism; the paper's batches (thousands of long responses) select hundred
 which a CPU run cannot reach. The regime trains until the baseline's entropy collapses: 400 RL
 steps (in the earlier 200-step sweep, two of three GRPO seeds had fallen to about 0.06-0.10 nats).
 
-Not run in this form: no pilot yet; the 200-step sweep (inconclusive) is kept in
+Pilot (``experiments/results/ablations/policy_losses/pilot/``, seeds 0-1, rows grpo, clip_cov
+and kl_cov, 19 min on a shared 2-core CPU): KL-Cov engaged (1 token a minibatch, every step),
+Clip-Cov not (0.87 tokens a minibatch: some minibatches have no token in its covariance band);
+log10-entropy paired sd 0.006 (Clip-Cov) and 0.042 (KL-Cov), 2 and 4 seeds asked for. The metrics
+``cov_clip_tokens`` and ``kl_cov_tokens`` were then scoped to the variants that log them
+(``Metric.variants``: the first report stopped on the grpo rows, which log neither); the claims
+were not changed (the pilot's original registration is ``pilot/ablation.original.json``).
+
+Sweep (fresh seeds 2-5, the same three rows, 69 min of runs on a 2-core CPU shared with other
+jobs; about 40 min alone): GRPO's entropy ends at 0.04-0.10 nats on three seeds and 0.52 on one.
+
+* KL-Cov at the paper's size: NO EFFECT OF THE CLAIMED SIZE, log10 difference +0.024
+  [-0.035, +0.082] (inside ±0.1; 2x would be +0.301). Weaker: NO EFFECT OF THE CLAIMED SIZE,
+  +0.0076 nats [-0.0035, +0.0186] (inside ±0.037, 20% of GRPO's entropy).
+* Clip-Cov: NOT ENGAGED (0.86 tokens a minibatch against the floor 1), both claims; its entropy
+  differs from GRPO's by +0.0036 nats [-0.0029, +0.0101].
+
+The 200-step sweep (inconclusive) is kept in
 ``experiments/results/ablations/policy_losses/two_hundred_steps/``.
 """
 
