@@ -24,10 +24,19 @@ policy leaves nothing to raise (the table shows it); K = 8 is chosen so that the
 pass@K has room (its greedy accuracy is 0.3).
 
 Regime: 200 GRPO steps with the default settings (4 minibatches a rollout), evaluation every 50
-steps with 8 samples a prompt. Not run yet as registered: a first pilot of GRPO alone (seeds 0-1,
-8 min) ended at pass@8 0.898 / 0.809 and maj@8 0.836 / 0.613 (greedy 0.844 / 0.660) but could
-not be judged, since the SFT stage logs no pass@8 or maj@8; hence the ``sft_policy`` variant.
-Its runs: ``experiments/results/ablations/deepseekmath_majk/grpo_only_pilot/``.
+steps with 8 samples a prompt. A first pilot of GRPO alone (seeds 0-1, 8 min; runs in
+``experiments/results/ablations/deepseekmath_majk/grpo_only_pilot/``) could not be judged, since
+the SFT stage logs no pass@8 or maj@8; hence the ``sft_policy`` variant.
+
+Pilot (``pilot/``, seeds 0-1, 23 min on a shared 2-core CPU): engaged (greedy gain 0.30); maj@8
++0.38 (paired sd 0.088), pass@8 +0.12 (sd 0.077); the power calculation at the 0.02 smallest
+effect asks for 156 and 120 seeds. The sweep ran 4 fresh seeds (2-5, 25 min), the budget left, so
+it decides only if the effects are as large as the pilot's.
+
+Sweep (seeds 2-5): engaged (greedy gain 0.26 [-0.05, 0.58]; on seed 5 RL did not move the policy,
+gain 0). RL raises maj@8 by +0.26 [-0.09, +0.62]: INCONCLUSIVE (seed 5's zero gain widens the
+interval); pass@8 +0.029 [-0.056, +0.115]: INCONCLUSIVE. On the three seeds where RL learned,
+pass@8 rose by 0.00-0.11 and maj@8 by 0.27-0.51.
 """
 
 from configs import arithmetic_grpo
