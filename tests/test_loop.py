@@ -145,6 +145,26 @@ def test_paradigm_run_restarted_at_k_equals_a_straight_2k_run(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
+def test_shared_prefix_run_restarted_at_k_equals_a_straight_2k_run(tmp_path, monkeypatch,
+                                                                   lora_rank):
+    """GRPO with each prompt run once per group (``rl.shared_prefix``), one group a device on the
+    8 test devices, with full weights and with LoRA adapters, resumes like any RL run (a response
+    of even length is correct, so the untrained policy's groups have signal)."""
+    from rl_jax import rewards
+
+    def even_length(weights, texts, examples):
+        return np.array([len(t) % 2 == 0 for t in texts], np.float32), {}
+
+    monkeypatch.setattr(rewards, "combine_rewards", even_length)
+    make = lambda steps: tiny_config(**{  # noqa: E731
+        "rl.steps": steps, "model.logits_chunk": 0, "checkpoint.every": 2,
+        "rl.shared_prefix": True, "rl.num_prompts": 8, "rl.num_minibatches": 1,
+        "model.lora.rank": lora_rank})
+    _check_resume(tmp_path, make, lambda c, w: _rl(c, w).state.params, "rl", 2)
+
+
+@pytest.mark.slow
 def test_sft_stopped_by_its_rule_only_restores_even_with_more_steps(tmp_path):
     config = tiny_config(**{"sft.steps": 6, "sft.stop_accuracy": 0.0, "model.logits_chunk": 0,
                             "checkpoint.every": 2})
