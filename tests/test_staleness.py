@@ -255,8 +255,10 @@ def _scripted_leftovers(real):
     """``collect_with_surplus`` whose leftovers follow a script: every rollout has a surplus
     group (a copy of its first), and one from an odd data position ends with a filler group."""
 
-    def collect_with_surplus(ctx, settings, params, position, key, reward_model=None):
-        out, after, metrics, _, _ = real(ctx, settings, params, position, key, reward_model)
+    def collect_with_surplus(ctx, settings, params, position, key, reward_model=None,
+                             process_reward=None):
+        out, after, metrics, _, _ = real(ctx, settings, params, position, key, reward_model,
+                                         process_reward)
         n = settings.group_size
         fillers = position % 2
         if fillers:
