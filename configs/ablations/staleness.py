@@ -66,8 +66,25 @@ That attempt's registration is kept as ``pilot/ablation.original.json``; the cla
 floors did not change.
 
 ``staleness_mean`` and the weight statistics are logged only with ``k >= 1`` (scoped with
-``Metric.variants``). Size: 3 seeds x (1 SFT + 4 variants x 200 steps), about 25-30 minutes on a
-2-core CPU by the step times of the default task's other sweeps (0.25-0.45 s a step).
+``Metric.variants``). Size: a run of 200 steps takes about 50 s on a 2-core CPU and an SFT about
+20-60 s, so 3 seeds x (1 SFT + 4 variants) take about 15 minutes.
+
+Pilot (``experiments/results/ablations/staleness/pilot/``, seeds 0-1, all four variants, 10.5 min
+on a shared 2-core CPU, 9.3 min of runs): all three claims ENGAGED. Measured staleness 0.995 steps
+(``one_step``, floor 0.9) and 3.95 (``stale4``, ``stale4_tis``); tokens with ``pi_s / mu`` outside
+[0.8, 1.2]: 8.3% (``one_step``), 26.9% (``stale4``, per seed 14%, 40%; floor 5%), 16.5%
+(``stale4_tis``, floor 5%); largest weight a step, mean over RL, 3.8, 21.6, 16.6. Held-out
+accuracy after RL: on-policy 0.709 (0.688, 0.731), one_step 0.678 (0.707, 0.648), stale4 0.494
+(0.578, 0.410), stale4_tis 0.607 (0.539, 0.676). Paired differences: one_step - on_policy -0.031
+(sd 0.072), stale4 - on_policy -0.215 (sd 0.149), stale4_tis - stale4 +0.113 (sd 0.215); the
+power calculation at the smallest effect 0.03 asks for 47, 196 and 407 seeds. The stale runs are
+unstable: ``approx_kl`` peaks at 1.35 and 4.55 nats/token in ``stale4`` and at 89 in
+``stale4_tis`` seed 0 (0.04-0.17 on-policy and one step off), and the seed-to-seed spread of the
+k=4 rows (0.41-0.68) is what makes the seed counts large. No verdict sweep was run: 47 seeds for
+the first claim alone (about 95 minutes) exceed the 90-minute budget, and the k=4 claims need a
+larger smallest effect (the drop measured, -0.21, is seven times 0.03) or a less noisy metric
+(the mean of the last evaluations) to be settled on a CPU; either would be fixed before fresh
+seeds.
 """
 
 from configs import arithmetic_grpo
