@@ -22,7 +22,7 @@ from rl_jax.rollout import Sampler
 from rl_jax.train_state import init_state, make_train_step
 from rl_jax.trainers.reward_model import make_rm_loss
 from rl_jax.trainers.sft import make_sft_loss
-from tests.testing_utils import rl_settings
+from tests.testing_utils import rl_settings, tiny_policy
 
 VOCAB, PROMPT, RESPONSE, ROWS, GROUP = 64, 8, 8, 32, 4
 BATCH_SPEC = jax.sharding.PartitionSpec(parallel.BATCH_AXES)
@@ -34,10 +34,7 @@ def mesh_of(devices: int, fsdp: int = 1):
 
 @pytest.fixture(scope="module")
 def policy():
-    config = models.tiny_config("qwen2", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                                num_layers=1, num_heads=2, num_kv_heads=1,
-                                max_position_embeddings=64)
-    return models.CausalLM(config, rngs=nnx.Rngs(0))
+    return tiny_policy(VOCAB)
 
 
 def rl_batch(seed=0):

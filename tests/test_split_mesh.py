@@ -12,24 +12,21 @@ import optax
 import pytest
 from flax import nnx
 
-from rl_jax import models, parallel
+from rl_jax import parallel
 from rl_jax.algorithm import RolloutBatch, build_rl_step
 from rl_jax.algorithm.step import policy_logits
 from rl_jax.config import ConfigError, check_config
 from rl_jax.rollout import Sampler
 from rl_jax.train_state import init_state
 from rl_jax.trainers.run import run
-from tests.testing_utils import rl_settings, tiny_config
+from tests.testing_utils import rl_settings, tiny_config, tiny_policy
 
 VOCAB, PROMPT, RESPONSE, ROWS = 64, 8, 8, 16
 
 
 @pytest.fixture(scope="module")
 def policy():
-    config = models.tiny_config("qwen2", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                                num_layers=1, num_heads=2, num_kv_heads=1,
-                                max_position_embeddings=64)
-    return models.CausalLM(config, rngs=nnx.Rngs(0))
+    return tiny_policy(VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -43,3 +43,15 @@ def rl_settings(**fields) -> RLSettings:
     with ``fields`` replaced, e.g. ``rl_settings(estimator="gae", num_minibatches=1)``: for tests
     of the step alone. Every other value is the config's."""
     return dataclasses.replace(RLSettings.from_config(tiny_config()), **fields)
+
+
+def tiny_policy(vocab_size: int):
+    """A 1-layer width-32 Qwen2 ``CausalLM`` (2 heads, 1 KV head, 64 positions), seed 0."""
+    from flax import nnx
+
+    from rl_jax import models
+
+    config = models.tiny_config("qwen2", vocab_size=vocab_size, hidden_size=32,
+                                intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                                max_position_embeddings=64)
+    return models.CausalLM(config, rngs=nnx.Rngs(0))
