@@ -317,26 +317,45 @@ def test_missing_config_file_is_named_before_ml_collections():
 # --- kill -9 at random moments --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def crash_reference(tmp_path_factory):
-    """The uninterrupted tiny run the kill -9 trials are compared with."""
-    reference = tmp_path_factory.mktemp("crash") / "reference"
-    assert crash_test.train(reference).returncode == 0
+# Four steps off-policy: every RL checkpoint holds rollouts sampled ahead, with their versions.
+STALE4 = ("--config.rl.max_staleness=4", "--config.rl.stale_policy=wait")
+
+
+def _reference(tmp_path_factory, name, *overrides):
+    reference = tmp_path_factory.mktemp(name) / "reference"
+    result = crash_test.train(reference, *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
     return reference
 
 
+@pytest.fixture(scope="module")
+def crash_reference(tmp_path_factory):
+    """The uninterrupted tiny run the kill -9 trials are compared with."""
+    return _reference(tmp_path_factory, "crash")
+
+
+@pytest.fixture(scope="module")
+def stale_crash_reference(tmp_path_factory):
+    """The same run four steps off-policy (``rl.max_staleness = 4``)."""
+    return _reference(tmp_path_factory, "crash_stale", *STALE4)
+
+
 @pytest.mark.slow
-def test_kill9_at_random_moments_resumes_bit_identical(tmp_path, crash_reference):
-    """The short version of tools/crash_test.py: 2 trials of 1-2 kills each; every kill
-    lands on a live process after a checkpoint of its own and the next start restores it."""
-    rng = random.Random(1)
-    for i, kills in enumerate((1, 2)):
-        result = crash_test.trial(crash_reference, tmp_path / f"trial{i}", kills, rng)
-        assert crash_test.check_trial(result, kills) == [], result
-        assert [k.returncode for k in result.kills] == [-signal.SIGKILL] * kills
-        for kill in result.kills:
-            stage = max(kill.newest, key=crash_test.STAGES.index)
-            assert kill.resumed[stage] == kill.newest[stage] >= 1
+@pytest.mark.parametrize("overrides", [(), STALE4], ids=["on_policy", "stale4"])
+def test_kill9_at_random_moments_resumes_bit_identical(tmp_path, request, overrides):
+    """The short version of tools/crash_test.py: one trial of 2 kills, one after an SFT
+    checkpoint and one after an RL one (for ``stale4``, a checkpoint whose pending rollouts must
+    come back); every kill lands on a live process after a checkpoint of its own, the next start
+    restores it, and the finished run is bit-identical to the uninterrupted one."""
+    reference = request.getfixturevalue("stale_crash_reference" if overrides else "crash_reference")
+    result = crash_test.trial(reference, tmp_path / "trial", 2, random.Random(6),
+                              overrides=overrides)
+    assert crash_test.check_trial(result, 2) == [], result
+    assert [k.returncode for k in result.kills] == [-signal.SIGKILL] * 2
+    stages = [max(kill.newest, key=crash_test.STAGES.index) for kill in result.kills]
+    assert stages == ["sft", "rl"], result
+    for kill, stage in zip(result.kills, stages):
+        assert kill.resumed[stage] == kill.newest[stage] >= 1
 
 
 @pytest.mark.slow
