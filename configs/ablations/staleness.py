@@ -92,9 +92,11 @@ averages the 256-problem evaluation's own noise (binomial sd about 0.03 per eval
 points; the claims, margins, smallest effects and floors are otherwise unchanged, and the final
 evaluation is still reported (``heldout_accuracy``). Read from the pilot's committed metrics:
 paired differences -0.008 (sd 0.062), -0.181 (sd 0.133) and +0.107 (sd 0.207), so 35, 156 and
-374 seeds for 80% power at 0.03 (6, 16 and 36 at 0.1). The sweep runs 8 fresh seeds (2-9, about
-45 minutes on the 2-core CPU): enough to settle a drop of the pilot's size (claim 2), not a
-difference of 0.03; where the interval spans the margin the verdict says so.
+374 seeds for 80% power at 0.03 (6, 16 and 36 at 0.1). The sweep runs 16 fresh seeds (2-17,
+about 50 minutes on the 2-core CPU): enough to settle a drop of the pilot's size (claim 2), not a
+difference of 0.03; where the interval spans the margin the verdict says so. (Registered first as
+8 seeds, 2-9; raised to 16 when the first 12 runs had taken 13 minutes, half the time estimated,
+before any result of the sweep was read.)
 """
 
 from configs import arithmetic_grpo
