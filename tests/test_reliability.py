@@ -390,6 +390,21 @@ def test_kill9_checker_rejects_a_kill_that_proves_nothing(changes, why):
     assert any(why in p for p in problems), problems
 
 
+def test_kill9_compare_reads_every_metric_but_the_timings(tmp_path):
+    """A resumed run must repeat every logged number (staleness, importance weights, rewards), not
+    only the loss; wall-clock timings may differ."""
+    line = {"stage": "rl", "step": 1, "loss": 0.5, "staleness_mean": 4.0, "step_time": 1.0,
+            "time_sampling": 0.2, "tokens_per_second": 100.0}
+    for name, lines in (("reference", [line]), ("timings", [line | {"step_time": 9.0,
+                        "time_sampling": 3.0, "tokens_per_second": 7.0}]),
+                        ("stale", [line | {"staleness_mean": 2.0}])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert crash_test.compare(tmp_path / "reference", tmp_path / "timings") == (True, 0, [])
+    assert crash_test.compare(tmp_path / "reference", tmp_path / "stale")[2] == [
+        "metrics differ at [(('rl', 1), 'staleness_mean')]"]
+
+
 def test_kill9_checker_rejects_missing_kills_and_a_different_result():
     assert "0 starts to kill, expected 1" in crash_test.check_trial(
         crash_test.Trial([], 0, identical=True), 1)
