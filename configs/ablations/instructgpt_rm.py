@@ -78,6 +78,17 @@ memorisation. The file runs K = 8 rather than 9 so that one prompt's rows (K) sp
 devices (``check_config``'s data-parallel rule); a completion then enters 7 pair updates. The
 regime was chosen on seeds 0-2 (at K = 9), which are also the pilot's: the pilot's engagement is
 not an independent check; the verdict seeds are fresh.
+
+Pilot (``experiments/results/ablations/instructgpt_rm/pilot/``, seeds 0-2, 7 min): engaged by
+the registered measure, barely and not on every seed: the shuffled pairs' held-out loss ends 0.034
+above its lowest point (per seed 0.030, 0.072, 0; floor 0.02), and the grouped one's rises more,
+0.057 (0.113, 0, 0.058). All three differences point against the paper: the rise, shuffled minus
+grouped, -0.023 (paired sd 0.083); held-out loss shuffled 0.475, grouped 0.538 (-0.063, sd
+0.062); pair accuracy 0.796 and 0.776 (+0.020, sd 0.016). The training loss over the last quarter
+(shuffled 0.62, grouped 0.64) stays above what the labeller's own scores reach on these labels
+(0.53-0.56 for gold / 0.15, the Bayes scorer of Gumbel labels, on the probes' data at K = 9):
+neither variant memorises its labels. The power calculation asks for 139, 44 and 23 seeds (rise
+at 0.02, loss at 5%, accuracy at 0.01).
 """
 
 from configs import preference_rm_ppo
