@@ -89,6 +89,27 @@ grouped, -0.023 (paired sd 0.083); held-out loss shuffled 0.475, grouped 0.538 (
 (0.53-0.56 for gold / 0.15, the Bayes scorer of Gumbel labels, on the probes' data at K = 9):
 neither variant memorises its labels. The power calculation asks for 139, 44 and 23 seeds (rise
 at 0.02, loss at 5%, accuracy at 0.01).
+
+Verdict sweep (``experiments/results/ablations/instructgpt_rm/``, fresh seeds 3-16, 14 seeds: as
+many as 28 minutes of runs allowed, fewer than the 23 the accuracy claim asked for; 28 min):
+engaged by the registered measure (the shuffled pairs' held-out loss rises 0.058 [0.036, 0.081]
+within the pass; floor 0.02), but the grouped one's rises about as much (0.048 [0.021, 0.075]), and
+the held-out loss averaged over seeds falls through the pass for the shuffled pairs (0.537 at step
+8, 0.474 at 56, 0.492 at 64; grouped 0.559, 0.562, 0.532): the rise is each seed's
+evaluation-to-evaluation swing, not a phase of overfitting that the seeds share.
+
+* overfit less grouped (rise, shuffled minus grouped): +0.010 [-0.024, +0.045], INCONCLUSIVE
+  (the interval spans 0 and is wider than the ±0.02 band);
+* lower held-out loss grouped: shuffled minus grouped -0.040 [-0.079, -0.001] (shuffled 0.492,
+  grouped 0.532), NOT REPRODUCED: the shuffled pairs end lower;
+* higher held-out pair accuracy grouped: shuffled minus grouped +0.036 [+0.009, +0.063] (0.782 and
+  0.746), NOT REPRODUCED: the shuffled pairs end higher.
+
+Neither variant memorises its labels here (training loss over the last quarter: shuffled 0.576,
+grouped 0.641), so the comparison measures what grouping does without the paper's overfitting:
+a step of one prompt's 8 correlated responses generalises worse than a step of 28 pairs drawn
+across the dataset. The paper's mechanism needs a reward model that memorises a completion from
+a few of its pairs, which this CPU-sized model does not.
 """
 
 from configs import preference_rm_ppo
