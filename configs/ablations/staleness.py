@@ -97,6 +97,22 @@ about 50 minutes on the 2-core CPU): enough to settle a drop of the pilot's size
 difference of 0.03; where the interval spans the margin the verdict says so. (Registered first as
 8 seeds, 2-9; raised to 16 when the first 12 runs had taken 13 minutes, half the time estimated,
 before any result of the sweep was read.)
+
+Verdict sweep (``experiments/results/ablations/staleness/``, fresh seeds 2-17, 80 runs in 62
+minutes of wall time on the shared 2-core CPU, two processes, with other jobs beside them):
+
+* k=1 against on-policy: -0.006 [-0.018, +0.007]: REPRODUCED (inside the 0.03 margin; engaged,
+  staleness 0.995).
+* k=4 without correction against on-policy: -0.098 [-0.173, -0.023]: REPRODUCED (engaged, 14.9% of
+  the tokens' weights outside [0.8, 1.2]).
+* token TIS against none at k=4: +0.061 [-0.014, +0.136]: INCONCLUSIVE (engaged, 10.3%; the
+  interval spans 0 and is wider than the band).
+
+Held-out accuracy (mean of the last four evaluations): on-policy 0.433, one step 0.428, four steps
+0.335, four steps with TIS 0.396. Five of the sixteen seeds barely learn in any variant
+(on-policy gain over SFT at most 0.03 on seeds 5, 8, 12, 13, 16); their differences are near 0,
+which narrows the k=1 interval: on the eleven seeds that learn, the same difference is -0.009
+[-0.027, +0.009], still inside the margin.
 """
 
 from configs import arithmetic_grpo
