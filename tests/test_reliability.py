@@ -354,7 +354,7 @@ def test_kill9_at_random_moments_resumes_bit_identical(tmp_path, request, overri
     assert [k.returncode for k in result.kills] == [-signal.SIGKILL] * 2
     stages = [max(kill.newest, key=crash_test.STAGES.index) for kill in result.kills]
     assert stages == ["sft", "rl"], result
-    for kill, stage in zip(result.kills, stages):
+    for kill, stage in zip(result.kills, stages, strict=True):
         assert kill.resumed[stage] == kill.newest[stage] >= 1
 
 

@@ -18,6 +18,7 @@ from rl_jax.algorithm.step import policy_logits
 from rl_jax.config import ConfigError, check_config
 from rl_jax.rollout import Sampler
 from rl_jax.train_state import init_state
+from rl_jax.trainers.metrics import WALL_CLOCK
 from rl_jax.trainers.run import run
 from tests.testing_utils import rl_settings, tiny_config, tiny_policy
 
@@ -147,7 +148,7 @@ def _split_run(workdir, steps):
     config.stages = ("rl",)
     params = run(config, str(workdir), parallel.make_mesh())["params"]
     lines = [json.loads(line) for line in open(workdir / "metrics.jsonl", encoding="utf-8")]
-    skip = ("time_", "step_time", "tokens_per_second", "eval/")
+    skip = (*WALL_CLOCK, "eval/")
     return params, [{k: v for k, v in r.items() if not k.startswith(skip)} for r in lines]
 
 

@@ -95,10 +95,11 @@ def metric_lines(workdir) -> list[dict]:
 
 
 def deterministic(record: dict) -> dict:
-    """A metric line without its wall-clock timings (``step_time``, ``time_*``,
-    ``tokens_per_second``): everything else is a function of the seed and must survive a kill."""
-    return {k: v for k, v in record.items()
-            if k not in ("step_time", "tokens_per_second") and not k.startswith("time_")}
+    """A metric line without its wall-clock timings (``metrics.is_wall_clock``): everything else
+    is a function of the seed and must survive a kill."""
+    from rl_jax.trainers.metrics import is_wall_clock
+
+    return {k: v for k, v in record.items() if not is_wall_clock(k)}
 
 
 def compare(reference, workdir) -> tuple[bool, int, list[str]]:

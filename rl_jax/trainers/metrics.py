@@ -16,6 +16,15 @@ from typing import Any
 
 from rl_jax.data.jsonl import read_jsonl
 
+# Logged names (prefixes) of wall-clock measurements: the only numbers of a metrics line that are
+# not a function of the seed. A repeated or resumed run repeats every other one.
+WALL_CLOCK = ("time_", "step_time", "tokens_per_second")
+
+
+def is_wall_clock(name: str) -> bool:
+    """Whether the logged ``name`` is a wall-clock measurement (``WALL_CLOCK``)."""
+    return name.startswith(WALL_CLOCK)
+
 
 def _read_records(path: str) -> list[dict[str, Any]]:
     """The JSON objects of ``path``; a line that is not one is dropped with a warning."""
