@@ -29,6 +29,16 @@ Pilot: the three seeds 0-2 of this exact config, run before these claims were re
 paired log10 difference 1.40 (sd 0.10), held-out accuracy GSPO - GRPO -0.025 (sd 0.031); the
 power calculation asks for 4 seeds at the clip claims' smallest effect and 6 at the accuracy
 claim's; the verdict runs seeds 3-8 (fresh). About 5 min a seed (both variants) on a 2-core CPU.
+
+First sweep (seeds 3-8, kept in ``experiments/results/ablations/gspo/first_sweep/``): the paper's
+10^1.5 inconclusive (log10 difference 1.57 [1.30, 1.83]), the 10x claim reproduced, and the
+accuracy claim inconclusive only because its interval, -0.001 [-0.050, +0.052], was 0.002 wider
+than the ±0.05 band. Replication, registered before any of its runs: the same claims on 14 fresh
+seeds, 9-22, not pooled with the first sweep; its verdict is the file's. Sized from the first
+sweep's paired sd of held-out accuracy (0.049): with no true difference, 14 seeds put the 95%
+interval inside ±0.05 with probability 0.89 (12 seeds: 0.80, 16: 0.94; simulated Student-t
+intervals), and the budget allowed 14. The clip claim at 10^1.5 stays out of reach of any
+affordable count: with its first-sweep sd (0.25) and a centre near 1.5, about 60 seeds.
 """
 
 from configs import arithmetic_grpo
