@@ -39,6 +39,15 @@ sweep's paired sd of held-out accuracy (0.049): with no true difference, 14 seed
 interval inside ±0.05 with probability 0.89 (12 seeds: 0.80, 16: 0.94; simulated Student-t
 intervals), and the budget allowed 14. The clip claim at 10^1.5 stays out of reach of any
 affordable count: with its first-sweep sd (0.25) and a centre near 1.5, about 60 seeds.
+
+Replication's result (seeds 9-22, 44 min with two rows at once, commit 7d89670, clean): GRPO
+clips 0.0048 of its tokens (engaged), GSPO 0.20; log10 difference +1.79 [+1.57, +2.00] (61x
+[37x, 100x]): the paper's size REPRODUCED, and the 10x claim; held-out accuracy +0.003 [-0.011,
++0.016]: NO EFFECT OF THE CLAIMED SIZE (the interval inside ±0.05); GSPO's gain over SFT +0.13
+[+0.05, +0.20] reproduced. Caveat: on 5 of the 14 seeds RL barely moves either policy and GRPO
+clips under 1e-3 of its tokens, where the gap is widest (log10 +2.13); on the 9 seeds where GRPO
+clips at least 1e-3 it is +1.59 [+1.40, +1.79], the first sweep's size, and that subset alone
+would not decide at 10^1.5.
 """
 
 from configs import arithmetic_grpo
