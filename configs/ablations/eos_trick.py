@@ -37,7 +37,22 @@ responses (the trick exists to stop the policy from running past the budget) and
 longer than without it. Smallest effect of the first: 20% of the truncated share without the
 trick. Engagement: the trick acts only on responses that the policy chose to run long, not on
 correct answers the budget cuts; the share of the no-trick run's responses truncated while not
-well formed (``truncated_incorrect``, mean of the last 10 steps) must be at least 5%. The earlier
+well formed (``truncated_incorrect``) must be at least 5%. As first registered, both read the
+last 10 RL steps.
+
+Pilot (seeds 0-1, 6 min, ``experiments/results/ablations/eos_trick/pilot/``): engaged, but
+only just at the end of RL. Without the trick the truncated share rises from about 0.4 after
+SFT to 0.6 by step 5, then falls on its own (the learned reward ranks a cut response below a
+finished one often enough) to 0.10 and 0.03 over the last 10 steps (mean 0.068, floor 0.05);
+with the trick to 0.006 and 0.012. Over all 40 steps: 0.21 and 0.18 without, 0.04 and 0.07
+with (paired sd 0.041). Length over the last 10 steps: -0.38 tokens with the trick (sd 0.07).
+Added after the pilot and before any verdict seed, beside the claims as first registered: the
+same claim over the whole of RL (mean of every step's truncated share, engagement the same
+measure over every step), where the policy runs long and the trick acts, rather than only in
+the residue the no-trick policy keeps at the end. The verdict runs 12 fresh seeds, 2-13 (the
+power calculation at the whole-run smallest effect asks for about 10; the end-of-RL claim's
+asks for 127 at its smallest effect, 0.0136, so it decides only if the effect stays near the
+pilot's -0.06). The earlier
 sweep (``experiments/results/ablations/eos_trick/six_token_budget/``, inconclusive) had a 6-token
 budget that cut well-formed 6-digit answers and a reward that did not pay for length.
 """
@@ -69,6 +84,8 @@ def get_ablation() -> ab.Ablation:
         seeds=(0, 1, 2),
         metrics={
             "truncated": ab.Metric("rl", "truncated", last_n=LAST),
+            "truncated_run": ab.Metric("rl", "truncated", last_n=RL_STEPS),
+            "truncated_incorrect_run": ab.Metric("rl", "truncated_incorrect", last_n=RL_STEPS),
             "length": ab.Metric("rl", "length", last_n=LAST),
             "gold_reward": ab.Metric("rl", "reward/digits_verbose", last_n=LAST),
             "exact_length_gold": ab.Metric("rl", "reward/digits_gold", last_n=LAST),
@@ -80,6 +97,11 @@ def get_ablation() -> ab.Ablation:
             "truncated_incorrect": ab.Metric("rl", "truncated_incorrect", last_n=LAST),
         },
         claims=[
+            ab.Claim("over the whole of RL, with the EOS trick a smaller share of responses is "
+                     "truncated (no EOS)",
+                     "truncated_run", a="no_trick", b="eos_trick", direction="<", margin=0.0,
+                     smallest_effect=0.2, relative=True,
+                     engagement=("no_trick", "truncated_incorrect_run"), engagement_floor=0.05),
             ab.Claim("with the EOS trick, a smaller share of responses is truncated (no EOS)",
                      "truncated", a="no_trick", b="eos_trick", direction="<", margin=0.0,
                      smallest_effect=0.2, relative=True,
