@@ -5,7 +5,7 @@ Every reward function has one signature::
     fn(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray  # [batch] float32
 
 ``completions[i]`` is the decoded response to ``examples[i].prompt`` with EOS removed. Scores are
-0 or 1 (``digits_gold`` is graded). Pick functions by name and mix them with ``combine_rewards``,
+0 or 1 (``digits_gold`` and ``digits_verbose`` are graded). Pick functions by name and mix them with ``combine_rewards``,
 e.g. ``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)``.
 
   * ``"exact_match"``: ``completion.strip() == example.answer`` (arithmetic, sorting).
@@ -25,6 +25,8 @@ e.g. ``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)
     ``"7 + 5 = 12."`` (word arithmetic).
   * ``"digits_gold"``: the hidden labeller of the digits task, ``digits_gold_score`` (mean digit
     value minus a length penalty; see ``rl_jax.data.digits``).
+  * ``"digits_verbose"``: a labeller of the digits task that pays for length,
+    ``digits_verbose_score`` (the digit values of the whole completion: every extra digit adds).
 
 Each reward also names the answer it reads in a completion (``extract_answers``), what maj@k votes
 over: GSM8K's number after the last ``"####"`` (a ``Decimal``, so ``"5"`` and ``"5.0"`` agree),
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from rl_jax.data.countdown import is_countdown_solution
-from rl_jax.data.digits import digits_gold_score
+from rl_jax.data.digits import digits_gold_score, digits_verbose_score
 from rl_jax.data.example import Example
 from rl_jax.data.scratchpad import final_answer
 
@@ -177,6 +179,18 @@ def digits_gold_reward(completions: Sequence[str], examples: Sequence[Example]) 
     )
 
 
+def digits_verbose_reward(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray:
+    """``[batch]`` length-paying scores of the digits task (``info["num_digits"]``)."""
+    _check_batch(completions, examples)
+    return np.asarray(
+        [
+            digits_verbose_score(c, _info(ex, "num_digits", "digits_verbose"))
+            for c, ex in zip(completions, examples, strict=True)
+        ],
+        np.float32,
+    )
+
+
 REWARD_FNS: dict[str, RewardFn] = {
     "exact_match": exact_match_reward,
     "final_answer": final_answer_reward,
@@ -184,6 +198,7 @@ REWARD_FNS: dict[str, RewardFn] = {
     "countdown": countdown_reward,
     "format": format_reward,
     "digits_gold": digits_gold_reward,
+    "digits_verbose": digits_verbose_reward,
     "last_number": last_number_reward,
 }
 
@@ -203,6 +218,7 @@ ANSWER_FNS: dict[str, Callable[[str], Hashable | None]] = {
     "countdown": _expression_answer,
     "format": _stripped_answer,
     "digits_gold": _stripped_answer,
+    "digits_verbose": _stripped_answer,
     "final_answer": lambda completion: final_answer(completion) or None,
     "last_number": extract_last_number,
 }

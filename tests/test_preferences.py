@@ -148,6 +148,9 @@ def test_digits_task_and_gold_reward():
     expected = [1.0, 0.0, 9 / 27 - 0.5 / 3, 1.0 - 0.5 / 3, 18 / 27]
     got = rewards.combine_rewards({"digits_gold": 1.0}, texts, [ex] * 5)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # The length-paying labeller: digit sum of the whole completion / 27, so "9999" beats "999".
+    verbose = rewards.combine_rewards({"digits_verbose": 1.0}, texts, [ex] * 5)[0]
+    np.testing.assert_allclose(verbose, [1.0, 0.0, 9 / 27, 36 / 27, 18 / 27], rtol=1e-6)
     fmt = rewards.combine_rewards({"format": 1.0}, texts, [ex] * 5)[0]
     np.testing.assert_array_equal(fmt, [1, 1, 0, 0, 0])
     with pytest.raises(ValueError, match="min_digits"):

@@ -162,7 +162,8 @@ def test_combine_rewards():
 def test_reward_errors():
     ex = _countdown((1, 2, 3), 6)
     known = ", ".join(sorted(REWARD_FNS))
-    assert known == "countdown, digits_gold, exact_match, final_answer, format, gsm8k, last_number"
+    assert known == ("countdown, digits_gold, digits_verbose, exact_match, final_answer, format, "
+                     "gsm8k, last_number")
     with pytest.raises(ValueError, match=known):
         combine_rewards({"countdown": 1.0, "accuracy": 1.0}, ["1+2+3"], [ex])
     with pytest.raises(ValueError, match=known):

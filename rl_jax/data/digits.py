@@ -32,6 +32,21 @@ def digits_gold_score(completion: str, num_digits: int, length_penalty: float = 
     return values / (9 * num_digits) - length_penalty * abs(len(c) - num_digits) / num_digits
 
 
+def digits_verbose_score(completion: str, num_digits: int) -> float:
+    r"""A labeller that pays for length, like a summary rater who prefers longer summaries.
+
+    With ``c`` the stripped completion and ``n = num_digits``::
+
+        verbose = sum_i value(c_i) / (9 n)
+
+    over every character of ``c`` (``value``: a digit's value, 0 for any other character). Within
+    ``n`` characters it ranks answers as ``digits_gold_score`` does (``n`` nines score 1), and each
+    digit past the ``n`` asked for adds its value: a longer answer is preferred, without bound.
+    """
+    c = completion.strip()
+    return sum(int(ch) for ch in c if ch.isascii() and ch.isdigit()) / (9 * num_digits)
+
+
 @dataclasses.dataclass(frozen=True)
 class DigitsTask(GeneratedTask):
     """``"n digits:"`` -> ``n`` random digits, ``n`` uniform in ``[min_digits, max_digits]``.
