@@ -11,15 +11,13 @@ Dr. GRPO removes both (a constant normaliser, the generation budget, and advanta
 ``loss.agg=seq-mean-token-mean``) against Dr. GRPO (``estimator=dr_grpo``,
 ``loss.agg=seq-mean-token-sum-norm`` with ``max_len = rollout.max_new_tokens``).
 
-The task must let the policy choose its length, so the default addition task (whose answers have a
-fixed length) is replaced by ``addition_scratchpad`` (``rl_jax/data/scratchpad.py``): the same
-3-digit additions, answer reversed, but a response may first write up to one working note per
-column (the column's digit sum with the carry, e.g. ``"15,12>521"`` for 58+67), and the reward
-(``final_answer``) reads only the text after the last ``">"``. The notes are real working (a
-note's tens digit is the next carry) but never scored, so a response of 4 tokens and one of 14
-can both be right: length is the policy's own choice, as a reasoning trace's is. SFT targets carry
-0 to 3 notes (uniform), so RL starts from a policy with a spread of lengths; the budget of 20 new
-tokens (a full scratchpad is at most 14, EOS included) leaves room to grow.
+The task must let the policy choose its length, and length must not help: then only the loss's
+normalisation pushes on it. The task is ``addition_filler`` (``rl_jax/data/scratchpad.py``): the
+default 3-digit additions, answer reversed, but a response may open with filler dots and ``">"``
+(``"......>521"``), and the reward (``final_answer``) reads only the text after the last ``">"``.
+The filler carries no working, so a response of 4 tokens and one of 30 are equally right. SFT
+targets carry 0 to 12 dots (uniform), so RL starts from a policy with a spread of lengths; the
+budget of 32 new tokens (the longest SFT target is 18 with EOS) leaves room to grow.
 
 Metric: ``length_incorrect``, the mean length (tokens, EOS included) of the responses that the
 ``final_answer`` reward scores 0, in each step's rollout; the claim's value is its mean over the
@@ -35,10 +33,9 @@ Engagement: the 1/|o| weights act only when lengths differ within a group: GRPO'
 within-group ratio of the longest to the shortest response (``length_ratio_in_group``) over the
 last quarter of RL at least 1.5.
 
-Not run in this form: in the earlier sweep (``experiments/results/ablations/dr_grpo/
-twenty_token_budget/``, inconclusive) every response grew to the 14-token full scratchpad, so the
-1/|o| weights of a group were within 2x; a regime where lengths stay spread (notes that do not
-help, or a task whose answers differ in length) is needed and has had no pilot yet.
+The earlier sweep (``experiments/results/ablations/dr_grpo/twenty_token_budget/``, inconclusive)
+used ``addition_scratchpad``, whose notes are real working: every response grew to the 14-token
+full scratchpad, so the 1/|o| weights of a group were within 2x (not engaged).
 """
 
 from configs import arithmetic_grpo
@@ -46,16 +43,19 @@ from rl_jax import ablation as ab
 
 RL_STEPS = 100
 LOG_EVERY = 5
+MAX_FILLER = 12  # SFT targets open with 0-12 filler dots
+MAX_NEW_TOKENS = 32  # the longest SFT target is 18 tokens with EOS: room to grow
 QUARTER = RL_STEPS // 4  # the steps of the last quarter of RL (every step has a record)
 
 
 def get_ablation() -> ab.Ablation:
     base = ab.apply_overrides(
         arithmetic_grpo.get_config(),
-        {"task.name": "addition_scratchpad", "rewards.correctness": "final_answer",
-         "rollout.max_new_tokens": 20, "rl.steps": RL_STEPS, "eval.every": 25, "eval.k": 0,
-         "log.every": LOG_EVERY, "log.samples_every": 0, "checkpoint.every": 100},
+        {"task.name": "addition_filler", "rewards.correctness": "final_answer",
+         "rollout.max_new_tokens": MAX_NEW_TOKENS, "rl.steps": RL_STEPS, "eval.every": 25,
+         "eval.k": 0, "log.every": LOG_EVERY, "log.samples_every": 0, "checkpoint.every": 100},
     )
+    base.task.kwargs.max_filler = MAX_FILLER
     base.rewards.weights = {"final_answer": 1.0}
     return ab.Ablation(
         claim=(

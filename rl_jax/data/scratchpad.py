@@ -121,3 +121,44 @@ def gold_steps(completion: str, example: Example) -> list[tuple[int, float]]:
              for j, (end, note) in enumerate(zip(ends, notes, strict=False))]
     steps.append((ends[-1], float(final_answer(completion) == example.answer)))
     return steps
+
+
+FILLER = "."
+# Filler dots then ">", optional; then the reversed sum.
+FILLER_FORMAT = r"(\.*>)?[0-9]+"
+
+
+@dataclasses.dataclass(frozen=True)
+class FillerAdditionTask(GeneratedTask):
+    """``a + b`` whose response may open with unscored filler: length that does not help.
+
+    A response is ``k`` filler dots, ``">"``, then the reversed sum (``"....>521"`` for
+    ``58+67``), or the sum alone when ``k = 0``; the ``final_answer`` reward reads only the text
+    after the last ``">"``, so every ``k`` is right with the right sum. Unlike the scratchpad's
+    notes, the filler carries no working, so a response's length is the policy's choice and
+    nothing else: a pressure on length can only come from the loss (Dr. GRPO, Liu et al. 2025,
+    §3.1). SFT targets draw ``k`` uniformly from ``[0, max_filler]``, so RL starts from a spread
+    of lengths. ``info`` holds ``operands`` and ``format``.
+    """
+
+    min_value: int = 10
+    max_value: int = 999
+    max_filler: int = 12
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_value <= self.max_value:
+            raise ValueError(
+                f"need 0 <= min_value <= max_value, got {self.min_value}, {self.max_value}"
+            )
+        if self.max_filler < 0:
+            raise ValueError(f"max_filler must be >= 0, got {self.max_filler}")
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        """Draw one problem, and the filler length of its SFT target, from ``rng``."""
+        a, b = (int(x) for x in rng.integers(self.min_value, self.max_value, size=2, endpoint=True))
+        answer = str(a + b)[::-1]
+        k = int(rng.integers(0, self.max_filler, endpoint=True))
+        target = FILLER * k + SCRATCHPAD_SEPARATOR + answer if k else answer
+        info = {"operands": (a, b), "format": FILLER_FORMAT}
+        return Example(prompt=f"{a}+{b}=", target=target, answer=answer, info=info)
