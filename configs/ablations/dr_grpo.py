@@ -13,14 +13,17 @@ Dr. GRPO removes both (a constant normaliser, the generation budget, and advanta
 
 The task must let the policy choose its length, and length must not help: then only the loss's
 normalisation pushes on it. The task is ``addition_filler`` (``rl_jax/data/scratchpad.py``): the
-default 3-digit additions, answer reversed, but a response may open with filler dots and ``">"``
-(``"......>521"``), and the reward (``final_answer``) reads only the text after the last ``">"``.
-The filler carries no working, so a response of 4 tokens and one of 30 are equally right. SFT
-targets carry 0 to 12 dots (uniform), so RL starts from a policy with a spread of lengths; the
-budget of 32 new tokens (the longest SFT target is 18 with EOS) leaves room to grow.
+default 3-digit additions, answer reversed, but a response may run on after its answer with
+filler spaces (``"521      "``), and the reward (``exact_match``) compares the stripped response
+with the answer. The filler carries no working, so a response of 4 tokens and one of 30 are
+equally right. SFT targets carry 0 to 12 spaces (uniform), so RL starts from a policy with a
+spread of lengths; the budget of 32 new tokens (the longest SFT target is 17 with EOS) leaves
+room to grow. The filler follows the answer: in a first attempt it came before it (dots, then
+``">"`` and the answer), and SFT reached 1% held-out accuracy in 2,000 steps (the default task's
+answer positions, which this keeps, reach 30%).
 
 Metric: ``length_incorrect``, the mean length (tokens, EOS included) of the responses that the
-``final_answer`` reward scores 0, in each step's rollout; the claim's value is its mean over the
+``exact_match`` reward scores 0, in each step's rollout; the claim's value is its mean over the
 last quarter of RL. Both variants of a seed start from the same SFT weights and sample their first
 rollout with the same key, so their first-step values are identical and the paired difference of
 the end values is the difference of their growth (the start, step 1, is in the curves and in each
@@ -43,20 +46,20 @@ from rl_jax import ablation as ab
 
 RL_STEPS = 100
 LOG_EVERY = 5
-MAX_FILLER = 12  # SFT targets open with 0-12 filler dots
-MAX_NEW_TOKENS = 32  # the longest SFT target is 18 tokens with EOS: room to grow
+MAX_FILLER = 12  # SFT targets end with 0-12 filler spaces
+MAX_NEW_TOKENS = 32  # the longest SFT target is 17 tokens with EOS: room to grow
 QUARTER = RL_STEPS // 4  # the steps of the last quarter of RL (every step has a record)
 
 
 def get_ablation() -> ab.Ablation:
     base = ab.apply_overrides(
         arithmetic_grpo.get_config(),
-        {"task.name": "addition_filler", "rewards.correctness": "final_answer",
+        {"task.name": "addition_filler", "rewards.correctness": "exact_match",
          "rollout.max_new_tokens": MAX_NEW_TOKENS, "rl.steps": RL_STEPS, "eval.every": 25,
          "eval.k": 0, "log.every": LOG_EVERY, "log.samples_every": 0, "checkpoint.every": 100},
     )
     base.task.kwargs.max_filler = MAX_FILLER
-    base.rewards.weights = {"final_answer": 1.0}
+    base.rewards.weights = {"exact_match": 1.0}
     return ab.Ablation(
         claim=(
             "Dr. GRPO (Liu et al. 2025), §3.1 and Figure 5: with GRPO's per-response 1/|o| "

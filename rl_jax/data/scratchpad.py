@@ -123,22 +123,23 @@ def gold_steps(completion: str, example: Example) -> list[tuple[int, float]]:
     return steps
 
 
-FILLER = "."
-# Filler dots then ">", optional; then the reversed sum.
-FILLER_FORMAT = r"(\.*>)?[0-9]+"
+
+FILLER = " "
+FILLER_FORMAT = r"[0-9]+"  # of the stripped response: the filler is whitespace
 
 
 @dataclasses.dataclass(frozen=True)
 class FillerAdditionTask(GeneratedTask):
-    """``a + b`` whose response may open with unscored filler: length that does not help.
+    """``a + b`` whose response may run on with unscored filler: length that does not help.
 
-    A response is ``k`` filler dots, ``">"``, then the reversed sum (``"....>521"`` for
-    ``58+67``), or the sum alone when ``k = 0``; the ``final_answer`` reward reads only the text
-    after the last ``">"``, so every ``k`` is right with the right sum. Unlike the scratchpad's
-    notes, the filler carries no working, so a response's length is the policy's choice and
-    nothing else: a pressure on length can only come from the loss (Dr. GRPO, Liu et al. 2025,
-    §3.1). SFT targets draw ``k`` uniformly from ``[0, max_filler]``, so RL starts from a spread
-    of lengths. ``info`` holds ``operands`` and ``format``.
+    A response is the reversed sum, then ``k`` filler spaces (``"521" + " " * k`` for
+    ``58+67``); the ``exact_match`` reward compares the stripped response with the answer, so
+    every ``k`` is right with the right sum. The filler carries no working and comes after the
+    answer (the answer's digits keep the positions the plain task gives them), so a response's
+    length is the policy's choice and nothing else: a pressure on length can only come from the
+    loss (Dr. GRPO, Liu et al. 2025, §3.1). SFT targets draw ``k`` uniformly from
+    ``[0, max_filler]``, so RL starts from a spread of lengths. ``info`` holds ``operands`` and
+    ``format``.
     """
 
     min_value: int = 10
@@ -159,6 +160,5 @@ class FillerAdditionTask(GeneratedTask):
         a, b = (int(x) for x in rng.integers(self.min_value, self.max_value, size=2, endpoint=True))
         answer = str(a + b)[::-1]
         k = int(rng.integers(0, self.max_filler, endpoint=True))
-        target = FILLER * k + SCRATCHPAD_SEPARATOR + answer if k else answer
         info = {"operands": (a, b), "format": FILLER_FORMAT}
-        return Example(prompt=f"{a}+{b}=", target=target, answer=answer, info=info)
+        return Example(prompt=f"{a}+{b}=", target=answer + FILLER * k, answer=answer, info=info)
