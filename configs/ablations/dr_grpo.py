@@ -36,6 +36,16 @@ Engagement: the 1/|o| weights act only when lengths differ within a group: GRPO'
 within-group ratio of the longest to the shortest response (``length_ratio_in_group``) over the
 last quarter of RL at least 1.5.
 
+Pilot (seeds 0-1, 9.5 min, ``experiments/results/ablations/dr_grpo/pilot/``): ENGAGED, GRPO's
+within-group length ratio 2.05 over the last quarter (floor 1.5; 2.8-2.9 at the start). SFT
+ends at 26-30% held-out accuracy, RL at 57-66%. Lengths drift with the seed, alike in both
+variants: on seed 0 incorrect responses grow from 10.6 tokens to 13.7 (GRPO) and 13.2 (Dr.
+GRPO) over the last quarter, on seed 1 they shrink from 10.5 to 5.9 and 6.1; correct responses
+follow them.
+length_incorrect GRPO - Dr. GRPO: +0.157 tokens (paired sd 0.47) against a smallest effect of
+0.96 (10% of Dr. GRPO's 9.6); the power calculation asks for 5 seeds. The verdict runs 6 fresh
+seeds, 2-7 (one more than asked, as the sd comes from two seeds).
+
 The earlier sweep (``experiments/results/ablations/dr_grpo/twenty_token_budget/``, inconclusive)
 used ``addition_scratchpad``, whose notes are real working: every response grew to the 14-token
 full scratchpad, so the 1/|o| weights of a group were within 2x (not engaged).
