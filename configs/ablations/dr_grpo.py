@@ -46,6 +46,17 @@ length_incorrect GRPO - Dr. GRPO: +0.157 tokens (paired sd 0.47) against a small
 0.96 (10% of Dr. GRPO's 9.6); the power calculation asks for 5 seeds. The verdict runs 6 fresh
 seeds, 2-7 (one more than asked, as the sd comes from two seeds).
 
+Verdict sweep (seeds 2-7, 27 min with two rows at once; its runs record commit 62721b7, clean,
+which differs from the sweep's start only in result files): engaged (GRPO's ratio 2.85), and
+INCONCLUSIVE: length_incorrect GRPO - Dr. GRPO +0.33 tokens [-2.34, +2.99] against a band of
+±1.0. The paired sd is 2.54, not the pilot's 0.47: per seed the difference runs from -2.7 to
++3.8. In every run the correct and the incorrect responses have the same mean length (within
+0.2 tokens): the length of a run drifts as a whole, one way or the other, and the policy does
+not make its wrong answers longer than its right ones, in either variant. On 3 of the 6 seeds
+RL barely moves held-out accuracy (gain under 0.05). At this spread about 50 seeds would be
+needed at the smallest effect; the paper's mechanism, wrong answers lengthening against right
+ones, did not appear within 100 steps of this model.
+
 The earlier sweep (``experiments/results/ablations/dr_grpo/twenty_token_budget/``, inconclusive)
 used ``addition_scratchpad``, whose notes are real working: every response grew to the 14-token
 full scratchpad, so the 1/|o| weights of a group were within 2x (not engaged).
