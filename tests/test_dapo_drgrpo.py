@@ -171,6 +171,29 @@ def test_scratchpad_targets_are_correct_at_every_length():
         data.ScratchpadAdditionTask(min_value=5, max_value=1)
 
 
+def test_filler_targets_are_correct_at_every_length_and_the_filler_is_not_scored():
+    task = data.make_task("addition_filler", max_filler=6, seed=3)
+    examples = task.batch(0, 400)
+    targets = [ex.target for ex in examples]
+    assert rewards.exact_match_reward(targets, examples).tolist() == [1.0] * 400
+    assert rewards.format_reward(targets, examples).tolist() == [1.0] * 400
+    fillers = set()
+    for ex in examples:
+        a, b = ex.info["operands"]
+        assert ex.answer == str(a + b)[::-1] and ex.prompt == f"{a}+{b}="
+        assert ex.target.startswith(ex.answer) and set(ex.target[len(ex.answer):]) <= {" "}
+        fillers.add(len(ex.target) - len(ex.answer))
+    assert fillers == set(range(7))  # every filler length 0..max_filler occurs
+    assert task.batch(0, 5) == examples[:5]  # a pure function of (seed, step)
+    # Filler of any length, or none, scores as the answer alone; a wrong answer scores 0.
+    ex = examples[0]
+    wrong = str(int(ex.answer[::-1]) + 1)[::-1]
+    got = rewards.exact_match_reward([ex.answer, ex.answer + " " * 20, wrong + "   "], [ex] * 3)
+    assert got.tolist() == [1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="max_filler"):
+        data.make_task("addition_filler", max_filler=-1)
+
+
 def test_final_answer_reward_hand_cases():
     ex = data.Example("58+67=", "15,12>521", "521")
     texts = ["15,12>521", "521", " 15>521 ", "1>2>521", "15>52", "521>15", "", "15,12>"]

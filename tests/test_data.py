@@ -284,7 +284,8 @@ def test_make_task():
     with_eval_file = make_task("gsm8k", path=GSM8K_200, eval_path=GSM8K_200)
     assert len(with_eval_file.eval_set(200)) == 200
     known = (
-        "addition, addition_scratchpad, countdown, digits, gsm8k, hh_rlhf, multiplication, sorting"
+        "addition, addition_filler, addition_scratchpad, countdown, digits, gsm8k, hh_rlhf, "
+        "multiplication, sorting"
     )
     with pytest.raises(ValueError, match=known):
         make_task("subtraction")

@@ -33,7 +33,9 @@ from rl_jax.data.preferences import (
 )
 from rl_jax.data.registry import TASKS, make_task
 from rl_jax.data.scratchpad import (
+    FILLER_FORMAT,
     SCRATCHPAD_FORMAT,
+    FillerAdditionTask,
     ScratchpadAdditionTask,
     column_notes,
     final_answer,
@@ -60,6 +62,7 @@ __all__ = [
     "GSM8K_TEMPLATE",
     "HH_RLHF_PATH",
     "PREFERENCE_FORMATS",
+    "FILLER_FORMAT",
     "SCRATCHPAD_FORMAT",
     "SORTING_FORMAT",
     "STEP_CHECKERS",
@@ -74,6 +77,7 @@ __all__ = [
     "FileDataset",
     "GeneratedTask",
     "Preference",
+    "FillerAdditionTask",
     "ScratchpadAdditionTask",
     "SortingTask",
     "StepChecker",

@@ -12,7 +12,7 @@ from rl_jax.data.digits import DigitsTask
 from rl_jax.data.example import Example, Task
 from rl_jax.data.gsm8k import GSM8K_TEMPLATE, load_gsm8k
 from rl_jax.data.preferences import HH_RLHF_PATH, load_preferences
-from rl_jax.data.scratchpad import ScratchpadAdditionTask
+from rl_jax.data.scratchpad import FillerAdditionTask, ScratchpadAdditionTask
 from rl_jax.data.sorting import SortingTask
 from rl_jax.data.word_arithmetic import WordArithmeticTask
 
@@ -55,6 +55,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "addition": _addition,
     "multiplication": _multiplication,
     "addition_scratchpad": ScratchpadAdditionTask,
+    "addition_filler": FillerAdditionTask,
     "countdown": CountdownTask,
     "sorting": SortingTask,
     "gsm8k": _gsm8k,
@@ -69,7 +70,8 @@ def make_task(name: str, **kwargs) -> Task:
 
     ``"addition"`` and ``"multiplication"`` take ``ArithmeticTask``'s fields except ``op``,
     ``"countdown"`` ``CountdownTask``'s, ``"addition_scratchpad"``
-    ``ScratchpadAdditionTask``'s, ``"sorting"`` ``SortingTask``'s; ``"gsm8k"`` needs
+    ``ScratchpadAdditionTask``'s, ``"addition_filler"`` ``FillerAdditionTask``'s, ``"sorting"``
+    ``SortingTask``'s; ``"gsm8k"`` needs
     ``path`` and takes ``eval_path``, ``eval_size``, ``seed`` and ``template``; ``"digits"`` takes
     ``DigitsTask``'s fields; ``"hh_rlhf"`` takes ``path`` (default: the shipped fixture),
     ``eval_size`` and ``seed``; ``"word_arithmetic"`` ``WordArithmeticTask``'s.

@@ -121,3 +121,44 @@ def gold_steps(completion: str, example: Example) -> list[tuple[int, float]]:
              for j, (end, note) in enumerate(zip(ends, notes, strict=False))]
     steps.append((ends[-1], float(final_answer(completion) == example.answer)))
     return steps
+
+
+
+FILLER = " "
+FILLER_FORMAT = r"[0-9]+"  # of the stripped response: the filler is whitespace
+
+
+@dataclasses.dataclass(frozen=True)
+class FillerAdditionTask(GeneratedTask):
+    """``a + b`` whose response may run on with unscored filler: length that does not help.
+
+    A response is the reversed sum, then ``k`` filler spaces (``"521" + " " * k`` for
+    ``58+67``); the ``exact_match`` reward compares the stripped response with the answer, so
+    every ``k`` is right with the right sum. The filler carries no working and comes after the
+    answer (the answer's digits keep the positions the plain task gives them), so a response's
+    length is the policy's choice and nothing else: a pressure on length can only come from the
+    loss (Dr. GRPO, Liu et al. 2025, §3.1). SFT targets draw ``k`` uniformly from
+    ``[0, max_filler]``, so RL starts from a spread of lengths. ``info`` holds ``operands`` and
+    ``format``.
+    """
+
+    min_value: int = 10
+    max_value: int = 999
+    max_filler: int = 12
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_value <= self.max_value:
+            raise ValueError(
+                f"need 0 <= min_value <= max_value, got {self.min_value}, {self.max_value}"
+            )
+        if self.max_filler < 0:
+            raise ValueError(f"max_filler must be >= 0, got {self.max_filler}")
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        """Draw one problem, and the filler length of its SFT target, from ``rng``."""
+        a, b = (int(x) for x in rng.integers(self.min_value, self.max_value, size=2, endpoint=True))
+        answer = str(a + b)[::-1]
+        k = int(rng.integers(0, self.max_filler, endpoint=True))
+        info = {"operands": (a, b), "format": FILLER_FORMAT}
+        return Example(prompt=f"{a}+{b}=", target=answer + FILLER * k, answer=answer, info=info)
