@@ -5,8 +5,9 @@ Every reward function has one signature::
     fn(completions: Sequence[str], examples: Sequence[Example]) -> np.ndarray  # [batch] float32
 
 ``completions[i]`` is the decoded response to ``examples[i].prompt`` with EOS removed. Scores are
-0 or 1 (``digits_gold`` and ``digits_verbose`` are graded). Pick functions by name and mix them with ``combine_rewards``,
-e.g. ``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)``.
+0 or 1 (``digits_gold`` and ``digits_verbose`` are graded). Pick functions by name and mix them
+with ``combine_rewards``, e.g.
+``combine_rewards({"countdown": 1.0, "format": 0.1}, completions, examples)``.
 
   * ``"exact_match"``: ``completion.strip() == example.answer`` (arithmetic, sorting).
   * ``"final_answer"``: the text after the completion's last ``">"`` (all of it when there is

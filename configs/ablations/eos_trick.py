@@ -60,12 +60,15 @@ REPRODUCED. Over the whole of RL the trick cuts the truncated share from 0.31 to
 -0.25 [-0.39, -0.11] (smallest effect 0.06; engagement 0.31); over the last 10 steps from 0.12
 to 0.013, -0.10 [-0.20, -0.01] (smallest effect 0.024); with the trick every seed ends at
 0.8-1.6% truncated, without it 2-46%. Responses are shorter with the trick, -0.31 tokens
-[-0.42, -0.20] (claimed: not longer by 0.1). The learned reward (1.54 and 1.55 without and with the
-trick) and the length-paying gold reward (0.74 and 0.72) barely differ. Caveat: the SFT policy is a quarter trained, so only
-about a tenth of the responses are well formed in either variant; the claims are about
-truncation, which this does not touch, but the policies are not the paper's fluent ones. The earlier
-sweep (``experiments/results/ablations/eos_trick/six_token_budget/``, inconclusive) had a 6-token
-budget that cut well-formed 6-digit answers and a reward that did not pay for length.
+[-0.42, -0.20] (claimed: not longer by 0.1). The learned reward (1.54 and 1.55 without and
+with the trick) and the length-paying gold reward (0.74 and 0.72) barely differ. Caveat: the SFT
+policy is a quarter trained, so only about a tenth of the responses are well formed in either
+variant; the claims are about truncation, which this does not touch, but the policies are not
+the paper's fluent ones.
+
+The earlier sweep (``experiments/results/ablations/eos_trick/six_token_budget/``, inconclusive)
+had a 6-token budget that cut well-formed 6-digit answers and a reward that did not pay for
+length.
 """
 
 from configs import preference_rm_ppo
