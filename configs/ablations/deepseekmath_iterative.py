@@ -46,6 +46,23 @@ smallest effect 0.02 each:
 Size: per seed an SFT (shared), three process reward models (the ``prm`` stage is not shared
 between variants; the same seed trains the same model), 140 RL steps and two refreshes.
 
+Pilot (``experiments/results/ablations/deepseekmath_iterative/pilot/``, seeds 0-1, 14 min beside
+another pilot on the 2-core CPU). Held-out accuracy (SFT 0.73 / 0.73, seed 0 / 1):
+first_iteration 0.31 / 0.34, one_iteration 0.00 / 0.02, iterative 0.27 / 0.14.
+
+* First claim: NOT ENGAGED, as the probes foretold: the first iteration's gain over SFT is
+  -0.41 (floor 0.05). GRPO on the first process reward model (held-out step accuracy 0.79 /
+  0.74) lowers accuracy from its first steps.
+* Second claim: engaged (one_iteration's step reward ends 0.23 above its lowest; floor 0.1).
+  Paired differences +0.27 / +0.13: mean +0.20, sd 0.105. The power calculation at δ 0.02 asks
+  for 219 seeds; that is the count needed to tell a 0.02 effect from none, while the pilot's
+  difference is ten times δ, where 5-6 seeds give an interval clear of 0.
+
+Verdict sweep, registered here before it runs: 8 fresh seeds, 2-9 (``--seeds=2,...,9 --jobs=2``),
+about 40 minutes alone on the 2-core CPU. Eight seeds decide the second claim if the difference
+is near the pilot's, and cannot show "no effect of the claimed size" at this spread; the first
+claim's engagement is judged on them as registered.
+
 Earlier regime (``experiments/results/ablations/deepseekmath_iterative/hundred_step_refresh/``:
 its ``ablation.json``, pilot and probes): SFT to 30%, 200 RL steps, one refresh at step 100.
 Pilot (seeds 0-1, 14 min): NOT ENGAGED. GRPO exploits the first process reward model (held-out
