@@ -47,12 +47,13 @@ the paper's RFT samples its data once, up front, from the SFT model: here the sa
 is drawn one batch a step), learning rate 3e-4, no KL term. Process supervision uses the gold step
 checker (``rl.step_rewards=gold``), the paper's PRM being a learned one
 (``configs/arithmetic_rft.py:grpo_prm``); gold step labels isolate the coefficient from the
-reward model's errors. The divergence guard is off (``rl.max_approx_kl=0``) for every variant:
-in the first pilot of this regime it stopped ``rft`` on seed 1 at step 146 (approx_kl 1.17 in
-one step: the likelihood of SFT samples that the trained policy has made unlikely pulls hard),
-and a method's instability should count in its accuracy, not end its run. The pilot was run again from the start with the guard
-off (the runner refuses a changed config); every held-out evaluation of the first attempt's runs equals the
-rerun's (rft seed 1's up to its last, at step 125), and the first attempt is not kept. Held-out evaluation every 25 steps, greedy only (``eval.k=0``). The RL
+reward model's errors. The divergence guard is off (``rl.max_approx_kl=0``) for every variant: in
+the first pilot of this regime it stopped ``rft`` on seed 1 at step 146 (approx_kl 1.17 in one
+step: the likelihood of SFT samples that the trained policy has made unlikely pulls hard), and a
+method's instability should count in its accuracy, not end its run. The pilot was run again from
+the start with the guard off (the runner refuses a changed config); every held-out evaluation of
+the first attempt's runs equals the rerun's (rft seed 1's up to its last, at step 125), and the
+first attempt is not kept. Held-out evaluation every 25 steps, greedy only (``eval.k=0``). The RL
 stage writes a record every step (``log.every`` sets only the printed cadence), so the engagement
 measures' ``last_n`` counts steps.
 
