@@ -63,6 +63,23 @@ about 40 minutes alone on the 2-core CPU. Eight seeds decide the second claim if
 is near the pilot's, and cannot show "no effect of the claimed size" at this spread; the first
 claim's engagement is judged on them as registered.
 
+Verdict (``experiments/results/ablations/deepseekmath_iterative/``, seeds 2-9, 46 min beside
+another sweep, 32 runs at commit ``fb60daf``, clean tree). Held-out accuracy (SFT 0.73 on
+average): first_iteration 0.179, one_iteration 0.020, iterative 0.059.
+
+* First claim: NOT ENGAGED. The first iteration's gain over SFT is -0.55 [-0.60, -0.50] (floor
+  0.05): GRPO on the first process reward model (held-out step accuracy 0.79) lowers accuracy on
+  every seed, so "a further iteration improves" is not tested. (The difference itself,
+  iterative - first_iteration, is -0.120 [-0.179, -0.060].)
+* Second claim: engaged (step reward rise 0.20, floor 0.1), INCONCLUSIVE: iterative -
+  one_iteration +0.039 [-0.006, +0.084]; per seed -0.04 to +0.10, paired sd 0.054. The
+  retrained models do cut the reward the policy collects (mean step reward 0.53 against 0.85
+  without a refresh) and leave it more right answers (sampled accuracy 0.060 against 0.014),
+  but the pilot's +0.20 did not recur: at this spread 59 seeds would settle it at δ 0.02
+  (``seeds_for_power``).
+  A process reward model that holds for a first iteration needs a larger policy and reward
+  model than this 140k-parameter one (its step accuracy stays at 0.75-0.88 whatever its data).
+
 Earlier regime (``experiments/results/ablations/deepseekmath_iterative/hundred_step_refresh/``:
 its ``ablation.json``, pilot and probes): SFT to 30%, 200 RL steps, one refresh at step 100.
 Pilot (seeds 0-1, 14 min): NOT ENGAGED. GRPO exploits the first process reward model (held-out
