@@ -69,6 +69,25 @@ for 7, 3 and 4 seeds.
 Verdict sweep, registered here before it runs: 8 fresh seeds, 2-9 (``--seeds=2,...,9
 --jobs=2``; one more than the largest count asked for), about 50 minutes on the shared 2-core CPU.
 
+Verdict (``experiments/results/ablations/deepseekmath_paradigm/``, seeds 2-9, 65 min beside
+another sweep and the test suite, 40 runs at commit ``ff6adfb``, clean tree). SFT 0.75 on average
+(0.71-0.82). Held-out accuracy, mean of the last three evaluations: rft 0.881, online_rft 0.896,
+grpo 0.885, grpo_process 0.881. Every claim engaged (RFT's drift 0.147, GRPO's |advantage| 0.317,
+3.83 steps a response) and decided:
+
+* online RFT above RFT: REPRODUCED, +0.015 [+0.004, +0.026] (higher on 7 of 8 seeds, equal on 1).
+  The mean is below δ 0.02 and the interval reaches past it, so it is established above 0 but
+  not shown to be at least the smallest effect of interest.
+* GRPO above online RFT: NOT REPRODUCED, -0.012 [-0.022, -0.001]: GRPO ends below online RFT
+  (lower on 5 seeds, equal within 0.001 on 2).
+* process above outcome supervision (gold step rewards): NO EFFECT OF THE CLAIMED SIZE, -0.004
+  [-0.012, +0.004], inside ±0.02.
+
+A likely reason for the second, not tested here: online RFT's coefficient (+1 on every right
+answer) keeps training on the all-right groups that GRPO gives 0, and on this task most groups
+are all right (train accuracy 0.80-0.82): its mean |coefficient| is 0.84 against GRPO's 0.32.
+The paper's models train where far fewer groups are all right.
+
 Earlier regime (``experiments/results/ablations/deepseekmath_paradigm/sft_thirty_percent/``: its
 ``ablation.json`` and pilot): SFT to 30%, the final evaluation of 256 prompts. Pilot (seeds 0-1,
 20 min): every claim engaged (RFT's drift 0.247 nats/token, GRPO's |advantage| 0.356, process
