@@ -319,8 +319,9 @@ def test_every_config_and_ablation_variant_passes_the_check(tmp_path):
     for name in names:
         for arg in CONFIG_ARGS.get(name, (None,)):
             config = importlib.import_module(f"configs.{name}").get_config(arg)
-            if config.task.chat_template and not config.model.path:  # needs a model directory
-                config.model.path = str(tmp_path)
+            needs_model = config.task.chat_template and not config.model.path
+            if needs_model or (config.model.path and not Path(config.model.path).exists()):
+                config.model.path = str(tmp_path)  # a model directory (or one not fetched here)
             check_config(config, num_devices=8)
     files = sorted(p for p in (ROOT / "configs" / "ablations").glob("*.py") if p.stem != "__init__")
     assert len(files) >= 7
