@@ -123,7 +123,6 @@ def gold_steps(completion: str, example: Example) -> list[tuple[int, float]]:
     return steps
 
 
-
 FILLER = " "
 FILLER_FORMAT = r"[0-9]+"  # of the stripped response: the filler is whitespace
 
